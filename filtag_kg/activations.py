@@ -1,0 +1,118 @@
+"""The hook engine: per-image filter values, reduced on the device.
+
+For each measured layer and image the method needs the per-filter spatial
+mean and the layer-wide min and max; the min-max scaled filter value is then
+``(mean_f - m) / (M - m)`` (0 when ``M == m``), so the scaled tensor is never
+built. Hooks reduce each layer's output as soon as it is produced: nothing
+per-pixel is kept or copied to the host.
+
+Hooks exist only inside :class:`FilterProbe`'s ``with`` block, which removes
+them and restores ``model.training`` in ``finally`` even when the forward pass
+raises.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from types import TracebackType
+
+import torch
+from torch import nn
+
+from .measure import MeasurePoint
+
+
+def scaled_filter_values(x: torch.Tensor) -> torch.Tensor:
+    """Min-max scaled per-filter values of a [B, F, H, W] activation batch.
+
+    Each image's whole layer tensor is scaled to [0, 1] by its own min and max,
+    then averaged over positions per filter. Reductions run in float32 (also
+    under bf16/fp16 autocast), the final affine step in float64.
+
+    Returns:
+        [B, F] float64 tensor on ``x``'s device.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a [B, F, H, W] activation, got shape {tuple(x.shape)}")
+    b = x.shape[0]
+    mean = x.mean(dim=(2, 3), dtype=torch.float32)
+    if x.is_contiguous():
+        lo, hi = torch.aminmax(x.view(b, -1), dim=1)
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        lo, hi = torch.aminmax(x.permute(0, 2, 3, 1).reshape(b, -1), dim=1)
+    else:
+        lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+    m = lo.to(torch.float64).unsqueeze(1)
+    span = hi.to(torch.float64).unsqueeze(1) - m
+    scaled = (mean.to(torch.float64) - m) / torch.where(span > 0, span, 1.0)
+    return torch.where(span > 0, scaled, 0.0)
+
+
+class FilterProbe:
+    """Context manager that measures filter values at the given points.
+
+    After each forward pass inside the block, :meth:`take` returns one
+    [B, F] float64 tensor per measure point (in the points' order).
+
+    >>> with FilterProbe(model, points) as probe:   # doctest: +SKIP
+    ...     logits = model(images)
+    ...     values = probe.take()
+    """
+
+    def __init__(self, model: nn.Module, points: Sequence[MeasurePoint]) -> None:
+        self.model = model
+        self.points = list(points)
+        self._values: list[torch.Tensor | None] = [None] * len(self.points)
+        self._calls = [0] * len(self.points)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._training = model.training
+
+    def _hook(self, i: int, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        apply = self.points[i].apply
+        self._values[i] = scaled_filter_values(output if apply is None else apply(output))
+        self._calls[i] += 1
+
+    def __enter__(self) -> FilterProbe:
+        modules = dict(self.model.named_modules())
+        self._training = self.model.training
+        try:
+            for i, p in enumerate(self.points):
+                self._handles.append(
+                    modules[p.hook_module].register_forward_hook(functools.partial(self._hook, i))
+                )
+            self.model.eval()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._remove()
+        finally:
+            self.model.train(self._training)
+
+    def take(self) -> list[torch.Tensor]:
+        """The values of the last forward pass; resets for the next one.
+
+        Raises:
+            RuntimeError: a measure point fired zero or several times.
+        """
+        bad = [p.layer for p, n in zip(self.points, self._calls) if n != 1]
+        if bad:
+            raise RuntimeError(f"measure points fired zero or several times in one pass: {bad}")
+        out = [v for v in self._values if v is not None]
+        self._values = [None] * len(self.points)
+        self._calls = [0] * len(self.points)
+        return out

@@ -1,0 +1,314 @@
+"""The ``filtag-kg`` command line: argument parsing and printing only.
+
+Every command calls the library function of the same idea; user mistakes
+arrive as :class:`~filtag_kg.errors.FiltagError` and are printed as one line
+with exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import FiltagError
+
+EXAMPLES_RUN = """\
+examples:
+  filtag-kg run --model vgg16 --weights DEFAULT --data ~/imagenet/train --k 1 --k 3 \\
+      --percent 1 --above-average --out runs/vgg16 --device cuda --batch-size 128 --amp bf16
+  filtag-kg run --model resnet50 --weights-file resnet50.pth --data imgs --layers 'layer4.*' --out runs/r50
+  filtag-kg run --model mypkg.nets:build --data imgs --image-size 64 --out runs/mine
+After a crash, rerun the same command with --resume.
+"""
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", required=True, metavar="SPEC",
+        help="a torchvision classification model name (vgg16, resnet50, ...), "
+        "package.module:factory (a callable returning an nn.Module), or a TorchScript file",
+    )
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="ENUM",
+                   help="torchvision weights, e.g. DEFAULT or IMAGENET1K_V1 (downloads once)")
+    w.add_argument("--weights-file", metavar="PATH",
+                   help="a state-dict file to load into the model (keys must fit exactly)")
+    g.add_argument("--classes", metavar="FILE",
+                   help="the model's output classes in index order, one per line: wnid, "
+                   "'wnid<TAB>label' or label (default: from the weights or the data folders)")
+    g.add_argument("--num-classes", type=int, metavar="N",
+                   help="output size of a torchvision architecture without enum weights")
+    g.add_argument("--image-size", type=int, metavar="N",
+                   help="center-crop size (default: the weights' own, else 224; resize scales "
+                   "as 256/224)")
+
+
+def _data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data (one of)")
+    d = g.add_mutually_exclusive_group(required=required)
+    d.add_argument("--data", metavar="DIR",
+                   help="ImageFolder layout: DIR/CLASS/IMAGE, CLASS a wnid (n02085620) or label")
+    d.add_argument("--file-list", metavar="FILE",
+                   help="one 'PATH<TAB>CLASS' per line (relative paths: to the list's folder)")
+
+
+def _profile_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("profile pass")
+    g.add_argument("--layers", nargs="+", metavar="PATTERN",
+                   help="conv layers by module path or glob (features.28, 'layer4.*'); "
+                   "default: every Conv2d. See `filtag-kg layers MODEL`")
+    g.add_argument("--measure", choices=["activation", "conv"], default="activation",
+                   help="measure after the nonlinearity following each conv (default, as the "
+                   "method says) or at the conv output")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="image decoding processes (default: 0 for small data, else up to 8)")
+    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="autocast the forward pass (reductions stay in float32 or better)")
+    g.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+                   help="save resumable state every N batches (default 200; 0: never)")
+    r = g.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true",
+                   help="finish an interrupted pass from its checkpoint")
+    r.add_argument("--restart", action="store_true",
+                   help="discard an interrupted pass's checkpoint and start over")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tag_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tagging (repeatable; default --k 1)")
+    g.add_argument("--k", type=int, action="append", default=[], metavar="K",
+                   help="top-k: tag each class's K most active filters per layer")
+    g.add_argument("--percent", type=float, action="append", default=[], metavar="Q",
+                   help="top-percent: the round(Q/100 * width) most active filters (0 < Q <= 100)")
+    g.add_argument("--above-average", action="store_true",
+                   help="filters strictly above the layer's mean value")
+
+
+def _settings(args: argparse.Namespace) -> list[Any]:
+    from .tagging import ABOVE_AVERAGE, TOP_K, TOP_PERCENT, TagSetting
+
+    s = [TagSetting(TOP_K, k) for k in args.k] + [TagSetting(TOP_PERCENT, q) for q in args.percent]
+    if args.above_average:
+        s.append(TagSetting(ABOVE_AVERAGE))
+    return s
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from .models import load_model
+
+    return load_model(
+        args.model, weights=args.weights, weights_file=args.weights_file,
+        classes_file=args.classes, num_classes=args.num_classes, image_size=args.image_size,
+    )
+
+
+def _profile_opts(args: argparse.Namespace) -> Any:
+    from .profile import ProfileOptions
+
+    return ProfileOptions(
+        layers=args.layers, measure=args.measure, device=args.device,
+        batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
+        progress=not args.quiet,
+    )
+
+
+def _warn(msg: str) -> None:
+    print(f"filtag-kg: warning: {msg}", file=sys.stderr)
+
+
+def _images(args: argparse.Namespace, loaded: Any) -> Any:
+    from .pipeline import load_images
+
+    imageset = load_images(data=args.data, file_list_path=args.file_list, known=loaded.classes)
+    for note in imageset.warnings:
+        _warn(note)
+    return imageset
+
+
+def _outputs(run_dir: Path, names: Sequence[str]) -> str:
+    return "outputs: " + ", ".join(str(run_dir / n) for n in names if (run_dir / n).exists())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """profile + tag into one run folder."""
+    from .pipeline import run, summarize
+
+    settings = _settings(args)
+    loaded = _load_model(args)
+    imageset = _images(args, loaded)
+    result = run(loaded, imageset, args.out, settings=settings, options=_profile_opts(args))
+    print(summarize(result.profile, result.tags))
+    print(_outputs(Path(args.out), ["profile.json", "profile.npz", "tags.tsv", "tags.json"]))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """step 1 alone."""
+    from .profile import profile_dataset
+
+    loaded = _load_model(args)
+    imageset = _images(args, loaded)
+    profile = profile_dataset(loaded, imageset, args.out, _profile_opts(args))
+    ds = profile.meta["dataset"]
+    print(
+        f"profiled {ds['images_used']} images of {len(profile.class_ids)} classes over "
+        f"{len(profile.layers)} layers ({ds['skipped_count']} skipped, "
+        f"{profile.meta['images_per_second']} images/s)"
+    )
+    for s in ds["skipped"][:10]:
+        print(f"  skipped: {s['path']} ({s['reason']})")
+    print(_outputs(Path(args.out), ["profile.json", "profile.npz"]))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """step 2 alone, from a run folder's profile."""
+    from .pipeline import summarize
+    from .profile import Profile
+    from .tagging import TagSetting, write_tags
+
+    settings = _settings(args) or [TagSetting("top-k", 1)]
+    profile = Profile.load(args.run_dir)
+    tags = write_tags(args.run_dir, profile, settings)
+    if not args.quiet:
+        print(summarize(profile, tags))
+    print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json"]))
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """list conv layers and where each is measured."""
+    import torch
+
+    from .measure import find_measure_points
+    from .models import select_layers
+
+    loaded = _load_model(args)
+    names = select_layers(loaded.module, args.layers)
+    size = loaded.preprocess.crop or args.image_size or 224
+    points = find_measure_points(
+        loaded.module, names, torch.zeros(1, 3, size, size), measure=args.measure
+    )
+    modules = dict(loaded.module.named_modules())
+    width = max(len(n) for n in names)
+    print(f"{'layer':<{width}}  filters  kernel  measured at")
+    for p in points:
+        k = getattr(modules[p.layer], "kernel_size", "?")
+        k = "x".join(map(str, k)) if isinstance(k, tuple) else str(k)
+        print(f"{p.layer:<{width}}  {p.width:>7}  {k:>6}  {p.describe()}")
+    print(f"{len(points)} conv layers, {sum(p.width for p in points)} filters")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """the embedded offline default."""
+    from .demo import run_demo
+
+    run_demo(out=args.out, cache_dir=args.cache_dir, progress=not args.quiet, echo=print)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (also used to test that each has help)."""
+    parser = argparse.ArgumentParser(
+        prog="filtag-kg",
+        description="Tag each convolutional filter of a CNN with the classes whose images "
+        "activate it most (FilTag), and explain classifications by those tags.",
+        epilog="Start with `filtag-kg demo`. Each command has --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"filtag-kg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "run", help="profile a model over images and tag its filters (steps 1+2)",
+        description="Profile a CNN over an image dataset (one batched pass) and tag every "
+        "filter with the classes that activate it most, into one run folder.",
+        epilog=EXAMPLES_RUN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_options(p)
+    _data_options(p)
+    _profile_options(p)
+    _tag_options(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "profile", help="step 1: the class profile of each filter (the only expensive step)",
+        description="Run the model over the images once and store, per layer, each class's "
+        "mean min-max scaled filter values (profile.npz + profile.json).",
+    )
+    _model_options(p)
+    _data_options(p)
+    _profile_options(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "tag", help="step 2: tag filters from a profile (milliseconds, any k or percent)",
+        description="Tag filters from RUN_DIR/profile.* with one or more settings; writes "
+        "tags.tsv and tags.json. No model or images needed.",
+        epilog="example: filtag-kg tag runs/vgg16 --k 1 --k 5 --percent 2 --above-average",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder holding profile.json/.npz")
+    _tag_options(p)
+    p.add_argument("--quiet", action="store_true", help="print only where the outputs are")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser(
+        "layers", help="list a model's conv layers and where each filter is measured",
+        description="List the Conv2d layers (names for --layers) with their widths and the "
+        "module output each is measured at (found from one forward pass).",
+        epilog="example: filtag-kg layers resnet50",
+    )
+    p.add_argument("model", metavar="MODEL", help="as --model of `run`")
+    p.add_argument("--weights", metavar="ENUM", help=argparse.SUPPRESS)
+    p.add_argument("--weights-file", metavar="PATH", help="state dict to load")
+    p.add_argument("--classes", help=argparse.SUPPRESS)
+    p.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--image-size", type=int, metavar="N", help="input size for the dry run")
+    p.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers")
+    p.add_argument("--measure", choices=["activation", "conv"], default="activation")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline offline on a synthetic shapes dataset",
+        description="Generate a synthetic dataset of plane shapes (classes are WordNet synsets), "
+        "train a small CNN on it (cached), profile and tag it, and print a summary. Offline, "
+        "CPU, under two minutes.",
+    )
+    p.add_argument("--out", default="filtag-demo", metavar="DIR",
+                   help="run folder (default ./filtag-demo)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where the dataset and trained weights are cached (default: "
+                   "$FILTAG_KG_CACHE, else ~/.cache/filtag-kg)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``filtag-kg`` and ``python -m filtag_kg``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FiltagError as exc:
+        from .profile import Interrupted
+
+        print(f"filtag-kg: error: {exc}", file=sys.stderr)
+        return 130 if isinstance(exc, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("filtag-kg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

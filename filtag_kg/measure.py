@@ -1,0 +1,280 @@
+"""Where each conv filter's activation is measured, found from the forward pass.
+
+The method measures a filter after the nonlinearity that directly follows
+its convolution (through a BatchNorm if one sits between), as Keras conv
+layers include their activation; where no nonlinearity follows directly, at
+the conv output. Module names are no evidence of that, so this module runs
+one recorded forward pass: module hooks and a ``TorchFunctionMode`` log every
+leaf-module call and every top-level tensor function with the identities
+(object id and in-place version counter) of the tensors they read and write,
+and the conv's output tensor is followed to the modules and functions that
+consume it. Tracking the version counter means an in-place op (``out +=
+identity`` in a ResNet block) breaks the chain, as it should.
+
+The result, per layer, is a :class:`MeasurePoint`: which module's output to
+hook, and which pure activation to apply in the hook when the activation is
+a function call or a module shared between several convs (ResNet's
+``self.relu``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .errors import UnknownLayerError
+
+_ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+)
+
+# activation functions (as the TorchFunctionMode sees them) -> out-of-place equivalent
+_ACTIVATION_FUNCS: dict[Any, Callable[..., torch.Tensor]] = {
+    F.relu: F.relu, torch.relu: torch.relu, torch.relu_: torch.relu, F.relu_: torch.relu,
+    torch.Tensor.relu: torch.relu, torch.Tensor.relu_: torch.relu,
+    F.relu6: F.relu6, F.leaky_relu: F.leaky_relu, F.leaky_relu_: F.leaky_relu,
+    F.elu: F.elu, F.elu_: F.elu, F.selu: F.selu, F.celu: F.celu, F.gelu: F.gelu,
+    F.silu: F.silu, F.mish: F.mish, F.hardswish: F.hardswish, F.hardsigmoid: F.hardsigmoid,
+    F.hardtanh: F.hardtanh, F.hardtanh_: F.hardtanh, F.softplus: F.softplus,
+    torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid, torch.Tensor.sigmoid: torch.sigmoid,
+    torch.Tensor.sigmoid_: torch.sigmoid, torch.tanh: torch.tanh, F.tanh: torch.tanh,
+    torch.Tensor.tanh: torch.tanh, torch.Tensor.tanh_: torch.tanh,
+}
+
+
+@dataclass
+class MeasurePoint:
+    """Where one conv layer's filters are measured.
+
+    Attributes:
+        layer: the conv layer's module path.
+        width: number of filters (output channels).
+        hook_module: module path whose forward output the hook reads.
+        kind: ``"activation"`` (after the nonlinearity) or ``"conv"`` (conv output).
+        activation: the nonlinearity's name (``"ReLU"``, ``"relu"``), if any.
+        through: module paths between the conv and the measured output (e.g. a BatchNorm).
+        apply: a pure function the hook applies to the module output before
+            reducing (the activation, when it is a function call or a shared
+            module), or ``None``.
+    """
+
+    layer: str
+    width: int
+    hook_module: str
+    kind: str
+    activation: str | None = None
+    through: list[str] = field(default_factory=list)
+    apply: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def describe(self) -> str:
+        """Readable one-liner, as stored in artifacts (``measured_at``)."""
+        if self.kind == "conv":
+            return f"{self.layer} (conv output)"
+        how = f"{self.activation} applied in the hook" if self.apply is not None else self.activation
+        return f"{self.hook_module} ({how})"
+
+    def record(self) -> dict[str, Any]:
+        """Plain-JSON form for artifacts."""
+        return {
+            "layer": self.layer,
+            "width": self.width,
+            "hook_module": self.hook_module,
+            "kind": self.kind,
+            "activation": self.activation,
+            "through": list(self.through),
+            "applied_in_hook": self.apply is not None,
+            "description": self.describe(),
+        }
+
+
+@dataclass
+class _Event:
+    kind: str  # "module" or "func"
+    target: Any  # module name or function
+    module: nn.Module | None
+    ins: list[tuple[int, int]]
+    outs: list[tuple[int, int]]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Recorder(TorchFunctionMode):
+    """Logs leaf-module calls and top-level tensor functions with tensor identities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[_Event] = []
+        self.keep: list[torch.Tensor] = []  # holds tensors so ids are not reused
+        self.depth = 0
+        self.busy = False
+        self.pending: list[tuple[str, nn.Module, list[tuple[int, int]]]] = []
+
+    def key(self, t: torch.Tensor) -> tuple[int, int]:
+        self.keep.append(t)
+        return (id(t), t._version)
+
+    def keys(self, obj: Any) -> list[tuple[int, int]]:
+        leaves, _ = tree_flatten(obj)
+        return [self.key(t) for t in leaves if isinstance(t, torch.Tensor)]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if self.busy or self.depth > 0 or getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)
+        self.busy = True
+        ins = self.keys((args, kwargs))
+        self.busy = False
+        out = func(*args, **kwargs)
+        self.busy = True
+        self.events.append(_Event("func", func, None, ins, self.keys(out), args, kwargs))
+        self.busy = False
+        return out
+
+    def pre_hook(self, name: str, module: nn.Module, inputs: Any) -> None:
+        if self.depth == 0:
+            self.busy = True
+            self.pending.append((name, module, self.keys(inputs)))
+            self.busy = False
+        self.depth += 1
+
+    def post_hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.busy = True
+            pname, pmod, ins = self.pending.pop()
+            self.events.append(_Event("module", pname, pmod, ins, self.keys(output)))
+            self.busy = False
+
+
+def _record_forward(model: nn.Module, example: torch.Tensor) -> list[_Event]:
+    rec = _Recorder()
+    handles = []
+    was_training = model.training
+    try:
+        for name, m in model.named_modules():
+            if next(iter(m.children()), None) is None or isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_pre_hook(functools.partial(rec.pre_hook, name)))
+                handles.append(m.register_forward_hook(functools.partial(rec.post_hook, name)))
+        model.eval()
+        with torch.no_grad(), rec:
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return rec.events
+
+
+def _pure_module_activation(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An out-of-place call of an activation module that bypasses its hooks."""
+    c = copy.copy(m)
+    if hasattr(c, "inplace"):
+        c.inplace = False
+    return functools.partial(type(m).forward, c)
+
+
+def _pure_func_activation(ev: _Event) -> Callable[[torch.Tensor], torch.Tensor]:
+    base = _ACTIVATION_FUNCS[ev.target]
+    rest = tuple(ev.args[1:])
+    kwargs = {k: v for k, v in ev.kwargs.items() if k != "inplace"}
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return base(x, *rest, **kwargs)
+
+    apply.__name__ = getattr(base, "__name__", "activation")
+    return apply
+
+
+def find_measure_points(
+    model: nn.Module,
+    layers: Sequence[str],
+    example: torch.Tensor,
+    *,
+    measure: str = "activation",
+) -> list[MeasurePoint]:
+    """Find where each selected conv layer's filters are measured.
+
+    Args:
+        model: the network (TorchScript models are measured at conv outputs only).
+        layers: conv layer names (see :func:`filtag_kg.models.select_layers`).
+        example: an input batch for the recorded forward pass (1–2 images suffice).
+        measure: ``"activation"`` (the method's rule) or ``"conv"`` (force conv outputs).
+
+    Returns:
+        One :class:`MeasurePoint` per layer, in the order given.
+
+    Raises:
+        UnknownLayerError: a layer is not called exactly once per forward pass.
+    """
+    modules = dict(model.named_modules())
+    widths = {n: int(getattr(modules[n], "out_channels", 0)) for n in layers}
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnknownLayerError(
+            "TorchScript models cannot be hooked; export the model as a state dict and use "
+            "--model NAME --weights-file, or a package.module:factory"
+        )
+    events = _record_forward(model, example)
+    calls: dict[str, list[int]] = {}
+    consumers: dict[tuple[int, int], list[int]] = {}
+    for i, ev in enumerate(events):
+        if ev.kind == "module":
+            calls.setdefault(ev.target, []).append(i)
+        for k in ev.ins:
+            consumers.setdefault(k, []).append(i)
+
+    points = []
+    for name in layers:
+        idx = calls.get(name, [])
+        if len(idx) != 1:
+            raise UnknownLayerError(
+                f"layer {name!r} runs {len(idx)} times in one forward pass; FilTag measures a "
+                "filter once per image, so leave it out with --layers"
+            )
+        i = idx[0]
+        point = MeasurePoint(name, widths[name], name, "conv")
+        if measure == "conv":
+            points.append(point)
+            continue
+        key = events[i].outs[0] if events[i].outs else None
+        hook_name, through = name, []
+        while key is not None:
+            nxt = next((j for j in consumers.get(key, ()) if j > i), None)
+            if nxt is None:
+                break
+            ev = events[nxt]
+            first_in = ev.ins[0] if ev.ins else None
+            if ev.kind == "module" and isinstance(ev.module, nn.modules.batchnorm._BatchNorm):
+                if first_in != key or not ev.outs:
+                    break
+                hook_name, key, i = ev.target, ev.outs[0], nxt
+                through.append(ev.target)
+                continue
+            if first_in != key:
+                break
+            if ev.kind == "module" and isinstance(ev.module, _ACTIVATION_MODULES):
+                shared = len(calls[ev.target]) != 1
+                point = MeasurePoint(
+                    name, widths[name], hook_name if shared else ev.target, "activation",
+                    type(ev.module).__name__, through,
+                    _pure_module_activation(ev.module) if shared else None,
+                )
+            elif ev.kind == "func" and ev.target in _ACTIVATION_FUNCS:
+                point = MeasurePoint(
+                    name, widths[name], hook_name, "activation",
+                    getattr(ev.target, "__name__", str(ev.target)).rstrip("_"), through,
+                    _pure_func_activation(ev),
+                )
+            break
+        points.append(point)
+    return points

@@ -1,0 +1,483 @@
+"""FilTag step 1: the class profile, accumulated in one pass over a dataset.
+
+For each measured layer the profile holds ``a[c, f]``, the mean over class
+``c``'s images of filter ``f``'s min-max scaled value, plus per-class image
+counts. Sums accumulate on the device in float64; memory does not grow with
+the dataset. The pass checkpoints atomically every N batches and resumes at
+the exact sample where the checkpoint was taken, so an interrupted run
+(Ctrl-C or SIGKILL) finishes with the same profile as an uninterrupted one.
+
+Artifacts in the run folder: ``profile.npz`` (arrays) and ``profile.json``
+(everything else); while a pass runs, ``profile.ckpt.npz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._io import atomic_open, ensure_writable_dir, read_json, write_json
+from .activations import FilterProbe
+from .data import ImageDataset, ImageSet, load_rgb, make_loader
+from .errors import FiltagError, ProfileError
+from .measure import MeasurePoint, find_measure_points
+from .models import ClassInfo, LoadedModel, select_layers
+
+PROFILE_JSON = "profile.json"
+PROFILE_NPZ = "profile.npz"
+CHECKPOINT = "profile.ckpt.npz"
+
+
+class Interrupted(FiltagError):
+    """The pass was interrupted (Ctrl-C); a checkpoint was saved for ``--resume``."""
+
+
+@dataclass
+class LayerProfile:
+    """One layer's class profile: ``means[c, f]`` (float64, [classes x filters])."""
+
+    name: str
+    width: int
+    measured_at: str
+    means: np.ndarray
+    measure: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Profile:
+    """The class profile of a model over a dataset, with its metadata.
+
+    Attributes:
+        layers: per-layer class means, in model order.
+        class_ids: dataset class ids (wnids where known), in dataset order.
+        labels: readable class labels.
+        counts: images per class that were profiled (bad files excluded).
+        meta: the rest of ``profile.json`` (model, dataset, skipped files, ...).
+    """
+
+    layers: list[LayerProfile]
+    class_ids: list[str]
+    labels: list[str]
+    counts: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerProfile:
+        """The profile of one layer by name."""
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise KeyError(name)
+
+    def save(self, run_dir: str | os.PathLike[str]) -> None:
+        """Write ``profile.npz`` then ``profile.json`` (each atomically)."""
+        run_dir = Path(run_dir)
+        arrays = {"counts": self.counts.astype(np.int64)}
+        for i, lp in enumerate(self.layers):
+            arrays[f"means_{i:04d}"] = lp.means.astype(np.float64)
+        with atomic_open(run_dir / PROFILE_NPZ, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        meta = dict(self.meta)
+        meta["classes"] = [
+            {"id": c, "label": lab, "images": int(n)}
+            for c, lab, n in zip(self.class_ids, self.labels, self.counts)
+        ]
+        meta["layers"] = [
+            {"index": i, "name": lp.name, "width": lp.width, "measured_at": lp.measured_at,
+             "array": f"means_{i:04d}", **{k: v for k, v in lp.measure.items()
+                                           if k not in ("layer", "width", "description")}}
+            for i, lp in enumerate(self.layers)
+        ]
+        write_json(run_dir / PROFILE_JSON, meta)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> Profile:
+        """Read a profile written by :meth:`save`.
+
+        Raises:
+            ProfileError: the files are missing or inconsistent.
+        """
+        run_dir = Path(run_dir)
+        jp, npz = run_dir / PROFILE_JSON, run_dir / PROFILE_NPZ
+        if not jp.is_file() or not npz.is_file():
+            hint = " (an interrupted pass can be finished with --resume)" if (
+                run_dir / CHECKPOINT).exists() else ""
+            raise ProfileError(
+                f"{run_dir} holds no profile ({PROFILE_JSON} + {PROFILE_NPZ}){hint}; create one "
+                "with `filtag-kg profile` or `filtag-kg run`"
+            )
+        try:
+            meta = read_json(jp)
+            with np.load(npz) as z:
+                arrays = {k: z[k] for k in z.files}
+            layers = [
+                LayerProfile(d["name"], int(d["width"]), d["measured_at"], arrays[d["array"]], d)
+                for d in meta["layers"]
+            ]
+            classes = meta["classes"]
+        except (KeyError, ValueError, OSError) as exc:
+            raise ProfileError(f"profile in {run_dir} is corrupt or incomplete: {exc}") from None
+        return cls(
+            layers=layers,
+            class_ids=[c["id"] for c in classes],
+            labels=[c["label"] for c in classes],
+            counts=arrays["counts"],
+            meta=meta,
+        )
+
+
+@dataclass
+class ProfileOptions:
+    """How to run the profile pass (all CLI options of ``filtag-kg profile``).
+
+    Attributes:
+        layers: conv layer names or glob patterns; ``None`` = every Conv2d.
+        measure: ``"activation"`` (after the nonlinearity) or ``"conv"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes; ``None`` chooses by dataset size.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast (reductions stay float32+).
+        checkpoint_every: write a checkpoint every N batches (0: never).
+        resume: continue an interrupted pass from its checkpoint.
+        restart: discard an interrupted pass's checkpoint and start over.
+        progress: show a progress bar on stderr.
+    """
+
+    layers: list[str] | None = None
+    measure: str = "activation"
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    amp: str = "off"
+    checkpoint_every: int = 200
+    resume: bool = False
+    restart: bool = False
+    progress: bool = True
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; others as given.
+
+    Raises:
+        FiltagError: CUDA is asked for but not available.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise FiltagError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FiltagError(f"device {spec!r} asked for, but CUDA is not available; use --device cpu")
+    return dev
+
+
+def autocast_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype of an ``--amp`` value (``None`` for off)."""
+    try:
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    except KeyError:
+        raise FiltagError(f"unknown --amp {amp!r}; use off, bf16 or fp16") from None
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in every artifact."""
+    import torchvision
+
+    return {
+        "filtag_kg": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def first_good_image(imageset: ImageSet, dataset: ImageDataset) -> torch.Tensor:
+    """The first image of the set that decodes, as a [1, C, H, W] batch (for the dry run).
+
+    Raises:
+        ProfileError: no image in the set decodes.
+    """
+    for i in range(len(dataset)):
+        _, x, _, _ = dataset[i]
+        if x is not None:
+            return x.unsqueeze(0)
+    raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
+
+
+class Engine:
+    """A model on its device with probes at its measure points: the shared core of
+    the profile and explanation passes."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        points: list[MeasurePoint],
+        device: torch.device,
+        amp: str = "off",
+    ) -> None:
+        self.loaded, self.points, self.device = loaded, points, device
+        self.amp_dtype = autocast_dtype(amp)
+        self.channels_last = device.type == "cuda"
+        loaded.module.to(device)
+        if self.channels_last:
+            loaded.module.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def build(
+        cls,
+        loaded: LoadedModel,
+        example: torch.Tensor,
+        *,
+        layers: list[str] | None,
+        measure: str,
+        device: torch.device,
+        amp: str = "off",
+    ) -> Engine:
+        """Select layers, find their measure points with one dry run, place the model."""
+        if measure not in ("activation", "conv"):
+            raise FiltagError(f"unknown --measure {measure!r}; use activation or conv")
+        names = select_layers(loaded.module, layers)
+        loaded.module.to(device)
+        points = find_measure_points(loaded.module, names, example.to(device), measure=measure)
+        return cls(loaded, points, device, amp)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """Move a batch to the device (non-blocking from pinned memory; channels-last on CUDA)."""
+        x = images.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of ``--amp`` (a null context when off)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def _fingerprint(
+    loaded: LoadedModel, imageset: ImageSet, points: list[MeasurePoint], amp: str
+) -> dict[str, Any]:
+    return {
+        "model": loaded.spec,
+        "weights_sha256": loaded.weights_sha256,
+        "layers": [p.describe() for p in points],
+        "data": imageset.fingerprint(),
+        "preprocess": loaded.preprocess.to_dict(),
+        "amp": amp,
+    }
+
+
+def _save_checkpoint(
+    path: Path, state: dict[str, Any], sums: list[torch.Tensor], counts: torch.Tensor
+) -> None:
+    arrays = {f"sums_{i:04d}": s.detach().cpu().numpy() for i, s in enumerate(sums)}
+    arrays["counts"] = counts.detach().cpu().numpy()
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, Any], list[np.ndarray], np.ndarray]:
+    try:
+        with np.load(path) as z:
+            state = json.loads(z["state"].tobytes().decode())
+            sums = [z[f"sums_{i:04d}"] for i in range(len(state["fingerprint"]["layers"]))]
+            counts = z["counts"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ProfileError(f"checkpoint {path} is unreadable ({exc}); rerun with --restart") from None
+    return state, sums, counts
+
+
+def profile_dataset(
+    loaded: LoadedModel,
+    imageset: ImageSet,
+    run_dir: str | os.PathLike[str],
+    options: ProfileOptions | None = None,
+) -> Profile:
+    """Run the profile pass and write ``profile.npz`` + ``profile.json`` into ``run_dir``.
+
+    Args:
+        loaded: the model (see :func:`filtag_kg.models.load_model`).
+        imageset: the images (see :func:`filtag_kg.data.image_folder`).
+        run_dir: output folder (created).
+        options: pass options; defaults as in :class:`ProfileOptions`.
+
+    Returns:
+        The finished profile.
+
+    Raises:
+        ProfileError: a checkpoint exists without ``resume``/``restart``, or
+            does not match this run.
+        Interrupted: Ctrl-C; the checkpoint is saved first.
+    """
+    opts = options or ProfileOptions()
+    run = ensure_writable_dir(run_dir)
+    ckpt = run / CHECKPOINT
+    device = resolve_device(opts.device)
+    autocast_dtype(opts.amp)
+    if opts.batch_size < 1:
+        raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
+    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
+    engine = Engine.build(
+        loaded, first_good_image(imageset, dataset),
+        layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
+    )
+    points = engine.points
+    fingerprint = _fingerprint(loaded, imageset, points, opts.amp)
+
+    if ckpt.exists() and opts.restart:
+        ckpt.unlink()
+    if opts.resume and not ckpt.exists() and (run / PROFILE_JSON).exists():
+        done_profile = Profile.load(run)
+        if done_profile.meta.get("fingerprint") == fingerprint:
+            return done_profile  # already finished: nothing to redo
+    n_classes = len(imageset.classes)
+    sums = [torch.zeros(n_classes, p.width, dtype=torch.float64, device=device) for p in points]
+    counts = torch.zeros(n_classes, dtype=torch.int64, device=device)
+    done, skipped, elapsed_before = 0, [], 0.0
+    started = _now()
+    if ckpt.exists():
+        if not opts.resume:
+            raise ProfileError(
+                f"{run} holds an interrupted profile pass ({CHECKPOINT}); rerun with --resume to "
+                "finish it, or --restart to discard it"
+            )
+        state, saved_sums, saved_counts = _load_checkpoint(ckpt)
+        if state["fingerprint"] != fingerprint:
+            diff = [k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]]
+            raise ProfileError(
+                f"checkpoint in {run} was made with a different {', '.join(diff)}; rerun with the "
+                "same options, or --restart to discard it"
+            )
+        for s, arr in zip(sums, saved_sums):
+            s.copy_(torch.from_numpy(arr))
+        counts.copy_(torch.from_numpy(saved_counts))
+        done, skipped = int(state["done"]), list(state["skipped"])
+        started, elapsed_before = state["started_at"], float(state["seconds"])
+
+    n = len(dataset)
+    workers = opts.workers
+    if workers is None:
+        workers = 0 if n - done < 512 else min(8, os.cpu_count() or 1)
+    loader = make_loader(
+        dataset, start=done, batch_size=opts.batch_size, workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=n, initial=done, unit="img", desc="profile", disable=not opts.progress,
+        file=sys.stderr, dynamic_ncols=True,
+    )
+
+    def state_now() -> dict[str, Any]:
+        return {
+            "fingerprint": fingerprint, "done": done, "skipped": skipped,
+            "started_at": started, "seconds": elapsed_before + time.perf_counter() - t0,
+        }
+
+    batches = 0
+    module = loaded.module
+    try:
+        with FilterProbe(module, points) as probe, torch.inference_mode():
+            for batch in loader:
+                skipped += [
+                    {"path": imageset.samples[i].path, "reason": why} for i, why in batch.bad
+                ]
+                if batch.images is not None:
+                    x = engine.to_device(batch.images)
+                    labels = batch.labels.to(device, non_blocking=True)
+                    with engine.autocast():
+                        module(x)
+                    for s, v in zip(sums, probe.take()):
+                        s.index_add_(0, labels, v)
+                    counts.index_add_(0, labels, torch.ones_like(labels))
+                done += batch.count
+                batches += 1
+                bar.update(batch.count)
+                if skipped:
+                    bar.set_postfix(skipped=len(skipped), refresh=False)
+                if opts.checkpoint_every and batches % opts.checkpoint_every == 0 and done < n:
+                    _save_checkpoint(ckpt, state_now(), sums, counts)
+    except KeyboardInterrupt:
+        bar.close()
+        _save_checkpoint(ckpt, state_now(), sums, counts)
+        raise Interrupted(
+            f"interrupted after {done} of {n} images; checkpoint saved in {ckpt}, rerun with "
+            "--resume to finish"
+        ) from None
+    bar.close()
+
+    seconds = elapsed_before + time.perf_counter() - t0
+    counts_np = counts.cpu().numpy()
+    layers = []
+    for p, s in zip(points, sums):
+        total = s.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts_np[:, None] > 0, total / np.maximum(counts_np, 1)[:, None], 0.0)
+        layers.append(LayerProfile(p.layer, p.width, p.describe(), means, p.record()))
+    used = int(counts_np.sum())
+    profile = Profile(
+        layers=layers,
+        class_ids=[c.id for c in imageset.classes],
+        labels=[c.label for c in imageset.classes],
+        counts=counts_np,
+        meta={
+            "format": "filtag-kg profile",
+            "format_version": 1,
+            "model": loaded.record(),
+            "model_classes": [{"id": c.id, "label": c.label} for c in loaded.classes]
+            if loaded.classes is not None else None,
+            "preprocess": loaded.preprocess.to_dict(),
+            "dataset": {
+                **imageset.record(),
+                "images_used": used,
+                "skipped_count": len(skipped),
+                "skipped": skipped,
+                "warnings": imageset.warnings,
+            },
+            "options": {
+                "measure": opts.measure, "amp": opts.amp, "batch_size": opts.batch_size,
+                "device": str(device), "workers": workers,
+            },
+            "fingerprint": fingerprint,
+            "software": software_versions(),
+            "started_at": started,
+            "finished_at": _now(),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(n / seconds, 3) if seconds > 0 else None,
+        },
+    )
+    profile.save(run)
+    with contextlib.suppress(FileNotFoundError):
+        ckpt.unlink()
+    return profile
+
+
+def class_infos(profile: Profile) -> list[ClassInfo]:
+    """The profile's dataset classes as :class:`ClassInfo` values."""
+    return [ClassInfo(c, lab) for c, lab in zip(profile.class_ids, profile.labels)]
+
+
+__all__ = [
+    "CHECKPOINT", "Engine", "Interrupted", "LayerProfile", "Profile", "ProfileOptions",
+    "class_infos", "load_rgb", "profile_dataset", "resolve_device",
+]

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny models, small image folders with awkward files, devices."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # tiny_models importable in-process
+
+CLASSES = ["n02085620", "n02123045", "n04536866"]  # Chihuahua, tabby, violin
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's caches (WordNet, demo) out of the user's home."""
+    monkeypatch.setenv("FILTAG_KG_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request: pytest.FixtureRequest) -> str:
+    """Run a test on the CPU, and on CUDA when a GPU is present."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return request.param
+
+
+def write_images(root: Path, per_class: int = 4, seed: int = 0, classes: list[str] | None = None) -> Path:
+    """Random RGB PNGs of varied sizes in ``root/CLASS/``; returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes or CLASSES:
+        d = root / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(24, 48, size=2)
+            arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """Three wnid class folders with 4 random images each."""
+    return write_images(tmp_path / "data")
+
+
+@pytest.fixture
+def messy_dir(tmp_path: Path) -> Path:
+    """An image folder with every kind of awkward file: other colour modes,
+    a truncated JPEG, a text file with an image suffix, and an empty class."""
+    from PIL import Image
+
+    root = write_images(tmp_path / "messy", per_class=3)
+    rng = np.random.default_rng(7)
+    d = root / CLASSES[0]
+    Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8), "L").save(d / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).convert("P").save(d / "pal.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).convert("CMYK").save(d / "cmyk.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / CLASSES[1] / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / CLASSES[2] / "notes.png").write_text("this is not an image\n")
+    (root / "n01440764").mkdir()  # tench: an empty class folder
+    return root
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: the tests folder on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env

@@ -1,0 +1,250 @@
+"""Step 1 (profile pass) against a straightforward per-image float64 reference."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, cli_env, write_images
+from tiny_models import build_shared, build_tiny
+
+from filtag_kg.activations import FilterProbe, scaled_filter_values
+from filtag_kg.data import image_folder
+from filtag_kg.errors import ProfileError
+from filtag_kg.measure import find_measure_points
+from filtag_kg.models import load_model
+from filtag_kg.preprocess import Preprocess
+from filtag_kg.profile import CHECKPOINT, Profile, ProfileOptions, profile_dataset
+from filtag_kg.tagging import TagSetting, tag_profile
+
+PRE = Preprocess(resize=20, crop=16)
+
+
+def reference_profile(model: torch.nn.Module, root: Path) -> dict[str, np.ndarray]:
+    """Per image, batch of one: capture full activations at the known measure points,
+    copy them to the host, scale in float64 numpy, average per class."""
+    from filtag_kg.data import load_rgb
+
+    acts: dict[str, np.ndarray] = {}
+    taps = {
+        "conv1": (model.act1, lambda a: a),  # conv1 -> ReLU module
+        "conv2": (model.bn2, lambda a: np.maximum(a, 0.0)),  # conv2 -> bn2 -> F.relu
+        "conv3": (model.conv3, lambda a: a),  # conv3 -> max pool: the conv output
+    }
+    handles = [
+        m.register_forward_hook(
+            lambda mod, i, o, n=n, f=f: acts.__setitem__(n, f(o.detach().double().numpy()[0]))
+        )
+        for n, (m, f) in taps.items()
+    ]
+    transform = PRE.transform()
+    sums: dict[str, np.ndarray] = {}
+    counts = np.zeros(len(CLASSES))
+    try:
+        for ci, c in enumerate(CLASSES):
+            for f in sorted((root / c).iterdir()):
+                with torch.no_grad():
+                    model(transform(load_rgb(str(f))).unsqueeze(0))
+                for n, a in acts.items():
+                    lo, hi = a.min(), a.max()
+                    s = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+                    sums.setdefault(n, np.zeros((len(CLASSES), a.shape[0])))[ci] += s.mean(axis=(1, 2))
+                counts[ci] += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: s / counts[:, None] for n, s in sums.items()}
+
+
+def test_profile_matches_reference(image_dir: Path, tmp_path: Path, device: str) -> None:
+    loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+    ref = reference_profile(build_tiny(), image_dir)
+    prof = profile_dataset(
+        loaded, image_folder(image_dir), tmp_path / "run",
+        ProfileOptions(batch_size=5, progress=False, device=device),
+    )
+    assert [lp.name for lp in prof.layers] == ["conv1", "conv2", "conv3"]
+    for lp in prof.layers:
+        np.testing.assert_allclose(lp.means, ref[lp.name], rtol=1e-5, atol=1e-7)
+    assert prof.counts.tolist() == [4, 4, 4]
+    # the tags follow from the same numbers: top-k of the reference means
+    for t in tag_profile(prof, [TagSetting("top-k", 2)]):
+        row = ref[t.layer][prof.class_ids.index(t.class_id)]
+        assert t.filter in np.argsort(-row, kind="stable")[:2]
+
+
+def test_measure_points_of_known_structures() -> None:
+    tiny = build_tiny()
+    pts = {p.layer: p for p in find_measure_points(tiny, ["conv1", "conv2", "conv3"],
+                                                   torch.zeros(1, 3, 8, 8))}
+    assert (pts["conv1"].hook_module, pts["conv1"].kind, pts["conv1"].apply) == ("act1", "activation", None)
+    assert (pts["conv2"].hook_module, pts["conv2"].activation) == ("bn2", "relu")
+    assert pts["conv2"].apply is not None and pts["conv2"].through == ["bn2"]
+    assert (pts["conv3"].hook_module, pts["conv3"].kind) == ("conv3", "conv")
+
+    shared = build_shared()
+    layers = ["stem", "block.conv_a", "block.conv_b", "head"]
+    pts = {p.layer: p for p in find_measure_points(shared, layers, torch.zeros(1, 3, 8, 8))}
+    assert pts["stem"].activation == "tanh"
+    # the ReLU module runs twice: applied in a hook on bn_a, not hooked itself
+    assert (pts["block.conv_a"].hook_module, pts["block.conv_a"].activation) == ("block.bn_a", "ReLU")
+    assert pts["block.conv_a"].apply is not None
+    # bn_b's output is changed in place by `out += x` before the ReLU: no activation follows
+    assert pts["block.conv_b"].kind == "conv"
+    assert pts["head"].activation == "leaky_relu"
+    # applied activations equal the real ones
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(pts["head"].apply(x), torch.nn.functional.leaky_relu(x, 0.2))
+
+    forced = find_measure_points(tiny, ["conv1"], torch.zeros(1, 3, 8, 8), measure="conv")
+    assert forced[0].kind == "conv" and forced[0].hook_module == "conv1"
+
+
+def test_measure_points_on_torchvision_models() -> None:
+    import torchvision
+
+    r18 = torchvision.models.resnet18().eval()
+    pts = {p.layer: p for p in find_measure_points(
+        r18, ["conv1", "layer1.0.conv1", "layer1.0.conv2"], torch.zeros(1, 3, 64, 64))}
+    assert pts["conv1"].hook_module == "relu" and pts["conv1"].through == ["bn1"]
+    assert pts["layer1.0.conv1"].hook_module == "layer1.0.bn1"  # shared relu: applied in hook
+    assert pts["layer1.0.conv2"].kind == "conv"  # bn2 -> += identity -> relu
+    vgg = torchvision.models.vgg11().eval()
+    pts = find_measure_points(vgg, ["features.0", "features.3"], torch.zeros(1, 3, 32, 32))
+    assert [p.hook_module for p in pts] == ["features.1", "features.4"]
+
+
+def test_scaled_values_layouts_and_constant_maps() -> None:
+    x = torch.randn(3, 4, 5, 6)
+    x[1] = 2.0  # a constant image tensor scales to all zeros
+    ref = []
+    for img in x.double().numpy():
+        lo, hi = img.min(), img.max()
+        ref.append(((img - lo) / (hi - lo)).mean(axis=(1, 2)) if hi > lo else np.zeros(4))
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
+        np.testing.assert_allclose(scaled_filter_values(t).numpy(), np.stack(ref), rtol=1e-6, atol=1e-7)
+    got = scaled_filter_values(x.bfloat16())
+    assert got.dtype == torch.float64 and got.shape == (3, 4)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_hooks_removed_and_mode_restored_after_failing_forward() -> None:
+    model = build_tiny()
+    model.train()
+    pts = find_measure_points(model, ["conv1", "conv2", "conv3"], torch.zeros(1, 3, 8, 8))
+    assert model.training  # the dry run restored the mode too
+
+    def explode(module, inputs, output):
+        raise Boom
+
+    bomb = model.conv3.register_forward_hook(explode)
+    with pytest.raises(Boom), FilterProbe(model, pts):
+        assert not model.training
+        model(torch.zeros(1, 3, 8, 8))
+    bomb.remove()
+    assert model.training
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_bad_files_are_skipped_and_listed(messy_dir: Path, tmp_path: Path) -> None:
+    loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+    imageset = image_folder(messy_dir)
+    assert any("empty" in w and "n01440764" in w for w in imageset.warnings)
+    prof = profile_dataset(loaded, imageset, tmp_path / "run", ProfileOptions(progress=False))
+    skipped = {Path(s["path"]).name for s in prof.meta["dataset"]["skipped"]}
+    assert skipped == {"truncated.jpg", "notes.png"}
+    assert prof.meta["dataset"]["skipped_count"] == 2
+    # gray, palette, RGBA and CMYK images were converted and counted
+    assert dict(zip(prof.class_ids, prof.counts.tolist())) == {
+        "n01440764": 0, CLASSES[0]: 7, CLASSES[1]: 3, CLASSES[2]: 3}
+    tags = tag_profile(prof, [TagSetting("top-k", 1)])
+    assert {t.class_id for t in tags} == set(CLASSES)  # the empty class has no tags
+    meta = json.loads((tmp_path / "run" / "profile.json").read_text())
+    for key in ("model", "preprocess", "dataset", "software", "started_at", "finished_at", "layers"):
+        assert key in meta
+    assert meta["model"]["weights_sha256"] == loaded.weights_sha256
+
+
+def test_profile_is_deterministic(image_dir: Path, tmp_path: Path) -> None:
+    outs = []
+    for name in ("a", "b"):
+        loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+        outs.append(profile_dataset(loaded, image_folder(image_dir), tmp_path / name,
+                                    ProfileOptions(batch_size=3, progress=False)))
+    for la, lb in zip(outs[0].layers, outs[1].layers):
+        assert np.array_equal(la.means, lb.means)
+
+
+def _profile_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "filtag_kg", "profile", "--model", "tiny_models:build_slow",
+            "--image-size", "16", "--data", str(data), "--out", str(out), "--batch-size", "2",
+            "--checkpoint-every", "1", "--quiet", *extra]
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
+    data = write_images(tmp_path / "data", per_class=6, seed=5)
+    env = cli_env()
+    env["TINY_SLEEP"] = "0"
+    done = subprocess.run(_profile_cmd(data, tmp_path / "full"), env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    env["TINY_SLEEP"] = "0.4"
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_profile_cmd(data, run_dir), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = run_dir / CHECKPOINT
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait for the third checkpoint: 6 of 18 images done
+        if ckpt.exists():
+            with np.load(ckpt) as z:
+                if json.loads(z["state"].tobytes())["done"] >= 6:
+                    break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert ckpt.exists() and not (run_dir / "profile.json").exists()
+
+    again = subprocess.run(_profile_cmd(data, run_dir), env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to silently restart
+
+    env["TINY_SLEEP"] = "0"
+    res = subprocess.run(_profile_cmd(data, run_dir, "--resume"), env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not ckpt.exists()
+    full, resumed = Profile.load(tmp_path / "full"), Profile.load(run_dir)
+    assert full.counts.tolist() == resumed.counts.tolist() == [6, 6, 6]
+    for a, b in zip(full.layers, resumed.layers):
+        np.testing.assert_allclose(a.means, b.means, rtol=1e-12, atol=0)
+
+
+def test_checkpoint_of_other_data_is_refused(tmp_path: Path) -> None:
+    data = write_images(tmp_path / "data", per_class=2)
+    loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+    run_dir = tmp_path / "run"
+    profile_dataset(loaded, image_folder(data), run_dir, ProfileOptions(progress=False))
+    # fake an interrupted pass of different data
+    other = write_images(tmp_path / "other", per_class=3, seed=9)
+    from filtag_kg.profile import _save_checkpoint
+
+    state = {"fingerprint": {"data": "x", "layers": ["a"]}, "done": 1, "skipped": [],
+             "started_at": "", "seconds": 0}
+    _save_checkpoint(run_dir / CHECKPOINT, state, [torch.zeros(3, 6, dtype=torch.float64)],
+                     torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ProfileError, match="different"):
+        profile_dataset(loaded, image_folder(other), run_dir,
+                        ProfileOptions(progress=False, resume=True))
+    profile_dataset(loaded, image_folder(other), run_dir, ProfileOptions(progress=False, restart=True))
+    assert Profile.load(run_dir).counts.tolist() == [3, 3, 3]
