@@ -1,0 +1,150 @@
+"""The command line end to end: outputs, help, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_env
+from tiny_models import build_tiny
+
+from filtag_kg.cli import build_parser, main
+
+TINY = ["--model", "tiny_models:build_tiny", "--image-size", "16", "--quiet"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_has_help() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"run", "profile", "tag", "layers", "demo"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert p.description, name
+        assert "usage:" in text and len(text) > 200, name
+
+
+def test_run_then_retag(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--k", "1",
+                                "--percent", "50", "--above-average", "--out", str(out))
+    assert code == 0, err
+    assert "layer conv2: 8 filters, measured at bn2 (relu applied in the hook)" in stdout
+    assert "top-k 1: 3 tags" in stdout
+    rows = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
+    assert {r["method"] for r in rows} == {"top-k", "top-percent", "above-average"}
+    # top-k 1: one filter per class and layer; 3 classes x 3 layers
+    assert sum(r["method"] == "top-k" for r in rows) == 9
+    # top-percent 50 on widths 6, 8, 5: round(3), round(4), round(2.5)=2 per class
+    assert sum(r["method"] == "top-percent" for r in rows) == 3 * (3 + 4 + 2)
+    assert {r["label"] for r in rows} == {"Chihuahua", "tabby", "violin"}
+
+    code, stdout, err = run_cli(capsys, "tag", str(out), "--k", "2", "--quiet")
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
+    assert {(r["method"], r["param"]) for r in rows} == {("top-k", "2")}
+    assert len(rows) == 18
+
+
+def test_python_dash_m_and_layers_command(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "filtag_kg", "layers", "tiny_models:build_tiny",
+                          "--image-size", "8"], env=cli_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "conv1" in res.stdout and "act1 (ReLU)" in res.stdout and "conv3 (conv output)" in res.stdout
+    assert "3 conv layers, 19 filters" in res.stdout
+
+
+def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("filtag-kg: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    msg = _error(capsys, "run", *TINY, "--data", str(tmp_path / "nope"), "--out", out)
+    assert "nope" in msg and "does not exist" in msg
+    (tmp_path / "empty").mkdir()
+    msg = _error(capsys, "run", *TINY, "--data", str(tmp_path / "empty"), "--out", out)
+    assert "no class folders" in msg
+    (tmp_path / "hollow" / "n02085620").mkdir(parents=True)
+    msg = _error(capsys, "run", *TINY, "--data", str(tmp_path / "hollow"), "--out", out)
+    assert "no image files" in msg
+    msg = _error(capsys, "run", "--model", "vgg61", "--data", str(image_dir), "--out", out)
+    assert "vgg61" in msg and "vgg16" in msg
+    msg = _error(capsys, "run", "--model", "nosuchpkg.mod:fn", "--data", str(image_dir), "--out", out)
+    assert "nosuchpkg" in msg
+    msg = _error(capsys, "run", *TINY, "--layers", "conv9*", "--data", str(image_dir), "--out", out)
+    assert "conv9*" in msg and "filtag-kg layers" in msg
+    msg = _error(capsys, "run", *TINY, "--layers", "pool", "--data", str(image_dir), "--out", out)
+    assert "not a Conv2d" in msg
+    msg = _error(capsys, "run", *TINY, "--k", "0", "--data", str(image_dir), "--out", out)
+    assert "k" in msg
+    msg = _error(capsys, "run", *TINY, "--k", "7", "--data", str(image_dir), "--out", out)
+    assert "conv1" in msg and "6 filters" in msg  # names the narrowest layer, before profiling
+    assert not (tmp_path / "out" / "profile.json").exists()
+    msg = _error(capsys, "run", *TINY, "--percent", "150", "--data", str(image_dir), "--out", out)
+    assert "percent" in msg
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    msg = _error(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(blocker / "sub"))
+    assert "cannot write" in msg and "--out" in msg
+    msg = _error(capsys, "tag", str(tmp_path / "nothing-here"))
+    assert "holds no profile" in msg
+
+
+def test_weights_file_that_does_not_fit(capsys: pytest.CaptureFixture[str], image_dir: Path,
+                                        tmp_path: Path) -> None:
+    sd = build_tiny().state_dict()
+    sd["extra.weight"] = torch.zeros(1)
+    del sd["fc.bias"]
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    msg = _error(capsys, "run", *TINY, "--weights-file", str(bad), "--data", str(image_dir),
+                 "--out", str(tmp_path / "o"))
+    assert "does not fit" in msg and "fc.bias" in msg and "extra.weight" in msg
+    (tmp_path / "junk.pt").write_bytes(b"\x00junk")
+    msg = _error(capsys, "run", *TINY, "--weights-file", str(tmp_path / "junk.pt"), "--data",
+                 str(image_dir), "--out", str(tmp_path / "o"))
+    assert "junk.pt" in msg
+
+
+def test_offline_weights_download_suggests_weights_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, image_dir: Path, tmp_path: Path
+) -> None:
+    import torchvision.models._api as api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    msg = _error(capsys, "run", "--model", "resnet18", "--weights", "DEFAULT", "--data",
+                 str(image_dir), "--out", str(tmp_path / "o"))
+    assert "--weights-file" in msg and "resnet18" in msg.lower()
+    msg = _error(capsys, "run", "--model", "resnet18", "--weights", "IMAGENET9K", "--data",
+                 str(image_dir), "--out", str(tmp_path / "o"))
+    assert "IMAGENET1K_V1" in msg
+
+
+def test_run_is_deterministic(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        code, _, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--k", "2",
+                               "--out", str(tmp_path / name))
+        assert code == 0, err
+    assert (tmp_path / "a" / "tags.tsv").read_bytes() == (tmp_path / "b" / "tags.tsv").read_bytes()
+    assert (tmp_path / "a" / "tags.json").read_bytes() == (tmp_path / "b" / "tags.json").read_bytes()

@@ -1,0 +1,92 @@
+"""Model specs, weights, class lists, preprocessing and layer selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from filtag_kg.errors import UnknownLayerError, UnknownModelError, WeightsError
+from filtag_kg.models import (
+    ClassInfo,
+    conv_layer_names,
+    load_model,
+    read_class_file,
+    select_layers,
+    state_dict_sha256,
+)
+
+
+def test_factory_and_weights_file(tmp_path: Path) -> None:
+    other = build_tiny(seed=5)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": other.state_dict()}, path)  # wrapped checkpoints are unwrapped
+    plain = load_model("tiny_models:build_tiny")
+    loaded = load_model("tiny_models:build_tiny", weights_file=path)
+    assert loaded.kind == "factory" and loaded.weights_file == str(path)
+    assert loaded.weights_sha256 == state_dict_sha256(other) != plain.weights_sha256
+    torch.testing.assert_close(loaded.module.conv1.weight, other.conv1.weight)
+    assert loaded.classes is None  # comes from the data folders
+    assert (loaded.preprocess.resize, loaded.preprocess.crop) == (256, 224)
+    small = load_model("tiny_models:build_tiny", image_size=64)
+    assert (small.preprocess.resize, small.preprocess.crop) == (73, 64)
+
+
+def test_torchvision_architecture_gets_imagenet_classes() -> None:
+    loaded = load_model("resnet18")
+    assert loaded.kind == "torchvision" and len(loaded.classes) == 1000
+    assert loaded.classes[0] == ClassInfo("n01440764", "tench")
+    assert loaded.classes[-1].id == "n15075141"
+    ten = load_model("resnet18", num_classes=10)
+    assert ten.classes is None
+
+
+def test_weights_enum_uses_metadata_and_transforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+    import torchvision.models._api as api
+
+    fake = torchvision.models.resnet18().state_dict()
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *a, **k: fake)
+    loaded = load_model("resnet18", weights="DEFAULT")
+    assert loaded.weights == "IMAGENET1K_V1"
+    assert [c.id for c in loaded.classes[:2]] == ["n01440764", "n01443537"]
+    assert (loaded.preprocess.resize, loaded.preprocess.crop) == (256, 224)
+    assert "IMAGENET1K_V1" in loaded.preprocess.source
+
+
+def test_class_file(tmp_path: Path) -> None:
+    f = tmp_path / "classes.txt"
+    f.write_text("# my classes\nn02085620\tChihuahua\nn02123045\n\nviolin\n")
+    assert read_class_file(f) == [ClassInfo("n02085620", "Chihuahua"),
+                                  ClassInfo("n02123045", "n02123045"), ClassInfo("violin", "violin")]
+    loaded = load_model("tiny_models:build_tiny", classes_file=f)
+    assert [c.id for c in loaded.classes] == ["n02085620", "n02123045", "violin"]
+
+
+def test_bad_specs() -> None:
+    with pytest.raises(UnknownModelError, match="resnet50"):
+        load_model("resnet05")
+    with pytest.raises(UnknownModelError, match="has no attribute"):
+        load_model("tiny_models:nope")
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        load_model("missing/model.pt")
+    with pytest.raises(WeightsError, match="either"):
+        load_model("resnet18", weights="DEFAULT", weights_file="x.pt")
+    with pytest.raises(WeightsError, match="weights-file"):
+        load_model("tiny_models:build_tiny", weights="DEFAULT")
+
+
+def test_layer_selection() -> None:
+    import torchvision
+
+    m = torchvision.models.resnet18()
+    assert len(conv_layer_names(m)) == 20
+    assert select_layers(m, ["layer4.*"]) == [n for n in conv_layer_names(m) if n.startswith("layer4.")]
+    assert select_layers(m, ["conv1", "layer1.0.conv2"]) == ["conv1", "layer1.0.conv2"]
+    assert select_layers(m, ["layer1.0.conv2", "conv1"]) == ["conv1", "layer1.0.conv2"]  # model order
+    with pytest.raises(UnknownLayerError, match="layer4.\\*"):
+        select_layers(m, ["layer4"])
+    with pytest.raises(UnknownLayerError, match="did you mean layer1.0.conv2, layer1.0.conv1"):
+        select_layers(m, ["layer1.0.conv"])
