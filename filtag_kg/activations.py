@@ -64,22 +64,31 @@ class FilterProbe:
         self.model = model
         self.points = list(points)
         self._values: list[torch.Tensor | None] = [None] * len(self.points)
-        self._calls = [0] * len(self.points)
+        # one hook per module; a module that runs several times per pass (a shared
+        # ReLU) serves each of its measure points on the call the dry run found
+        self._by_module: dict[str, dict[int, list[int]]] = {}
+        self._expected: dict[str, int] = {}
+        for i, p in enumerate(self.points):
+            self._by_module.setdefault(p.hook_module, {}).setdefault(p.call_index, []).append(i)
+            self._expected[p.hook_module] = p.calls_per_forward
+        self._calls = dict.fromkeys(self._by_module, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._training = model.training
 
-    def _hook(self, i: int, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        apply = self.points[i].apply
-        self._values[i] = scaled_filter_values(output if apply is None else apply(output))
-        self._calls[i] += 1
+    def _hook(self, name: str, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        call = self._calls[name]
+        self._calls[name] = call + 1
+        for i in self._by_module[name].get(call, ()):
+            apply = self.points[i].apply
+            self._values[i] = scaled_filter_values(output if apply is None else apply(output))
 
     def __enter__(self) -> FilterProbe:
         modules = dict(self.model.named_modules())
         self._training = self.model.training
         try:
-            for i, p in enumerate(self.points):
+            for name in self._by_module:
                 self._handles.append(
-                    modules[p.hook_module].register_forward_hook(functools.partial(self._hook, i))
+                    modules[name].register_forward_hook(functools.partial(self._hook, name))
                 )
             self.model.eval()
         except BaseException:
@@ -107,12 +116,17 @@ class FilterProbe:
         """The values of the last forward pass; resets for the next one.
 
         Raises:
-            RuntimeError: a measure point fired zero or several times.
+            RuntimeError: a hooked module ran a different number of times than in
+                the dry run (the forward pass is not static), so values could be
+                attributed to the wrong layer.
         """
-        bad = [p.layer for p, n in zip(self.points, self._calls) if n != 1]
-        if bad:
-            raise RuntimeError(f"measure points fired zero or several times in one pass: {bad}")
-        out = [v for v in self._values if v is not None]
+        bad = [n for n, c in self._calls.items() if c != self._expected[n]]
+        if bad or any(v is None for v in self._values):
+            raise RuntimeError(
+                f"hooked modules ran a different number of times than in the dry run: {bad}; "
+                "FilTag needs a forward pass whose module calls do not depend on the input"
+            )
+        out: list[torch.Tensor] = self._values  # type: ignore[assignment]
         self._values = [None] * len(self.points)
-        self._calls = [0] * len(self.points)
+        self._calls = dict.fromkeys(self._calls, 0)
         return out

@@ -12,14 +12,13 @@ consume it. Tracking the version counter means an in-place op (``out +=
 identity`` in a ResNet block) breaks the chain, as it should.
 
 The result, per layer, is a :class:`MeasurePoint`: which module's output to
-hook, and which pure activation to apply in the hook when the activation is
-a function call or a module shared between several convs (ResNet's
-``self.relu``).
+hook (and, for a module that runs several times per forward pass, such as
+ResNet's shared ``self.relu``, which of its calls), or, when the activation
+is a function call, which pure activation to apply in the hook.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,8 +64,10 @@ class MeasurePoint:
         activation: the nonlinearity's name (``"ReLU"``, ``"relu"``), if any.
         through: module paths between the conv and the measured output (e.g. a BatchNorm).
         apply: a pure function the hook applies to the module output before
-            reducing (the activation, when it is a function call or a shared
-            module), or ``None``.
+            reducing (the activation, when it is a function call), or ``None``.
+        call_index: which call of ``hook_module`` in one forward pass (0-based),
+            for modules that run several times per pass.
+        calls_per_forward: how often ``hook_module`` runs in one forward pass.
     """
 
     layer: str
@@ -76,12 +77,16 @@ class MeasurePoint:
     activation: str | None = None
     through: list[str] = field(default_factory=list)
     apply: Callable[[torch.Tensor], torch.Tensor] | None = None
+    call_index: int = 0
+    calls_per_forward: int = 1
 
     def describe(self) -> str:
         """Readable one-liner, as stored in artifacts (``measured_at``)."""
         if self.kind == "conv":
             return f"{self.layer} (conv output)"
         how = f"{self.activation} applied in the hook" if self.apply is not None else self.activation
+        if self.calls_per_forward > 1:
+            how += f", call {self.call_index + 1} of {self.calls_per_forward}"
         return f"{self.hook_module} ({how})"
 
     def record(self) -> dict[str, Any]:
@@ -94,6 +99,8 @@ class MeasurePoint:
             "activation": self.activation,
             "through": list(self.through),
             "applied_in_hook": self.apply is not None,
+            "call_index": self.call_index,
+            "calls_per_forward": self.calls_per_forward,
             "description": self.describe(),
         }
 
@@ -176,14 +183,6 @@ def _record_forward(model: nn.Module, example: torch.Tensor) -> list[_Event]:
     return rec.events
 
 
-def _pure_module_activation(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An out-of-place call of an activation module that bypasses its hooks."""
-    c = copy.copy(m)
-    if hasattr(c, "inplace"):
-        c.inplace = False
-    return functools.partial(type(m).forward, c)
-
-
 def _pure_func_activation(ev: _Event) -> Callable[[torch.Tensor], torch.Tensor]:
     base = _ACTIVATION_FUNCS[ev.target]
     rest = tuple(ev.args[1:])
@@ -259,15 +258,16 @@ def find_measure_points(
                     break
                 hook_name, key, i = ev.target, ev.outs[0], nxt
                 through.append(ev.target)
+                if len(calls[hook_name]) != 1:
+                    break  # a shared BatchNorm: measure at the conv output
                 continue
             if first_in != key:
                 break
             if ev.kind == "module" and isinstance(ev.module, _ACTIVATION_MODULES):
-                shared = len(calls[ev.target]) != 1
+                n_calls = calls[ev.target]
                 point = MeasurePoint(
-                    name, widths[name], hook_name if shared else ev.target, "activation",
-                    type(ev.module).__name__, through,
-                    _pure_module_activation(ev.module) if shared else None,
+                    name, widths[name], ev.target, "activation", type(ev.module).__name__,
+                    through, None, n_calls.index(nxt), len(n_calls),
                 )
             elif ev.kind == "func" and ev.target in _ACTIVATION_FUNCS:
                 point = MeasurePoint(

@@ -93,9 +93,10 @@ def test_measure_points_of_known_structures() -> None:
     layers = ["stem", "block.conv_a", "block.conv_b", "head"]
     pts = {p.layer: p for p in find_measure_points(shared, layers, torch.zeros(1, 3, 8, 8))}
     assert pts["stem"].activation == "tanh"
-    # the ReLU module runs twice: applied in a hook on bn_a, not hooked itself
-    assert (pts["block.conv_a"].hook_module, pts["block.conv_a"].activation) == ("block.bn_a", "ReLU")
-    assert pts["block.conv_a"].apply is not None
+    # the ReLU module runs twice per pass: conv_a is measured at its first call
+    a = pts["block.conv_a"]
+    assert (a.hook_module, a.activation, a.call_index, a.calls_per_forward) == ("block.relu", "ReLU", 0, 2)
+    assert a.apply is None and a.through == ["block.bn_a"]
     # bn_b's output is changed in place by `out += x` before the ReLU: no activation follows
     assert pts["block.conv_b"].kind == "conv"
     assert pts["head"].activation == "leaky_relu"
@@ -114,7 +115,7 @@ def test_measure_points_on_torchvision_models() -> None:
     pts = {p.layer: p for p in find_measure_points(
         r18, ["conv1", "layer1.0.conv1", "layer1.0.conv2"], torch.zeros(1, 3, 64, 64))}
     assert pts["conv1"].hook_module == "relu" and pts["conv1"].through == ["bn1"]
-    assert pts["layer1.0.conv1"].hook_module == "layer1.0.bn1"  # shared relu: applied in hook
+    assert (pts["layer1.0.conv1"].hook_module, pts["layer1.0.conv1"].call_index) == ("layer1.0.relu", 0)
     assert pts["layer1.0.conv2"].kind == "conv"  # bn2 -> += identity -> relu
     vgg = torchvision.models.vgg11().eval()
     pts = find_measure_points(vgg, ["features.0", "features.3"], torch.zeros(1, 3, 32, 32))
@@ -248,3 +249,32 @@ def test_checkpoint_of_other_data_is_refused(tmp_path: Path) -> None:
                         ProfileOptions(progress=False, resume=True))
     profile_dataset(loaded, image_folder(other), run_dir, ProfileOptions(progress=False, restart=True))
     assert Profile.load(run_dir).counts.tolist() == [3, 3, 3]
+
+
+def test_probe_values_on_shared_modules_match_reference() -> None:
+    """Values at a shared ReLU (called twice per pass) and applied functions, against
+    activations captured independently and transformed in numpy."""
+    model = build_shared()
+    layers = ["stem", "block.conv_a", "block.conv_b", "head"]
+    x = torch.randn(3, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    raw: dict[str, np.ndarray] = {}
+    taps = {"stem": model.stem, "block.conv_a": model.block.bn_a, "block.conv_b": model.block.conv_b,
+            "head": model.head}
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: raw.__setitem__(n, o.double().numpy().copy()))
+               for n, m in taps.items()]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    post = {"stem": np.tanh, "block.conv_a": lambda a: np.maximum(a, 0), "block.conv_b": lambda a: a,
+            "head": lambda a: np.where(a > 0, a, 0.2 * a)}
+    points = find_measure_points(model, layers, x[:1])
+    with FilterProbe(model, points) as probe, torch.inference_mode():
+        model(x)
+        got = probe.take()
+    for name, values in zip(layers, got):
+        a = post[name](raw[name])
+        lo = a.min(axis=(1, 2, 3), keepdims=True)
+        hi = a.max(axis=(1, 2, 3), keepdims=True)
+        ref = ((a - lo) / (hi - lo)).mean(axis=(2, 3))
+        np.testing.assert_allclose(values.numpy(), ref, rtol=1e-5, atol=1e-7, err_msg=name)
