@@ -82,9 +82,18 @@ class FilterProbe:
             apply = self.points[i].apply
             self._values[i] = scaled_filter_values(output if apply is None else apply(output))
 
+    def record(self, index: int, output: torch.Tensor) -> None:
+        """Record measure point ``index`` (called by graph probes of TorchScript models)."""
+        self._hook(self.points[index].hook_module, self.model, None, output)
+
     def __enter__(self) -> FilterProbe:
         modules = dict(self.model.named_modules())
         self._training = self.model.training
+        if getattr(self.model, "filtag_graph_probes", False):
+            from .torchscript import _ACTIVE
+
+            _ACTIVE.append(self)
+            return self
         try:
             for name in self._by_module:
                 self._handles.append(
@@ -107,6 +116,11 @@ class FilterProbe:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if getattr(self.model, "filtag_graph_probes", False):
+            from .torchscript import _ACTIVE
+
+            _ACTIVE.remove(self)  # an exported graph is always in eval mode
+            return
         try:
             self._remove()
         finally:

@@ -188,20 +188,20 @@ def cmd_layers(args: argparse.Namespace) -> int:
     """list conv layers and where each is measured."""
     import torch
 
-    from .measure import find_measure_points
+    from .measure import plan_measurement
     from .models import select_layers
 
     loaded = _load_model(args)
     names = select_layers(loaded.module, args.layers)
     size = loaded.preprocess.crop or args.image_size or 224
-    points = find_measure_points(
+    _, points = plan_measurement(
         loaded.module, names, torch.zeros(1, 3, size, size), measure=args.measure
     )
     modules = dict(loaded.module.named_modules())
     width = max(len(n) for n in names)
     print(f"{'layer':<{width}}  filters  kernel  measured at")
     for p in points:
-        k = getattr(modules[p.layer], "kernel_size", "?")
+        k = getattr(modules[p.layer], "kernel_size", None) or "?"
         k = "x".join(map(str, k)) if isinstance(k, tuple) else str(k)
         print(f"{p.layer:<{width}}  {p.width:>7}  {k:>6}  {p.describe()}")
     print(f"{len(points)} conv layers, {sum(p.width for p in points)} filters")

@@ -218,11 +218,6 @@ def find_measure_points(
     """
     modules = dict(model.named_modules())
     widths = {n: int(getattr(modules[n], "out_channels", 0)) for n in layers}
-    if isinstance(model, torch.jit.ScriptModule):
-        raise UnknownLayerError(
-            "TorchScript models cannot be hooked; export the model as a state dict and use "
-            "--model NAME --weights-file, or a package.module:factory"
-        )
     events = _record_forward(model, example)
     calls: dict[str, list[int]] = {}
     consumers: dict[tuple[int, int], list[int]] = {}
@@ -278,3 +273,20 @@ def find_measure_points(
             break
         points.append(point)
     return points
+
+
+def plan_measurement(
+    model: nn.Module, layers: Sequence[str], example: torch.Tensor, *, measure: str = "activation"
+) -> tuple[nn.Module, list[MeasurePoint]]:
+    """Measure points for any model: hooks for eager modules, graph probes for TorchScript.
+
+    Returns:
+        The module to run (a probed fx graph for TorchScript, else ``model``
+        itself) and one :class:`MeasurePoint` per layer.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        from .torchscript import instrument_torchscript
+
+        # a batch of two, so the converted graph keeps the batch dimension dynamic
+        return instrument_torchscript(model, layers, example.repeat(2, 1, 1, 1), measure=measure)
+    return model, find_measure_points(model, layers, example, measure=measure)

@@ -32,7 +32,7 @@ from ._io import atomic_open, ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
 from .errors import FiltagError, ProfileError
-from .measure import MeasurePoint, find_measure_points
+from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
 
 PROFILE_JSON = "profile.json"
@@ -255,7 +255,9 @@ class Engine:
             raise FiltagError(f"unknown --measure {measure!r}; use activation or conv")
         names = select_layers(loaded.module, layers)
         loaded.module.to(device)
-        points = find_measure_points(loaded.module, names, example.to(device), measure=measure)
+        loaded.module, points = plan_measurement(
+            loaded.module, names, example.to(device), measure=measure
+        )
         return cls(loaded, points, device, amp)
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:

@@ -278,3 +278,18 @@ def test_probe_values_on_shared_modules_match_reference() -> None:
         hi = a.max(axis=(1, 2, 3), keepdims=True)
         ref = ((a - lo) / (hi - lo)).mean(axis=(2, 3))
         np.testing.assert_allclose(values.numpy(), ref, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_torchscript_model_profiles_like_the_eager_one(image_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch._export.converter", reason="TorchScript conversion needs torch >= 2.4")
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(build_tiny()), str(path))
+    scripted = load_model(str(path), preprocess=PRE)
+    assert scripted.kind == "torchscript"
+    a = profile_dataset(scripted, image_folder(image_dir), tmp_path / "ts",
+                        ProfileOptions(progress=False, batch_size=5))
+    b = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(image_dir),
+                        tmp_path / "eager", ProfileOptions(progress=False, batch_size=5))
+    assert [lp.measure["kind"] for lp in a.layers] == ["activation", "activation", "conv"]
+    for x, y in zip(a.layers, b.layers):
+        np.testing.assert_allclose(x.means, y.means, rtol=1e-6, atol=1e-9)
