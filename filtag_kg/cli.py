@@ -91,6 +91,29 @@ def _tag_options(p: argparse.ArgumentParser) -> None:
                    help="filters strictly above the layer's mean value")
 
 
+def _wordnet_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("WordNet linking")
+    g.add_argument("--wordnet-dir", metavar="DIR",
+                   help="a WordNet 3.0 database folder to use (default: nltk's corpus, $WNHOME, "
+                   "/usr/share/wordnet, else the bundled ImageNet slice)")
+    g.add_argument("--synset-map", metavar="FILE",
+                   help="label -> wnid or synset name, for classes named by label (TSV or JSON)")
+    g.add_argument("--first-sense", action="store_true",
+                   help="resolve an ambiguous label to its first WordNet sense instead of "
+                   "reporting it")
+
+
+def _abstract(args: argparse.Namespace, run_dir: str, tags: Any = None, *, roots: Any = None,
+              depth: int | None = None, min_cover: int = 2, closed: bool = False) -> Any:
+    from .wordnet import load_wordnet, write_abstractions
+
+    return write_abstractions(
+        run_dir, tags=tags, wordnet=load_wordnet(wordnet_dir=args.wordnet_dir),
+        synset_map=args.synset_map, first_sense=args.first_sense, min_cover=min_cover,
+        closed=closed, depth=depth, roots=roots,
+    )
+
+
 def _settings(args: argparse.Namespace) -> list[Any]:
     from .tagging import ABOVE_AVERAGE, TOP_K, TOP_PERCENT, TagSetting
 
@@ -146,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     imageset = _images(args, loaded)
     result = run(loaded, imageset, args.out, settings=settings, options=_profile_opts(args))
     print(summarize(result.profile, result.tags))
+    print(_abstract(args, args.out, result.tags).summary())
     print(_outputs(Path(args.out), ["profile.json", "profile.npz", "tags.tsv", "tags.json"]))
     return 0
 
@@ -208,6 +232,49 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_abstract(args: argparse.Namespace) -> int:
+    """WordNet abstractions of a run's tags."""
+    report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
+                       min_cover=args.min_cover, closed=args.closed)
+    print(report.summary())
+    return 0
+
+
+def cmd_wordnet(args: argparse.Namespace) -> int:
+    """WordNet source status, install and synset look-up."""
+    import json
+
+    from . import wordnet as wn
+
+    if args.wordnet_command == "status":
+        doc = wn.status(wordnet_dir=args.wordnet_dir, source=args.source)
+        print(json.dumps(doc, indent=2, ensure_ascii=False) if args.json else wn.format_status(doc))
+    elif args.wordnet_command == "install":
+        doc = wn.install(args.from_dir, target=args.target, quiet=False)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        doc = wn.show(args.key, wordnet=wn.load_wordnet(wordnet_dir=args.wordnet_dir, source=args.source))
+        print(json.dumps(doc, indent=2, ensure_ascii=False) if args.json else wn.format_show(doc))
+    return 0
+
+
+def cmd_import_filtag(args: argparse.Namespace) -> int:
+    """import a tag file of the original FilTag code."""
+    from .importer import import_filtag
+
+    result = import_filtag(
+        args.file, model=args.model, layer=args.layer, out_dir=args.out,
+        on_problem="keep" if args.keep_unresolved else "error",
+        resolve_by_order=args.resolve_by_order,
+    )
+    print(f"imported {len(result.tags)} tags on {result.filters} filters ({result.method} "
+          f"{result.param}) of {args.model} {args.layer}")
+    for prob in result.problems:
+        print(f"  {prob.describe()}")
+    print(_outputs(Path(args.out), ["tags.tsv", "import.json"]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """the embedded offline default."""
     from .demo import run_demo
@@ -237,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(p)
     _profile_options(p)
     _tag_options(p)
+    _wordnet_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
     p.set_defaults(func=cmd_run)
 
@@ -277,6 +345,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers")
     p.add_argument("--measure", choices=["activation", "conv"], default="activation")
     p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser(
+        "abstract", help="what a run's filters represent, by WordNet hypernyms",
+        description="Link a run's tags to WordNet 3.0 synsets and write, per filter, the most "
+        "specific common hypernyms covering at least two of its tags (abstract_tags.tsv), and "
+        "per layer a histogram of tags by hypernym (hypernym_histogram.tsv).",
+        epilog="example: filtag-kg abstract runs/vgg16 --roots animal.n.01 artifact.n.01",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder holding tags.tsv")
+    _wordnet_options(p)
+    h = p.add_mutually_exclusive_group()
+    h.add_argument("--roots", nargs="+", metavar="SYNSET",
+                   help="histogram under these concepts (default: animal, plant, artifact, food, ...)")
+    h.add_argument("--depth", type=int, metavar="N", help="histogram by hypernyms at this depth")
+    p.add_argument("--min-cover", type=int, default=2, metavar="N",
+                   help="an abstract tag covers at least N of a filter's tags (default 2)")
+    p.add_argument("--closed", action="store_true",
+                   help="also report broader concepts that cover strictly more tags")
+    p.set_defaults(func=cmd_abstract)
+
+    p = sub.add_parser(
+        "wordnet", help="WordNet 3.0: which source is used, install it, look up a synset",
+        description="filtag-kg links ImageNet wnids (n02084071 = dog.n.01) to WordNet 3.0. "
+        "Sources, in order: nltk's corpus, a database folder ($WNHOME, /usr/share/wordnet), "
+        "the bundled slice covering ImageNet-1k and the demo classes.",
+    )
+    wsub = p.add_subparsers(dest="wordnet_command", metavar="ACTION", required=True)
+    w = wsub.add_parser("status", help="which WordNet source is active and what it covers",
+                        description="Say which WordNet source is active and what it covers.")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="check this database folder")
+    w.add_argument("--source", choices=["auto", "nltk", "wordnet-dir", "slice"])
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w = wsub.add_parser("install", help="prepare nltk's WordNet data (download or local copy)",
+                        description="Make nltk's WordNet 3.0 corpus available: download it when "
+                        "online, or copy a local database folder (--from) when not.")
+    w.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="a local WordNet 3.0 database (e.g. /usr/share/wordnet)")
+    w.add_argument("--target", metavar="DIR", help="nltk data folder to install into")
+    w = wsub.add_parser("show", help="a synset's lemmas, definition and hypernym paths",
+                        description="Print a synset by wnid (n02084071), offset (02084071-n) or "
+                        "name (dog.n.01).", epilog="example: filtag-kg wordnet show n02085620")
+    w.add_argument("key", metavar="WNID|SYNSET")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="use this database folder")
+    w.add_argument("--source", choices=["auto", "nltk", "wordnet-dir", "slice"])
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_wordnet)
+
+    p = sub.add_parser(
+        "import-filtag", help="import a tag file written by the original FilTag code",
+        description="Read a tag file of the original FilTag code (first line 'filter tags k=1', "
+        "then 'INDEX:[' label ', ...]' per filter) and write the usual tags.tsv. ImageNet names "
+        "shared by two classes (crane, maillot) are reported, never guessed.",
+        epilog="example: filtag-kg import-filtag tags_k1.txt --model vgg16 --layer features.28 "
+        "--out runs/imported",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model", required=True, help="the model the tags belong to (recorded)")
+    p.add_argument("--layer", required=True, help="the layer's module path, e.g. features.28")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
+    p.add_argument("--resolve-by-order", action="store_true",
+                   help="resolve a shared name by the class order of its line (the reference "
+                   "lists classes in index order)")
+    p.add_argument("--keep-unresolved", action="store_true",
+                   help="keep unresolvable names as unlinked tags instead of failing")
+    p.set_defaults(func=cmd_import_filtag)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline offline on a synthetic shapes dataset",

@@ -148,3 +148,54 @@ def test_run_is_deterministic(capsys: pytest.CaptureFixture[str], image_dir: Pat
         assert code == 0, err
     assert (tmp_path / "a" / "tags.tsv").read_bytes() == (tmp_path / "b" / "tags.tsv").read_bytes()
     assert (tmp_path / "a" / "tags.json").read_bytes() == (tmp_path / "b" / "tags.json").read_bytes()
+
+
+def test_wordnet_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "wordnet", "show", "n02085620", "--source", "slice")
+    assert code == 0, err
+    assert out.startswith("chihuahua.n.03  n02085620")
+    assert "dog.n.01 > toy_dog.n.01 > chihuahua.n.03" in out
+    code, out, err = run_cli(capsys, "wordnet", "status", "--source", "slice", "--json")
+    assert code == 0, err
+    import json
+
+    assert json.loads(out)["active"]["source"] == "slice"
+    msg = _error(capsys, "wordnet", "show", "n0208", "--source", "slice")
+    assert "n0208" in msg
+
+
+def test_run_writes_abstractions(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from conftest import write_images
+
+    # two dog breeds and a violin: filters tagged with both breeds abstract to toy_dog.n.01
+    data = write_images(tmp_path / "data", classes=["n02085620", "n02085936", "n04536866"])
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(data), "--above-average",
+                                "--out", str(out))
+    assert code == 0, err
+    assert "linked 3/3 classes" in stdout
+    rows = list(csv.DictReader((out / "abstract_tags.tsv").open(), delimiter="\t"))
+    tags = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
+    both = {(t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085620"} & {
+        (t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085936"}
+    got = {(r["layer"], r["filter"]) for r in rows if r["synset"] == "toy_dog.n.01"}
+    assert both and got == both
+    code, stdout, err = run_cli(capsys, "abstract", str(out), "--depth", "3")
+    assert code == 0, err
+    assert "abstract tags on" in stdout and (out / "hypernym_histogram.tsv").exists()
+
+
+def test_import_filtag_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "tags.txt"
+    f.write_text("filter tags k=1\n0:[' tench ', \" potter's_wheel \"]\n1:[' goldfish ']\n")
+    out = tmp_path / "imp"
+    code, stdout, err = run_cli(capsys, "import-filtag", str(f), "--model", "vgg16", "--layer",
+                                "features.28", "--out", str(out))
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
+    assert [(r["filter"], r["class_id"], r["label"]) for r in rows] == [
+        ("0", "n01440764", "tench"), ("0", "n03992509", "potter's_wheel"), ("1", "n01443537", "goldfish")]
+    f.write_text("filter tags k=1\n0:[' crane ']\n")
+    code, _, err = run_cli(capsys, "import-filtag", str(f), "--model", "vgg16", "--layer",
+                           "features.28", "--out", str(out))
+    assert code == 2 and "crane" in err and "n02012849" in err and "n03126707" in err
