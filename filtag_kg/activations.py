@@ -60,9 +60,15 @@ class FilterProbe:
     ...     values = probe.take()
     """
 
-    def __init__(self, model: nn.Module, points: Sequence[MeasurePoint]) -> None:
+    def __init__(
+        self, model: nn.Module, points: Sequence[MeasurePoint], *, keep_outputs: bool = False
+    ) -> None:
         self.model = model
         self.points = list(points)
+        self.keep_outputs = keep_outputs
+        #: with ``keep_outputs``: each point's hooked output of the last pass, still
+        #: attached to the autograd graph (for gradient-based weighting)
+        self.outputs: list[torch.Tensor | None] = [None] * len(self.points)
         self._values: list[torch.Tensor | None] = [None] * len(self.points)
         # one hook per module; a module that runs several times per pass (a shared
         # ReLU) serves each of its measure points on the call the dry run found
@@ -80,7 +86,10 @@ class FilterProbe:
         self._calls[name] = call + 1
         for i in self._by_module[name].get(call, ()):
             apply = self.points[i].apply
-            self._values[i] = scaled_filter_values(output if apply is None else apply(output))
+            x = output.detach()
+            self._values[i] = scaled_filter_values(x if apply is None else apply(x))
+            if self.keep_outputs:
+                self.outputs[i] = output
 
     def record(self, index: int, output: torch.Tensor) -> None:
         """Record measure point ``index`` (called by graph probes of TorchScript models)."""

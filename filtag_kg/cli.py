@@ -73,6 +73,8 @@ def _profile_options(p: argparse.ArgumentParser) -> None:
                    help="autocast the forward pass (reductions stay in float32 or better)")
     g.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
                    help="save resumable state every N batches (default 200; 0: never)")
+    g.add_argument("--top-images", type=int, default=0, metavar="N",
+                   help="also keep, per filter, the N images that activate it most (no extra pass)")
     r = g.add_mutually_exclusive_group()
     r.add_argument("--resume", action="store_true",
                    help="finish an interrupted pass from its checkpoint")
@@ -114,6 +116,28 @@ def _abstract(args: argparse.Namespace, run_dir: str, tags: Any = None, *, roots
     )
 
 
+def _explain_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explanations")
+    g.add_argument("--perturb", action="append", default=[], metavar="KIND:VALUE",
+                   help="also explain perturbed copies: gaussian:SIGMA, salt-and-pepper:P, blur:SIGMA "
+                   "(pixel values in [0, 1]; repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default 0)")
+    g.add_argument("--weighting", choices=["gradcam"],
+                   help="weight each active filter's votes by its gradient-based contribution to the "
+                   "model's predicted class")
+
+
+def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
+    from .explain import ExplainOptions
+
+    return ExplainOptions(
+        settings=settings or None, perturb=args.perturb, seed=args.seed, weighting=args.weighting,
+        device=args.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
+        progress=not args.quiet,
+    )
+
+
 def _settings(args: argparse.Namespace) -> list[Any]:
     from .tagging import ABOVE_AVERAGE, TOP_K, TOP_PERCENT, TagSetting
 
@@ -138,8 +162,8 @@ def _profile_opts(args: argparse.Namespace) -> Any:
     return ProfileOptions(
         layers=args.layers, measure=args.measure, device=args.device,
         batch_size=args.batch_size, workers=args.workers, amp=args.amp,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
-        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every, top_images=args.top_images, resume=args.resume,
+        restart=args.restart, progress=not args.quiet,
     )
 
 
@@ -170,7 +194,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(loaded, imageset, args.out, settings=settings, options=_profile_opts(args))
     print(summarize(result.profile, result.tags))
     print(_abstract(args, args.out, result.tags).summary())
-    print(_outputs(Path(args.out), ["profile.json", "profile.npz", "tags.tsv", "tags.json"]))
+    names = ["profile.json", "profile.npz", "tags.tsv", "tags.json"]
+    if args.explain_data:
+        from .data import image_folder
+        from .evaluation import evaluate_run, format_table
+        from .explain import explain_dataset
+
+        explain_dataset(args.out, image_folder(args.explain_data, loaded.classes),
+                        _explain_opts(args, settings), profile=result.profile, loaded=loaded)
+        print(format_table(evaluate_run(args.out)))
+        names += ["explanations.jsonl", "evaluation.json"]
+    print(_outputs(Path(args.out), names))
     return 0
 
 
@@ -229,6 +263,41 @@ def cmd_layers(args: argparse.Namespace) -> int:
         k = "x".join(map(str, k)) if isinstance(k, tuple) else str(k)
         print(f"{p.layer:<{width}}  {p.width:>7}  {k:>6}  {p.describe()}")
     print(f"{len(points)} conv layers, {sum(p.width for p in points)} filters")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """step 3: explain images with a run's tags."""
+    from .data import file_list, image_files, image_folder
+    from .explain import explain_dataset
+    from .models import ClassInfo
+    from .profile import Profile
+
+    profile = Profile.load(args.run_dir)
+    known = [ClassInfo(c["id"], c["label"]) for c in profile.meta.get("model_classes") or []]
+    if args.data:
+        imageset = image_folder(args.data, known)
+    elif args.file_list:
+        imageset = file_list(args.file_list, known)
+    else:
+        imageset = image_files(args.images)
+    meta = explain_dataset(args.run_dir, imageset, _explain_opts(args, _settings(args)), profile=profile)
+    used = ", ".join(f"{s['method']} {s['param'] if s['param'] is not None else ''}".strip()
+                     for s in meta["settings"])
+    print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
+    for s in meta["dataset"]["skipped"][:10]:
+        print(f"  skipped: {s['path']} ({s['reason']})")
+    print(_outputs(Path(args.run_dir), ["explanations.jsonl", "explanations.json"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """evaluate a run's explanations."""
+    from .evaluation import evaluate_run, format_table
+
+    doc = evaluate_run(args.run_dir, top_concepts=args.top_concepts)
+    print(format_table(doc, by_class=args.by_class))
+    print(_outputs(Path(args.run_dir), ["evaluation.json", "perturbation_effects.jsonl"]))
     return 0
 
 
@@ -305,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_options(p)
     _tag_options(p)
     _wordnet_options(p)
+    g = p.add_argument_group("explanations (optional)")
+    g.add_argument("--explain-data", metavar="DIR",
+                   help="also explain the images of this ImageFolder (e.g. held-out data) and evaluate")
+    _explain_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
     p.set_defaults(func=cmd_run)
 
@@ -345,6 +418,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers")
     p.add_argument("--measure", choices=["activation", "conv"], default="activation")
     p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser(
+        "explain", help="step 3: explain images by the tags of the filters they activate",
+        description="For each image, choose each layer's active filters with the same method as "
+        "the tagging, count one vote per tag of each active filter, and predict the most voted "
+        "class (all layers, and the last layer alone). Writes RUN_DIR/explanations.jsonl.",
+        epilog="examples:\n  filtag-kg explain runs/vgg16 --data ~/imagenet/val --k 1\n"
+        "  filtag-kg explain runs/vgg16 cat.jpg dog.png --perturb gaussian:0.1\n"
+        "After a crash, rerun with --resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with a profile")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (or use --data/--file-list)")
+    _data_options(p, required=False)
+    _tag_options(p)
+    _explain_options(p)
+    g = p.add_argument_group("pass")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
+    g.add_argument("--workers", type=int, metavar="N", help="image decoding processes")
+    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    g.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save resumable state every N batches (default 50)")
+    r = g.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true", help="finish an interrupted pass")
+    r.add_argument("--restart", action="store_true", help="discard an interrupted pass")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "evaluate", help="fidelity and accuracy of a run's explanations",
+        description="Per setting and for all layers vs the last layer alone: how often the "
+        "explanation's prediction equals the model's top-1 (fidelity), how often the model's "
+        "top-1 is in the explanation's top-1/3/5, and both accuracies against the true class; "
+        "with counts. Perturbed copies: prediction flips and concepts gaining or losing votes. "
+        "Writes RUN_DIR/evaluation.json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with explanations.jsonl")
+    p.add_argument("--by-class", action="store_true",
+                   help="also print class-level explanations (most voted concepts per class)")
+    p.add_argument("--top-concepts", type=int, default=5, metavar="N", help="concepts listed (default 5)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "abstract", help="what a run's filters represent, by WordNet hypernyms",
@@ -430,7 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``filtag-kg`` and ``python -m filtag_kg``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "explain" and not any(e.startswith("-") for e in extra):
+        args.images += extra  # image files may follow options: explain RUN --k 1 a.jpg b.jpg
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except FiltagError as exc:

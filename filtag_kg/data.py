@@ -10,6 +10,7 @@ are converted to RGB.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,7 +55,8 @@ class ImageSet:
         """SHA-256 of the ordered (path, class id) list: identifies the data for resume."""
         h = hashlib.sha256()
         for s in self.samples:
-            h.update(f"{s.path}\t{self.classes[s.label].id}\n".encode())
+            cls = self.classes[s.label].id if s.label >= 0 else ""
+            h.update(f"{s.path}\t{cls}\n".encode())
         return h.hexdigest()
 
     def record(self) -> dict[str, Any]:
@@ -134,6 +136,20 @@ def image_folder(root: str | os.PathLike[str], known: Sequence[ClassInfo] | None
     return ImageSet("folder", str(rootp), samples, classes, notes)
 
 
+def image_files(paths: Sequence[str | os.PathLike[str]]) -> ImageSet:
+    """Single images given on the command line, in the order given (no classes).
+
+    Raises:
+        DataError: no path is given or a path is not a file.
+    """
+    if not paths:
+        raise DataError("no image given; pass image files, --data DIR or --file-list FILE")
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"image file {missing[0]} does not exist")
+    return ImageSet("files", "", [Sample(str(p), -1) for p in paths], [])
+
+
 def file_list(path: str | os.PathLike[str], known: Sequence[ClassInfo] | None = None) -> ImageSet:
     """Read a file list: one ``PATH<TAB>CLASS`` (or ``PATH CLASS``) per line.
 
@@ -168,8 +184,8 @@ def file_list(path: str | os.PathLike[str], known: Sequence[ClassInfo] | None = 
     return ImageSet("file-list", str(p), samples, [class_info(c, known) for c in names])
 
 
-def load_rgb(path: str) -> Any:
-    """Decode an image file completely and return it as a PIL RGB image.
+def load_rgb(path: str | io.BytesIO) -> Any:
+    """Decode an image file (a path or its bytes) completely, as a PIL RGB image.
 
     Raises:
         OSError, ValueError, ...: whatever PIL raises for a bad file.
@@ -190,24 +206,41 @@ def load_rgb(path: str) -> Any:
 class ImageDataset(Dataset):
     """Decodes and transforms samples; a bad file yields an error instead of a tensor.
 
-    ``dataset[i]`` is ``(i, tensor | None, label, error | None)``.
+    ``dataset[i]`` is ``(i, tensor | None, label, error | None)``; with
+    ``with_sha256`` the SHA-256 of the file's bytes follows as a fifth item.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Any], torch.Tensor],
+        *,
+        with_sha256: bool = False,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.with_sha256 = with_sha256
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         s = self.samples[i]
+        digest = None
         try:
-            x = self.transform(load_rgb(s.path))
+            if self.with_sha256:
+                with open(s.path, "rb") as fh:
+                    data = fh.read()
+                digest = hashlib.sha256(data).hexdigest()
+                x = self.transform(load_rgb(io.BytesIO(data)))
+            else:
+                x = self.transform(load_rgb(s.path))
         except Exception as exc:  # noqa: BLE001 - any decoding failure marks a bad file
             msg = str(exc).splitlines()[0][:200] if str(exc) else ""
-            return i, None, s.label, f"{type(exc).__name__}: {msg}".rstrip(": ")
-        return i, x, s.label, None
+            item: tuple[Any, ...] = (i, None, s.label, f"{type(exc).__name__}: {msg}".rstrip(": "))
+        else:
+            item = (i, x, s.label, None)
+        return (*item, digest) if self.with_sha256 else item
 
 
 @dataclass
@@ -219,6 +252,7 @@ class Batch:
     labels: torch.Tensor
     bad: list[tuple[int, str]]
     count: int
+    sha256: list[str | None] | None = None
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader when pinning memory for CUDA transfers."""
@@ -228,16 +262,17 @@ class Batch:
         return self
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
+def collate(items: list[tuple[Any, ...]]) -> Batch:
     """Stack the good images of a batch; keep (index, reason) of the bad ones."""
     good = [it for it in items if it[1] is not None]
     bad = [(it[0], it[3] or "unreadable") for it in items if it[1] is None]
     return Batch(
         indices=torch.tensor([it[0] for it in good], dtype=torch.long),
-        images=torch.stack([it[1] for it in good]) if good else None,  # type: ignore[misc]
+        images=torch.stack([it[1] for it in good]) if good else None,
         labels=torch.tensor([it[2] for it in good], dtype=torch.long),
         bad=bad,
         count=len(items),
+        sha256=[it[4] for it in good] if items and len(items[0]) > 4 else None,
     )
 
 

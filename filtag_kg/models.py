@@ -66,6 +66,7 @@ class LoadedModel:
     weights_sha256: str = ""
     classes: list[ClassInfo] | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
+    num_classes_option: int | None = None
 
     def record(self) -> dict[str, Any]:
         """Plain-JSON description stored in artifacts."""
@@ -79,6 +80,7 @@ class LoadedModel:
             "weights_file": self.weights_file,
             "weights_sha256": self.weights_sha256,
             "num_classes": len(self.classes) if self.classes is not None else None,
+            "num_classes_option": self.num_classes_option,
         }
 
 
@@ -367,7 +369,36 @@ def load_model(
         weights_sha256=state_dict_sha256(module),
         classes=list(classes) if classes is not None else None,
         preprocess=preprocess,
+        num_classes_option=num_classes,
     )
+
+
+def load_recorded_model(meta: dict[str, Any]) -> LoadedModel:
+    """Rebuild the model a profile was made with, from ``profile.json``'s record.
+
+    The same spec, weights, preprocessing and class list; the weights' SHA-256
+    must match, so an explanation never silently uses other weights.
+
+    Raises:
+        WeightsError: the weights differ from the profiled ones.
+        UnknownModelError: the spec no longer loads.
+    """
+    rec = meta["model"]
+    classes = meta.get("model_classes")
+    loaded = load_model(
+        rec["spec"],
+        weights=rec.get("weights"),
+        weights_file=rec.get("weights_file"),
+        num_classes=rec.get("num_classes_option"),
+        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        classes=[ClassInfo(c["id"], c["label"]) for c in classes] if classes is not None else None,
+    )
+    if rec.get("weights_sha256") and loaded.weights_sha256 != rec["weights_sha256"]:
+        raise WeightsError(
+            f"the weights of {rec['spec']} ({rec.get('weights_file') or rec.get('weights') or 'as built'}) "
+            "differ from those the profile was made with; profile again or restore the weights"
+        )
+    return loaded
 
 
 def conv_layer_names(module: nn.Module) -> list[str]:

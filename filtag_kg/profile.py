@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import sys
@@ -46,13 +47,20 @@ class Interrupted(FiltagError):
 
 @dataclass
 class LayerProfile:
-    """One layer's class profile: ``means[c, f]`` (float64, [classes x filters])."""
+    """One layer's class profile: ``means[c, f]`` (float64, [classes x filters]).
+
+    With ``--top-images N``, ``top_index[r, f]`` / ``top_value[r, f]`` ([N x filters])
+    are the images with the r-th highest value of filter f (an index into
+    :attr:`Profile.top_image_paths`, -1 where fewer images exist) and that value.
+    """
 
     name: str
     width: int
     measured_at: str
     means: np.ndarray
     measure: dict[str, Any] = field(default_factory=dict)
+    top_index: np.ndarray | None = None
+    top_value: np.ndarray | None = None
 
 
 @dataclass
@@ -72,6 +80,7 @@ class Profile:
     labels: list[str]
     counts: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    top_image_paths: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerProfile:
         """The profile of one layer by name."""
@@ -80,12 +89,26 @@ class Profile:
                 return lp
         raise KeyError(name)
 
+    def top_images(self, layer: str, filter_index: int) -> list[tuple[str, float]]:
+        """The images that activate a filter most (path, value), best first (``--top-images``)."""
+        lp = self.layer(layer)
+        if lp.top_index is None or lp.top_value is None:
+            return []
+        return [
+            (self.top_image_paths[i], float(v))
+            for i, v in zip(lp.top_index[:, filter_index], lp.top_value[:, filter_index])
+            if i >= 0
+        ]
+
     def save(self, run_dir: str | os.PathLike[str]) -> None:
         """Write ``profile.npz`` then ``profile.json`` (each atomically)."""
         run_dir = Path(run_dir)
         arrays = {"counts": self.counts.astype(np.int64)}
         for i, lp in enumerate(self.layers):
             arrays[f"means_{i:04d}"] = lp.means.astype(np.float64)
+            if lp.top_index is not None and lp.top_value is not None:
+                arrays[f"top_index_{i:04d}"] = lp.top_index.astype(np.int64)
+                arrays[f"top_value_{i:04d}"] = lp.top_value.astype(np.float64)
         with atomic_open(run_dir / PROFILE_NPZ, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         meta = dict(self.meta)
@@ -99,6 +122,8 @@ class Profile:
                                            if k not in ("layer", "width", "description")}}
             for i, lp in enumerate(self.layers)
         ]
+        if self.top_image_paths:
+            meta["top_image_paths"] = self.top_image_paths
         write_json(run_dir / PROFILE_JSON, meta)
 
     @classmethod
@@ -122,8 +147,9 @@ class Profile:
             with np.load(npz) as z:
                 arrays = {k: z[k] for k in z.files}
             layers = [
-                LayerProfile(d["name"], int(d["width"]), d["measured_at"], arrays[d["array"]], d)
-                for d in meta["layers"]
+                LayerProfile(d["name"], int(d["width"]), d["measured_at"], arrays[d["array"]], d,
+                             arrays.get(f"top_index_{i:04d}"), arrays.get(f"top_value_{i:04d}"))
+                for i, d in enumerate(meta["layers"])
             ]
             classes = meta["classes"]
         except (KeyError, ValueError, OSError) as exc:
@@ -134,6 +160,7 @@ class Profile:
             labels=[c["label"] for c in classes],
             counts=arrays["counts"],
             meta=meta,
+            top_image_paths=list(meta.get("top_image_paths", [])),
         )
 
 
@@ -149,6 +176,7 @@ class ProfileOptions:
         workers: DataLoader worker processes; ``None`` chooses by dataset size.
         amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast (reductions stay float32+).
         checkpoint_every: write a checkpoint every N batches (0: never).
+        top_images: keep, per filter, the N images with the highest value (0: none).
         resume: continue an interrupted pass from its checkpoint.
         restart: discard an interrupted pass's checkpoint and start over.
         progress: show a progress bar on stderr.
@@ -161,6 +189,7 @@ class ProfileOptions:
     workers: int | None = None
     amp: str = "off"
     checkpoint_every: int = 200
+    top_images: int = 0
     resume: bool = False
     restart: bool = False
     progress: bool = True
@@ -215,7 +244,7 @@ def first_good_image(imageset: ImageSet, dataset: ImageDataset) -> torch.Tensor:
         ProfileError: no image in the set decodes.
     """
     for i in range(len(dataset)):
-        _, x, _, _ = dataset[i]
+        x = dataset[i][1]
         if x is not None:
             return x.unsqueeze(0)
     raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
@@ -273,9 +302,10 @@ class Engine:
 
 
 def _fingerprint(
-    loaded: LoadedModel, imageset: ImageSet, points: list[MeasurePoint], amp: str
+    loaded: LoadedModel, imageset: ImageSet, points: list[MeasurePoint], amp: str, top_images: int
 ) -> dict[str, Any]:
     return {
+        "top_images": top_images,
         "model": loaded.spec,
         "weights_sha256": loaded.weights_sha256,
         "layers": [p.describe() for p in points],
@@ -286,24 +316,45 @@ def _fingerprint(
 
 
 def _save_checkpoint(
-    path: Path, state: dict[str, Any], sums: list[torch.Tensor], counts: torch.Tensor
+    path: Path, state: dict[str, Any], sums: list[torch.Tensor], counts: torch.Tensor,
+    top: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     arrays = {f"sums_{i:04d}": s.detach().cpu().numpy() for i, s in enumerate(sums)}
     arrays["counts"] = counts.detach().cpu().numpy()
+    for i, (val, idx) in enumerate(top or []):
+        arrays[f"top_value_{i:04d}"] = val.cpu().numpy()
+        arrays[f"top_index_{i:04d}"] = idx.cpu().numpy()
     arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     with atomic_open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
 
-def _load_checkpoint(path: Path) -> tuple[dict[str, Any], list[np.ndarray], np.ndarray]:
+def _load_checkpoint(
+    path: Path,
+) -> tuple[dict[str, Any], list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     try:
         with np.load(path) as z:
             state = json.loads(z["state"].tobytes().decode())
             sums = [z[f"sums_{i:04d}"] for i in range(len(state["fingerprint"]["layers"]))]
             counts = z["counts"]
+            top = {k: z[k] for k in z.files if k.startswith("top_")}
     except (OSError, ValueError, KeyError) as exc:
         raise ProfileError(f"checkpoint {path} is unreadable ({exc}); rerun with --restart") from None
-    return state, sums, counts
+    return state, sums, counts, top
+
+
+def _merge_top(
+    val: torch.Tensor, idx: torch.Tensor, batch_val: torch.Tensor, batch_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a batch into a running top-N ([N, F] values and dataset indices, best first).
+
+    A stable descending sort keeps earlier (lower-index) images first among equal values.
+    """
+    n = val.shape[0]
+    vals = torch.cat([val, batch_val.to(val.dtype)])
+    idxs = torch.cat([idx, batch_idx.unsqueeze(1).expand(-1, val.shape[1])])
+    order = torch.sort(vals, dim=0, descending=True, stable=True).indices[:n]
+    return vals.gather(0, order), idxs.gather(0, order)
 
 
 def profile_dataset(
@@ -336,12 +387,19 @@ def profile_dataset(
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
+    example = first_good_image(imageset, dataset)
+    if loaded.classes is None:
+        # no class list from weights or --classes: the data's folders name the outputs,
+        # when there are as many folders as outputs
+        with torch.inference_mode():
+            outputs = loaded.module(example).shape[-1]
+        if outputs == len(imageset.classes):
+            loaded.classes = list(imageset.classes)
     engine = Engine.build(
-        loaded, first_good_image(imageset, dataset),
-        layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
+        loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
     )
     points = engine.points
-    fingerprint = _fingerprint(loaded, imageset, points, opts.amp)
+    fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
 
     if ckpt.exists() and opts.restart:
         ckpt.unlink()
@@ -352,6 +410,13 @@ def profile_dataset(
     n_classes = len(imageset.classes)
     sums = [torch.zeros(n_classes, p.width, dtype=torch.float64, device=device) for p in points]
     counts = torch.zeros(n_classes, dtype=torch.int64, device=device)
+    n_top = max(0, int(opts.top_images))
+    # running top-N per filter: values (best first) and dataset indices, on the device
+    top = [
+        (torch.full((n_top, p.width), -math.inf, dtype=torch.float64, device=device),
+         torch.full((n_top, p.width), -1, dtype=torch.int64, device=device))
+        for p in points
+    ] if n_top else []
     done, skipped, elapsed_before = 0, [], 0.0
     started = _now()
     if ckpt.exists():
@@ -360,7 +425,7 @@ def profile_dataset(
                 f"{run} holds an interrupted profile pass ({CHECKPOINT}); rerun with --resume to "
                 "finish it, or --restart to discard it"
             )
-        state, saved_sums, saved_counts = _load_checkpoint(ckpt)
+        state, saved_sums, saved_counts, saved_top = _load_checkpoint(ckpt)
         if state["fingerprint"] != fingerprint:
             diff = [k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]]
             raise ProfileError(
@@ -370,6 +435,9 @@ def profile_dataset(
         for s, arr in zip(sums, saved_sums):
             s.copy_(torch.from_numpy(arr))
         counts.copy_(torch.from_numpy(saved_counts))
+        for i, (val, idx) in enumerate(top):
+            val.copy_(torch.from_numpy(saved_top[f"top_value_{i:04d}"]))
+            idx.copy_(torch.from_numpy(saved_top[f"top_index_{i:04d}"]))
         done, skipped = int(state["done"]), list(state["skipped"])
         started, elapsed_before = state["started_at"], float(state["seconds"])
 
@@ -409,19 +477,24 @@ def profile_dataset(
                     labels = batch.labels.to(device, non_blocking=True)
                     with engine.autocast():
                         module(x)
-                    for s, v in zip(sums, probe.take()):
+                    values = probe.take()
+                    for s, v in zip(sums, values):
                         s.index_add_(0, labels, v)
                     counts.index_add_(0, labels, torch.ones_like(labels))
+                    if top:
+                        index = batch.indices.to(device, non_blocking=True)
+                        for li, (val, idx) in enumerate(top):
+                            top[li] = _merge_top(val, idx, values[li], index)
                 done += batch.count
                 batches += 1
                 bar.update(batch.count)
                 if skipped:
                     bar.set_postfix(skipped=len(skipped), refresh=False)
                 if opts.checkpoint_every and batches % opts.checkpoint_every == 0 and done < n:
-                    _save_checkpoint(ckpt, state_now(), sums, counts)
+                    _save_checkpoint(ckpt, state_now(), sums, counts, top)
     except KeyboardInterrupt:
         bar.close()
-        _save_checkpoint(ckpt, state_now(), sums, counts)
+        _save_checkpoint(ckpt, state_now(), sums, counts, top)
         raise Interrupted(
             f"interrupted after {done} of {n} images; checkpoint saved in {ckpt}, rerun with "
             "--resume to finish"
@@ -431,17 +504,26 @@ def profile_dataset(
     seconds = elapsed_before + time.perf_counter() - t0
     counts_np = counts.cpu().numpy()
     layers = []
-    for p, s in zip(points, sums):
+    top_np = [(val.cpu().numpy(), idx.cpu().numpy()) for val, idx in top]
+    referenced = sorted({int(i) for _, idx in top_np for i in idx.ravel() if i >= 0})
+    remap = {d: j for j, d in enumerate(referenced)}
+    for li, (p, s) in enumerate(zip(points, sums)):
         total = s.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(counts_np[:, None] > 0, total / np.maximum(counts_np, 1)[:, None], 0.0)
-        layers.append(LayerProfile(p.layer, p.width, p.describe(), means, p.record()))
+        lp = LayerProfile(p.layer, p.width, p.describe(), means, p.record())
+        if top_np:
+            val, idx = top_np[li]
+            lp.top_index = np.vectorize(lambda d: remap.get(int(d), -1), otypes=[np.int64])(idx)
+            lp.top_value = np.where(idx >= 0, val, np.nan)
+        layers.append(lp)
     used = int(counts_np.sum())
     profile = Profile(
         layers=layers,
         class_ids=[c.id for c in imageset.classes],
         labels=[c.label for c in imageset.classes],
         counts=counts_np,
+        top_image_paths=[imageset.samples[d].path for d in referenced],
         meta={
             "format": "filtag-kg profile",
             "format_version": 1,

@@ -189,7 +189,7 @@ def test_profile_is_deterministic(image_dir: Path, tmp_path: Path) -> None:
 def _profile_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "filtag_kg", "profile", "--model", "tiny_models:build_slow",
             "--image-size", "16", "--data", str(data), "--out", str(out), "--batch-size", "2",
-            "--checkpoint-every", "1", "--quiet", *extra]
+            "--checkpoint-every", "1", "--top-images", "2", "--quiet", *extra]
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
@@ -229,6 +229,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert full.counts.tolist() == resumed.counts.tolist() == [6, 6, 6]
     for a, b in zip(full.layers, resumed.layers):
         np.testing.assert_allclose(a.means, b.means, rtol=1e-12, atol=0)
+        for f in range(a.width):  # the running top images survive the kill too
+            assert resumed.top_images(a.name, f) == full.top_images(a.name, f)
 
 
 def test_checkpoint_of_other_data_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,221 @@
+"""Evaluate explanations as the reference does, plus perturbation and class views.
+
+Per tagging setting (and perturbation and weighting), for all layers and for
+the last layer alone: fidelity (the explanation's prediction equals the
+model's top-1), how often the model's top-1 is among the explanation's
+top-1/3/5 voted classes, and the explanation's and the model's accuracy
+against the true class where it is known. Every share comes with its counts.
+
+Reads ``explanations.jsonl`` as a stream; needs no model and no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_open, read_json, write_json
+from .errors import ProfileError
+
+EVALUATION = "evaluation.json"
+PERTURBATION_EFFECTS = "perturbation_effects.jsonl"
+SCOPES = (("all_layers", "votes", "prediction"), ("last_layer", "votes_last_layer", "prediction_last_layer"))
+TOP_N = (1, 3, 5)
+
+
+def ranked_classes(votes: dict[str, float], class_order: dict[str, int]) -> list[str]:
+    """Voted classes, most votes first; ties by the profile's class order."""
+    return sorted(votes, key=lambda c: (-votes[c], class_order.get(c, len(class_order)), c))
+
+
+def _perturbation_key(p: dict[str, Any] | None) -> str:
+    return "none" if not p else f"{p['kind']}:{p['param']:g}"
+
+
+def _group_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (rec["method"], rec["param"], _perturbation_key(rec.get("perturbation")), rec.get("weighting") or "none")
+
+
+def _share(n: int, d: int) -> float | None:
+    return round(n / d, 6) if d else None
+
+
+def evaluate_records(
+    records: Iterable[dict[str, Any]],
+    class_ids: Sequence[str],
+    *,
+    top_concepts: int = 5,
+    effects_out: Any = None,
+) -> dict[str, Any]:
+    """Aggregate explanation records into the evaluation document.
+
+    Args:
+        records: explanation dicts in file order (perturbed copies after their clean image).
+        class_ids: the profile's classes, in order (for tie-breaking).
+        top_concepts: how many concepts to list per class and per perturbation.
+        effects_out: a text file receiving one JSON line per perturbed explanation
+            (concepts that gained or lost votes, prediction flips), or ``None``.
+
+    Returns:
+        ``{"groups": [...], "by_class": [...], "perturbations": [...]}``.
+    """
+    order = {c: i for i, c in enumerate(class_ids)}
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    by_class: dict[tuple[str, str, str], dict[str, Any]] = {}
+    pert: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    clean: dict[tuple[str, str, str], dict[str, Any]] = {}
+    current = None
+    for rec in records:
+        key = _group_key(rec)
+        model_top1 = rec["model_top"][0]["class_id"] if rec.get("model_top") else None
+        true = rec.get("true_class")
+        g = groups.setdefault(key, {
+            "images": 0, "with_true_class": 0, "model_correct": 0,
+            **{scope: Counter() for scope, _, _ in SCOPES},
+        })
+        g["images"] += 1
+        if true is not None:
+            g["with_true_class"] += 1
+            g["model_correct"] += int(model_top1 == true)
+        for scope, votes_field, pred_field in SCOPES:
+            s = g[scope]
+            ranking = ranked_classes(rec[votes_field], order)
+            pred = rec[pred_field]
+            s["fidelity"] += int(pred is not None and pred == model_top1)
+            for n in TOP_N:
+                s[f"model_top1_in_top{n}"] += int(model_top1 in ranking[:n])
+            if true is not None:
+                s["explanation_correct"] += int(pred == true)
+
+        if rec.get("index") != current:
+            current, clean = rec.get("index"), {}
+        pair = (rec["method"], rec["param"], rec.get("weighting") or "none")
+        if rec.get("perturbation") is None:
+            clean[pair] = rec
+            cls = true if true is not None else model_top1
+            if cls is not None:
+                bc = by_class.setdefault((rec["method"], rec["param"], cls), {"images": 0, "votes": Counter()})
+                bc["images"] += 1
+                bc["votes"].update(rec["votes"])
+        elif pair in clean:
+            base = clean[pair]
+            diff = Counter(rec["votes"])
+            diff.subtract(base["votes"])
+            gained = {c: v for c, v in diff.items() if v > 0}
+            lost = {c: v for c, v in diff.items() if v < 0}
+            model_flip = base["model_top"][0]["class_id"] != model_top1
+            expl_flip = base["prediction"] != rec["prediction"]
+            pg = pert.setdefault(key, {"images": 0, "model_flips": 0, "explanation_flips": 0,
+                                       "gained": Counter(), "lost": Counter()})
+            pg["images"] += 1
+            pg["model_flips"] += int(model_flip)
+            pg["explanation_flips"] += int(expl_flip)
+            pg["gained"].update(gained)
+            pg["lost"].update({c: -v for c, v in lost.items()})
+            if effects_out is not None:
+                effects_out.write(json.dumps({
+                    "index": rec.get("index"), "image": rec["image"], "method": rec["method"],
+                    "param": rec["param"], "perturbation": rec["perturbation"],
+                    "model_top1": base["model_top"][0]["class_id"], "model_top1_perturbed": model_top1,
+                    "model_flip": model_flip, "prediction": base["prediction"],
+                    "prediction_perturbed": rec["prediction"], "explanation_flip": expl_flip,
+                    "gained": gained, "lost": lost,
+                }, ensure_ascii=False) + "\n")
+
+    out_groups = []
+    for (method, param, perturbation, weighting), g in groups.items():
+        row: dict[str, Any] = {
+            "method": method, "param": param, "perturbation": perturbation, "weighting": weighting,
+            "images": g["images"], "with_true_class": g["with_true_class"],
+            "model_correct": g["model_correct"],
+            "model_accuracy": _share(g["model_correct"], g["with_true_class"]),
+        }
+        for scope, _, _ in SCOPES:
+            s = g[scope]
+            counts = {"fidelity": s["fidelity"], "explanation_correct": s["explanation_correct"],
+                      **{f"model_top1_in_top{n}": s[f"model_top1_in_top{n}"] for n in TOP_N}}
+            row[scope] = {
+                "counts": counts,
+                "fidelity": _share(s["fidelity"], g["images"]),
+                **{f"model_top1_in_top{n}": _share(s[f"model_top1_in_top{n}"], g["images"]) for n in TOP_N},
+                "explanation_accuracy": _share(s["explanation_correct"], g["with_true_class"]),
+            }
+        out_groups.append(row)
+
+    def top(counter: Counter[str]) -> list[dict[str, Any]]:
+        items = sorted(counter.items(), key=lambda kv: (-kv[1], order.get(kv[0], len(order)), kv[0]))
+        return [{"class_id": c, "votes": v} for c, v in items[:top_concepts]]
+
+    out_classes = [
+        {"method": m, "param": p, "class_id": c, "images": v["images"], "top_concepts": top(v["votes"])}
+        for (m, p, c), v in sorted(by_class.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 1e9)))
+    ]
+    out_pert = [
+        {"method": m, "param": p, "perturbation": k, "weighting": w, "images": v["images"],
+         "model_flips": v["model_flips"], "model_flip_rate": _share(v["model_flips"], v["images"]),
+         "explanation_flips": v["explanation_flips"],
+         "explanation_flip_rate": _share(v["explanation_flips"], v["images"]),
+         "concepts_gaining": top(v["gained"]), "concepts_losing": top(v["lost"])}
+        for (m, p, k, w), v in pert.items()
+    ]
+    return {"groups": out_groups, "by_class": out_classes, "perturbations": out_pert}
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> dict[str, Any]:
+    """Evaluate ``RUN_DIR/explanations.jsonl``; write ``evaluation.json`` (and the
+    per-image perturbation effects, when there are perturbations).
+
+    Raises:
+        ProfileError: the run has no profile or no explanations.
+    """
+    from .explain import read_explanations
+
+    run = Path(run_dir)
+    if not (run / "profile.json").is_file():
+        raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")
+    class_ids = [c["id"] for c in read_json(run / "profile.json")["classes"]]
+    with atomic_open(run / PERTURBATION_EFFECTS) as fh:
+        doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)
+    if not doc["perturbations"]:
+        (run / PERTURBATION_EFFECTS).unlink()
+    doc = {"format": "filtag-kg evaluation", "format_version": 1, **doc}
+    write_json(run / EVALUATION, doc)
+    return doc
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
+    """The evaluation as a readable table (shares with their counts)."""
+    lines = [f"{'setting':<18} {'perturbation':<16} {'layers':<6} {'images':>6}  {'fidelity':>15}  "
+             f"{'top1':>6} {'top3':>6} {'top5':>6}  {'expl acc':>8} {'model acc':>9}"]
+    for g in doc["groups"]:
+        setting = f"{g['method']} {g['param']}".strip() + (" gradcam" if g["weighting"] == "gradcam" else "")
+        for scope, label in (("all_layers", "all"), ("last_layer", "last")):
+            s = g[scope]
+            lines.append(
+                f"{setting:<18} {g['perturbation']:<16} {label:<6} {g['images']:>6}  "
+                f"{_pct(s['fidelity'])} ({s['counts']['fidelity']:>5})  "
+                f"{_pct(s['model_top1_in_top1'])} {_pct(s['model_top1_in_top3'])} "
+                f"{_pct(s['model_top1_in_top5'])}  {_pct(s['explanation_accuracy']):>8} "
+                f"{_pct(g['model_accuracy']):>9}"
+            )
+    for p in doc["perturbations"]:
+        lines.append(
+            f"{p['perturbation']} ({p['method']} {p['param']}): model flipped on {p['model_flips']}/"
+            f"{p['images']}, explanation on {p['explanation_flips']}/{p['images']}; gaining: "
+            + ", ".join(f"{c['class_id']} +{c['votes']:g}" for c in p["concepts_gaining"])
+            + "; losing: " + ", ".join(f"{c['class_id']} -{c['votes']:g}" for c in p["concepts_losing"])
+        )
+    if by_class:
+        lines.append("class-level explanations (most voted concepts over each class's images):")
+        for c in doc["by_class"]:
+            concepts = ", ".join(f"{t['class_id']} ({t['votes']:g})" for t in c["top_concepts"])
+            lines.append(f"  {c['method']} {c['param']} {c['class_id']} ({c['images']} images): {concepts}")
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""Step 3 (explanations) and the evaluation against straightforward references."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, cli_env, write_images
+from test_profile import PRE, reference_profile
+from tiny_models import build_tiny
+
+from filtag_kg.cli import main
+from filtag_kg.data import image_folder
+from filtag_kg.evaluation import evaluate_records
+from filtag_kg.explain import STATE, ExplainOptions, Perturbation, explain_dataset
+from filtag_kg.models import load_model
+from filtag_kg.profile import ProfileOptions, profile_dataset
+from filtag_kg.tagging import TagSetting, write_tags
+
+REQUIRED = {"image", "sha256", "true_class", "model_top", "method", "param", "active_filters", "votes",
+            "votes_last_layer", "prediction", "prediction_last_layer"}
+
+
+
+
+def per_image_values(model: torch.nn.Module, files: list[Path]) -> list[dict[str, np.ndarray]]:
+    from filtag_kg.data import load_rgb
+
+    acts: dict[str, np.ndarray] = {}
+    taps = {"conv1": (model.act1, lambda a: a), "conv2": (model.bn2, lambda a: np.maximum(a, 0.0)),
+            "conv3": (model.conv3, lambda a: a)}
+    hs = [m.register_forward_hook(lambda mod, i, o, n=n, f=f: acts.__setitem__(n, f(o.double().numpy()[0])))
+          for n, (m, f) in taps.items()]
+    out = []
+    try:
+        for f in files:
+            with torch.no_grad():
+                model(PRE.transform()(load_rgb(str(f))).unsqueeze(0))
+            vals = {}
+            for n, a in acts.items():
+                lo, hi = a.min(), a.max()
+                vals[n] = ((a - lo) / (hi - lo)).mean(axis=(1, 2)) if hi > lo else np.zeros(a.shape[0])
+            out.append(vals)
+    finally:
+        for h in hs:
+            h.remove()
+    return out
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A profiled and tagged run of the tiny model, and held-out images to explain."""
+    data = write_images(tmp_path / "train", per_class=5)
+    held = write_images(tmp_path / "held", per_class=3, seed=11)
+    run = tmp_path / "run"
+    prof = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(data), run,
+                           ProfileOptions(progress=False))
+    write_tags(run, prof, [TagSetting("top-k", 2), TagSetting("above-average")])
+    return run, held
+
+
+def test_explanations_match_reference(tiny_run: tuple[Path, Path]) -> None:
+    run, held = tiny_run
+    meta = explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4))
+    assert meta["images"] == 9 and [s["method"] for s in meta["settings"]] == ["top-k", "above-average"]
+    lines = [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()]
+    assert len(lines) == 9 * 2
+    tags = list(csv.DictReader((run / "tags.tsv").open(), delimiter="\t"))
+    files = sorted(held.glob("*/*.png"))
+    values = per_image_values(build_tiny(), files)
+    layers = ["conv1", "conv2", "conv3"]
+    for rec in lines:
+        assert REQUIRED <= set(rec)
+        i = rec["index"]
+        assert Path(rec["image"]) == files[i] and rec["true_class"] == files[i].parent.name
+        import hashlib
+
+        assert rec["sha256"] == hashlib.sha256(files[i].read_bytes()).hexdigest()
+        votes: Counter[str] = Counter()
+        for layer in layers:
+            v = values[i][layer]
+            order = sorted(range(len(v)), key=lambda f: (-v[f], f))
+            active = order[:2] if rec["method"] == "top-k" else [f for f in order if v[f] > v.mean()]
+            got = rec["active_filters"][layer]
+            assert [a["filter"] for a in got] == active
+            np.testing.assert_allclose([a["value"] for a in got], v[active], rtol=1e-5, atol=1e-7)
+            assert [a["rank"] for a in got] == list(range(1, len(active) + 1))
+            layer_votes = Counter(t["class_id"] for t in tags if t["layer"] == layer and t["method"] == rec["method"]
+                                  and int(t["filter"]) in active)
+            votes.update(layer_votes)
+        assert rec["vote_counts"] == dict(votes)
+        assert rec["votes_last_layer"] == {c: float(n) for c, n in layer_votes.items()}
+        best = max(votes.values())
+        assert rec["prediction"] == next(c for c in CLASSES if votes.get(c) == best)  # ties by class order
+        probs = [t["prob"] for t in rec["model_top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+
+
+def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, held = tiny_run
+    more = write_images(tmp_path / "more", per_class=6, seed=3)
+    env = cli_env()
+    cmd = [sys.executable, "-m", "filtag_kg", "explain", str(run), "--data", str(more), "--batch-size", "2",
+           "--checkpoint-every", "1", "--quiet"]
+    env["TINY_SLEEP"] = "0"
+    # the run's model spec is tiny_models:build_tiny; a slow copy of the same weights for the kill
+    ref = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert ref.returncode == 0, ref.stderr
+    expected = (run / "explanations.jsonl").read_bytes()
+    prof = json.loads((run / "profile.json").read_text())
+    prof["model"]["spec"] = "tiny_models:build_slow"
+    (run / "profile.json").write_text(json.dumps(prof))
+    env["TINY_SLEEP"] = "0.4"
+    proc = subprocess.Popen([*cmd, "--restart"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (run / STATE).exists() and json.loads((run / STATE).read_text())["done"] >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (run / STATE).exists()
+    env["TINY_SLEEP"] = "0"
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (run / "explanations.jsonl").read_bytes() == expected
+    assert not (run / STATE).exists()
+
+
+def test_perturbations_are_deterministic() -> None:
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    for text in ("gaussian:0.1", "salt-and-pepper:0.2", "blur:1.5"):
+        p = Perturbation.parse(text, seed=3)
+        a = p.apply(x, [0, 1, 2, 3], mean, std)
+        assert not torch.equal(a, x)
+        torch.testing.assert_close(a, p.apply(x, [0, 1, 2, 3], mean, std))
+        # an image's perturbation does not depend on its batch
+        torch.testing.assert_close(a[2:3], p.apply(x[2:3], [2], mean, std))
+        pix = a * 0.25 + 0.5
+        assert pix.min() >= -1e-6 and pix.max() <= 1 + 1e-6
+    g = Perturbation.parse("gaussian:0.1", seed=3)
+    assert not torch.equal(g.apply(x, [0], mean, std), Perturbation.parse("gaussian:0.1", seed=4).apply(x, [0], mean, std))
+    sp = Perturbation.parse("salt-and-pepper:0.3", seed=1).apply(x, [0, 1, 2, 3], mean, std) * 0.25 + 0.5
+    changed = ~torch.isclose(sp, (x * 0.25 + 0.5).clamp(0, 1)).all(dim=1)
+    assert 0.15 < changed.float().mean() < 0.45  # about 30% of pixels, all channels together
+    from filtag_kg.errors import FiltagError
+
+    for bad in ("noise:1", "gaussian:x", "gaussian:-1", "salt-and-pepper:2"):
+        with pytest.raises(FiltagError):
+            Perturbation.parse(bad)
+
+
+def _rec(index: int, votes: dict[str, float], top1: str, true: str | None, pert: dict | None = None,
+         last: dict[str, float] | None = None) -> dict:
+    from filtag_kg.evaluation import ranked_classes
+
+    order = {"a": 0, "b": 1, "c": 2}
+    last = last if last is not None else votes
+    pred = ranked_classes(votes, order)[0] if votes else None
+    pred_last = ranked_classes(last, order)[0] if last else None
+    return {"index": index, "image": f"{index}.png", "method": "top-k", "param": "1", "true_class": true,
+            "model_top": [{"class_id": top1, "label": top1, "prob": 0.9}], "votes": votes,
+            "votes_last_layer": last, "prediction": pred, "prediction_last_layer": pred_last,
+            "perturbation": pert, "weighting": None}
+
+
+def test_evaluation_counts_by_hand() -> None:
+    noise = {"kind": "gaussian", "param": 0.1, "seed": 0}
+    records = [
+        _rec(0, {"a": 3, "b": 1}, "a", "a", last={"b": 1}),          # fid all yes, last no
+        _rec(0, {"b": 2, "a": 1}, "a", "a", noise),                   # explanation flips a->b
+        _rec(1, {"b": 2, "c": 2}, "c", "b"),                          # tie b/c -> b; top1 c in top3
+        _rec(1, {"b": 2, "c": 2}, "b", "b", noise),                   # model flips c->b
+        _rec(2, {"c": 1}, "a", None),                                 # a not voted at all
+    ]
+    doc = evaluate_records(records, ["a", "b", "c"])
+    clean = next(g for g in doc["groups"] if g["perturbation"] == "none")
+    assert clean["images"] == 3 and clean["with_true_class"] == 2
+    assert clean["model_correct"] == 1 and clean["model_accuracy"] == 0.5
+    s = clean["all_layers"]
+    assert s["counts"] == {"fidelity": 1, "explanation_correct": 2, "model_top1_in_top1": 1,
+                           "model_top1_in_top3": 2, "model_top1_in_top5": 2}
+    assert s["fidelity"] == round(1 / 3, 6) and s["explanation_accuracy"] == 1.0
+    assert clean["last_layer"]["counts"]["fidelity"] == 0
+    (p,) = doc["perturbations"]
+    assert (p["images"], p["model_flips"], p["explanation_flips"]) == (2, 1, 1)
+    assert {c["class_id"]: c["votes"] for c in p["concepts_gaining"]} == {"b": 1}
+    assert {c["class_id"]: c["votes"] for c in p["concepts_losing"]} == {"a": 2}
+    by = {c["class_id"]: c for c in doc["by_class"]}
+    assert by["a"]["top_concepts"] == [{"class_id": "a", "votes": 3}, {"class_id": "b", "votes": 1},
+                                       {"class_id": "c", "votes": 1}]  # image 2: model top-1 a
+    assert by["b"]["images"] == 1
+
+
+def test_gradcam_weights_match_autograd(tiny_run: tuple[Path, Path]) -> None:
+    run, held = tiny_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, weighting="gradcam",
+                                                           settings=[TagSetting("top-k", 2)]))
+    rec = json.loads((run / "explanations.jsonl").read_text().splitlines()[0])
+    from filtag_kg.data import load_rgb
+
+    model = build_tiny()
+    x = PRE.transform()(load_rgb(rec["image"])).unsqueeze(0)
+    kept = {}
+    model.act1.inplace = False
+    model.act1.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits[0, logits.argmax()], kept["a"])
+    w = torch.relu(grad.mean(dim=(2, 3)) * kept["a"].detach().mean(dim=(2, 3)))[0]
+    for a in rec["active_filters"]["conv1"]:
+        assert a["weight"] == pytest.approx(float(w[a["filter"]]), rel=1e-4, abs=1e-9)
+    assert rec["weighting"] == "gradcam"
+    # weighted votes are sums of weights; the unweighted counts stay beside them
+    weighted: Counter[str] = Counter()
+    tags = list(csv.DictReader((run / "tags.tsv").open(), delimiter="\t"))
+    for layer, active in rec["active_filters"].items():
+        for a in active:
+            for t in tags:
+                if t["layer"] == layer and int(t["filter"]) == a["filter"] and t["method"] == "top-k":
+                    weighted[t["class_id"]] += a["weight"]
+    assert rec["votes"] == pytest.approx({c: v for c, v in weighted.items() if v})
+    assert sum(rec["vote_counts"].values()) >= len(rec["votes"])
+
+
+def test_explain_cli_single_images_and_by_class(capsys: pytest.CaptureFixture[str],
+                                                 tiny_run: tuple[Path, Path]) -> None:
+    run, held = tiny_run
+    files = sorted(held.glob("*/*.png"))[:2]
+    assert main(["explain", str(run), *map(str, files), "--k", "2", "--quiet"]) == 0
+    lines = [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()]
+    assert [r["true_class"] for r in lines] == [None, None] and lines[0]["param"] == "2"
+    assert main(["evaluate", str(run), "--by-class"]) == 0
+    out = capsys.readouterr().out
+    assert "class-level explanations" in out and "top-k 2" in out
+    assert main(["explain", str(run), "--k", "99", str(files[0])]) == 2
+    assert "exceeds the width" in capsys.readouterr().err
+
+
+def test_top_images_match_reference(tmp_path: Path) -> None:
+    data = write_images(tmp_path / "data", per_class=4, seed=2)
+    prof = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(data),
+                           tmp_path / "run", ProfileOptions(progress=False, batch_size=5, top_images=3))
+    files = sorted(data.glob("*/*.png"))
+    values = per_image_values(build_tiny(), files)
+    for layer in ("conv1", "conv3"):
+        for f in range(prof.layer(layer).width):
+            v = [values[i][layer][f] for i in range(len(files))]
+            best = sorted(range(len(files)), key=lambda i: (-v[i], i))[:3]
+            got = prof.top_images(layer, f)
+            assert [Path(p) for p, _ in got] == [files[i] for i in best]
+            np.testing.assert_allclose([x for _, x in got], [v[i] for i in best], rtol=1e-5, atol=1e-7)
+    from filtag_kg.profile import Profile
+
+    again = Profile.load(tmp_path / "run")
+    assert again.top_images("conv2", 0) == prof.top_images("conv2", 0)
