@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,12 @@ def _perturbation_key(p: dict[str, Any] | None) -> str:
 
 
 def _group_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (rec["method"], rec["param"], _perturbation_key(rec.get("perturbation")), rec.get("weighting") or "none")
+    return (
+        rec["method"],
+        rec["param"],
+        _perturbation_key(rec.get("perturbation")),
+        rec.get("weighting") or "none",
+    )
 
 
 def _share(n: int, d: int) -> float | None:
@@ -73,10 +78,15 @@ def evaluate_records(
         key = _group_key(rec)
         model_top1 = rec["model_top"][0]["class_id"] if rec.get("model_top") else None
         true = rec.get("true_class")
-        g = groups.setdefault(key, {
-            "images": 0, "with_true_class": 0, "model_correct": 0,
-            **{scope: Counter() for scope, _, _ in SCOPES},
-        })
+        g = groups.setdefault(
+            key,
+            {
+                "images": 0,
+                "with_true_class": 0,
+                "model_correct": 0,
+                **{scope: Counter() for scope, _, _ in SCOPES},
+            },
+        )
         g["images"] += 1
         if true is not None:
             g["with_true_class"] += 1
@@ -98,7 +108,9 @@ def evaluate_records(
             clean[pair] = rec
             cls = true if true is not None else model_top1
             if cls is not None:
-                bc = by_class.setdefault((rec["method"], rec["param"], cls), {"images": 0, "votes": Counter()})
+                bc = by_class.setdefault(
+                    (rec["method"], rec["param"], cls), {"images": 0, "votes": Counter()}
+                )
                 bc["images"] += 1
                 bc["votes"].update(rec["votes"])
         elif pair in clean:
@@ -109,35 +121,63 @@ def evaluate_records(
             lost = {c: v for c, v in diff.items() if v < 0}
             model_flip = base["model_top"][0]["class_id"] != model_top1
             expl_flip = base["prediction"] != rec["prediction"]
-            pg = pert.setdefault(key, {"images": 0, "model_flips": 0, "explanation_flips": 0,
-                                       "gained": Counter(), "lost": Counter()})
+            pg = pert.setdefault(
+                key,
+                {
+                    "images": 0,
+                    "model_flips": 0,
+                    "explanation_flips": 0,
+                    "gained": Counter(),
+                    "lost": Counter(),
+                },
+            )
             pg["images"] += 1
             pg["model_flips"] += int(model_flip)
             pg["explanation_flips"] += int(expl_flip)
             pg["gained"].update(gained)
             pg["lost"].update({c: -v for c, v in lost.items()})
             if effects_out is not None:
-                effects_out.write(json.dumps({
-                    "index": rec.get("index"), "image": rec["image"], "method": rec["method"],
-                    "param": rec["param"], "perturbation": rec["perturbation"],
-                    "model_top1": base["model_top"][0]["class_id"], "model_top1_perturbed": model_top1,
-                    "model_flip": model_flip, "prediction": base["prediction"],
-                    "prediction_perturbed": rec["prediction"], "explanation_flip": expl_flip,
-                    "gained": gained, "lost": lost,
-                }, ensure_ascii=False) + "\n")
+                effects_out.write(
+                    json.dumps(
+                        {
+                            "index": rec.get("index"),
+                            "image": rec["image"],
+                            "method": rec["method"],
+                            "param": rec["param"],
+                            "perturbation": rec["perturbation"],
+                            "model_top1": base["model_top"][0]["class_id"],
+                            "model_top1_perturbed": model_top1,
+                            "model_flip": model_flip,
+                            "prediction": base["prediction"],
+                            "prediction_perturbed": rec["prediction"],
+                            "explanation_flip": expl_flip,
+                            "gained": gained,
+                            "lost": lost,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
 
     out_groups = []
     for (method, param, perturbation, weighting), g in groups.items():
         row: dict[str, Any] = {
-            "method": method, "param": param, "perturbation": perturbation, "weighting": weighting,
-            "images": g["images"], "with_true_class": g["with_true_class"],
+            "method": method,
+            "param": param,
+            "perturbation": perturbation,
+            "weighting": weighting,
+            "images": g["images"],
+            "with_true_class": g["with_true_class"],
             "model_correct": g["model_correct"],
             "model_accuracy": _share(g["model_correct"], g["with_true_class"]),
         }
         for scope, _, _ in SCOPES:
             s = g[scope]
-            counts = {"fidelity": s["fidelity"], "explanation_correct": s["explanation_correct"],
-                      **{f"model_top1_in_top{n}": s[f"model_top1_in_top{n}"] for n in TOP_N}}
+            counts = {
+                "fidelity": s["fidelity"],
+                "explanation_correct": s["explanation_correct"],
+                **{f"model_top1_in_top{n}": s[f"model_top1_in_top{n}"] for n in TOP_N},
+            }
             row[scope] = {
                 "counts": counts,
                 "fidelity": _share(s["fidelity"], g["images"]),
@@ -152,14 +192,24 @@ def evaluate_records(
 
     out_classes = [
         {"method": m, "param": p, "class_id": c, "images": v["images"], "top_concepts": top(v["votes"])}
-        for (m, p, c), v in sorted(by_class.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 1e9)))
+        for (m, p, c), v in sorted(
+            by_class.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 1e9))
+        )
     ]
     out_pert = [
-        {"method": m, "param": p, "perturbation": k, "weighting": w, "images": v["images"],
-         "model_flips": v["model_flips"], "model_flip_rate": _share(v["model_flips"], v["images"]),
-         "explanation_flips": v["explanation_flips"],
-         "explanation_flip_rate": _share(v["explanation_flips"], v["images"]),
-         "concepts_gaining": top(v["gained"]), "concepts_losing": top(v["lost"])}
+        {
+            "method": m,
+            "param": p,
+            "perturbation": k,
+            "weighting": w,
+            "images": v["images"],
+            "model_flips": v["model_flips"],
+            "model_flip_rate": _share(v["model_flips"], v["images"]),
+            "explanation_flips": v["explanation_flips"],
+            "explanation_flip_rate": _share(v["explanation_flips"], v["images"]),
+            "concepts_gaining": top(v["gained"]),
+            "concepts_losing": top(v["lost"]),
+        }
         for (m, p, k, w), v in pert.items()
     ]
     return {"groups": out_groups, "by_class": out_classes, "perturbations": out_pert}
@@ -193,8 +243,10 @@ def _pct(x: float | None) -> str:
 
 def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
     """The evaluation as a readable table (shares with their counts)."""
-    lines = [f"{'setting':<18} {'perturbation':<16} {'layers':<6} {'images':>6}  {'fidelity':>15}  "
-             f"{'top1':>6} {'top3':>6} {'top5':>6}  {'expl acc':>8} {'model acc':>9}"]
+    lines = [
+        f"{'setting':<18} {'perturbation':<16} {'layers':<6} {'images':>6}  {'fidelity':>15}  "
+        f"{'top1':>6} {'top3':>6} {'top5':>6}  {'expl acc':>8} {'model acc':>9}"
+    ]
     for g in doc["groups"]:
         setting = f"{g['method']} {g['param']}".strip() + (" gradcam" if g["weighting"] == "gradcam" else "")
         for scope, label in (("all_layers", "all"), ("last_layer", "last")):
@@ -211,7 +263,8 @@ def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
             f"{p['perturbation']} ({p['method']} {p['param']}): model flipped on {p['model_flips']}/"
             f"{p['images']}, explanation on {p['explanation_flips']}/{p['images']}; gaining: "
             + ", ".join(f"{c['class_id']} +{c['votes']:g}" for c in p["concepts_gaining"])
-            + "; losing: " + ", ".join(f"{c['class_id']} -{c['votes']:g}" for c in p["concepts_losing"])
+            + "; losing: "
+            + ", ".join(f"{c['class_id']} -{c['votes']:g}" for c in p["concepts_losing"])
         )
     if by_class:
         lines.append("class-level explanations (most voted concepts over each class's images):")

@@ -67,11 +67,15 @@ class Perturbation:
         """
         kind, _, value = text.partition(":")
         if kind not in PERTURBATIONS:
-            raise FiltagError(f"unknown perturbation {text!r}; use {', '.join(k + ':VALUE' for k in PERTURBATIONS)}")
+            raise FiltagError(
+                f"unknown perturbation {text!r}; use {', '.join(k + ':VALUE' for k in PERTURBATIONS)}"
+            )
         try:
             param = float(value)
         except ValueError:
-            raise FiltagError(f"perturbation {text!r} needs a number after the colon, e.g. {kind}:0.1") from None
+            raise FiltagError(
+                f"perturbation {text!r} needs a number after the colon, e.g. {kind}:0.1"
+            ) from None
         if not math.isfinite(param) or param <= 0 or (kind == "salt-and-pepper" and param > 1):
             raise FiltagError(
                 f"invalid perturbation strength in {text!r}: must be > 0"
@@ -83,7 +87,9 @@ class Perturbation:
         """Plain-JSON form written into each perturbed explanation."""
         return {"kind": self.kind, "param": self.param, "seed": self.seed}
 
-    def apply(self, x: torch.Tensor, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    def apply(
+        self, x: torch.Tensor, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]
+    ) -> torch.Tensor:
         """Perturb a normalised batch ``x`` ([B, 3, H, W]) of dataset ``indices``."""
         m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -259,7 +265,9 @@ def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
-def _gradcam_weights(outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor) -> list[np.ndarray]:
+def _gradcam_weights(
+    outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor
+) -> list[np.ndarray]:
     """Per layer [B, F]: relu(spatial mean of d score / d map * spatial mean of the map)."""
     score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
     try:
@@ -318,8 +326,14 @@ def explain_dataset(
     names = [lp.name for lp in profile.layers]
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True)
-    engine = Engine.build(loaded, first_good_image(imageset, dataset), layers=names, measure=measure,
-                          device=device, amp=opts.amp)
+    engine = Engine.build(
+        loaded,
+        first_good_image(imageset, dataset),
+        layers=names,
+        measure=measure,
+        device=device,
+        amp=opts.amp,
+    )
     recorded = [lp.measured_at for lp in profile.layers]
     if [p.describe() for p in engine.points] != recorded:
         raise ProfileError("the model's measure points differ from the profile's; profile again")
@@ -350,8 +364,10 @@ def explain_dataset(
         state = read_json(state_path)
         if state["fingerprint"] != fingerprint:
             diff = [k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]]
-            raise ProfileError(f"the interrupted explanation pass in {run} used a different "
-                               f"{', '.join(diff)}; rerun with the same options, or --restart")
+            raise ProfileError(
+                f"the interrupted explanation pass in {run} used a different "
+                f"{', '.join(diff)}; rerun with the same options, or --restart"
+            )
         done, offset, skipped, started = state["done"], state["offset"], state["skipped"], state["started_at"]
     elif opts.resume and (run / EXPLANATIONS_META).exists():
         meta = read_json(run / EXPLANATIONS_META)
@@ -360,24 +376,44 @@ def explain_dataset(
 
     n = len(dataset)
     first = done
-    workers = opts.workers if opts.workers is not None else (0 if n - done < 512 else min(8, os.cpu_count() or 1))
-    loader = make_loader(dataset, start=done, batch_size=opts.batch_size, workers=workers,
-                         pin_memory=device.type == "cuda")
+    workers = (
+        opts.workers if opts.workers is not None else (0 if n - done < 512 else min(8, os.cpu_count() or 1))
+    )
+    loader = make_loader(
+        dataset, start=done, batch_size=opts.batch_size, workers=workers, pin_memory=device.type == "cuda"
+    )
     writer = _JsonlWriter(out_path, offset)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=done, unit="img", desc="explain", disable=not opts.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=n,
+        initial=done,
+        unit="img",
+        desc="explain",
+        disable=not opts.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     module = loaded.module
     variants: list[Perturbation | None] = [None, *perturbs]
     lines = 0
     t0 = time.perf_counter()
 
     def save_state() -> None:
-        write_json(state_path, {"fingerprint": fingerprint, "done": done, "offset": writer.sync(),
-                                "skipped": skipped, "started_at": started})
+        write_json(
+            state_path,
+            {
+                "fingerprint": fingerprint,
+                "done": done,
+                "offset": writer.sync(),
+                "skipped": skipped,
+                "started_at": started,
+            },
+        )
 
-    def forward(x: torch.Tensor, probe: FilterProbe) -> tuple[list[np.ndarray], torch.Tensor, list[np.ndarray] | None]:
+    def forward(
+        x: torch.Tensor, probe: FilterProbe
+    ) -> tuple[list[np.ndarray], torch.Tensor, list[np.ndarray] | None]:
         if opts.weighting == "gradcam":
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
@@ -392,8 +428,11 @@ def explain_dataset(
 
     batches = 0
     try:
-        ctx = _no_inplace(module) if opts.weighting == "gradcam" and not hasattr(module, "filtag_graph_probes") \
+        ctx = (
+            _no_inplace(module)
+            if opts.weighting == "gradcam" and not hasattr(module, "filtag_graph_probes")
             else contextlib.nullcontext()
+        )
         with ctx, FilterProbe(module, engine.points, keep_outputs=opts.weighting == "gradcam") as probe:
             for batch in loader:
                 skipped += [{"path": imageset.samples[i].path, "reason": why} for i, why in batch.bad]
@@ -412,14 +451,19 @@ def explain_dataset(
                         true = imageset.classes[sample.label].id if sample.label >= 0 else None
                         for var, values, weights, probs, top in results:
                             model_top = [
-                                {"class_id": model_ids[j] if j < len(model_ids) else str(j),
-                                 "label": model_labels[j] if j < len(model_labels) else str(j),
-                                 "prob": float(p)}
+                                {
+                                    "class_id": model_ids[j] if j < len(model_ids) else str(j),
+                                    "label": model_labels[j] if j < len(model_labels) else str(j),
+                                    "prob": float(p),
+                                }
                                 for j, p in zip(top[b].tolist(), probs[b].tolist())
                             ]
                             for s, inc in zip(settings, index.incidence):
                                 ex = explain_values(
-                                    [v[b] for v in values], inc, s, names,
+                                    [v[b] for v in values],
+                                    inc,
+                                    s,
+                                    names,
                                     weights=[w[b] for w in weights] if weights is not None else None,
                                 )
                                 active = {}
@@ -431,23 +475,29 @@ def explain_dataset(
                                             row["weight"] = float(weights[li][b, f])
                                         rows.append(row)
                                     active[name] = rows
-                                writer.write({
-                                    "index": i,
-                                    "image": sample.path,
-                                    "sha256": batch.sha256[b] if batch.sha256 else None,
-                                    "true_class": true,
-                                    "model_top": model_top,
-                                    "method": s.method,
-                                    "param": s.param_text,
-                                    "active_filters": active,
-                                    "votes": _vote_dict(ex["votes"], profile.class_ids),
-                                    "vote_counts": _vote_dict(ex["counts"], profile.class_ids, integer=True),
-                                    "votes_last_layer": _vote_dict(ex["votes_last"], profile.class_ids),
-                                    "prediction": _prediction(ex["votes"], profile.class_ids),
-                                    "prediction_last_layer": _prediction(ex["votes_last"], profile.class_ids),
-                                    "perturbation": var.record() if var is not None else None,
-                                    "weighting": opts.weighting,
-                                })
+                                writer.write(
+                                    {
+                                        "index": i,
+                                        "image": sample.path,
+                                        "sha256": batch.sha256[b] if batch.sha256 else None,
+                                        "true_class": true,
+                                        "model_top": model_top,
+                                        "method": s.method,
+                                        "param": s.param_text,
+                                        "active_filters": active,
+                                        "votes": _vote_dict(ex["votes"], profile.class_ids),
+                                        "vote_counts": _vote_dict(
+                                            ex["counts"], profile.class_ids, integer=True
+                                        ),
+                                        "votes_last_layer": _vote_dict(ex["votes_last"], profile.class_ids),
+                                        "prediction": _prediction(ex["votes"], profile.class_ids),
+                                        "prediction_last_layer": _prediction(
+                                            ex["votes_last"], profile.class_ids
+                                        ),
+                                        "perturbation": var.record() if var is not None else None,
+                                        "weighting": opts.weighting,
+                                    }
+                                )
                                 lines += 1
                 done += batch.count
                 batches += 1
@@ -458,9 +508,7 @@ def explain_dataset(
         bar.close()
         save_state()
         writer.close()
-        raise Interrupted(
-            f"interrupted after {done} of {n} images; rerun with --resume to finish"
-        ) from None
+        raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
         writer.close()
         raise
@@ -507,6 +555,12 @@ def read_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
 
 
 __all__ = [
-    "EXPLANATIONS", "ExplainOptions", "Perturbation", "TagIndex", "explain_dataset", "explain_values",
-    "read_explanations", "recorded_settings",
+    "EXPLANATIONS",
+    "ExplainOptions",
+    "Perturbation",
+    "TagIndex",
+    "explain_dataset",
+    "explain_values",
+    "read_explanations",
+    "recorded_settings",
 ]
