@@ -27,6 +27,7 @@ def run_demo(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    sizes: dict[str, int] | None = None,
 ) -> RunResult:
     """Generate (or reuse) the shapes data and network, profile, tag and summarise.
 
@@ -35,34 +36,76 @@ def run_demo(
         cache_dir: where data and weights are cached (default: the user cache).
         progress: show progress bars.
         echo: where the summary lines go (``print`` in the CLI).
+        sizes: smaller ``train_per_class`` / ``heldout_per_class`` / ``epochs`` for
+            quick checks (the defaults make the real demo).
 
     Returns:
         The run's profile and tags (also written to ``out``).
     """
     from .data import image_folder
-    from .shapes import SHAPE_CLASSES, SHAPES_PREPROCESS, default_cache_dir, load_or_train_shapes_net
+    from .evaluation import evaluate_run, format_table
+    from .explain import ExplainOptions, explain_dataset
+    from .shapes import (
+        SHAPE_CLASSES,
+        SHAPES_OUTPUT_WNIDS,
+        SHAPES_PREPROCESS,
+        default_cache_dir,
+        load_or_train_shapes_net,
+    )
+    from .wordnet import load_wordnet, write_abstractions
 
     t0 = time.perf_counter()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _, metrics, folder = load_or_train_shapes_net(cache, progress=progress)
-    classes = [ClassInfo(wnid, label) for wnid, label in SHAPE_CLASSES]
-    loaded = load_model(
-        DEMO_MODEL, weights_file=folder / "weights.pt", preprocess=SHAPES_PREPROCESS, classes=classes
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("shapes-*/weights.pt")}
+    _, metrics, data_root = load_or_train_shapes_net(cache, progress=progress, **(sizes or {}))
+    weights = data_root.parent / "weights.pt"
+    cached = before.get(weights) == weights.stat().st_mtime_ns
+    label = dict(SHAPE_CLASSES)
+    classes = [ClassInfo(wnid, label[wnid]) for wnid in SHAPES_OUTPUT_WNIDS]  # logit order
+    loaded = load_model(DEMO_MODEL, weights_file=weights, preprocess=SHAPES_PREPROCESS, classes=classes)
+    imageset = image_folder(data_root / "train", classes)
+    options = ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress, checkpoint_every=0)
+    result = run(loaded, imageset, out, settings=[TagSetting("top-k", 1), TagSetting("top-k", 3)],
+                 options=options)
+    report = write_abstractions(out, tags=result.tags, wordnet=load_wordnet())
+    explain_dataset(
+        out, image_folder(data_root / "heldout", classes),
+        ExplainOptions(device="cpu", batch_size=64, workers=0, progress=progress, checkpoint_every=0),
+        profile=result.profile, loaded=loaded,
     )
-    imageset = image_folder(folder / "data" / "train", classes)
-    result = run(
-        loaded, imageset, out, settings=[TagSetting("top-k", 1)],
-        options=ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress,
-                               checkpoint_every=0),
-    )
-    echo(f"filtag-kg demo: synthetic plane shapes, {len(classes)} classes named by WordNet synsets")
+    evaluation = evaluate_run(out)
+
+    echo(f"filtag-kg demo: synthetic plane shapes, {len(classes)} classes named by WordNet 3.0 synsets")
     echo(
-        f"network {DEMO_MODEL}: held-out accuracy {100 * metrics['heldout_accuracy']:.1f}% "
-        f"on {metrics.get('heldout_images', '?')} images"
-        + (" (trained now" if not metrics.get("cached") else " (cached")
-        + f", weights in {folder / 'weights.pt'})"
+        f"network {DEMO_MODEL}: held-out accuracy {100 * metrics['heldout_accuracy']:.1f}% on "
+        f"{metrics.get('heldout_images', '?')} images ({'cached' if cached else 'trained now'}; "
+        f"weights {weights})"
     )
-    echo(summarize(result.profile, result.tags, max_filters=10))
-    echo(f"outputs in {Path(out).resolve()}: profile.json, profile.npz, tags.tsv, tags.json")
+    echo("")
+    echo(summarize(result.profile, [t for t in result.tags if t.param == "1"], max_filters=10))
+    echo("")
+    echo("what filters represent, by WordNet hypernyms (top-k 3, filters with 2+ tags):")
+    echo(_abstract_lines(out))
+    echo("")
+    echo(f"explanations of the {evaluation['groups'][0]['images']} held-out images:")
+    echo(format_table(evaluation))
+    echo("")
+    echo(report.summary().splitlines()[0])
+    echo(f"outputs in {Path(out).resolve()}: profile, tags, abstract tags, explanations, evaluation")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _abstract_lines(run_dir: str | os.PathLike[str], limit: int = 8) -> str:
+    """The demo's most telling abstract tags: the broadest coverage first."""
+    import csv
+
+    with open(Path(run_dir) / "abstract_tags.tsv", encoding="utf-8", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["param"] == "3"]
+    rows.sort(key=lambda r: (-int(r["cover"]), -int(r["depth"]), r["layer"], int(r["filter"])))
+    lines = [
+        f"  {r['layer']} filter {r['filter']}: {r['covered_labels'].replace(',', ', ')} -> "
+        f"{r['synset']} ({r['lemma']}, covers {r['cover']})"
+        for r in rows[:limit]
+    ]
+    return "\n".join(lines) if lines else "  (no filter carries two related tags)"

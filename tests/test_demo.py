@@ -1,0 +1,32 @@
+"""``filtag-kg demo`` end to end, on a small configuration so it runs in seconds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from filtag_kg.demo import run_demo
+from filtag_kg.shapes import SHAPE_CLASSES
+
+SMALL = {"train_per_class": 12, "heldout_per_class": 4, "epochs": 1}
+
+
+def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_demo(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False,
+                      echo=lines.append, sizes=SMALL)
+    text = "\n".join(lines)
+    assert "trained now" in text and "held-out accuracy" in text
+    for name in ("profile.json", "profile.npz", "tags.tsv", "tags.json", "abstract_tags.tsv",
+                 "explanations.jsonl", "evaluation.json"):
+        assert (tmp_path / "out" / name).is_file(), name
+    rows = list(csv.DictReader((tmp_path / "out" / "tags.tsv").open(), delimiter="\t"))
+    assert {r["class_id"] for r in rows} == {w for w, _ in SHAPE_CLASSES}
+    assert {r["label"] for r in rows} == {lab for _, lab in SHAPE_CLASSES}
+    # top-k 1: one tag per class and layer
+    assert sum(r["param"] == "1" for r in rows) == 10 * len(result.profile.layers)
+    assert "linked 10/10 classes" in text
+    lines.clear()
+    run_demo(out=tmp_path / "out2", cache_dir=tmp_path / "cache", progress=False, echo=lines.append,
+             sizes=SMALL)
+    assert "(cached;" in "\n".join(lines)
