@@ -332,3 +332,12 @@ def test_top_images_match_reference(tmp_path: Path) -> None:
 
     again = Profile.load(tmp_path / "run")
     assert again.top_images("conv2", 0) == prof.top_images("conv2", 0)
+
+
+def test_explain_skips_and_lists_bad_files(tiny_run: tuple[Path, Path], messy_dir: Path) -> None:
+    run, _ = tiny_run
+    meta = explain_dataset(run, image_folder(messy_dir), ExplainOptions(progress=False))
+    assert {Path(s["path"]).name for s in meta["dataset"]["skipped"]} == {"truncated.jpg", "notes.png"}
+    lines = (run / "explanations.jsonl").read_text().splitlines()
+    assert len(lines) == meta["images"] * 2 == (3 * 3 + 4) * 2
+    assert all("truncated" not in json.loads(x)["image"] for x in lines)

@@ -295,3 +295,16 @@ def test_torchscript_model_profiles_like_the_eager_one(image_dir: Path, tmp_path
     assert [lp.measure["kind"] for lp in a.layers] == ["activation", "activation", "conv"]
     for x, y in zip(a.layers, b.layers):
         np.testing.assert_allclose(x.means, y.means, rtol=1e-6, atol=1e-9)
+
+
+def test_bf16_autocast_stays_close_to_float32(image_dir: Path, tmp_path: Path) -> None:
+    runs = {}
+    for amp in ("off", "bf16"):
+        loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+        runs[amp] = profile_dataset(loaded, image_folder(image_dir), tmp_path / amp,
+                                    ProfileOptions(progress=False, amp=amp))
+    assert runs["bf16"].meta["options"]["amp"] == "bf16"
+    for a, b in zip(runs["off"].layers, runs["bf16"].layers):
+        assert a.means.dtype == b.means.dtype == np.float64
+        np.testing.assert_allclose(b.means, a.means, atol=0.02)
+        assert not np.array_equal(a.means, b.means)  # autocast really ran in bf16
