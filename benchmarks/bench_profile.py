@@ -49,7 +49,7 @@ def make_jpegs(root: Path, n: int, classes: int = 4, size: int = 256) -> Path:
 
 
 def time_plain(engine: Engine, loader) -> float:
-    module = engine.loaded.module
+    module = engine.module
     n = 0
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -72,7 +72,7 @@ def time_profile(loaded, imageset, out: Path, opts: ProfileOptions) -> float:
 
 def time_reference(engine: Engine, dataset: ImageDataset, n: int) -> float:
     """Batch 1; every measured activation goes to the host and is scaled in numpy."""
-    module = engine.loaded.module
+    module = engine.module
     modules = dict(module.named_modules())
     acts: list[np.ndarray] = []
     handles = []

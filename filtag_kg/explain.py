@@ -394,7 +394,7 @@ def explain_dataset(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    module = loaded.module
+    module = engine.module
     variants: list[Perturbation | None] = [None, *perturbs]
     lines = 0
     t0 = time.perf_counter()

@@ -260,13 +260,16 @@ class Engine:
         points: list[MeasurePoint],
         device: torch.device,
         amp: str = "off",
+        module: torch.nn.Module | None = None,
     ) -> None:
         self.loaded, self.points, self.device = loaded, points, device
+        #: the module to run: the model itself, or its probed graph (TorchScript)
+        self.module = module if module is not None else loaded.module
         self.amp_dtype = autocast_dtype(amp)
         self.channels_last = device.type == "cuda"
-        loaded.module.to(device)
+        self.module.to(device)
         if self.channels_last:
-            loaded.module.to(memory_format=torch.channels_last)
+            self.module.to(memory_format=torch.channels_last)
 
     @classmethod
     def build(
@@ -284,10 +287,8 @@ class Engine:
             raise FiltagError(f"unknown --measure {measure!r}; use activation or conv")
         names = select_layers(loaded.module, layers)
         loaded.module.to(device)
-        loaded.module, points = plan_measurement(
-            loaded.module, names, example.to(device), measure=measure
-        )
-        return cls(loaded, points, device, amp)
+        module, points = plan_measurement(loaded.module, names, example.to(device), measure=measure)
+        return cls(loaded, points, device, amp, module)
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """Move a batch to the device (non-blocking from pinned memory; channels-last on CUDA)."""
@@ -465,7 +466,7 @@ def profile_dataset(
         }
 
     batches = 0
-    module = loaded.module
+    module = engine.module
     try:
         with FilterProbe(module, points) as probe, torch.inference_mode():
             for batch in loader:

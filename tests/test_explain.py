@@ -341,3 +341,16 @@ def test_explain_skips_and_lists_bad_files(tiny_run: tuple[Path, Path], messy_di
     lines = (run / "explanations.jsonl").read_text().splitlines()
     assert len(lines) == meta["images"] * 2 == (3 * 3 + 4) * 2
     assert all("truncated" not in json.loads(x)["image"] for x in lines)
+
+
+def test_torchscript_run_with_explanations(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("torch._export.converter", reason="TorchScript conversion needs torch >= 2.4")
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(build_tiny()), str(path))
+    data = write_images(tmp_path / "data", per_class=3)
+    held = write_images(tmp_path / "held", per_class=2, seed=8)
+    code = main(["run", "--model", str(path), "--image-size", "16", "--data", str(data), "--k", "1",
+                 "--out", str(tmp_path / "run"), "--explain-data", str(held), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    lines = (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and set(json.loads(lines[0])["active_filters"]) == {"conv1", "conv2", "conv3"}
