@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,24 @@ sys.path.insert(0, str(TESTS))  # tiny_models importable in-process
 CLASSES = ["n02085620", "n02123045", "n04536866"]  # Chihuahua, tabby, violin
 
 
+import nltk.data  # noqa: E402
+
+PRISTINE_NLTK_PATH = list(nltk.data.path)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every test's caches (WordNet, demo) out of the user's home."""
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Keep every test's caches (WordNet, demo) out of the user's home, and let no
+    test see WordNet sources or nltk data roots that an earlier test set up."""
+    from filtag_kg.wordnet import clear_cache
+
     monkeypatch.setenv("FILTAG_KG_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setattr(nltk.data, "path", list(PRISTINE_NLTK_PATH))
+    clear_cache()
+    yield
+    clear_cache()
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -71,6 +86,22 @@ def messy_dir(tmp_path: Path) -> Path:
     (root / CLASSES[2] / "notes.png").write_text("this is not an image\n")
     (root / "n01440764").mkdir()  # tench: an empty class folder
     return root
+
+
+@pytest.fixture(scope="session")
+def scripted_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a TorchScript file, scripted in a fresh process.
+
+    Scripting in a separate interpreter keeps the test process's TorchScript
+    state (its builtin-function table) independent of what earlier tests did.
+    """
+    import subprocess
+
+    path = tmp_path_factory.mktemp("torchscript") / "tiny.pt"
+    code = ("import torch, tiny_models; "
+            f"torch.jit.save(torch.jit.script(tiny_models.build_tiny()), {str(path)!r})")
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=cli_env(), check=True, timeout=300)
+    return path
 
 
 def cli_env() -> dict[str, str]:

@@ -343,10 +343,11 @@ def test_explain_skips_and_lists_bad_files(tiny_run: tuple[Path, Path], messy_di
     assert all("truncated" not in json.loads(x)["image"] for x in lines)
 
 
-def test_torchscript_run_with_explanations(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_torchscript_run_with_explanations(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, scripted_tiny: Path
+) -> None:
     pytest.importorskip("torch._export.converter", reason="TorchScript conversion needs torch >= 2.4")
-    path = tmp_path / "tiny.pt"
-    torch.jit.save(torch.jit.script(build_tiny()), str(path))
+    path = scripted_tiny
     data = write_images(tmp_path / "data", per_class=3)
     held = write_images(tmp_path / "held", per_class=2, seed=8)
     code = main(["run", "--model", str(path), "--image-size", "16", "--data", str(data), "--k", "1",

@@ -282,11 +282,11 @@ def test_probe_values_on_shared_modules_match_reference() -> None:
         np.testing.assert_allclose(values.numpy(), ref, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def test_torchscript_model_profiles_like_the_eager_one(image_dir: Path, tmp_path: Path) -> None:
+def test_torchscript_model_profiles_like_the_eager_one(
+    image_dir: Path, tmp_path: Path, scripted_tiny: Path
+) -> None:
     pytest.importorskip("torch._export.converter", reason="TorchScript conversion needs torch >= 2.4")
-    path = tmp_path / "tiny.pt"
-    torch.jit.save(torch.jit.script(build_tiny()), str(path))
-    scripted = load_model(str(path), preprocess=PRE)
+    scripted = load_model(str(scripted_tiny), preprocess=PRE)
     assert scripted.kind == "torchscript"
     a = profile_dataset(scripted, image_folder(image_dir), tmp_path / "ts",
                         ProfileOptions(progress=False, batch_size=5))
