@@ -8,6 +8,7 @@ with exit code 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,9 +192,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     loaded = _load_model(args)
     imageset = _images(args, loaded)
+    from .distributed import current
+
+    main_rank = current().main  # under torchrun only rank 0 writes and prints
     result = run(loaded, imageset, args.out, settings=settings, options=_profile_opts(args))
     print(summarize(result.profile, result.tags))
-    print(_abstract(args, args.out, result.tags).summary())
+    if main_rank:
+        print(_abstract(args, args.out, result.tags).summary())
     names = ["profile.json", "profile.npz", "tags.tsv", "tags.json"]
     if args.explain_data:
         from .data import image_folder
@@ -202,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         explain_dataset(args.out, image_folder(args.explain_data, loaded.classes),
                         _explain_opts(args, settings), profile=result.profile, loaded=loaded)
-        print(format_table(evaluate_run(args.out)))
+        if main_rank:
+            print(format_table(evaluate_run(args.out)))
         names += ["explanations.jsonl", "evaluation.json"]
     print(_outputs(Path(args.out), names))
     return 0
@@ -546,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``filtag-kg`` and ``python -m filtag_kg``; returns the exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - under torchrun, rank 0 alone prints
     if args.command == "explain" and not any(e.startswith("-") for e in extra):
         args.images += extra  # image files may follow options: explain RUN --k 1 a.jpg b.jpg
     elif extra:
@@ -560,6 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("filtag-kg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:
+            from .distributed import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

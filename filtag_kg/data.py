@@ -283,16 +283,13 @@ def make_loader(
     batch_size: int = 32,
     workers: int = 0,
     pin_memory: bool = False,
+    batch_sampler: Any = None,
 ) -> DataLoader:
-    """An in-order loader over ``dataset[start:]`` (no shuffling: resume needs the order)."""
+    """An in-order loader over ``dataset[start:]`` (no shuffling: resume needs the order),
+    or over the batches of ``batch_sampler`` (see :class:`filtag_kg.distributed.RoundSampler`)."""
+    common = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                  prefetch_factor=4 if workers > 0 else None)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     subset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
-    return DataLoader(
-        subset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, **common)

@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from ._io import ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, make_loader
+from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
 from .tagging import TagSetting, active_filters, tag_layer
@@ -252,6 +254,48 @@ class _JsonlWriter:
         self.fh.close()
 
 
+class _Sink:
+    """Where explanation lines go: the run's file alone, or, under ``torchrun``, one
+    part file per rank that rank 0 merges into the run's file, in dataset order, at
+    every synchronisation (so the run's file always holds a finished prefix)."""
+
+    def __init__(self, run: Path, offset: int, dist: distributed.Dist) -> None:
+        self.run, self.dist = run, dist
+        self.main = _JsonlWriter(run / EXPLANATIONS, offset) if dist.main else None
+        self.part = _JsonlWriter(self._part_path(dist.rank), 0) if dist.active else None
+
+    def _part_path(self, rank: int) -> Path:
+        return self.run / f"explanations.part{rank:04d}.jsonl"
+
+    def write(self, obj: dict[str, Any]) -> None:
+        (self.part or self.main).write(obj)  # type: ignore[union-attr]
+
+    def synchronise(self) -> int | None:
+        """Make every line written so far final; rank 0 gets the run file's size."""
+        if self.part is not None:
+            self.part.sync()
+            self.dist.barrier()
+            if self.main is not None:
+                lines = []
+                for rank in range(self.dist.world):
+                    with open(self._part_path(rank), "rb") as fh:
+                        for seq, line in enumerate(fh):
+                            lines.append((json.loads(line)["index"], rank, seq, line))
+                for *_, line in sorted(lines, key=lambda x: x[:3]):
+                    self.main.fh.write(line)
+            self.dist.barrier()
+            self.part.fh.truncate(0)
+            self.part.fh.seek(0)
+        return self.main.sync() if self.main is not None else None
+
+    def close(self, *, remove_part: bool = False) -> None:
+        for w in (self.main, self.part):
+            if w is not None:
+                w.close()
+        if remove_part and self.part is not None:
+            self._part_path(self.dist.rank).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
     """Turn off ``inplace`` on every submodule (gradients need the originals)."""
@@ -315,6 +359,7 @@ def explain_dataset(
     from .models import load_recorded_model
 
     opts = options or ExplainOptions()
+    dist = distributed.current()
     run = ensure_writable_dir(run_dir)
     profile = profile or Profile.load(run)
     settings = list(dict.fromkeys(opts.settings or recorded_settings(run) or [TagSetting("top-k", 1)]))
@@ -322,7 +367,7 @@ def explain_dataset(
     if opts.weighting not in (None, *WEIGHTINGS):
         raise FiltagError(f"unknown --weighting {opts.weighting!r}; use gradcam")
     loaded = loaded or load_recorded_model(profile.meta)
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device, dist)
     names = [lp.name for lp in profile.layers]
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True)
@@ -350,10 +395,12 @@ def explain_dataset(
         "weighting": opts.weighting,
     }
     out_path, state_path = run / EXPLANATIONS, run / STATE
-    if opts.restart:
+    dist.barrier()
+    if opts.restart and dist.main:
         for p in (state_path, out_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+    dist.barrier()
     done, offset, skipped, started = 0, 0, [], _now()
     if state_path.exists():
         if not opts.resume:
@@ -379,10 +426,10 @@ def explain_dataset(
     workers = (
         opts.workers if opts.workers is not None else (0 if n - done < 512 else min(8, os.cpu_count() or 1))
     )
-    loader = make_loader(
-        dataset, start=done, batch_size=opts.batch_size, workers=workers, pin_memory=device.type == "cuda"
-    )
-    writer = _JsonlWriter(out_path, offset)
+    sampler = RoundSampler(done, n, opts.batch_size, dist)
+    loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
+    sink = _Sink(run, offset, dist)
+    local_skipped: list[tuple[int, dict[str, str]]] = []
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -390,26 +437,26 @@ def explain_dataset(
         initial=done,
         unit="img",
         desc="explain",
-        disable=not opts.progress,
+        disable=None if opts.progress and dist.main else True,
         file=sys.stderr,
         dynamic_ncols=True,
     )
     module = engine.module
     variants: list[Perturbation | None] = [None, *perturbs]
-    lines = 0
     t0 = time.perf_counter()
 
-    def save_state() -> None:
-        write_json(
-            state_path,
-            {
-                "fingerprint": fingerprint,
-                "done": done,
-                "offset": writer.sync(),
-                "skipped": skipped,
-                "started_at": started,
-            },
-        )
+    def synchronise(save: bool) -> None:
+        """Make lines and skipped files final on rank 0 (collective under torchrun)."""
+        offset = sink.synchronise()
+        gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
+        skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
+        local_skipped.clear()
+        if save and dist.main:
+            write_json(
+                state_path,
+                {"fingerprint": fingerprint, "done": done, "offset": offset, "skipped": skipped,
+                 "started_at": started},
+            )
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
@@ -426,7 +473,7 @@ def explain_dataset(
             values = probe.take()
         return [v.cpu().numpy() for v in values], logits.float(), None
 
-    batches = 0
+    rounds = 0
     try:
         ctx = (
             _no_inplace(module)
@@ -435,7 +482,9 @@ def explain_dataset(
         )
         with ctx, FilterProbe(module, engine.points, keep_outputs=opts.weighting == "gradcam") as probe:
             for batch in loader:
-                skipped += [{"path": imageset.samples[i].path, "reason": why} for i, why in batch.bad]
+                local_skipped += [
+                    (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
+                ]
                 if batch.images is not None:
                     x = engine.to_device(batch.images)
                     idx = batch.indices.tolist()
@@ -475,7 +524,7 @@ def explain_dataset(
                                             row["weight"] = float(weights[li][b, f])
                                         rows.append(row)
                                     active[name] = rows
-                                writer.write(
+                                sink.write(
                                     {
                                         "index": i,
                                         "image": sample.path,
@@ -498,23 +547,28 @@ def explain_dataset(
                                         "weighting": opts.weighting,
                                     }
                                 )
-                                lines += 1
-                done += batch.count
-                batches += 1
-                bar.update(batch.count)
-                if opts.checkpoint_every and batches % opts.checkpoint_every == 0 and done < n:
-                    save_state()
+                rounds += 1
+                new_done = sampler.done_after(rounds)
+                bar.update(new_done - done)
+                done = new_done
+                if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n:
+                    synchronise(save=True)
     except KeyboardInterrupt:
         bar.close()
-        save_state()
-        writer.close()
+        if not dist.active:  # alone, the lines so far are consistent: keep them
+            synchronise(save=True)
+        sink.close()
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
-        writer.close()
+        sink.close()
         raise
     bar.close()
-    writer.sync()
-    writer.close()
+    synchronise(save=False)
+    sink.close(remove_part=True)
+    dist.barrier()
+    if dist.main:  # parts left by a killed run with more processes
+        for stale in run.glob("explanations.part*.jsonl"):
+            stale.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     meta = {
         "format": "filtag-kg explanations",
@@ -527,15 +581,18 @@ def explain_dataset(
         "layers": names,
         "dataset": {**imageset.record(), "skipped_count": len(skipped), "skipped": skipped},
         "images": n - len(skipped),
+        "processes": dist.world,
         "fingerprint": fingerprint,
         "software": software_versions(),
         "started_at": started,
         "finished_at": _now(),
         "images_per_second": round((n - first) / seconds, 3) if seconds > 0 else None,
     }
-    write_json(run / EXPLANATIONS_META, meta)
-    with contextlib.suppress(FileNotFoundError):
-        state_path.unlink()
+    if dist.main:
+        write_json(run / EXPLANATIONS_META, meta)
+        with contextlib.suppress(FileNotFoundError):
+            state_path.unlink()
+    dist.barrier()
     return meta
 
 

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import distributed
 from .data import ImageSet, file_list, image_folder
 from .errors import DataError
 from .models import ClassInfo, LoadedModel, select_layers
 from .profile import Profile, ProfileOptions, profile_dataset
-from .tagging import Tag, TagSetting, write_tags
+from .tagging import Tag, TagSetting, tag_profile, write_tags
 
 
 def load_images(
@@ -69,7 +70,10 @@ def run(
         for s in settings:  # a k wider than a layer fails now, not after hours of profiling
             s.count(int(getattr(modules[name], "out_channels", 0)), name)
     profile = profile_dataset(loaded, imageset, run_dir, options)
-    tags = write_tags(run_dir, profile, settings)
+    if distributed.current().main:
+        tags = write_tags(run_dir, profile, settings)
+    else:  # under torchrun, rank 0 alone writes
+        tags = tag_profile(profile, list(dict.fromkeys(settings)))
     return RunResult(Path(run_dir), profile, tags)
 
 

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from ._io import atomic_open, ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
+from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
@@ -195,14 +196,17 @@ class ProfileOptions:
     progress: bool = True
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; others as given.
+def resolve_device(spec: str, dist: distributed.Dist | None = None) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; others as given. Under
+    ``torchrun``, ``auto`` and ``cuda`` mean this process's GPU (``LOCAL_RANK``).
 
     Raises:
         FiltagError: CUDA is asked for but not available.
     """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and dist is not None and dist.active:
+        spec = f"cuda:{dist.local_rank}"
     try:
         dev = torch.device(spec)
     except RuntimeError:
@@ -358,6 +362,22 @@ def _merge_top(
     return vals.gather(0, order), idxs.gather(0, order)
 
 
+def _best_of(vals: torch.Tensor, idxs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``n`` rows per column of gathered candidates: value descending, ties by lower index.
+
+    Every rank's candidates include the top it received at the last synchronisation,
+    so an image can appear several times: repeats are dropped first.
+    """
+    by_index = torch.sort(idxs, dim=0, stable=True).indices
+    vals, idxs = vals.gather(0, by_index), idxs.gather(0, by_index)
+    repeat = torch.zeros_like(idxs, dtype=torch.bool)
+    repeat[1:] = (idxs[1:] == idxs[:-1]) & (idxs[1:] >= 0)
+    vals = vals.masked_fill(repeat, -math.inf)
+    idxs = idxs.masked_fill(repeat, -1)
+    order = torch.sort(vals, dim=0, descending=True, stable=True).indices[:n]
+    return vals.gather(0, order), idxs.gather(0, order)
+
+
 def profile_dataset(
     loaded: LoadedModel,
     imageset: ImageSet,
@@ -381,9 +401,10 @@ def profile_dataset(
         Interrupted: Ctrl-C; the checkpoint is saved first.
     """
     opts = options or ProfileOptions()
+    dist = distributed.current()
     run = ensure_writable_dir(run_dir)
     ckpt = run / CHECKPOINT
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device, dist)
     autocast_dtype(opts.amp)
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
@@ -402,8 +423,13 @@ def profile_dataset(
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
 
-    if ckpt.exists() and opts.restart:
-        ckpt.unlink()
+    if opts.restart:
+        dist.barrier()  # every rank has looked at the checkpoint before it goes
+        if dist.main:
+            with contextlib.suppress(FileNotFoundError):
+                ckpt.unlink()
+        dist.barrier()
+    dist.barrier()  # no rank reads the checkpoint while rank 0 may still be removing it
     if opts.resume and not ckpt.exists() and (run / PROFILE_JSON).exists():
         done_profile = Profile.load(run)
         if done_profile.meta.get("fingerprint") == fingerprint:
@@ -433,29 +459,50 @@ def profile_dataset(
                 f"checkpoint in {run} was made with a different {', '.join(diff)}; rerun with the "
                 "same options, or --restart to discard it"
             )
-        for s, arr in zip(sums, saved_sums):
-            s.copy_(torch.from_numpy(arr))
-        counts.copy_(torch.from_numpy(saved_counts))
-        for i, (val, idx) in enumerate(top):
-            val.copy_(torch.from_numpy(saved_top[f"top_value_{i:04d}"]))
-            idx.copy_(torch.from_numpy(saved_top[f"top_index_{i:04d}"]))
         done, skipped = int(state["done"]), list(state["skipped"])
         started, elapsed_before = state["started_at"], float(state["seconds"])
+        if dist.main:  # the saved sums are added once, by rank 0
+            for s, arr in zip(sums, saved_sums):
+                s.copy_(torch.from_numpy(arr))
+            counts.copy_(torch.from_numpy(saved_counts))
+            for i, (val, idx) in enumerate(top):
+                val.copy_(torch.from_numpy(saved_top[f"top_value_{i:04d}"]))
+                idx.copy_(torch.from_numpy(saved_top[f"top_index_{i:04d}"]))
 
     n = len(dataset)
     workers = opts.workers
     if workers is None:
         workers = 0 if n - done < 512 else min(8, os.cpu_count() or 1)
-    loader = make_loader(
-        dataset, start=done, batch_size=opts.batch_size, workers=workers,
-        pin_memory=device.type == "cuda",
-    )
+    sampler = RoundSampler(done, n, opts.batch_size, dist)
+    loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
+    # several ranks sum into local tensors between synchronisations; alone, directly
+    local_sums = [torch.zeros_like(s) for s in sums] if dist.active else sums
+    local_counts = torch.zeros_like(counts) if dist.active else counts
+    local_skipped: list[tuple[int, dict[str, str]]] = []
+
+    def synchronise() -> None:
+        nonlocal counts
+        if dist.active:
+            dist.all_sum([*local_sums, local_counts])
+            for s, loc in zip(sums, local_sums):
+                s += loc
+                loc.zero_()
+            counts += local_counts
+            local_counts.zero_()
+            for li, (val, idx) in enumerate(top):
+                top[li] = _best_of(torch.cat(dist.all_gather(val)), torch.cat(dist.all_gather(idx)), n_top)
+            gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
+        else:
+            gathered = local_skipped
+        skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
+        local_skipped.clear()
 
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     bar = tqdm(
-        total=n, initial=done, unit="img", desc="profile", disable=not opts.progress,
+        total=n, initial=done, unit="img", desc="profile",
+        disable=None if opts.progress and dist.main else True,
         file=sys.stderr, dynamic_ncols=True,
     )
 
@@ -465,13 +512,20 @@ def profile_dataset(
             "started_at": started, "seconds": elapsed_before + time.perf_counter() - t0,
         }
 
-    batches = 0
     module = engine.module
+    wait = 0.0
+    rounds = 0
     try:
         with FilterProbe(module, points) as probe, torch.inference_mode():
-            for batch in loader:
-                skipped += [
-                    {"path": imageset.samples[i].path, "reason": why} for i, why in batch.bad
+            batches = iter(loader)
+            while True:
+                tw = time.perf_counter()
+                batch = next(batches, None)
+                wait += time.perf_counter() - tw
+                if batch is None:
+                    break
+                local_skipped += [
+                    (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
                 ]
                 if batch.images is not None:
                     x = engine.to_device(batch.images)
@@ -479,28 +533,37 @@ def profile_dataset(
                     with engine.autocast():
                         module(x)
                     values = probe.take()
-                    for s, v in zip(sums, values):
+                    for s, v in zip(local_sums, values):
                         s.index_add_(0, labels, v)
-                    counts.index_add_(0, labels, torch.ones_like(labels))
+                    local_counts.index_add_(0, labels, torch.ones_like(labels))
                     if top:
                         index = batch.indices.to(device, non_blocking=True)
                         for li, (val, idx) in enumerate(top):
                             top[li] = _merge_top(val, idx, values[li], index)
-                done += batch.count
-                batches += 1
-                bar.update(batch.count)
-                if skipped:
-                    bar.set_postfix(skipped=len(skipped), refresh=False)
-                if opts.checkpoint_every and batches % opts.checkpoint_every == 0 and done < n:
-                    _save_checkpoint(ckpt, state_now(), sums, counts, top)
+                rounds += 1
+                new_done = sampler.done_after(rounds)
+                bar.update(new_done - done)
+                done = new_done
+                if local_skipped or skipped:
+                    bar.set_postfix(skipped=len(skipped) + len(local_skipped), refresh=False)
+                if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n:
+                    synchronise()
+                    if dist.main:
+                        _save_checkpoint(ckpt, state_now(), sums, counts, top)
     except KeyboardInterrupt:
         bar.close()
+        if dist.active:  # other ranks may be gone: keep the last consistent checkpoint
+            raise Interrupted(
+                f"interrupted; rerun with --resume to continue from the last checkpoint in {run}"
+            ) from None
+        synchronise()
         _save_checkpoint(ckpt, state_now(), sums, counts, top)
         raise Interrupted(
             f"interrupted after {done} of {n} images; checkpoint saved in {ckpt}, rerun with "
             "--resume to finish"
         ) from None
     bar.close()
+    synchronise()
 
     seconds = elapsed_before + time.perf_counter() - t0
     counts_np = counts.cpu().numpy()
@@ -541,7 +604,7 @@ def profile_dataset(
             },
             "options": {
                 "measure": opts.measure, "amp": opts.amp, "batch_size": opts.batch_size,
-                "device": str(device), "workers": workers,
+                "device": str(device), "workers": workers, "processes": dist.world,
             },
             "fingerprint": fingerprint,
             "software": software_versions(),
@@ -549,12 +612,19 @@ def profile_dataset(
             "finished_at": _now(),
             "seconds": round(seconds, 3),
             "images_per_second": round(n / seconds, 3) if seconds > 0 else None,
+            # time the main loop spent waiting for decoded batches: a high share means the
+            # model waited on data (more --workers helps)
+            "data_wait_seconds": round(wait, 3),
+            "data_wait_share": round(wait / (time.perf_counter() - t0), 4) if seconds > 0 else None,
         },
     )
-    profile.save(run)
-    with contextlib.suppress(FileNotFoundError):
-        ckpt.unlink()
-    return profile
+    if dist.main:
+        profile.save(run)
+        with contextlib.suppress(FileNotFoundError):
+            ckpt.unlink()
+    # every rank continues (tagging, explaining) with rank 0's profile, which alone holds
+    # the sums of a resumed checkpoint
+    return dist.broadcast(profile if dist.main else None) if dist.active else profile
 
 
 def class_infos(profile: Profile) -> list[ClassInfo]:
