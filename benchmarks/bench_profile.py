@@ -14,9 +14,14 @@ and the ratios profile/plain and profile/reference. Plain and profile passes
 alternate ``--repeats`` times and the best of each is kept, so background load
 affects both alike. Target: profile >= 0.90x plain on CPU (0.95x on a GPU).
 
+With ``--scaling 1,2`` it also runs ``filtag-kg profile`` under ``torchrun`` with
+1 and 2 processes (Gloo on CPU, NCCL with ``--device cuda``: one GPU each) on
+the same images and prints a scaling table from each run's ``profile.json``.
+
 Usage:
     python benchmarks/bench_profile.py --model vgg16 --images 64 --batch-size 16
     python benchmarks/bench_profile.py --model resnet50 --device cuda --images 2048 --batch-size 128
+    python benchmarks/bench_profile.py --model resnet18 --images 64 --scaling 1,2
 """
 
 from __future__ import annotations
@@ -98,6 +103,33 @@ def time_reference(engine: Engine, dataset: ImageDataset, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def scaling(args: argparse.Namespace, root: Path, tmp: Path) -> None:
+    """Images/s of ``filtag-kg profile`` under torchrun with each process count."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    counts = [int(x) for x in args.scaling.split(",")]
+    print(f"scaling ({args.model}, {args.images} images, batch {args.batch_size} per process):")
+    print("  processes  threads/process  images/s  speed-up  data wait")
+    base = None
+    for n in counts:
+        out = tmp / f"scale{n}"
+        threads = max(1, (os.cpu_count() or 1) // n) if args.device == "cpu" else 1
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "filtag_kg", "profile", "--model", args.model, "--image-size", str(args.image_size),
+               "--data", str(root), "--out", str(out), "--batch-size", str(args.batch_size),
+               "--device", args.device, "--checkpoint-every", "0", "--quiet"]
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        meta = json.loads((out / "profile.json").read_text())
+        ips = meta["images_per_second"]
+        base = base or ips
+        wait = 100 * meta["data_wait_share"]
+        print(f"  {n:>9}  {threads:>15}  {ips:8.2f}  {ips / base:7.2f}x  {wait:8.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vgg16")
@@ -109,6 +141,7 @@ def main() -> None:
     ap.add_argument("--amp", default="off")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--reference-images", type=int, default=8)
+    ap.add_argument("--scaling", metavar="N,N", help="also time torchrun with these process counts")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -142,6 +175,8 @@ def main() -> None:
         print(f"ratio profile/plain     {best_prof / best_plain:.3f}  (target >= 0.90 on CPU, "
               ">= 0.95 on GPU)")
         print(f"ratio profile/reference {best_prof / ref:.2f}x")
+        if args.scaling:
+            scaling(args, root, tmp)
 
 
 if __name__ == "__main__":
