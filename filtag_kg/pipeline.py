@@ -89,6 +89,8 @@ def summarize(profile: Profile, tags: Sequence[Tag], *, max_filters: int = 12) -
     ]
     if meta.get("images_per_second"):
         lines[0] += f", {meta['images_per_second']:.1f} images/s"
+    if meta.get("data_wait_share") is not None:
+        lines[0] += f" ({100 * meta['data_wait_share']:.0f}% waiting for images)"
     for path in [s["path"] for s in ds.get("skipped", [])][:10]:
         lines.append(f"  skipped: {path}")
     by: dict[tuple[str, str, str], list[Tag]] = defaultdict(list)
