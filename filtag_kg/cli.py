@@ -17,6 +17,8 @@ from typing import Any
 from . import __version__
 from .errors import FiltagError
 
+DEFAULT_BASE_IRI = "http://localhost:8000/filtag-kg/"  # the same as filtag_kg.rdf's (tested)
+
 EXAMPLES_RUN = """\
 examples:
   filtag-kg run --model vgg16 --weights DEFAULT --data ~/imagenet/train --k 1 --k 3 \\
@@ -199,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summarize(result.profile, result.tags))
     if main_rank:
         print(_abstract(args, args.out, result.tags).summary())
-    names = ["profile.json", "profile.npz", "tags.tsv", "tags.json"]
+    names = ["profile.json", "profile.npz", "tags.tsv", "tags.json", "abstract_tags.tsv"]
     if args.explain_data:
         from .data import image_folder
         from .evaluation import evaluate_run, format_table
@@ -210,6 +212,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if main_rank:
             print(format_table(evaluate_run(args.out)))
         names += ["explanations.jsonl", "evaluation.json"]
+    if main_rank and not args.no_export:
+        from .rdf import export_run_stats
+        from .wordnet import load_wordnet
+
+        s = export_run_stats(args.out, base_iri=args.base_iri,
+                             wordnet=load_wordnet(wordnet_dir=args.wordnet_dir))
+        print(f"knowledge graph: {s.quads} statements, {s.explanations} explanation graphs")
+        names.append(s.path.name)
     print(_outputs(Path(args.out), names))
     return 0
 
@@ -307,6 +317,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """write a run's knowledge graph as RDF."""
+    from .rdf import export_run_stats
+    from .wordnet import load_wordnet
+
+    s = export_run_stats(
+        args.run_dir, fmt=args.format, out=args.out, base_iri=args.base_iri,
+        wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
+        explanations=not args.no_explanations,
+    )
+    print(f"wrote {s.path}: {s.quads} statements ({s.tag_triples} in the tag graph), "
+          f"{s.explanations} explanation graphs")
+    return 0
+
+
 def cmd_abstract(args: argparse.Namespace) -> int:
     """WordNet abstractions of a run's tags."""
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
@@ -384,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--explain-data", metavar="DIR",
                    help="also explain the images of this ImageFolder (e.g. held-out data) and evaluate")
     _explain_options(p)
+    g = p.add_argument_group("knowledge graph")
+    g.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
+                   help=f"where the run's IRIs are minted (default {DEFAULT_BASE_IRI}, for local use)")
+    g.add_argument("--no-export", action="store_true", help="do not write RUN_DIR/kg.trig")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
     p.set_defaults(func=cmd_run)
 
@@ -466,6 +495,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print class-level explanations (most voted concepts per class)")
     p.add_argument("--top-concepts", type=int, default=5, metavar="N", help="concepts listed (default 5)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export", help="write a run's knowledge graph as RDF (TriG, N-Quads, Turtle, JSON-LD, ...)",
+        description="Export a run folder as RDF: model, layers, filters, tags (direct filter -> "
+        "concept triples and qualified tag nodes), abstract tags, WordNet concepts with their "
+        "hypernyms, provenance and a VoID description in one named graph, and each image "
+        "explanation in its own named graph. Deterministic; no blank nodes. Formats without "
+        "named graphs (nt, ttl, xml) hold everything in one graph. See ontology/README.md.",
+        epilog="examples:\n  filtag-kg export runs/vgg16\n"
+        "  filtag-kg export runs/vgg16 --format nq --out vgg16.nq --base-iri https://example.org/kg/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (or an import-filtag folder)")
+    p.add_argument("--format", choices=["trig", "nq", "nt", "ttl", "jsonld", "xml"], default="trig",
+                   help="default trig")
+    p.add_argument("--out", metavar="FILE", help="default RUN_DIR/kg.<format>")
+    p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
+                   help=f"where IRIs are minted (default {DEFAULT_BASE_IRI}, for local use)")
+    p.add_argument("--ili-map", metavar="FILE",
+                   help="CILI's ili-map-pwn30.tab, to also link concepts to the Interlingual Index")
+    p.add_argument("--no-explanations", action="store_true", help="the tag graph only")
+    p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "abstract", help="what a run's filters represent, by WordNet hypernyms",

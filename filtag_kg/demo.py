@@ -74,6 +74,9 @@ def run_demo(
         profile=result.profile, loaded=loaded,
     )
     evaluation = evaluate_run(out)
+    from .rdf import export_run_stats
+
+    graph = export_run_stats(out, wordnet=load_wordnet())
 
     echo(f"filtag-kg demo: synthetic plane shapes, {len(classes)} classes named by WordNet 3.0 synsets")
     echo(
@@ -91,7 +94,10 @@ def run_demo(
     echo(format_table(evaluation))
     echo("")
     echo(report.summary().splitlines()[0])
-    echo(f"outputs in {Path(out).resolve()}: profile, tags, abstract tags, explanations, evaluation")
+    echo(f"knowledge graph {graph.path.name}: {graph.quads} statements, {graph.explanations} "
+         "explanation graphs (see ontology/README.md)")
+    echo(f"outputs in {Path(out).resolve()}: profile, tags, abstract tags, explanations, evaluation, "
+         "knowledge graph")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
 

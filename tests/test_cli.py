@@ -199,3 +199,24 @@ def test_import_filtag_command(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, _, err = run_cli(capsys, "import-filtag", str(f), "--model", "vgg16", "--layer",
                            "features.28", "--out", str(out))
     assert code == 2 and "crane" in err and "n02012849" in err and "n03126707" in err
+
+
+def test_export_command(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
+    from filtag_kg import cli, rdf
+
+    assert cli.DEFAULT_BASE_IRI == rdf.DEFAULT_BASE_IRI
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(out))
+    assert code == 0, err
+    assert (out / "kg.trig").is_file() and "knowledge graph:" in stdout
+    code, stdout, err = run_cli(capsys, "export", str(out), "--format", "nq", "--out", str(tmp_path / "a.nq"),
+                                "--base-iri", "https://example.org/kg/")
+    assert code == 0, err
+    import pyoxigraph
+
+    quads = list(pyoxigraph.parse(path=str(tmp_path / "a.nq"), format=pyoxigraph.RdfFormat.N_QUADS))
+    assert f"wrote {tmp_path / 'a.nq'}: {len(quads)} statements" in stdout
+    assert all(q.subject.value.startswith("https://example.org/kg/") or "ontology" in q.subject.value
+               for q in quads if isinstance(q.subject, pyoxigraph.NamedNode))
+    msg = _error(capsys, "export", str(out), "--base-iri", "not an iri")
+    assert "not an iri" in msg

@@ -1,0 +1,400 @@
+"""One named graph per image explanation, encoded fast from ``explanations.jsonl``.
+
+Each line of ``explanations.jsonl`` (one image under one tagging setting,
+perhaps perturbed) becomes the named graph ``E`` = the explanation's IRI::
+
+    E a fk:ImageExplanation, eo:LocalExplanation ; prov:wasGeneratedBy R/explanations ;
+      fk:setting S ; fk:image I ; fk:imagePath "…" ; fk:imageIndex 0 ;
+      fk:trueConcept C ; fk:modelTopConcept C ; fk:predictedConcept C ;
+      fk:lastLayerPredictedConcept C ; [fk:weighting "gradcam"] ; [fk:perturbation E/perturbation] ;
+      fk:hasModelPrediction E/model-prediction/1 … ; fk:hasActiveFilter E/active/{layer}/{f} … ;
+      fk:hasVote E/vote/{class} … ; fk:hasLastLayerVote E/last-layer-vote/{class} … .
+    I a fk:Image ; fk:sha256 "…" .
+    E/active/{layer}/{f} a fk:ActiveFilter ; fk:filter F ; fk:activation 0.41 ; fk:rank 1 ; [fk:weight 0.2] .
+    E/vote/{class} a fk:Vote ; fk:concept C ; fk:voteScore 12.0 ; fk:voteCount 12 .
+    E/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:concept C ; fk:probability p ;
+      fk:classLabel "…" .
+
+The encoder is the export's hot loop (hundreds of triples per line, millions
+of lines), so it renders N-Triples text directly with pre-rendered
+predicates and caches every IRI that repeats across lines (filters,
+concepts, settings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import terms as T
+from .errors import ExplanationFileError
+from .mint import segment
+from .tag_graph import Context
+from .vocab import EO, FK, PROV, RDF
+
+__all__ = ["ExplanationEncoder", "iter_explanation_graphs", "read_explanation_lines"]
+
+
+def _p(term: Any) -> str:
+    return T.iri(str(term))
+
+
+_A = _p(RDF.type)
+_DOUBLE = T.DOUBLE_TYPE
+_INTEGER = T.INTEGER_TYPE
+_C_EXPL = _p(FK.ImageExplanation)
+_C_LOCAL = _p(EO.LocalExplanation)
+_C_IMAGE = _p(FK.Image)
+_C_ACTIVE = _p(FK.ActiveFilter)
+_C_VOTE = _p(FK.Vote)
+_C_LAST_VOTE = _p(FK.LastLayerVote)
+_C_PRED = _p(FK.ModelPrediction)
+_C_PERT = _p(FK.Perturbation)
+_GENERATED = _p(PROV.wasGeneratedBy)
+_SETTING = _p(FK.setting)
+_IMAGE = _p(FK.image)
+_IMAGE_PATH = _p(FK.imagePath)
+_IMAGE_INDEX = _p(FK.imageIndex)
+_SHA = _p(FK.sha256)
+_TRUE = _p(FK.trueConcept)
+_TOP = _p(FK.modelTopConcept)
+_PRED = _p(FK.predictedConcept)
+_PRED_LAST = _p(FK.lastLayerPredictedConcept)
+_WEIGHTING = _p(FK.weighting)
+_PERT = _p(FK.perturbation)
+_PERT_KIND = _p(FK.perturbationKind)
+_PERT_PARAM = _p(FK.perturbationParameter)
+_SEED = _p(FK.seed)
+_HAS_PRED = _p(FK.hasModelPrediction)
+_HAS_ACTIVE = _p(FK.hasActiveFilter)
+_HAS_VOTE = _p(FK.hasVote)
+_HAS_LAST = _p(FK.hasLastLayerVote)
+_FILTER = _p(FK.filter)
+_CONCEPT = _p(FK.concept)
+_ACTIVATION = _p(FK.activation)
+_RANK = _p(FK.rank)
+_WEIGHT = _p(FK.weight)
+_SCORE = _p(FK.voteScore)
+_COUNT = _p(FK.voteCount)
+_PROB = _p(FK.probability)
+_CLASS_LABEL = _p(FK.classLabel)
+
+
+_END = " .\n"
+
+
+def _dbl(x: Any) -> str | None:
+    v = float(x)
+    # v - v is 0.0 exactly for finite v, NaN for NaN and infinities
+    return f'"{v!r}"^^{_DOUBLE}' if v - v == 0.0 else None
+
+
+#: Predicates of an explanation node in the order its lines sort in (checked by a test).
+E_PREDICATE_ORDER = (
+    "type", "wasGeneratedBy", "hasActiveFilter", "hasLastLayerVote", "hasModelPrediction", "hasVote",
+    "image", "imageIndex", "imagePath", "lastLayerPredictedConcept", "modelTopConcept", "perturbation",
+    "predictedConcept", "setting", "trueConcept", "weighting",
+)
+
+
+class ExplanationEncoder:
+    """Turns explanation records into named graphs of sorted N-Quads (or N-Triples) text.
+
+    The lines of a graph come out sorted without sorting them: each subject's
+    lines are emitted in predicate order (:data:`E_PREDICATE_ORDER` and the
+    fixed orders below), and only the subjects are sorted, a few dozen per
+    explanation instead of hundreds of lines.
+
+    Args:
+        ctx: the export's shared context; the encoder registers in it every
+            class, filter and setting it references, so the tag graph,
+            written afterwards, describes them all.
+        graphs: end each line with the explanation's graph name (N-Quads);
+            ``False`` writes N-Triples lines.
+    """
+
+    def __init__(self, ctx: Context, *, graphs: bool = True) -> None:
+        self.ctx = ctx
+        self.mint = ctx.mint
+        self.graphs = graphs
+        self._x = T.iri(ctx.explanation_run_iri)
+        self._filters: dict[str, dict[int, str]] = {}
+        self._segments: dict[str, str] = {}
+
+    def _filter(self, layer: str, index: int) -> str:
+        by_index = self._filters.get(layer)
+        if by_index is None:
+            by_index = self._filters[layer] = {}
+        got = by_index.get(index)
+        if got is None:
+            got = by_index[index] = T.iri(self.mint.filter(self.ctx.model_iri, layer, index))
+            self.ctx.filter_seen(layer, index)
+        return got
+
+    def encode(self, rec: dict[str, Any]) -> tuple[str, str, int]:
+        """One explanation record as ``(graph IRI, text, line count)``.
+
+        The text holds unique, sorted lines, each ending in ``" <E> .\\n"``
+        (N-Quads, ``E`` the graph IRI) or ``" .\\n"`` (N-Triples).
+
+        Raises:
+            KeyError, TypeError, ValueError: the record lacks a field or has
+                one of the wrong type (:func:`iter_explanation_graphs` turns
+                these into :class:`ExplanationFileError` naming the line).
+        """
+        ctx, mint = self.ctx, self.mint
+        concepts, concept = ctx.concepts, ctx.concept
+        method = str(rec["method"])
+        param = rec.get("param")
+        param = "" if param is None else str(param)
+        pert = rec.get("perturbation") or None
+        weighting = rec.get("weighting") or None
+        index = rec["index"]
+        e_iri = mint.explanation(ctx.run_iri, index, method, param, pert, weighting)
+        e = f"<{e_iri}>"
+        cut = len(e) - 1  # every other subject of the graph but the image is "<E/...>": sort on "/..."
+        end = f" {e} .\n" if self.graphs else _END
+        ctx.explained_settings.add((method, param))
+        # subject key ("/active/...>") -> its lines in predicate order, and how many
+        blocks: dict[str, str] = {}
+        n = 0
+        # subject key -> (predicate linking E to it, its rendered IRI)
+        links: dict[str, tuple[str, str]] = {}
+
+        # the model's top predictions: type, classLabel, concept, probability, rank
+        top_concept = None
+        for r, pred in enumerate(rec.get("model_top") or (), 1):
+            label = pred.get("label")
+            c = concept(str(pred["class_id"]), None if label is None else str(label))
+            if r == 1:
+                top_concept = c
+            m = f"<{mint.model_prediction(e_iri, r)}>"
+            text = f"{m} {_A} {_C_PRED}{end}"
+            lines = 3
+            if label is not None:
+                text += f"{m} {_CLASS_LABEL} {T.string(str(label))}{end}"
+                lines += 1
+            text += f"{m} {_CONCEPT} {c}{end}"
+            prob = pred.get("prob")
+            lit = _dbl(prob) if prob is not None else None
+            if lit:
+                text += f"{m} {_PROB} {lit}{end}"
+                lines += 1
+            key = m[cut:]
+            if key in blocks:
+                n -= blocks[key].count("\n")
+            blocks[key] = f'{text}{m} {_RANK} "{r}"^^{_INTEGER}{end}'
+            links[key] = (_HAS_PRED, m)
+            n += lines
+
+        # active filters: type, activation, filter, rank, weight
+        prefix = mint.active_filter_prefix(e_iri)
+        layer_segment, filters = mint.layer_segment, self._filters
+        for layer, rows in (rec.get("active_filters") or {}).items():
+            by_index = filters.get(layer)
+            lp = f"<{prefix}{layer_segment(layer)}/"
+            for row in rows:
+                f = int(row["filter"])
+                fi = by_index.get(f) if by_index is not None else None
+                if fi is None:
+                    fi = self._filter(layer, f)
+                    by_index = filters[layer]
+                a = f"{lp}{f}>"
+                v = float(row["value"])
+                rank = row.get("rank")
+                w = row.get("weight")
+                if v - v == 0.0 and rank is not None and w is None:  # the common case, one string
+                    text = (
+                        f"{a} {_A} {_C_ACTIVE}{end}{a} {_ACTIVATION} \"{v!r}\"^^{_DOUBLE}{end}"
+                        f"{a} {_FILTER} {fi}{end}{a} {_RANK} \"{int(rank)}\"^^{_INTEGER}{end}"
+                    )
+                    lines = 4
+                else:
+                    text = f"{a} {_A} {_C_ACTIVE}{end}"
+                    lines = 2
+                    if v - v == 0.0:
+                        text += f'{a} {_ACTIVATION} "{v!r}"^^{_DOUBLE}{end}'
+                        lines += 1
+                    text += f"{a} {_FILTER} {fi}{end}"
+                    if rank is not None:
+                        text += f'{a} {_RANK} "{int(rank)}"^^{_INTEGER}{end}'
+                        lines += 1
+                    if w is not None:
+                        w = float(w)
+                        if w - w == 0.0:
+                            text += f'{a} {_WEIGHT} "{w!r}"^^{_DOUBLE}{end}'
+                            lines += 1
+                key = a[cut:]
+                if key in blocks:  # a filter listed twice: the last entry wins
+                    n -= blocks[key].count("\n")
+                blocks[key] = text
+                links[key] = (_HAS_ACTIVE, a)
+                n += lines
+
+        # votes over all layers: type, concept, voteCount, voteScore
+        segments = self._segments
+        votes = rec.get("votes") or {}
+        counts = rec.get("vote_counts") or {}
+        vp = f"<{mint.vote_prefix(e_iri)}"
+        for cid in dict.fromkeys([*votes, *counts]) if counts.keys() != votes.keys() else votes:
+            seg = segments.get(cid)
+            if seg is None:
+                seg = segments[cid] = segment(cid)
+            v_iri = f"{vp}{seg}>"
+            c = concepts.get(cid) or concept(cid)
+            k = counts.get(cid)
+            sc = votes.get(cid)
+            if sc is not None:
+                sc = float(sc)
+            if k is not None and sc is not None and sc - sc == 0.0:
+                text = (
+                    f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+                    f'{v_iri} {_COUNT} "{int(k)}"^^{_INTEGER}{end}{v_iri} {_SCORE} "{sc!r}"^^{_DOUBLE}{end}'
+                )
+                lines = 4
+            else:
+                text = f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+                lines = 2
+                if k is not None:
+                    text += f'{v_iri} {_COUNT} "{int(k)}"^^{_INTEGER}{end}'
+                    lines += 1
+                if sc is not None and sc - sc == 0.0:
+                    text += f'{v_iri} {_SCORE} "{sc!r}"^^{_DOUBLE}{end}'
+                    lines += 1
+            key = v_iri[cut:]
+            blocks[key] = text
+            links[key] = (_HAS_VOTE, v_iri)
+            n += lines
+        lvp = f"<{mint.last_layer_vote_prefix(e_iri)}"
+        for cid, sc in (rec.get("votes_last_layer") or {}).items():
+            seg = segments.get(cid)
+            if seg is None:
+                seg = segments[cid] = segment(cid)
+            v_iri = f"{lvp}{seg}>"
+            c = concepts.get(cid) or concept(cid)
+            text = f"{v_iri} {_A} {_C_LAST_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+            lines = 2
+            if sc is not None:
+                sc = float(sc)
+                if sc - sc == 0.0:
+                    text += f'{v_iri} {_SCORE} "{sc!r}"^^{_DOUBLE}{end}'
+                    lines += 1
+            key = v_iri[cut:]
+            blocks[key] = text
+            links[key] = (_HAS_LAST, v_iri)
+            n += lines
+
+        # the perturbation: type, perturbationKind, perturbationParameter, seed
+        p_iri = None
+        if pert:
+            p_iri = f"<{mint.perturbation(e_iri)}>"
+            text = f"{p_iri} {_A} {_C_PERT}{end}"
+            n += 1
+            if pert.get("kind") is not None:
+                text += f"{p_iri} {_PERT_KIND} {T.string(str(pert['kind']))}{end}"
+                n += 1
+            lit = T.double(pert.get("param"))
+            if lit:
+                text += f"{p_iri} {_PERT_PARAM} {lit}{end}"
+                n += 1
+            if isinstance(pert.get("seed"), int) and not isinstance(pert.get("seed"), bool):
+                text += f'{p_iri} {_SEED} "{int(pert["seed"])}"^^{_INTEGER}{end}'
+                n += 1
+            blocks[p_iri[cut:]] = text
+
+        # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
+        # the sorted subject keys, whose groups ("/active/" < "/last-layer-vote/" <
+        # "/model-prediction/" < "/vote/") are in the order of their predicates
+        keys = sorted(blocks)
+        out = [f"{e} {_A} {_C_LOCAL}{end}{e} {_A} {_C_EXPL}{end}{e} {_GENERATED} {self._x}{end}"]
+        n += 3
+        for k in keys:
+            link = links.get(k)
+            if link is not None:
+                out.append(f"{e} {link[0]} {link[1]}{end}")
+        n += len(links)
+        sha = rec.get("sha256")
+        img = None
+        if sha:
+            img = f"<{mint.image(str(sha))}>"
+            out.append(f"{e} {_IMAGE} {img}{end}")
+            n += 3  # with the image's own two lines
+        tail = []
+        if isinstance(index, int) and not isinstance(index, bool):
+            tail.append(f'{e} {_IMAGE_INDEX} "{index}"^^{_INTEGER}{end}')
+        path = rec.get("image")
+        if path is not None:
+            tail.append(f"{e} {_IMAGE_PATH} {T.string(str(path))}{end}")
+        cid = rec.get("prediction_last_layer")
+        if cid is not None:
+            tail.append(f"{e} {_PRED_LAST} {concept(str(cid))}{end}")
+        if top_concept:
+            tail.append(f"{e} {_TOP} {top_concept}{end}")
+        if p_iri:
+            tail.append(f"{e} {_PERT} {p_iri}{end}")
+        cid = rec.get("prediction")
+        if cid is not None:
+            tail.append(f"{e} {_PRED} {concept(str(cid))}{end}")
+        tail.append(f"{e} {_SETTING} {ctx.setting(method, param)}{end}")
+        cid = rec.get("true_class")
+        if cid is not None:
+            tail.append(f"{e} {_TRUE} {concept(str(cid))}{end}")
+        if weighting:
+            tail.append(f"{e} {_WEIGHTING} {T.string(str(weighting))}{end}")
+        n += len(tail)
+        out += tail
+        # the image ("<B image/...>") sorts before every "<B run/...>" subject of the graph
+        parts = [f"{img} {_A} {_C_IMAGE}{end}{img} {_SHA} {T.string(str(sha).lower())}{end}"] if img else []
+        parts += [blocks[k] for k in keys]
+        blocks_text = "".join(parts)
+        # E's key ">" sorts after every "/..." key: E's lines come last
+        return e_iri, blocks_text + "".join(out), n
+
+
+def read_explanation_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for each non-blank line of ``explanations.jsonl``, streamed.
+
+    Raises:
+        ExplanationFileError: a line is not a JSON object (file and line named).
+    """
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise ExplanationFileError(
+                        f"{p}:{n}: not valid JSON ({exc}); regenerate it with `filtag-kg explain`"
+                    ) from None
+                if not isinstance(rec, dict):
+                    raise ExplanationFileError(f"{p}:{n}: expected a JSON object per line; regenerate it")
+                yield n, rec
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExplanationFileError(f"cannot read {p}: {exc}") from None
+
+
+def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tuple[str, str, int]]:
+    """Encode every line of the run's ``explanations.jsonl`` (none if it has none), streamed.
+
+    Yields ``(graph IRI, N-Triples text, triple count)`` per line (see :meth:`ExplanationEncoder.encode`).
+
+    Raises:
+        ExplanationFileError: a line is malformed (file, line and field named).
+    """
+    path = ctx.data.explanations_path
+    if path is None:
+        return
+    enc = ExplanationEncoder(ctx, graphs=graphs)
+    for n, rec in read_explanation_lines(path):
+        try:
+            yield enc.encode(rec)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise ExplanationFileError(
+                f"{path}:{n}: not an explanation record ({what}); regenerate it with `filtag-kg explain`"
+            ) from None

@@ -1,0 +1,196 @@
+"""``filtag-kg export``: write a run's knowledge graph in an RDF format, atomically.
+
+N-Quads and N-Triples are written by the streaming writer directly. The
+other formats are converted from that N-Quads stream by Oxigraph (a Rust
+parser and serializer, also streaming), so every format carries the same
+graphs with the same literal forms and no format needs the whole graph in
+Python objects. Formats without named graphs (Turtle, N-Triples, RDF/XML)
+get every graph merged into one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .._io import atomic_open
+from ..errors import OutputError
+from .errors import ExportFormatError, UnrepresentableLiteralError
+from .mint import DEFAULT_BASE_IRI, check_base_iri
+from .nquads import ExportStats, write_nquads
+from .rundata import read_run
+from .vocab import PREFIXES
+
+if TYPE_CHECKING:
+    from ..wordnet import WordNet
+
+__all__ = ["FORMATS", "ExportFormat", "export_run", "export_run_stats", "format_of"]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """An export format: its name, file extension, media type, and whether it has named graphs."""
+
+    name: str
+    extension: str
+    media_type: str
+    named_graphs: bool
+    description: str
+
+
+#: The formats of ``filtag-kg export --format``.
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("trig", "trig", "application/trig", True, "TriG: Turtle with named graphs (default)"),
+        ExportFormat("nq", "nq", "application/n-quads", True, "N-Quads, streamed, sorted within each graph"),
+        ExportFormat("nt", "nt", "application/n-triples", False, "N-Triples, streamed, all graphs merged"),
+        ExportFormat("ttl", "ttl", "text/turtle", False, "Turtle, all graphs merged"),
+        ExportFormat("jsonld", "jsonld", "application/ld+json", True, "JSON-LD with named graphs"),
+        ExportFormat("xml", "rdf", "application/rdf+xml", False, "RDF/XML, all graphs merged"),
+    )
+}
+
+# characters XML 1.0 cannot carry, not even escaped; and CR, which Oxigraph's RDF/XML writer
+# leaves raw, so that every conforming XML parser reads it back as LF
+_NOT_XML = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
+
+
+def format_of(fmt: str) -> ExportFormat:
+    """The :class:`ExportFormat` of a name.
+
+    Raises:
+        ExportFormatError: the name is unknown (the message lists the valid ones).
+    """
+    got = FORMATS.get(str(fmt).lower().lstrip("."))
+    if got is None:
+        raise ExportFormatError(
+            f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)} (--format)"
+        )
+    return got
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    fmt: str = "trig",
+    out: str | os.PathLike[str] | None = None,
+    base_iri: str = DEFAULT_BASE_IRI,
+    wordnet: WordNet | None = None,
+    ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    explanations: bool = True,
+) -> Path:
+    """Export a run folder's knowledge graph to one RDF file, atomically.
+
+    Args:
+        run_dir: the run folder (needs ``tags.tsv``; uses ``profile.json``,
+            ``import.json``, ``abstract_tags.tsv``, ``class_links.tsv`` and
+            ``explanations.jsonl`` when present).
+        fmt: ``trig`` (default), ``nq``, ``nt``, ``ttl``, ``jsonld`` or ``xml``.
+        out: the file to write; default ``RUN_DIR/kg.<ext>`` (``kg.rdf`` for xml).
+        base_iri: base IRI of the minted IRIs (your domain when publishing).
+        wordnet: WordNet 3.0 source; ``None`` loads the default.
+        ili_map: CILI's ``ili-map-pwn30.tab`` for links to the Interlingual Index.
+        explanations: include the explanation graphs (when the run has them).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportFormatError: unknown format.
+        BaseIriError: unusable base IRI.
+        RunFolderError: no ``tags.tsv``, or an unreadable file in the run.
+        UnrepresentableLiteralError: RDF/XML asked for text with control characters.
+        OutputError: the output cannot be written.
+
+    Example:
+        >>> export_run("runs/vgg16", fmt="nq", base_iri="https://example.org/kg/")  # doctest: +SKIP
+        PosixPath('runs/vgg16/kg.nq')
+    """
+    return export_run_stats(
+        run_dir, fmt=fmt, out=out, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map,
+        explanations=explanations,
+    ).path  # type: ignore[return-value]
+
+
+def export_run_stats(
+    run_dir: str | os.PathLike[str],
+    *,
+    fmt: str = "trig",
+    out: str | os.PathLike[str] | None = None,
+    base_iri: str = DEFAULT_BASE_IRI,
+    wordnet: WordNet | None = None,
+    ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    explanations: bool = True,
+) -> ExportStats:
+    """Like :func:`export_run`, returning the counts written (for the CLI's summary)."""
+    f = format_of(fmt)
+    check_base_iri(base_iri)
+    data = read_run(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / f"kg.{f.extension}"
+    kwargs = {"base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations}
+    if f.name in ("nq", "nt"):
+        with atomic_open(path, "wb") as fh:
+            stats = write_nquads(data, fh, graphs=f.name == "nq", **kwargs)
+        return replace(stats, path=path)
+    # everything else: stream N-Quads to a temporary file, let Oxigraph convert it
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nq", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to {path.parent}: {exc.strerror or exc}; choose another file with --out"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            stats = write_nquads(data, fh, graphs=True, **kwargs)
+        with atomic_open(path, "wb") as fh:
+            _convert(Path(tmp), fh, f)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return replace(stats, path=path, format=f.name)
+
+
+def _convert(src: Path, out: IO[bytes], f: ExportFormat) -> None:
+    """Convert an N-Quads file with Oxigraph, streaming."""
+    import pyoxigraph as ox
+
+    target = {
+        "trig": ox.RdfFormat.TRIG,
+        "ttl": ox.RdfFormat.TURTLE,
+        "jsonld": ox.RdfFormat.JSON_LD,
+        "xml": ox.RdfFormat.RDF_XML,
+    }[f.name]
+    quads = ox.parse(path=str(src), format=ox.RdfFormat.N_QUADS)
+    prefixes = dict(PREFIXES) if f.name in ("trig", "ttl", "xml") else None
+    if f.named_graphs:
+        ox.serialize(quads, out, target, prefixes=prefixes)
+        return
+    triples = (q.triple for q in quads)
+    if f.name == "xml":
+        triples = _xml_safe(triples)
+    ox.serialize(triples, out, target, prefixes=prefixes)
+
+
+def _xml_safe(triples: Iterable[Any]) -> Iterator[Any]:
+    """Pass triples on; raise on a literal that RDF/XML cannot carry exactly."""
+    import pyoxigraph as ox
+
+    for t in triples:
+        o = t.object
+        if isinstance(o, ox.Literal):
+            bad = _NOT_XML.search(o.value)
+            if bad:
+                raise UnrepresentableLiteralError(
+                    f"the text {o.value[:40]!r} (of {t.subject.value}) contains the control character "
+                    f"U+{ord(bad.group()):04X}, which RDF/XML cannot carry exactly; export as trig, ttl, "
+                    f"nq, nt or jsonld instead"
+                )
+        yield t
