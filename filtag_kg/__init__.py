@@ -2,8 +2,10 @@
 link the tags to WordNet and publish them as a knowledge graph.
 
 The public API mirrors the CLI: ``load_model`` + ``image_folder`` +
-``profile_dataset`` (step 1), ``write_tags`` / ``tag_profile`` (step 2); see the
-README for the pipeline. Heavy modules (torch) are imported on first use.
+``profile_dataset`` (step 1), ``write_tags`` / ``tag_profile`` (step 2),
+``explain_dataset`` + ``evaluate_run`` (step 3); WordNet linking is in
+``filtag_kg.wordnet``, RDF export in ``filtag_kg.rdf``. Heavy modules (torch)
+are imported on first use.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ _LAZY = {
     "tag_profile": "tagging",
     "write_tags": "tagging",
     "read_tags_tsv": "tagging",
+    "ExplainOptions": "explain",
+    "explain_dataset": "explain",
+    "read_explanations": "explain",
+    "evaluate_run": "evaluation",
+    "load_recorded_model": "models",
+    "run_demo": "demo",
 }
 
 __all__ = ["__version__", *_LAZY]
