@@ -220,3 +220,14 @@ def test_export_command(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp
                for q in quads if isinstance(q.subject, pyoxigraph.NamedNode))
     msg = _error(capsys, "export", str(out), "--base-iri", "not an iri")
     assert "not an iri" in msg
+
+
+def test_light_imports_and_public_api() -> None:
+    code = ("import sys, filtag_kg, filtag_kg.cli, filtag_kg.tagging, filtag_kg.evaluation; "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stderr  # the CLI and step-2 code start without torch
+    import filtag_kg
+
+    for name in filtag_kg.__all__:
+        assert getattr(filtag_kg, name) is not None
