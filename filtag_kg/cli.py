@@ -332,6 +332,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """serve a store as Linked Data with a read-only SPARQL endpoint."""
+    from importlib import resources
+
+    from .serve import Options, serve
+
+    ontology = Path(str(resources.files("filtag_kg") / "resources" / "ontology" / "filtag.ttl"))
+    options = Options(
+        base_iri=args.base_iri, timeout_s=args.timeout, max_results=args.max_results,
+        dumps=tuple(Path(d) for d in args.dumps), ontology=ontology,
+    )
+    missing = [d for d in options.dumps if not d.is_file()]
+    if missing:
+        raise FiltagError(f"dump file {missing[0]} does not exist")
+
+    def ready(url: str) -> None:
+        print(f"serving {args.store} at {url} (base IRI {args.base_iri}); Ctrl-C stops", flush=True)
+
+    serve(args.store, host=args.host, port=args.port, options=options, ready=ready)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """push every named graph to a Graph Store Protocol endpoint."""
+    from .publish import publish
+
+    report = publish(args.source, args.endpoint, auth=args.auth, base_iri=args.base_iri,
+                     progress=None if args.quiet else print)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
 def cmd_abstract(args: argparse.Namespace) -> int:
     """WordNet abstractions of a run's tags."""
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
@@ -518,6 +550,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-explanations", action="store_true", help="the tag graph only")
     p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="serve a store as Linked Data with a read-only SPARQL endpoint",
+        description="Serve an Oxigraph store (see `filtag-kg load`) over HTTP: /sparql (SPARQL 1.1 "
+        "Protocol, read-only), every resource IRI under the base IRI as HTML or RDF by content "
+        "negotiation, /.well-known/void, /dumps/ and /ontology. Binds to loopback unless told "
+        "otherwise.",
+        epilog="example: filtag-kg serve --store kg-store --port 8000 --dumps runs/vgg16/kg.trig",
+    )
+    p.add_argument("--store", required=True, metavar="DIR", help="an Oxigraph store folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
+    p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
+                   help="the IRIs the data was exported with; their path is where resources are served")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="query time limit (default 10 s)")
+    p.add_argument("--max-results", type=int, default=100_000, metavar="N",
+                   help="result size limit (default 100000 rows or triples)")
+    p.add_argument("--dumps", nargs="*", default=[], metavar="FILE", help="export files offered for download")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "publish", help="push a run's graphs to any SPARQL 1.1 Graph Store (Fuseki, GraphDB, ...)",
+        description="Send every named graph of a run folder or RDF file to a Graph Store HTTP "
+        "Protocol endpoint with PUT ?graph=IRI, which replaces the graph: publishing again never "
+        "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed.",
+        epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store\n"
+        "  filtag-kg publish kg.nq --endpoint http://host:3030/ds/data --auth admin:secret",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="RUN_DIR|FILE")
+    p.add_argument("--endpoint", required=True, metavar="URL", help="the Graph Store Protocol URL")
+    p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic credentials")
+    p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI", help="when exporting a run folder")
+    p.add_argument("--quiet", action="store_true", help="only the summary")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
         "abstract", help="what a run's filters represent, by WordNet hypernyms",

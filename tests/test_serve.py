@@ -1,0 +1,311 @@
+"""`filtag-kg serve` and `filtag-kg publish` against real server processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, write_images
+
+from filtag_kg.serve import _first_keyword, _negotiate
+
+FK = "https://w3id.org/filtag-kg/ontology#"
+BASE = "http://localhost:8000/filtag-kg/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def http(
+    url: str, *, data: bytes | None = None, method: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with explanations and its kg.trig."""
+    from filtag_kg.cli import main
+
+    tmp = tmp_path_factory.mktemp("serve")
+    data = write_images(tmp / "data", per_class=3)
+    held = write_images(tmp / "held", per_class=1, seed=5)
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny_models:build_tiny",
+            "--image-size",
+            "16",
+            "--data",
+            str(data),
+            "--k",
+            "1",
+            "--explain-data",
+            str(held),
+            "--out",
+            str(tmp / "run"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path) -> Iterator[str]:
+    import pyoxigraph as ox
+
+    store = run_dir.parent / "store"
+    s = ox.Store(str(store))
+    s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
+    s.flush()
+    del s
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "filtag_kg",
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--dumps",
+            str(run_dir / "kg.trig"),
+            "--max-results",
+            "500",
+            "--timeout",
+            "5",
+        ],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/", proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def sparql(url: str, query: str, accept: str = "application/sparql-results+json") -> tuple[int, dict, bytes]:
+    return http(url + "/sparql?" + urllib.parse.urlencode({"query": query}), headers={"Accept": accept})
+
+
+def test_sparql_protocol_formats(server: str) -> None:
+    q = f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }} ORDER BY ?f"
+    code, headers, body = sparql(server, q)
+    assert code == 200 and headers["Content-Type"].startswith("application/sparql-results+json")
+    rows = json.loads(body)["results"]["bindings"]
+    assert len(rows) == 6 + 8 + 5  # the tiny model's filters
+    code, headers, body = http(
+        server + "/sparql",
+        data=q.encode(),
+        method="POST",
+        headers={"Content-Type": "application/sparql-query", "Accept": "text/csv"},
+    )
+    assert code == 200 and body.decode().splitlines()[0] == "f" and len(body.decode().splitlines()) == 20
+    code, _, body = sparql(server, q, "application/sparql-results+xml")
+    assert code == 200 and body.count(b"<result>") == 19
+    code, _, body = sparql(server, q, "text/tab-separated-values")
+    assert code == 200 and body.decode().splitlines()[1].startswith("<http")
+    code, _, body = sparql(server, f"ASK {{ ?f a <{FK}Filter> }}")
+    assert json.loads(body) == {"head": {}, "boolean": True}
+    code, headers, body = sparql(
+        server, f"CONSTRUCT {{ ?f a <{FK}Filter> }} WHERE {{ ?f a <{FK}Filter> }}", "application/n-triples"
+    )
+    assert code == 200 and len(body.decode().strip().splitlines()) == 19
+    code, _, body = sparql(server, "DESCRIBE <http://example.org/none>", "text/turtle")
+    assert code == 200
+
+
+def test_updates_are_refused_and_nothing_changes(server: str) -> None:
+    count = f"SELECT (COUNT(*) AS ?n) WHERE {{ GRAPH ?g {{ ?s ?p ?o }} }}"
+    before = json.loads(sparql(server, count)[2])["results"]["bindings"][0]["n"]["value"]
+    for data, ctype in (
+        (b"update=DROP+ALL", "application/x-www-form-urlencoded"),
+        (b"DROP ALL", "application/sparql-update"),
+        (
+            b"query=PREFIX+x%3A+%3Chttp%3A%2F%2Fx%2F%3E+%23c%0ADELETE+WHERE+%7B%3Fs+%3Fp+%3Fo%7D",
+            "application/x-www-form-urlencoded",
+        ),
+    ):
+        code, _, _ = http(server + "/sparql", data=data, method="POST", headers={"Content-Type": ctype})
+        assert code == 403, data
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert http(server + "/filtag-kg/x", data=b"<a> <b> <c> .", method=method)[0] == 405
+    assert http(server + "/", data=b"x", method="POST")[0] == 405
+    assert json.loads(sparql(server, count)[2])["results"]["bindings"][0]["n"]["value"] == before
+
+
+def test_limits_and_malformed_requests(server: str) -> None:
+    code, _, body = sparql(server, "SELECT * WHERE { ?s ?p ?o }")  # more than --max-results 500
+    assert code == 413 and b"LIMIT" in body
+    code, _, body = sparql(server, "SELECT * WHERE { ?s ?p }")
+    assert code == 400 and b"syntax" in body
+    huge = "SELECT * WHERE { ?s ?p ?o } # " + "x" * 200_000
+    assert (
+        http(
+            server + "/sparql",
+            data=huge.encode(),
+            method="POST",
+            headers={"Content-Type": "application/sparql-query"},
+        )[0]
+        == 413
+    )
+    slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l }"
+    code, _, body = sparql(server, slow)
+    assert code == 503 and b"time limit" in body
+    for path in (
+        "/dumps/../../etc/passwd",
+        "/filtag-kg/../../etc/passwd",
+        "/filtag-kg/%2e%2e/x",
+        "/filtag-kg/model/%00",
+        "/nowhere",
+    ):
+        assert http(server + path)[0] == 404, path
+    assert http(server + "/sparql?query=" + "%ZZ")[0] in (400, 403)
+    assert http(server + "/")[0] == 200  # still alive
+
+
+def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> None:
+    rows = json.loads(sparql(server, f"SELECT ?l WHERE {{ ?l a <{FK}Layer> }} ORDER BY ?l")[2])
+    layer = rows["results"]["bindings"][0]["l"]["value"]
+    assert layer.startswith(BASE)
+    path = "/filtag-kg/" + layer[len(BASE) :]
+    code, headers, body = http(server + path, headers={"Accept": "text/html"})
+    assert code == 200 and headers["Content-Type"].startswith("text/html") and b"<table>" in body
+    assert "Accept" in headers["Vary"]
+    code, headers, body = http(server + path, headers={"Accept": "text/turtle"})
+    assert code == 200 and headers["Content-Type"].startswith("text/turtle") and layer.encode() in body
+    import pyoxigraph as ox
+
+    for accept, fmt in (
+        ("application/ld+json", ox.RdfFormat.JSON_LD),
+        ("application/n-triples", ox.RdfFormat.N_TRIPLES),
+    ):
+        code, _, body = http(server + path, headers={"Accept": accept})
+        triples = list(ox.parse(body, format=fmt))
+        assert code == 200 and any(t.subject.value == layer for t in triples)
+    assert http(server + path, headers={"Accept": "image/png"})[0] == 406
+    assert http(server + path, headers={"Accept": ";;,garbage"})[0] == 200  # malformed: the default
+    assert http(server + path + ".ttl")[1]["Content-Type"].startswith("text/turtle")
+    code, headers, body = http(server + "/.well-known/void")
+    assert code == 200 and b"void#triples" in body
+    code, _, body = http(server + "/ontology")
+    assert code == 200 and b"owl:Ontology" in body
+    code, headers, body = http(server + "/dumps/kg.trig")
+    assert code == 200 and body == (run_dir / "kg.trig").read_bytes()
+
+
+def test_negotiation_and_update_detection_units() -> None:
+    offered = ["text/html", "text/turtle", "application/ld+json"]
+    assert _negotiate("text/turtle;q=0.9, application/ld+json", offered, "text/html") == "application/ld+json"
+    assert _negotiate("*/*", offered, "text/html") == "text/html"
+    assert _negotiate("text/*;q=0.5, text/turtle", offered, "text/html") == "text/turtle"
+    assert _negotiate("application/xml", offered, "text/html") is None
+    assert _negotiate("", offered, "text/html") == "text/html"
+    assert _first_keyword("PREFIX a: <http://x/#> # c\nBASE <http://y/>\n delete where {}") == "DELETE"
+    assert _first_keyword("# DROP ALL\nSELECT * {}") == "SELECT"
+
+
+@pytest.fixture(scope="module")
+def oxigraph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = shutil.which("oxigraph") or str(Path(sys.executable).parent / "oxigraph")
+    if not Path(exe).exists():
+        pytest.skip("the oxigraph server (pip install oxigraph) is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "serve", "--location", str(tmp_path_factory.mktemp("oxi")), "--bind", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/query?query=ASK%7B%7D", proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _graph_counts(url: str) -> dict[str, int]:
+    q = "SELECT ?g (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } } GROUP BY ?g"
+    code, _, body = http(
+        url + "/query?" + urllib.parse.urlencode({"query": q}),
+        headers={"Accept": "application/sparql-results+json"},
+    )
+    assert code == 200
+    return {b["g"]["value"]: int(b["n"]["value"]) for b in json.loads(body)["results"]["bindings"]}
+
+
+def test_publish_is_idempotent(
+    oxigraph_server: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyoxigraph as ox
+
+    from filtag_kg.cli import main
+
+    expected: dict[str, int] = {}
+    for q in ox.parse(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG):
+        expected[q.graph_name.value] = expected.get(q.graph_name.value, 0) + 1
+    endpoint = oxigraph_server + "/store"
+    assert main(["publish", str(run_dir), "--endpoint", endpoint, "--quiet"]) == 0
+    assert f"published {len(expected)} graphs" in capsys.readouterr().out
+    assert _graph_counts(oxigraph_server) == expected
+    # again, from the file this time: each graph is replaced, none duplicated
+    assert main(["publish", str(run_dir / "kg.trig"), "--endpoint", endpoint, "--quiet"]) == 0
+    assert _graph_counts(oxigraph_server) == expected
+
+
+def test_publish_reports_failures(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
+    from filtag_kg.cli import main
+    from filtag_kg.publish import publish
+
+    report = publish(
+        run_dir,
+        f"http://127.0.0.1:{free_port()}/store",
+        retries=1,
+        backoff_s=0.01,
+        graphs=[("http://example.org/g", b"<http://a> <http://b> <http://c> .\n", 1)],
+    )
+    assert report.sent == [] and report.failed[0][0] == "http://example.org/g" and report.retries == 1
+    assert main(["publish", str(run_dir), "--endpoint", "ftp://nowhere"]) == 2
+    assert "http(s)" in capsys.readouterr().err
