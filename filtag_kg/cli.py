@@ -364,6 +364,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """write a run's HTML report."""
+    from .report import write_report
+    from .wordnet import load_wordnet
+
+    summary = write_report(
+        args.run_dir, args.out or Path(args.run_dir) / "report", base_iri=args.base_iri,
+        max_images=args.max_images, max_misexplained=args.max_misexplained,
+        max_filters=args.max_filters, top_images=args.top_images, heatmaps=not args.no_heatmaps,
+        heatmaps_per_layer=args.heatmaps_per_layer, device=args.device, batch_size=args.batch_size,
+        thumb_size=args.thumb_size, wordnet=load_wordnet(wordnet_dir=args.wordnet_dir),
+        progress=not args.quiet,
+    )
+    print(summary.summary())
+    return 0
+
+
 def cmd_abstract(args: argparse.Namespace) -> int:
     """WordNet abstractions of a run's tags."""
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
@@ -585,6 +602,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI", help="when exporting a run folder")
     p.add_argument("--quiet", action="store_true", help="only the summary")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "report", help="write a static HTML report of a run (pages, charts, heatmaps)",
+        description="Write a static HTML site of a run folder: an overview (model, layers, dataset, "
+        "settings, skipped files, evaluation), a page per layer, per tagged filter (tags, abstract "
+        "tags, top images with the filter's activation map), per explained image (predictions, "
+        "votes, layer-wise heatmaps of the most active tagged filters) and per WordNet concept "
+        "(the filters representing it, counting hyponyms). No server or network needed: open "
+        "index.html. Pages link to each other and to the run's RDF IRIs.",
+        epilog="examples:\n  filtag-kg report runs/vgg16\n"
+        "  filtag-kg report runs/vgg16 --out site --device cuda --max-images 200\n"
+        "  filtag-kg report runs/vgg16 --no-heatmaps --max-filters 32",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (or an import-filtag folder)")
+    p.add_argument("--out", metavar="SITE_DIR",
+                   help="the site folder: new, empty, or an earlier report (default RUN_DIR/report)")
+    p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
+                   help="the base IRI the RDF export used, for the pages' IRI links "
+                   f"(default {DEFAULT_BASE_IRI})")
+    g = p.add_argument_group("what to show")
+    g.add_argument("--max-images", type=int, default=50, metavar="N",
+                   help="explanation pages for the first N explained images (default 50)")
+    g.add_argument("--max-misexplained", type=int, default=50, metavar="N",
+                   help="and for up to N more whose explanation differs from the model's top-1 "
+                   "(default 50)")
+    g.add_argument("--max-filters", type=int, metavar="N",
+                   help="at most N filter pages per layer, the most tagged first (default: every "
+                   "tagged filter)")
+    g.add_argument("--top-images", type=int, metavar="N",
+                   help="top activating images shown per filter (default: all the profile kept)")
+    g = p.add_argument_group("heatmaps")
+    g.add_argument("--no-heatmaps", action="store_true",
+                   help="no activation maps (the model is then never loaded)")
+    g.add_argument("--heatmaps-per-layer", type=int, default=3, metavar="N",
+                   help="most active tagged filters drawn per layer on an explanation page (default 3)")
+    g.add_argument("--device", default="cpu", help="where the model runs for heatmaps: cpu (default), "
+                   "cuda, cuda:N or auto")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="images per forward pass (default 16)")
+    g.add_argument("--thumb-size", type=int, default=128, metavar="PX",
+                   help="longer side of thumbnails and heatmaps (default 128)")
+    p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "abstract", help="what a run's filters represent, by WordNet hypernyms",

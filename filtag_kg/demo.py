@@ -64,7 +64,8 @@ def run_demo(
     classes = [ClassInfo(wnid, label[wnid]) for wnid in SHAPES_OUTPUT_WNIDS]  # logit order
     loaded = load_model(DEMO_MODEL, weights_file=weights, preprocess=SHAPES_PREPROCESS, classes=classes)
     imageset = image_folder(data_root / "train", classes)
-    options = ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress, checkpoint_every=0)
+    options = ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress, checkpoint_every=0,
+                             top_images=6)
     result = run(loaded, imageset, out, settings=[TagSetting("top-k", 1), TagSetting("top-k", 3)],
                  options=options)
     report = write_abstractions(out, tags=result.tags, wordnet=load_wordnet())
@@ -77,6 +78,10 @@ def run_demo(
     from .rdf import export_run_stats
 
     graph = export_run_stats(out, wordnet=load_wordnet())
+    from .report import write_report
+
+    site = write_report(out, Path(out) / "report", wordnet=load_wordnet(), progress=progress,
+                        max_images=20, max_misexplained=20)
 
     echo(f"filtag-kg demo: synthetic plane shapes, {len(classes)} classes named by WordNet 3.0 synsets")
     echo(
@@ -98,6 +103,7 @@ def run_demo(
          "explanation graphs (see ontology/README.md)")
     echo(f"outputs in {Path(out).resolve()}: profile, tags, abstract tags, explanations, evaluation, "
          "knowledge graph")
+    echo(f"report: {site.index.resolve()} ({site.total_pages} pages; open it in a browser)")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
 

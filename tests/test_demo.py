@@ -30,3 +30,4 @@ def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
     run_demo(out=tmp_path / "out2", cache_dir=tmp_path / "cache", progress=False, echo=lines.append,
              sizes=SMALL)
     assert "(cached;" in "\n".join(lines)
+    assert (tmp_path / "out2" / "report" / "index.html").is_file()
