@@ -35,14 +35,10 @@ def scaled_filter_values(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 4:
         raise ValueError(f"expected a [B, F, H, W] activation, got shape {tuple(x.shape)}")
-    b = x.shape[0]
     mean = x.mean(dim=(2, 3), dtype=torch.float32)
-    if x.is_contiguous():
-        lo, hi = torch.aminmax(x.view(b, -1), dim=1)
-    elif x.is_contiguous(memory_format=torch.channels_last):
-        lo, hi = torch.aminmax(x.permute(0, 2, 3, 1).reshape(b, -1), dim=1)
-    else:
-        lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+    # amin/amax over several dims parallelise well in any memory layout; torch.aminmax over
+    # one flattened dim measured about 10x slower on CPU
+    lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
     m = lo.to(torch.float64).unsqueeze(1)
     span = hi.to(torch.float64).unsqueeze(1) - m
     scaled = (mean.to(torch.float64) - m) / torch.where(span > 0, span, 1.0)
