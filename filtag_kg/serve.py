@@ -434,11 +434,63 @@ class App:
         alt = " ".join(f'<a href="{html.escape(local + s)}">{s[1:]}</a>' for s in RDF_SUFFIX)
         body = (
             f"<p><code>{html.escape(iri)}</code> — as {alt}</p>"
-            f"<h2>Properties</h2><table>{rows}</table>"
+            + self._typed_section(node, own)
+            + f"<h2>Properties</h2><table>{rows}</table>"
             + (f"<h2>Referenced by</h2><table>{''.join(incoming)}</table>" if incoming else "")
             + (f"<h2>Related statements</h2><table>{related}</table>" if related else "")
         )
         return self._page(self._label(iri), body)[2]
+
+    def _typed_section(self, node: Any, own: list[Any]) -> str:
+        """What people look for on a filter page (its tags and abstract tags) and a concept
+        page (the filters that represent it, counting hyponyms), from the query library."""
+        import pyoxigraph as ox
+
+        types = {t.object.value for t in own if t.predicate.value == RDF_TYPE}
+        value = {t.predicate.value: t.object for t in own}
+        if FK + "Filter" in types and FK + "filterIndex" in value and FK + "inLayer" in value:
+            layer = next(
+                iter(
+                    self.store.quads_for_pattern(
+                        value[FK + "inLayer"], ox.NamedNode(FK + "layerName"), None, None
+                    )
+                ),
+                None,
+            )
+            if layer is None:
+                return ""
+            bound = {"layer": layer.object, "filter": value[FK + "filterIndex"]}
+            return self._query_table("Tags and abstract tags", "concepts-of-filter", bound)
+        if (FK + "Concept" in types or FK + "Synset" in types) and FK + "wnid" in value:
+            return self._query_table(
+                "Filters that represent it (counting hyponyms)",
+                "filters-for-concept",
+                {"concept": value[FK + "wnid"]},
+            )
+        return ""
+
+    def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:
+        """A library query with fixed values for some variables, as an HTML table."""
+        text = _with_values(_library_query(name), bound)
+        try:
+            variables, rows = self.run_query(text)
+        except _Reply as r:
+            return f"<h2>{html.escape(title)}</h2><p>{html.escape(r.text)}</p>"
+        if not rows:
+            return f"<h2>{html.escape(title)}</h2><p>none</p>"
+        head = "".join(f"<th>{html.escape(v)}</th>" for v in variables)
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{self._cell(r.get(v))}</td>" for v in variables) + "</tr>"
+            for r in rows[:300]
+        )
+        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{cells}</table>"
+
+    def _cell(self, term: dict[str, str] | None) -> str:
+        if not term:
+            return ""
+        if term["type"] == "uri":
+            return self._link(term["value"])
+        return html.escape(term["value"])
 
     def _page(self, title: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
         doc = (
@@ -478,6 +530,33 @@ def _first_keyword(text: str) -> str:
         pos = m.end()
     word = re.match(r"\s*([A-Za-z]+)", text[pos:])
     return word.group(1).upper() if word else ""
+
+
+def _library_query(name: str) -> str:
+    """The text of ``queries/NAME.rq``, shipped with the package (``filtag_kg/queries``) or
+    beside it in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "queries", here.parent / "queries"):
+        path = folder / f"{name}.rq"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise ServeError(f"query {name}.rq not found beside the package")
+
+
+def _with_values(text: str, bound: dict[str, Any]) -> str:
+    """The query with ``VALUES`` fixing some variables to RDF terms, right after its first
+    ``WHERE {`` (comments removed first). Terms are written in their N-Triples syntax by
+    pyoxigraph, so a value can never change the query's structure."""
+    import re
+
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    body = "\n".join(lines)
+    m = re.search(r"WHERE\s*\{", body, re.IGNORECASE)
+    if m is None:
+        raise ValueError("query has no WHERE clause")
+    names = " ".join(f"?{k}" for k in bound)
+    values = " ".join(str(v) for v in bound.values())
+    return f"{body[: m.end()]}\n  VALUES ({names}) {{ ({values}) }}\n{body[m.end() :]}"
 
 
 def _boolean_results(value: bool, fmt: str) -> bytes:

@@ -309,3 +309,26 @@ def test_publish_reports_failures(capsys: pytest.CaptureFixture[str], run_dir: P
     assert report.sent == [] and report.failed[0][0] == "http://example.org/g" and report.retries == 1
     assert main(["publish", str(run_dir), "--endpoint", "ftp://nowhere"]) == 2
     assert "http(s)" in capsys.readouterr().err
+
+
+def test_filter_and_concept_pages_show_tags_and_filters(server: str, run_dir: Path) -> None:
+    import csv
+
+    tags = list(csv.DictReader((run_dir / "tags.tsv").open(), delimiter="\t"))
+    t = tags[0]
+    q = (
+        f'SELECT ?f ?c WHERE {{ ?l <{FK}layerName> "{t["layer"]}" . ?f <{FK}inLayer> ?l ; '
+        f'<{FK}filterIndex> {t["filter"]} . ?c <{FK}wnid> "{t["class_id"]}" }}'
+    )
+    row = json.loads(sparql(server, q)[2])["results"]["bindings"][0]
+    code, _, body = http(
+        server + "/filtag-kg/" + row["f"]["value"][len(BASE) :], headers={"Accept": "text/html"}
+    )
+    page = body.decode()
+    assert code == 200 and "Tags and abstract tags" in page and t["label"] in page
+    code, _, body = http(
+        server + "/filtag-kg/" + row["c"]["value"][len(BASE) :], headers={"Accept": "text/html"}
+    )
+    page = body.decode()
+    assert code == 200 and "Filters that represent it" in page
+    assert f"<td>{t['layer']}</td>" in page
