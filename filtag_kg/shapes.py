@@ -24,12 +24,16 @@ clutter for background filters to light up), and the network reads its last
 conv layer through global *average* pooling: the spatial mean that FilTag
 measures is exactly what the classifier sees. The last conv layer is narrow
 (one filter per class by default) and training uses label smoothing and weight
-decay, which push that layer towards class-specific filters. With the demo's
-defaults (seed 0), FilTag's top-k 1 tags of the last layer name 9 distinct filters
-for the 10 classes, and tag-vote explanations of held-out images agree with the
-network's prediction about two times in three (top-k 1, all layers); with the
-earlier max-pooled network on small, noisy shapes one generic filter won every
-class and the agreement was at chance.
+decay, which push that layer towards class-specific filters.
+
+Measured with the demo's defaults (seed 0, two CPU threads): 100 % held-out
+accuracy; the top-k 1 tags of the last conv layer fall on 9 distinct filters for
+the 10 classes; and the tag-vote explanations of held-out images (all layers)
+agree with the network's top-1 prediction for 66 % (top-k 1) and 76 % (top-k 3)
+of them. Training is not bit-identical across thread counts and machines; other
+seeds and thread counts gave 7-9 distinct filters and 54-66 % / 63-76 %. The
+earlier max-pooled network on small shapes over noisy backgrounds let one
+generic filter win every class, and its explanations agreed at chance (~10 %).
 """
 
 from __future__ import annotations
@@ -112,7 +116,6 @@ _RADIUS_RANGE = (0.24, 0.46)  # circumscribed radius / image side
 _OUTLINE_P = 0.5  # probability of an outline instead of a filled shape
 _OUTLINE_WIDTH = (0.04, 0.08)  # outline width / image side
 _GRADIENT = 25.0  # background gradient amplitude (grey levels across the image)
-_BG_RANGE = (0.0, 255.0)
 _NOISE = 3.0  # upper bound of the pixel noise standard deviation (grey levels)
 _SUPERSAMPLE = 4  # shapes are drawn at 4x resolution and box-filtered down (anti-aliasing)
 _STREAM_TRAIN, _STREAM_HELDOUT, _STREAM_EXPLAIN = 0, 1, 2
@@ -208,7 +211,7 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
 
 def _random_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A background and a foreground colour that differ clearly."""
-    bg = rng.uniform(*_BG_RANGE, size=3)
+    bg = rng.uniform(0, 255, size=3)
     for _ in range(100):
         fg = rng.uniform(0, 255, size=3)
         if np.linalg.norm(fg - bg) >= 120 and abs(fg.mean() - bg.mean()) >= 30:
