@@ -381,6 +381,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """load exports into an on-disk Oxigraph store."""
+    from . import sparql
+
+    print(sparql.load(args.files, args.store, bulk=args.bulk, optimize=args.optimize).summary())
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """run a library query or a .rq file with bound parameters."""
+    from . import sparql
+
+    if (args.store is None) == (not args.graph):
+        raise FiltagError("give the data with exactly one of --store DIR or --graph FILE...")
+    with sparql.open_source(store=args.store, graphs=args.graph or None) as src:
+        result = sparql.query(src, args.name, **sparql.parse_params(args.param))
+        print(sparql.format_result(result, args.format), end="")
+    return 0
+
+
+def cmd_queries(args: argparse.Namespace) -> int:
+    """list the query library."""
+    from . import sparql
+
+    print(sparql.format_query_list())
+    return 0
+
+
 def cmd_abstract(args: argparse.Namespace) -> int:
     """WordNet abstractions of a run's tags."""
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
@@ -567,6 +595,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-explanations", action="store_true", help="the tag graph only")
     p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "load", help="load RDF exports into an on-disk Oxigraph store",
+        description="Load export files (TriG, N-Quads, ...) into an Oxigraph store folder; "
+        "large N-Quads files use the bulk loader.",
+        epilog="example: filtag-kg load runs/vgg16/kg.trig --store kg-store",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder (created)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--bulk", dest="bulk", action="store_true", default=None, help="force the bulk loader")
+    b.add_argument("--no-bulk", dest="bulk", action="store_false", help="never use the bulk loader")
+    p.add_argument("--optimize", action="store_true", help="compact the store after loading")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser(
+        "query", help="ask the knowledge graph a library question (or run a .rq file)",
+        description="Run a query of the library (see `filtag-kg queries`) or a .rq file on a "
+        "store or on export files. Parameters are bound as RDF terms, never pasted into the text; "
+        "a concept accepts a wnid, a synset name (dog.n.01) or a lemma (dog).",
+        epilog="example: filtag-kg query filters-for-concept --store kg-store --param concept=dog.n.01",
+    )
+    p.add_argument("name", metavar="NAME|FILE.rq")
+    p.add_argument("--store", metavar="DIR", help="an Oxigraph store (see `filtag-kg load`)")
+    p.add_argument("--graph", nargs="+", metavar="FILE", help="or query these export files directly")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
+    p.add_argument("--format", choices=["table", "csv", "tsv", "json"], default="table",
+                   help="json is the SPARQL 1.1 JSON results format")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("queries", help="list the query library with purposes and parameters",
+                       description="List the queries of queries/*.rq with their parameters.")
+    p.set_defaults(func=cmd_queries)
 
     p = sub.add_parser(
         "serve", help="serve a store as Linked Data with a read-only SPARQL endpoint",

@@ -78,6 +78,9 @@ def run_demo(
     from .rdf import export_run_stats
 
     graph = export_run_stats(out, wordnet=load_wordnet())
+    from .sparql import demo_answers
+
+    answers = demo_answers(out, wordnet=load_wordnet())
     from .report import write_report
 
     site = write_report(out, Path(out) / "report", wordnet=load_wordnet(), progress=progress,
@@ -101,6 +104,8 @@ def run_demo(
     echo(report.summary().splitlines()[0])
     echo(f"knowledge graph {graph.path.name}: {graph.quads} statements, {graph.explanations} "
          "explanation graphs (see ontology/README.md)")
+    echo("")
+    echo(answers)
     echo(f"outputs in {Path(out).resolve()}: profile, tags, abstract tags, explanations, evaluation, "
          "knowledge graph")
     echo(f"report: {site.index.resolve()} ({site.total_pages} pages; open it in a browser)")

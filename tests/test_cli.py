@@ -37,8 +37,20 @@ def test_every_command_has_help() -> None:
 
 def test_run_then_retag(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--k", "1",
-                                "--percent", "50", "--above-average", "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys,
+        "run",
+        *TINY,
+        "--data",
+        str(image_dir),
+        "--k",
+        "1",
+        "--percent",
+        "50",
+        "--above-average",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert "layer conv2: 8 filters, measured at bn2 (relu applied in the hook)" in stdout
     assert "top-k 1: 3 tags" in stdout
@@ -58,9 +70,13 @@ def test_run_then_retag(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp
 
 
 def test_python_dash_m_and_layers_command(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "filtag_kg", "layers", "tiny_models:build_tiny",
-                          "--image-size", "8"], env=cli_env(), capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "filtag_kg", "layers", "tiny_models:build_tiny", "--image-size", "8"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "conv1" in res.stdout and "act1 (ReLU)" in res.stdout and "conv3 (conv output)" in res.stdout
     assert "3 conv layers, 19 filters" in res.stdout
@@ -108,19 +124,38 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], image_dir: Path
     assert "holds no profile" in msg
 
 
-def test_weights_file_that_does_not_fit(capsys: pytest.CaptureFixture[str], image_dir: Path,
-                                        tmp_path: Path) -> None:
+def test_weights_file_that_does_not_fit(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
     sd = build_tiny().state_dict()
     sd["extra.weight"] = torch.zeros(1)
     del sd["fc.bias"]
     bad = tmp_path / "bad.pt"
     torch.save(sd, bad)
-    msg = _error(capsys, "run", *TINY, "--weights-file", str(bad), "--data", str(image_dir),
-                 "--out", str(tmp_path / "o"))
+    msg = _error(
+        capsys,
+        "run",
+        *TINY,
+        "--weights-file",
+        str(bad),
+        "--data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "does not fit" in msg and "fc.bias" in msg and "extra.weight" in msg
     (tmp_path / "junk.pt").write_bytes(b"\x00junk")
-    msg = _error(capsys, "run", *TINY, "--weights-file", str(tmp_path / "junk.pt"), "--data",
-                 str(image_dir), "--out", str(tmp_path / "o"))
+    msg = _error(
+        capsys,
+        "run",
+        *TINY,
+        "--weights-file",
+        str(tmp_path / "junk.pt"),
+        "--data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "junk.pt" in msg
 
 
@@ -133,18 +168,39 @@ def test_offline_weights_download_suggests_weights_file(
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
-    msg = _error(capsys, "run", "--model", "resnet18", "--weights", "DEFAULT", "--data",
-                 str(image_dir), "--out", str(tmp_path / "o"))
+    msg = _error(
+        capsys,
+        "run",
+        "--model",
+        "resnet18",
+        "--weights",
+        "DEFAULT",
+        "--data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "--weights-file" in msg and "resnet18" in msg.lower()
-    msg = _error(capsys, "run", "--model", "resnet18", "--weights", "IMAGENET9K", "--data",
-                 str(image_dir), "--out", str(tmp_path / "o"))
+    msg = _error(
+        capsys,
+        "run",
+        "--model",
+        "resnet18",
+        "--weights",
+        "IMAGENET9K",
+        "--data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "IMAGENET1K_V1" in msg
 
 
 def test_run_is_deterministic(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
-        code, _, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--k", "2",
-                               "--out", str(tmp_path / name))
+        code, _, err = run_cli(
+            capsys, "run", *TINY, "--data", str(image_dir), "--k", "2", "--out", str(tmp_path / name)
+        )
         assert code == 0, err
     assert (tmp_path / "a" / "tags.tsv").read_bytes() == (tmp_path / "b" / "tags.tsv").read_bytes()
     assert (tmp_path / "a" / "tags.json").read_bytes() == (tmp_path / "b" / "tags.json").read_bytes()
@@ -170,14 +226,16 @@ def test_run_writes_abstractions(capsys: pytest.CaptureFixture[str], tmp_path: P
     # two dog breeds and a violin: filters tagged with both breeds abstract to toy_dog.n.01
     data = write_images(tmp_path / "data", classes=["n02085620", "n02085936", "n04536866"])
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(data), "--above-average",
-                                "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys, "run", *TINY, "--data", str(data), "--above-average", "--out", str(out)
+    )
     assert code == 0, err
     assert "linked 3/3 classes" in stdout
     rows = list(csv.DictReader((out / "abstract_tags.tsv").open(), delimiter="\t"))
     tags = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
     both = {(t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085620"} & {
-        (t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085936"}
+        (t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085936"
+    }
     got = {(r["layer"], r["filter"]) for r in rows if r["synset"] == "toy_dog.n.01"}
     assert both and got == both
     code, stdout, err = run_cli(capsys, "abstract", str(out), "--depth", "3")
@@ -189,15 +247,20 @@ def test_import_filtag_command(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     f = tmp_path / "tags.txt"
     f.write_text("filter tags k=1\n0:[' tench ', \" potter's_wheel \"]\n1:[' goldfish ']\n")
     out = tmp_path / "imp"
-    code, stdout, err = run_cli(capsys, "import-filtag", str(f), "--model", "vgg16", "--layer",
-                                "features.28", "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys, "import-filtag", str(f), "--model", "vgg16", "--layer", "features.28", "--out", str(out)
+    )
     assert code == 0, err
     rows = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
     assert [(r["filter"], r["class_id"], r["label"]) for r in rows] == [
-        ("0", "n01440764", "tench"), ("0", "n03992509", "potter's_wheel"), ("1", "n01443537", "goldfish")]
+        ("0", "n01440764", "tench"),
+        ("0", "n03992509", "potter's_wheel"),
+        ("1", "n01443537", "goldfish"),
+    ]
     f.write_text("filter tags k=1\n0:[' crane ']\n")
-    code, _, err = run_cli(capsys, "import-filtag", str(f), "--model", "vgg16", "--layer",
-                           "features.28", "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "import-filtag", str(f), "--model", "vgg16", "--layer", "features.28", "--out", str(out)
+    )
     assert code == 2 and "crane" in err and "n02012849" in err and "n03126707" in err
 
 
@@ -209,25 +272,80 @@ def test_export_command(capsys: pytest.CaptureFixture[str], image_dir: Path, tmp
     code, stdout, err = run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(out))
     assert code == 0, err
     assert (out / "kg.trig").is_file() and "knowledge graph:" in stdout
-    code, stdout, err = run_cli(capsys, "export", str(out), "--format", "nq", "--out", str(tmp_path / "a.nq"),
-                                "--base-iri", "https://example.org/kg/")
+    code, stdout, err = run_cli(
+        capsys,
+        "export",
+        str(out),
+        "--format",
+        "nq",
+        "--out",
+        str(tmp_path / "a.nq"),
+        "--base-iri",
+        "https://example.org/kg/",
+    )
     assert code == 0, err
     import pyoxigraph
 
     quads = list(pyoxigraph.parse(path=str(tmp_path / "a.nq"), format=pyoxigraph.RdfFormat.N_QUADS))
     assert f"wrote {tmp_path / 'a.nq'}: {len(quads)} statements" in stdout
-    assert all(q.subject.value.startswith("https://example.org/kg/") or "ontology" in q.subject.value
-               for q in quads if isinstance(q.subject, pyoxigraph.NamedNode))
+    assert all(
+        q.subject.value.startswith("https://example.org/kg/") or "ontology" in q.subject.value
+        for q in quads
+        if isinstance(q.subject, pyoxigraph.NamedNode)
+    )
     msg = _error(capsys, "export", str(out), "--base-iri", "not an iri")
     assert "not an iri" in msg
 
 
 def test_light_imports_and_public_api() -> None:
-    code = ("import sys, filtag_kg, filtag_kg.cli, filtag_kg.tagging, filtag_kg.evaluation; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, filtag_kg, filtag_kg.cli, filtag_kg.tagging, filtag_kg.evaluation; "
+        "print('torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stderr  # the CLI and step-2 code start without torch
     import filtag_kg
 
     for name in filtag_kg.__all__:
         assert getattr(filtag_kg, name) is not None
+
+
+def test_load_query_and_queries_commands(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    assert run_cli(capsys, "run", *TINY, "--data", str(image_dir), "--k", "1", "--out", str(out))[0] == 0
+    code, stdout, err = run_cli(capsys, "load", str(out / "kg.trig"), "--store", str(tmp_path / "store"))
+    assert code == 0, err
+    code, stdout, err = run_cli(
+        capsys,
+        "query",
+        "filters-for-concept",
+        "--store",
+        str(tmp_path / "store"),
+        "--param",
+        "concept=n02085620",
+        "--format",
+        "csv",
+    )
+    assert code == 0, err
+    tags = list(csv.DictReader((out / "tags.tsv").open(), delimiter="\t"))
+    expected = {(t["layer"], t["filter"]) for t in tags if t["class_id"] == "n02085620"}
+    rows = list(csv.DictReader(stdout.splitlines()))
+    assert {(r["layer"], r["filter"]) for r in rows} == expected
+    code, stdout, _ = run_cli(
+        capsys,
+        "query",
+        "filters-for-concept",
+        "--graph",
+        str(out / "kg.trig"),
+        "--param",
+        "concept=n02085620",
+        "--format",
+        "csv",
+    )
+    assert code == 0 and {(r["layer"], r["filter"]) for r in csv.DictReader(stdout.splitlines())} == expected
+    code, stdout, _ = run_cli(capsys, "queries")
+    assert code == 0 and "filters-for-concept" in stdout
+    msg = _error(capsys, "query", "no-such-query", "--graph", str(out / "kg.trig"))
+    assert "no-such-query" in msg

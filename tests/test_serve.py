@@ -156,7 +156,7 @@ def test_sparql_protocol_formats(server: str) -> None:
 
 
 def test_updates_are_refused_and_nothing_changes(server: str) -> None:
-    count = f"SELECT (COUNT(*) AS ?n) WHERE {{ GRAPH ?g {{ ?s ?p ?o }} }}"
+    count = "SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }"
     before = json.loads(sparql(server, count)[2])["results"]["bindings"][0]["n"]["value"]
     for data, ctype in (
         (b"update=DROP+ALL", "application/x-www-form-urlencoded"),
