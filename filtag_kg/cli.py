@@ -626,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("queries", help="list the query library with purposes and parameters",
-                       description="List the queries of queries/*.rq with their parameters.")
+                       description="List the queries of queries/*.rq with their purposes, parameters "
+                       "(name, type, example) and an example call. Run one with `filtag-kg query NAME`; "
+                       "read the .rq files to learn to write your own.",
+                       epilog="example: filtag-kg queries")
     p.set_defaults(func=cmd_queries)
 
     p = sub.add_parser(
