@@ -58,17 +58,10 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
 
 
 def _read_json(path: Path) -> Any:
-    import json
+    """The run file's JSON, or ``None`` when the run has no such file (the export's reader)."""
+    from ..rdf.rundata import _read_json as read
 
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(
-            f"cannot read {path}: {exc}; recreate it with the command that wrote it"
-        ) from None
+    return read(path) if path.is_file() else None
 
 
 @dataclass
