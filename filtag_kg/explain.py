@@ -465,14 +465,16 @@ def explain_dataset(
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
                 logits = module(x)
-                values = probe.take()
+                values = probe.take_flat()
                 weights = _gradcam_weights(probe.outputs, engine.points, logits.float())
-            return [v.cpu().numpy() for v in values], logits.detach().float(), weights
+            return np.split(values.cpu().numpy(), splits, axis=1), logits.detach().float(), weights
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
-            values = probe.take()
-        return [v.cpu().numpy() for v in values], logits.float(), None
+            values = probe.take_flat()
+        # one copy to the host per batch, then per-layer views
+        return np.split(values.cpu().numpy(), splits, axis=1), logits.float(), None
 
+    splits = np.cumsum([p.width for p in engine.points])[:-1]
     rounds = 0
     try:
         ctx = (

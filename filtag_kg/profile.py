@@ -410,16 +410,28 @@ def profile_dataset(
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
     example = first_good_image(imageset, dataset)
+    # the dry run also tells the number of outputs (no extra forward pass for it)
+    widths_seen: list[int] = []
+    watch = None
+    if loaded.classes is None and not isinstance(loaded.module, torch.jit.ScriptModule):
+        watch = loaded.module.register_forward_hook(
+            lambda m, i, out: widths_seen.append(out.shape[-1]) if torch.is_tensor(out) else None
+        )
+    try:
+        engine = Engine.build(
+            loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
+        )
+    finally:
+        if watch is not None:
+            watch.remove()
     if loaded.classes is None:
         # no class list from weights or --classes: the data's folders name the outputs,
         # when there are as many folders as outputs
-        with torch.inference_mode():
-            outputs = loaded.module(example).shape[-1]
-        if outputs == len(imageset.classes):
+        if not widths_seen:
+            with torch.inference_mode():
+                widths_seen.append(loaded.module(example.to(device)).shape[-1])
+        if widths_seen[0] == len(imageset.classes):
             loaded.classes = list(imageset.classes)
-    engine = Engine.build(
-        loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
-    )
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
 
@@ -435,7 +447,11 @@ def profile_dataset(
         if done_profile.meta.get("fingerprint") == fingerprint:
             return done_profile  # already finished: nothing to redo
     n_classes = len(imageset.classes)
-    sums = [torch.zeros(n_classes, p.width, dtype=torch.float64, device=device) for p in points]
+    widths = [p.width for p in points]
+    # one [classes x all filters] buffer, so a batch is added with one index_add_; ``sums``
+    # holds per-layer views of it
+    flat_sums = torch.zeros(n_classes, sum(widths), dtype=torch.float64, device=device)
+    sums = list(torch.split(flat_sums, widths, dim=1))
     counts = torch.zeros(n_classes, dtype=torch.int64, device=device)
     n_top = max(0, int(opts.top_images))
     # running top-N per filter: values (best first) and dataset indices, on the device
@@ -476,17 +492,16 @@ def profile_dataset(
     sampler = RoundSampler(done, n, opts.batch_size, dist)
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     # several ranks sum into local tensors between synchronisations; alone, directly
-    local_sums = [torch.zeros_like(s) for s in sums] if dist.active else sums
+    local_flat = torch.zeros_like(flat_sums) if dist.active else flat_sums
     local_counts = torch.zeros_like(counts) if dist.active else counts
     local_skipped: list[tuple[int, dict[str, str]]] = []
 
     def synchronise() -> None:
         nonlocal counts
         if dist.active:
-            dist.all_sum([*local_sums, local_counts])
-            for s, loc in zip(sums, local_sums):
-                s += loc
-                loc.zero_()
+            dist.all_sum([local_flat, local_counts])
+            flat_sums.add_(local_flat)
+            local_flat.zero_()
             counts += local_counts
             local_counts.zero_()
             for li, (val, idx) in enumerate(top):
@@ -532,14 +547,14 @@ def profile_dataset(
                     labels = batch.labels.to(device, non_blocking=True)
                     with engine.autocast():
                         module(x)
-                    values = probe.take()
-                    for s, v in zip(local_sums, values):
-                        s.index_add_(0, labels, v)
+                    values = probe.take_flat()
+                    local_flat.index_add_(0, labels, values)
                     local_counts.index_add_(0, labels, torch.ones_like(labels))
                     if top:
                         index = batch.indices.to(device, non_blocking=True)
-                        for li, (val, idx) in enumerate(top):
-                            top[li] = _merge_top(val, idx, values[li], index)
+                        for li, v in enumerate(torch.split(values, widths, dim=1)):
+                            val, idx = top[li]
+                            top[li] = _merge_top(val, idx, v, index)
                 rounds += 1
                 new_done = sampler.done_after(rounds)
                 bar.update(new_done - done)
