@@ -37,7 +37,7 @@ from .data import ImageDataset, ImageSet, make_loader
 from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .tagging import TagSetting, active_filters, tag_layer
+from .tagging import TagSetting, active_filters, order_filters, tag_layer
 
 EXPLANATIONS = "explanations.jsonl"
 EXPLANATIONS_META = "explanations.json"
@@ -192,6 +192,7 @@ def explain_values(
     layer_names: Sequence[str],
     *,
     weights: Sequence[np.ndarray] | None = None,
+    orders: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """One image's explanation from its per-layer filter values.
 
@@ -201,6 +202,7 @@ def explain_values(
         setting: the selection rule (the same as the tagging's).
         layer_names: names of the layers, for messages and output.
         weights: per layer, an optional [F] weight for each filter's votes.
+        orders: per layer, ``order_filters`` of ``values`` when already computed.
 
     Returns:
         ``active`` (per layer: indices in rank order), ``votes`` / ``counts``
@@ -212,7 +214,7 @@ def explain_values(
     active = []
     last_v = last_c = votes
     for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        idx = active_filters(v, setting, name)
+        idx = active_filters(v, setting, name, None if orders is None else orders[li])
         active.append(idx)
         c = inc[idx].sum(axis=0)
         w = inc[idx] * weights[li][idx, None] if weights is not None else inc[idx]
@@ -496,11 +498,15 @@ def explain_dataset(
                         values, logits, weights = forward(xv, probe)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
-                        results.append((var, values, weights, probs.cpu().numpy(), top.cpu().numpy()))
+                        # one sort per layer for the whole batch, shared by every setting
+                        orders = [order_filters(v) for v in values]
+                        results.append(
+                            (var, values, weights, orders, probs.cpu().numpy(), top.cpu().numpy())
+                        )
                     for b, i in enumerate(idx):
                         sample = imageset.samples[i]
                         true = imageset.classes[sample.label].id if sample.label >= 0 else None
-                        for var, values, weights, probs, top in results:
+                        for var, values, weights, orders, probs, top in results:
                             model_top = [
                                 {
                                     "class_id": model_ids[j] if j < len(model_ids) else str(j),
@@ -516,6 +522,7 @@ def explain_dataset(
                                     s,
                                     names,
                                     weights=[w[b] for w in weights] if weights is not None else None,
+                                    orders=[o[b] for o in orders],
                                 )
                                 active = {}
                                 for li, (name, a) in enumerate(zip(names, ex["active"])):

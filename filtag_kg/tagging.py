@@ -102,19 +102,23 @@ def order_filters(values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(values, dtype=np.float64), axis=-1, kind="stable")
 
 
-def active_filters(values: np.ndarray, setting: TagSetting, layer: str = "?") -> np.ndarray:
+def active_filters(
+    values: np.ndarray, setting: TagSetting, layer: str = "?", order: np.ndarray | None = None
+) -> np.ndarray:
     """The active set of one value vector, in rank order (most active first).
 
     Args:
         values: [F] filter values (class profile or one image's values).
         setting: the selection rule.
         layer: the layer's name, for error messages.
+        order: ``order_filters(values)`` when already computed (a batch's rows are
+            sorted in one call, and several settings share one ordering).
 
     Returns:
         int64 array of filter indices, most active first.
     """
     values = np.asarray(values, dtype=np.float64)
-    order = order_filters(values)
+    order = order_filters(values) if order is None else order
     n = setting.count(values.shape[-1], layer)
     if n is None:  # above-average: strictly above the layer's mean value
         # fsum: the correctly rounded mean, so a value equal to it never counts by rounding luck
