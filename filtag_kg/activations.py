@@ -16,11 +16,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .measure import MeasurePoint
+
+_P = TypeVar("_P", bound="PointHooks")
 
 
 def _reduce(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,35 +57,21 @@ def scaled_filter_values(x: torch.Tensor) -> torch.Tensor:
     return _scale(mean, lo.unsqueeze(1), hi.unsqueeze(1))
 
 
-class FilterProbe:
-    """Context manager that measures filter values at the given points.
+class PointHooks:
+    """Context manager that hands each measure point's output to :meth:`capture`.
 
-    After each forward pass inside the block, :meth:`take` returns one
-    [B, F] float64 tensor per measure point (in the points' order), and
-    :meth:`take_flat` the same values side by side as one [B, sum F] tensor.
-    Hooks only reduce (three passes over each output); the scaling of all
-    layers runs once per batch on the concatenated reductions, so a deep model
-    pays a handful of small-tensor operations per batch rather than per layer.
-
-    >>> with FilterProbe(model, points) as probe:   # doctest: +SKIP
-    ...     logits = model(images)
-    ...     values = probe.take()
+    The bookkeeping every probe shares: one forward hook per module; a module
+    that runs several times per pass (a shared ReLU) serves each of its measure
+    points on the call the dry run found; TorchScript graphs (which take no
+    hooks) call :meth:`record` from their graph probes instead. Hooks exist
+    only inside the ``with`` block, which removes them and restores
+    ``model.training`` in ``finally``, even when the forward pass raises.
+    Subclasses implement :meth:`capture`.
     """
 
-    def __init__(
-        self, model: nn.Module, points: Sequence[MeasurePoint], *, keep_outputs: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, points: Sequence[MeasurePoint]) -> None:
         self.model = model
         self.points = list(points)
-        self.keep_outputs = keep_outputs
-        #: with ``keep_outputs``: each point's hooked output of the last pass, still
-        #: attached to the autograd graph (for gradient-based weighting)
-        self.outputs: list[torch.Tensor | None] = [None] * len(self.points)
-        self._raw: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(self.points)
-        self._widths = [p.width for p in self.points]
-        self._column_layer: torch.Tensor | None = None  # layer index of each flat column
-        # one hook per module; a module that runs several times per pass (a shared
-        # ReLU) serves each of its measure points on the call the dry run found
         self._by_module: dict[str, dict[int, list[int]]] = {}
         self._expected: dict[str, int] = {}
         for i, p in enumerate(self.points):
@@ -90,30 +79,51 @@ class FilterProbe:
             self._expected[p.hook_module] = p.calls_per_forward
         self._calls = dict.fromkeys(self._by_module, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._training = model.training
+        self._training = bool(model.training)
+        self._graph = bool(getattr(model, "filtag_graph_probes", False))
+
+    def capture(self, index: int, output: torch.Tensor) -> None:
+        """Take measure point ``index``'s output tensor (as the module returned it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define capture()")
 
     def _hook(self, name: str, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         call = self._calls[name]
         self._calls[name] = call + 1
         for i in self._by_module[name].get(call, ()):
-            apply = self.points[i].apply
-            x = output.detach()
-            self._raw[i] = _reduce(x if apply is None else apply(x))
-            if self.keep_outputs:
-                self.outputs[i] = output
+            self.capture(i, output)
 
     def record(self, index: int, output: torch.Tensor) -> None:
         """Record measure point ``index`` (called by graph probes of TorchScript models)."""
         self._hook(self.points[index].hook_module, self.model, None, output)
 
-    def __enter__(self) -> FilterProbe:
-        modules = dict(self.model.named_modules())
-        self._training = self.model.training
-        if getattr(self.model, "filtag_graph_probes", False):
+    def check_calls(self) -> None:
+        """Raise unless every hooked module ran as often as in the dry run; reset the counts.
+
+        Raises:
+            RuntimeError: a hooked module ran a different number of times than in
+                the dry run (the forward pass is not static), so values could be
+                attributed to the wrong layer.
+        """
+        bad = [n for n, c in self._calls.items() if c != self._expected[n]]
+        self._calls = dict.fromkeys(self._calls, 0)
+        if bad:
+            raise RuntimeError(
+                f"hooked modules ran a different number of times than in the dry run: {bad}; "
+                "FilTag needs a forward pass whose module calls do not depend on the input"
+            )
+
+    def reset_calls(self) -> None:
+        """Forget the call counts (before a pass whose results are not checked)."""
+        self._calls = dict.fromkeys(self._calls, 0)
+
+    def __enter__(self: _P) -> _P:
+        self._training = bool(self.model.training)
+        if self._graph:
             from .torchscript import _ACTIVE
 
             _ACTIVE.append(self)
             return self
+        modules = dict(self.model.named_modules())
         try:
             for name in self._by_module:
                 self._handles.append(
@@ -136,15 +146,52 @@ class FilterProbe:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if getattr(self.model, "filtag_graph_probes", False):
+        if self._graph:
             from .torchscript import _ACTIVE
 
-            _ACTIVE.remove(self)  # an exported graph is always in eval mode
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)  # an exported graph is always in eval mode
             return
         try:
             self._remove()
         finally:
             self.model.train(self._training)
+
+
+class FilterProbe(PointHooks):
+    """Context manager that measures filter values at the given points.
+
+    After each forward pass inside the block, :meth:`take` returns one
+    [B, F] float64 tensor per measure point (in the points' order), and
+    :meth:`take_flat` the same values side by side as one [B, sum F] tensor.
+    Hooks only reduce (three passes over each output); the scaling of all
+    layers runs once per batch on the concatenated reductions, so a deep model
+    pays a handful of small-tensor operations per batch rather than per layer.
+
+    >>> with FilterProbe(model, points) as probe:   # doctest: +SKIP
+    ...     logits = model(images)
+    ...     values = probe.take()
+    """
+
+    def __init__(
+        self, model: nn.Module, points: Sequence[MeasurePoint], *, keep_outputs: bool = False
+    ) -> None:
+        super().__init__(model, points)
+        self.keep_outputs = keep_outputs
+        #: with ``keep_outputs``: each point's hooked output of the last pass, still
+        #: attached to the autograd graph (for gradient-based weighting)
+        self.outputs: list[torch.Tensor | None] = [None] * len(self.points)
+        self._raw: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(self.points)
+        self._widths = [p.width for p in self.points]
+        self._column_layer: torch.Tensor | None = None  # layer index of each flat column
+
+    def capture(self, index: int, output: torch.Tensor) -> None:
+        """Reduce point ``index``'s output to per-filter means and the layer's min and max."""
+        apply = self.points[index].apply
+        x = output.detach()
+        self._raw[index] = _reduce(x if apply is None else apply(x))
+        if self.keep_outputs:
+            self.outputs[index] = output
 
     def take_flat(self) -> torch.Tensor:
         """The values of the last forward pass as one [B, sum F] float64 tensor; resets.
@@ -156,19 +203,19 @@ class FilterProbe:
                 the dry run (the forward pass is not static), so values could be
                 attributed to the wrong layer.
         """
-        bad = [n for n, c in self._calls.items() if c != self._expected[n]]
-        if bad or any(r is None for r in self._raw):
-            raise RuntimeError(
-                f"hooked modules ran a different number of times than in the dry run: {bad}; "
-                "FilTag needs a forward pass whose module calls do not depend on the input"
-            )
-        raw: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = self._raw  # type: ignore[assignment]
+        raw = self._raw
         self._raw = [None] * len(self.points)
-        self._calls = dict.fromkeys(self._calls, 0)
-        mean = torch.cat([r[0] for r in raw], dim=1)
+        self.check_calls()
+        if any(r is None for r in raw):
+            missing = sorted({self.points[i].hook_module for i, r in enumerate(raw) if r is None})
+            raise RuntimeError(
+                f"no output was measured at {missing} in this forward pass; FilTag needs a "
+                "forward pass whose module calls do not depend on the input"
+            )
+        mean = torch.cat([r[0] for r in raw], dim=1)  # type: ignore[index]
         # min/max may come in several dtypes under autocast; float32 holds all of them exactly
-        lo = torch.stack([r[1].float() for r in raw], dim=1)
-        hi = torch.stack([r[2].float() for r in raw], dim=1)
+        lo = torch.stack([r[1].float() for r in raw], dim=1)  # type: ignore[index]
+        hi = torch.stack([r[2].float() for r in raw], dim=1)  # type: ignore[index]
         if self._column_layer is None or self._column_layer.device != mean.device:
             self._column_layer = torch.repeat_interleave(
                 torch.arange(len(raw), device=mean.device),

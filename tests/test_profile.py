@@ -157,6 +157,35 @@ def test_hooks_removed_and_mode_restored_after_failing_forward() -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+class Repeats(torch.nn.Module):
+    """Runs its shared ReLU once more when the input's mean is positive: not a static pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))
+        if x.mean() > 0:
+            y = self.relu(y - 0.5)
+        return y.mean(dim=(2, 3))
+
+
+def test_a_forward_pass_unlike_the_dry_run_is_refused() -> None:
+    model = Repeats().eval()
+    pts = find_measure_points(model, ["conv"], -torch.ones(1, 3, 8, 8))
+    assert (pts[0].hook_module, pts[0].calls_per_forward) == ("relu", 1)
+    with FilterProbe(model, pts) as probe, torch.inference_mode():
+        model(-torch.ones(2, 3, 8, 8))
+        first = probe.take_flat()
+        model(torch.ones(2, 3, 8, 8))  # relu runs twice: values could be the wrong call's
+        with pytest.raises(RuntimeError, match="different number of times"):
+            probe.take()
+        model(-torch.ones(2, 3, 8, 8))  # the counts were reset: a static pass works again
+        assert torch.equal(probe.take_flat(), first)
+
+
 def test_bad_files_are_skipped_and_listed(messy_dir: Path, tmp_path: Path) -> None:
     loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
     imageset = image_folder(messy_dir)

@@ -24,8 +24,9 @@ from filtag_kg.models import load_model
 from filtag_kg.profile import ProfileOptions, profile_dataset
 from filtag_kg.rdf.mint import DEFAULT_BASE_IRI
 from filtag_kg.report import ReportError, ReportSummary, write_report
-from filtag_kg.report.heatmaps import ImageViews, MapEngine, _MapProbe
+from filtag_kg.report.heatmaps import ImageViews, MapEngine
 from filtag_kg.report.htmlkit import esc, file_key
+from filtag_kg.report.map_probe import MapProbe
 from filtag_kg.tagging import Tag, TagSetting, write_tags, write_tags_tsv
 from filtag_kg.wordnet import WordNet, load_wordnet, write_abstractions
 
@@ -278,7 +279,7 @@ def test_map_probe_removes_hooks_when_the_forward_pass_fails(tiny_run: Path) -> 
         raise RuntimeError("boom")
 
     model.conv3.register_forward_pre_hook(boom)
-    probe = _MapProbe(model, [MeasurePoint("conv1", 6, "act1", "activation", "ReLU")])
+    probe = MapProbe(model, [MeasurePoint("conv1", 6, "act1", "activation", "ReLU")])
     probe.wanted[0] = torch.tensor([0])
     with pytest.raises(RuntimeError, match="boom"), probe:
         model(torch.zeros(1, 3, 8, 8))

@@ -12,7 +12,7 @@ map is divided by its own maximum and drawn over a grey copy of the view with
 an opacity that grows with the activation, so inactive regions show the image.
 
 The model is loaded only when a map is first asked for (:class:`MapEngine`),
-maps are computed in batches, and hooks live only inside :class:`_MapProbe`'s
+maps are computed in batches, and hooks live only inside :class:`~filtag_kg.report.map_probe.MapProbe`'s
 ``with`` block, which removes them and restores ``model.training`` in
 ``finally``. Each hook copies just the channels asked for, at once, so a later
 in-place operation of the model (``out += identity``) cannot change them.
@@ -24,7 +24,6 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +33,6 @@ from ..errors import FiltagError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from ..measure import MeasurePoint
     from ..preprocess import Preprocess
 
 __all__ = [
@@ -169,100 +167,6 @@ class LayerMaps:
         return self.maps[self.filters.index(f)]
 
 
-class _MapProbe:
-    """Hooks that copy chosen channels of each measure point's output, per forward pass.
-
-    Like :class:`~filtag_kg.activations.FilterProbe`: one hook per module, the
-    measure point's call of a module that runs several times, the point's
-    ``apply`` (a functional activation) applied in the hook, graph probes for
-    TorchScript models; hooks removed and ``training`` restored in ``finally``.
-    """
-
-    def __init__(self, module: Any, points: Sequence[MeasurePoint]) -> None:
-        self.module = module
-        self.points = list(points)
-        #: per point, the channels to keep in the next pass (a LongTensor) or None (skip the point)
-        self.wanted: list[Any] = [None] * len(self.points)
-        #: per point, after a pass: (kept channels [B, k, H, W], layer min [B], layer max [B]) on the CPU
-        self.taken: list[tuple[Any, Any, Any] | None] = [None] * len(self.points)
-        self._by_module: dict[str, dict[int, list[int]]] = {}
-        for i, p in enumerate(self.points):
-            self._by_module.setdefault(p.hook_module, {}).setdefault(p.call_index, []).append(i)
-        self._calls = dict.fromkeys(self._by_module, 0)
-        self._handles: list[Any] = []
-        self._training = bool(getattr(module, "training", False))
-        self._graph = bool(getattr(module, "filtag_graph_probes", False))
-
-    def capture(self, i: int, output: Any) -> None:
-        """Keep the wanted channels of point ``i``'s output (and the layer's min and max)."""
-        want = self.wanted[i]
-        if want is None:
-            return
-        p = self.points[i]
-        x = output.detach()
-        if p.apply is not None:
-            x = p.apply(x)
-        x = x.float()
-        b = x.shape[0]
-        flat = x.reshape(b, -1)
-        self.taken[i] = (
-            x.index_select(1, want.to(x.device)).cpu(),
-            flat.amin(dim=1).cpu(),
-            flat.amax(dim=1).cpu(),
-        )
-
-    def record(self, index: int, output: Any) -> None:
-        """Graph probe callback (TorchScript models): measure point ``index``'s tensor."""
-        self.capture(index, output)
-
-    def _hook(self, name: str, module: Any, inputs: object, output: Any) -> None:
-        call = self._calls[name]
-        self._calls[name] = call + 1
-        for i in self._by_module[name].get(call, ()):
-            self.capture(i, output)
-
-    def reset(self) -> None:
-        """Forget the last pass (call counts and kept maps)."""
-        self._calls = dict.fromkeys(self._calls, 0)
-        self.taken = [None] * len(self.points)
-
-    def __enter__(self) -> _MapProbe:
-        self._training = bool(self.module.training)
-        if self._graph:
-            from ..torchscript import _ACTIVE
-
-            _ACTIVE.append(self)
-            return self
-        modules = dict(self.module.named_modules())
-        try:
-            for name in self._by_module:
-                self._handles.append(modules[name].register_forward_hook(functools.partial(self._hook, name)))
-            self.module.eval()
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._graph:
-            from ..torchscript import _ACTIVE
-
-            if self in _ACTIVE:
-                _ACTIVE.remove(self)
-            return
-        try:
-            self._remove()
-        finally:
-            self.module.train(self._training)
-
-
 class MapEngine:
     """The run's model, rebuilt from ``profile.json`` on first use, giving filter maps.
 
@@ -332,7 +236,9 @@ class MapEngine:
         if self._engine is None:
             self._engine = self._build(tensors[0])
         engine = self._engine
-        probe = _MapProbe(engine.module, engine.points)
+        from .map_probe import MapProbe
+
+        probe = MapProbe(engine.module, engine.points)
         with probe, torch.inference_mode():
             for start in range(0, len(views), self.batch_size):
                 part = range(start, min(len(views), start + self.batch_size))
