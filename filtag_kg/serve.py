@@ -124,6 +124,22 @@ class App:
         parsed = urllib.parse.urlsplit(options.base_iri)
         self.mount = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
         self.pool = _QueryPool(store_path, workers, options.timeout_s, options.max_results)
+        self._tag_graphs: list[str] | None | bool = False  # not looked up yet
+
+    def tag_graphs(self) -> list[str] | None:
+        """The default graph of ``Graphs: tags`` library queries, as IRIs (``""``: the
+        default graph), or ``None`` for the union of all graphs; looked up once."""
+        if self._tag_graphs is False:
+            import pyoxigraph as ox
+
+            from .sparql.store import tag_graphs
+
+            graphs = tag_graphs(self.store)
+            self._tag_graphs = (
+                None if graphs is None
+                else ["" if isinstance(g, ox.DefaultGraph) else g.value for g in graphs]
+            )
+        return self._tag_graphs  # type: ignore[return-value]
 
     # -- plumbing -------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -166,15 +182,21 @@ class App:
             return self.resource(environ, path)
         raise _Reply("404 Not Found", f"nothing at {path}")
 
-    def run_query(self, text: str) -> Any:
+    def run_query(self, text: str, default: list[str] | None = None, named: list[str] | None = None) -> Any:
         """Run a query in a worker process, within the time and size limits.
+
+        Args:
+            text: the query.
+            default: IRIs of the graphs whose union is the default graph (``""`` names
+                the store's default graph); ``None``: the union of all graphs.
+            named: IRIs of the named graphs the query may use; ``None``: all of them.
 
         Returns:
             ``True``/``False`` (ASK), ``(variables, rows)`` (SELECT; each row maps a
             variable to a term dict of the SPARQL JSON results format, plus ``"nt"``,
             its N-Triples syntax) or ``(None, ntriples_bytes)`` (CONSTRUCT/DESCRIBE).
         """
-        kind, payload = self.pool.run(text)
+        kind, payload = self.pool.run(text, default, named)
         if kind == "syntax":
             raise _Reply("400 Bad Request", f"query syntax error: {payload}")
         if kind == "too-large":
@@ -184,7 +206,8 @@ class App:
         return payload
 
     # -- SPARQL protocol ------------------------------------------------------------------
-    def _query_text(self, environ: dict[str, Any]) -> str | None:
+    def _query_text(self, environ: dict[str, Any]) -> tuple[str | None, dict[str, list[str]]]:
+        """The request's query (``None`` if it has none) and its protocol parameters."""
         params = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         if "update" in params:
             raise _Reply("403 Forbidden", "SPARQL Update is refused: this endpoint is read-only")
@@ -200,7 +223,7 @@ class App:
             if ctype == "application/sparql-update":
                 raise _Reply("403 Forbidden", "SPARQL Update is refused: this endpoint is read-only")
             if ctype == "application/sparql-query":
-                return body.decode("utf-8", "replace")
+                return body.decode("utf-8", "replace"), params
             if ctype in ("application/x-www-form-urlencoded", ""):
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
                 if "update" in form:
@@ -210,23 +233,27 @@ class App:
                 raise _Reply("415 Unsupported Media Type", f"cannot read a {ctype} body")
         queries = params.get("query")
         if not queries:
-            return None
+            return None, params
         if len(queries) > 1:
             raise _Reply("400 Bad Request", "give exactly one query parameter")
         if len(queries[0].encode()) > MAX_QUERY_BYTES:
             raise _Reply("413 Content Too Large", f"query larger than {MAX_QUERY_BYTES} bytes")
-        return queries[0]
+        return queries[0], params
 
     def sparql(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
 
-        text = self._query_text(environ)
+        text, params = self._query_text(environ)
         if text is None:
             return self._page(
                 "SPARQL endpoint", _SPARQL_FORM.format(action=html.escape(self.mount + "sparql"))
             )
         if _first_keyword(text) in UPDATE_KEYWORDS:
             raise _Reply("403 Forbidden", "SPARQL Update is refused: this endpoint is read-only")
-        result = self.run_query(text)
+        # the protocol's dataset parameters: without them the default graph is the union
+        # of all graphs; with them, the graphs named (as the SPARQL 1.1 protocol says)
+        default = _graph_iris(params.get("default-graph-uri"))
+        named = _graph_iris(params.get("named-graph-uri"))
+        result = self.run_query(text, default, named)
         accept = environ.get("HTTP_ACCEPT", "")
         if isinstance(result, bool) or result[0] is not None:  # SELECT / ASK
             mtype = _negotiate(accept, RESULT_TYPES, "application/sparql-results+json")
@@ -471,9 +498,13 @@ class App:
 
     def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:
         """A library query with fixed values for some variables, as an HTML table."""
-        text = _with_values(_library_query(name), bound)
+        from .sparql.library import find_query
+
+        info = find_query(name)
+        text = _with_values(info.text, bound)
         try:
-            variables, rows = self.run_query(text)
+            # a query that reads only tags runs over the tag graphs, as the library runs it
+            variables, rows = self.run_query(text, self.tag_graphs() if info.graphs == "tags" else None)
         except _Reply as r:
             return f"<h2>{html.escape(title)}</h2><p>{html.escape(r.text)}</p>"
         if not rows:
@@ -532,15 +563,18 @@ def _first_keyword(text: str) -> str:
     return word.group(1).upper() if word else ""
 
 
-def _library_query(name: str) -> str:
-    """The text of ``queries/NAME.rq``, shipped with the package (``filtag_kg/queries``) or
-    beside it in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "queries", here.parent / "queries"):
-        path = folder / f"{name}.rq"
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    raise ServeError(f"query {name}.rq not found beside the package")
+def _graph_iris(values: list[str] | None) -> list[str] | None:
+    """Checked IRIs of a ``default-graph-uri`` / ``named-graph-uri`` parameter."""
+    if not values:
+        return None
+    import pyoxigraph as ox
+
+    for v in values:
+        try:
+            ox.NamedNode(v)
+        except ValueError:
+            raise _Reply("400 Bad Request", f"graph IRI {v!r} is not an absolute IRI") from None
+    return list(values)
 
 
 def _with_values(text: str, bound: dict[str, Any]) -> str:
@@ -647,15 +681,25 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
     import pyoxigraph as ox
 
     store = ox.Store.read_only(store_dir)
+
+    def graph(iri: str) -> Any:
+        return ox.DefaultGraph() if iri == "" else ox.NamedNode(iri)
+
     while True:
         try:
-            text = conn.recv()
+            message = conn.recv()
         except EOFError:
             return
-        if text is None:
+        if message is None:
             return
+        text, default, named = message
+        dataset: dict[str, Any] = {"use_default_graph_as_union": True}
+        if default is not None:
+            dataset = {"default_graph": [graph(g) for g in default]}
+        if named is not None:
+            dataset["named_graphs"] = [ox.NamedNode(g) for g in named]
         try:
-            result = store.query(text, use_default_graph_as_union=True)
+            result = store.query(text, **dataset)
             if isinstance(result, ox.QueryBoolean):
                 conn.send(("ok", bool(result)))
             elif isinstance(result, ox.QuerySolutions):
@@ -708,7 +752,10 @@ class _QueryPool:
         self.workers.append(proc)
         return proc, parent
 
-    def run(self, text: str) -> tuple[str, Any]:
+    def run(
+        self, text: str, default: list[str] | None = None, named: list[str] | None = None
+    ) -> tuple[str, Any]:
+        """Run a query in an idle worker (see :meth:`App.run_query` for the graph lists)."""
         import queue
 
         try:
@@ -716,7 +763,7 @@ class _QueryPool:
         except queue.Empty:
             raise _Reply("503 Service Unavailable", "all query workers are busy; try again") from None
         try:
-            conn.send(text)
+            conn.send((text, default, named))
             if conn.poll(self.timeout_s):
                 reply = conn.recv()
                 self.idle.put((proc, conn))

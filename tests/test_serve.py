@@ -332,3 +332,76 @@ def test_filter_and_concept_pages_show_tags_and_filters(server: str, run_dir: Pa
     page = body.decode()
     assert code == 200 and "Filters that represent it" in page
     assert f"<td>{t['layer']}</td>" in page
+
+
+def test_dataset_parameters_choose_the_graphs(server: str) -> None:
+    rows = json.loads(sparql(server, f"SELECT ?g WHERE {{ ?g a <{FK}TagGraph> }}")[2])["results"]["bindings"]
+    tags = rows[0]["g"]["value"]
+
+    def count(query: str, **params: str) -> int:
+        url = server + "/sparql?" + urllib.parse.urlencode({"query": query, **params})
+        code, _, body = http(url, headers={"Accept": "application/sparql-results+json"})
+        assert code == 200, body
+        return int(json.loads(body)["results"]["bindings"][0]["n"]["value"])
+
+    all_triples = "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }"
+    in_tags = count(f"SELECT (COUNT(*) AS ?n) WHERE {{ GRAPH <{tags}> {{ ?s ?p ?o }} }}")
+    assert 0 < in_tags < count(all_triples)
+    assert count(all_triples, **{"default-graph-uri": tags}) == in_tags
+    graphs = "SELECT (COUNT(DISTINCT ?g) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }"
+    assert count(graphs) > 2 and count(graphs, **{"named-graph-uri": tags}) == 1
+    bad = {"query": all_triples, "default-graph-uri": "not an iri"}
+    code, _, body = http(server + "/sparql?" + urllib.parse.urlencode(bad))
+    assert code == 400 and b"not an absolute IRI" in body
+
+
+def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
+    """A tag-shaped node inside an explanation graph is not a tag: the concept page, like
+    the query library, reads the tag graphs (the union would list it)."""
+    import csv
+
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import Options, make_app
+
+    t = next(csv.DictReader((run_dir / "tags.tsv").open(), delimiter="\t"))
+    store_dir = run_dir.parent / "store-with-impostor"
+    s = ox.Store(str(store_dir))
+    s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
+    P = ox.NamedNode
+    concept = next(s.quads_for_pattern(None, P(FK + "wnid"), ox.Literal(t["class_id"]), None)).subject
+    real_tag = next(
+        q.subject for q in s.quads_for_pattern(None, P(FK + "concept"), concept, None)
+        if next(s.quads_for_pattern(None, P(FK + "hasTag"), q.subject, None), None) is not None
+    )
+    layer = next(s.quads_for_pattern(None, P(FK + "layerName"), None, None)).subject
+    setting = next(s.quads_for_pattern(real_tag, P(FK + "setting"), None, None)).object
+    explanation = next(g for g in s.named_graphs() if "/explanation/" in g.value)
+    fake_tag, fake_filter = P(BASE + "impostor/tag"), P(BASE + "impostor/filter")
+    for sub, pred, obj in [
+        (fake_tag, FK + "concept", concept), (fake_tag, FK + "filter", fake_filter),
+        (fake_tag, FK + "setting", setting), (fake_filter, FK + "hasTag", fake_tag),
+        (fake_filter, FK + "filterIndex", ox.Literal("31337", datatype=P("http://www.w3.org/2001/XMLSchema#integer"))),
+        (fake_filter, FK + "inLayer", layer),
+    ]:
+        s.add(ox.Quad(sub, P(pred), obj, explanation))
+    s.flush()
+    del s
+    from filtag_kg.serve import _with_values
+    from filtag_kg.sparql.library import find_query
+
+    app = make_app(store_dir, Options(base_iri=BASE), workers=1)
+    try:
+        text = _with_values(find_query("filters-for-concept").text, {"concept": ox.Literal(t["class_id"])})
+        _, union_rows = app.run_query(text)
+        assert any(r["filter"]["value"] == "31337" for r in union_rows)  # the impostor, over the union
+        _, tag_rows = app.run_query(text, app.tag_graphs())
+        assert tag_rows and not any(r["filter"]["value"] == "31337" for r in tag_rows)
+        status, _, page = app.route(
+            {"PATH_INFO": "/filtag-kg/" + concept.value[len(BASE):], "REQUEST_METHOD": "GET",
+             "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
+        )
+        assert status.startswith("200") and b"Filters that represent it" in page
+        assert b"31337" not in page and f"<td>{t['layer']}</td>".encode() in page
+    finally:
+        app.pool.close()

@@ -426,18 +426,18 @@ def run_query(source: Source, info: QueryInfo, bindings: Mapping[str, Term]) -> 
     return _run_rdflib(source.backend, info, bindings)
 
 
-def _tag_graphs(source: Source) -> list[Any] | None:
-    """The default graph of ``Graphs: tags`` queries, looked up once per source.
+def tag_graphs(store: Any) -> list[Any] | None:
+    """The default graph for ``Graphs: tags`` queries on an Oxigraph store.
 
     Every tag graph the data declares (``?g a fk:TagGraph``) that exists as a
     named graph, plus the default graph if it holds data (a merged Turtle
     export, say); ``None`` (use the union of all graphs) if there is none.
+    Restricting the default graph this way keeps a query that reads tags from
+    touching the explanation graphs, whose votes use the same properties
+    (``fk:concept``) and outnumber the tags by orders of magnitude.
     """
-    if source._tag_graphs is not False:
-        return source._tag_graphs  # type: ignore[return-value]
     import pyoxigraph as ox
 
-    store = source.backend
     found = [
         s[0]
         for s in store.query(
@@ -448,8 +448,14 @@ def _tag_graphs(source: Source) -> list[Any] | None:
     graphs: list[Any] = [g for g in found if isinstance(g, ox.NamedNode) and store.contains_named_graph(g)]
     if graphs and next(iter(store.quads_for_pattern(None, None, None, ox.DefaultGraph())), None) is not None:
         graphs.append(ox.DefaultGraph())
-    source._tag_graphs = graphs or None
-    return source._tag_graphs
+    return graphs or None
+
+
+def _tag_graphs(source: Source) -> list[Any] | None:
+    """:func:`tag_graphs` of the source's store, looked up once per source."""
+    if source._tag_graphs is False:
+        source._tag_graphs = tag_graphs(source.backend)
+    return source._tag_graphs  # type: ignore[return-value]
 
 
 def _run_oxigraph(source: Source, info: QueryInfo, bindings: Mapping[str, Term]) -> Result:
