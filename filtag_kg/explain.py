@@ -185,7 +185,7 @@ def _ranked_votes(votes: np.ndarray) -> np.ndarray:
     return np.argsort(-votes, kind="stable")
 
 
-def explain_values(
+def explain_batch(
     values: Sequence[np.ndarray],
     incidence: Sequence[np.ndarray],
     setting: TagSetting,
@@ -193,36 +193,91 @@ def explain_values(
     *,
     weights: Sequence[np.ndarray] | None = None,
     orders: Sequence[np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """One image's explanation from its per-layer filter values.
+) -> list[dict[str, Any]]:
+    """The explanations of a batch of images from their per-layer filter values.
+
+    Votes are counted for the whole batch at once, per layer: the rows of the
+    layer's [F, C] tag matrix that belong to each image's active filters,
+    summed per image (weighted when ``weights`` are given). Counts are sums of
+    ones, so they are exact whatever the order of summation.
 
     Args:
-        values: per layer, the image's [F] filter values.
+        values: per layer, the [B, F] filter values of the batch.
         incidence: per layer, the [F, C] tag matrix of ``setting``.
         setting: the selection rule (the same as the tagging's).
-        layer_names: names of the layers, for messages and output.
-        weights: per layer, an optional [F] weight for each filter's votes.
+        layer_names: names of the layers, for messages.
+        weights: per layer, an optional [B, F] weight for each filter's votes.
         orders: per layer, ``order_filters`` of ``values`` when already computed.
 
     Returns:
-        ``active`` (per layer: indices in rank order), ``votes`` / ``counts``
-        ([C] arrays over all layers), ``votes_last`` / ``counts_last``
-        (last layer alone).
+        Per image: ``active`` (per layer: indices in rank order), ``votes`` /
+        ``counts`` ([C] arrays over all layers), ``votes_last`` /
+        ``counts_last`` (last layer alone).
     """
+    n_images = values[0].shape[0] if values else 0
     n_classes = incidence[0].shape[1] if incidence else 0
-    votes, counts = np.zeros(n_classes), np.zeros(n_classes)
-    active = []
+    active: list[list[np.ndarray]] = [[] for _ in range(n_images)]
+    votes, counts = np.zeros((n_images, n_classes)), np.zeros((n_images, n_classes))
     last_v = last_c = votes
     for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        idx = active_filters(v, setting, name, None if orders is None else orders[li])
-        active.append(idx)
-        c = inc[idx].sum(axis=0)
-        w = inc[idx] * weights[li][idx, None] if weights is not None else inc[idx]
-        lv = w.sum(axis=0)
+        chosen = [
+            active_filters(v[b], setting, name, None if orders is None else orders[li][b])
+            for b in range(n_images)
+        ]
+        lengths = np.array([len(c) for c in chosen], dtype=np.int64)
+        rows = np.repeat(np.arange(n_images), lengths)
+        cols = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+        w = None if weights is None else weights[li][rows, cols]
+        c = _segment_votes(inc, rows, cols, lengths, None)
+        lv = c if w is None else _segment_votes(inc, rows, cols, lengths, w)
         votes, counts = votes + lv, counts + c
+        for b in range(n_images):
+            active[b].append(chosen[b])
         if li == len(values) - 1:
             last_v, last_c = lv, c
-    return {"active": active, "votes": votes, "counts": counts, "votes_last": last_v, "counts_last": last_c}
+    return [
+        {"active": active[b], "votes": votes[b], "counts": counts[b],
+         "votes_last": last_v[b], "counts_last": last_c[b]}
+        for b in range(n_images)
+    ]
+
+
+def _segment_votes(
+    inc: np.ndarray, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray, weight: np.ndarray | None
+) -> np.ndarray:
+    """[B, C] votes: per image, the (weighted) sum of its active filters' rows of ``inc``.
+
+    Few active filters (top-k): gather those rows and sum each image's run of
+    them. Many (above-average): one [B, F] x [F, C] product is cheaper than
+    gathering half the matrix per image.
+    """
+    n_images, (n_filters, n_classes) = len(lengths), inc.shape
+    if len(cols) * 4 >= n_images * n_filters:
+        mark = np.zeros((n_images, n_filters))
+        mark[rows, cols] = 1.0 if weight is None else weight
+        return mark @ inc
+    out = np.zeros((n_images, n_classes))
+    if len(cols):
+        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        some = lengths > 0
+        out[some] = np.add.reduceat(picked, starts[some], axis=0)
+    return out
+
+
+def explain_values(
+    values: Sequence[np.ndarray],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: Sequence[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """One image's explanation from its per-layer [F] filter values (see :func:`explain_batch`)."""
+    return explain_batch(
+        [np.asarray(v)[None] for v in values], incidence, setting, layer_names,
+        weights=None if weights is None else [np.asarray(w)[None] for w in weights],
+    )[0]
 
 
 def _prediction(votes: np.ndarray, class_ids: Sequence[str]) -> str | None:
@@ -500,13 +555,17 @@ def explain_dataset(
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
                         # one sort per layer for the whole batch, shared by every setting
                         orders = [order_filters(v) for v in values]
+                        explained = [
+                            explain_batch(values, inc, s, names, weights=weights, orders=orders)
+                            for s, inc in zip(settings, index.incidence)
+                        ]
                         results.append(
-                            (var, values, weights, orders, probs.cpu().numpy(), top.cpu().numpy())
+                            (var, values, weights, explained, probs.cpu().numpy(), top.cpu().numpy())
                         )
                     for b, i in enumerate(idx):
                         sample = imageset.samples[i]
                         true = imageset.classes[sample.label].id if sample.label >= 0 else None
-                        for var, values, weights, orders, probs, top in results:
+                        for var, values, weights, explained, probs, top in results:
                             model_top = [
                                 {
                                     "class_id": model_ids[j] if j < len(model_ids) else str(j),
@@ -515,24 +574,23 @@ def explain_dataset(
                                 }
                                 for j, p in zip(top[b].tolist(), probs[b].tolist())
                             ]
-                            for s, inc in zip(settings, index.incidence):
-                                ex = explain_values(
-                                    [v[b] for v in values],
-                                    inc,
-                                    s,
-                                    names,
-                                    weights=[w[b] for w in weights] if weights is not None else None,
-                                    orders=[o[b] for o in orders],
-                                )
+                            for s, per_image in zip(settings, explained):
+                                ex = per_image[b]
                                 active = {}
                                 for li, (name, a) in enumerate(zip(names, ex["active"])):
-                                    rows = []
-                                    for r, f in enumerate(a.tolist(), 1):
-                                        row = {"filter": f, "value": float(values[li][b, f]), "rank": r}
-                                        if weights is not None:
-                                            row["weight"] = float(weights[li][b, f])
-                                        rows.append(row)
-                                    active[name] = rows
+                                    vals = values[li][b, a].tolist()
+                                    if weights is None:
+                                        active[name] = [
+                                            {"filter": f, "value": x, "rank": r}
+                                            for r, (f, x) in enumerate(zip(a.tolist(), vals), 1)
+                                        ]
+                                    else:
+                                        active[name] = [
+                                            {"filter": f, "value": x, "rank": r, "weight": w}
+                                            for r, (f, x, w) in enumerate(
+                                                zip(a.tolist(), vals, weights[li][b, a].tolist()), 1
+                                            )
+                                        ]
                                 sink.write(
                                     {
                                         "index": i,
@@ -626,6 +684,7 @@ __all__ = [
     "Perturbation",
     "TagIndex",
     "explain_dataset",
+    "explain_batch",
     "explain_values",
     "read_explanations",
     "recorded_settings",

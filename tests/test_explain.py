@@ -24,7 +24,7 @@ from filtag_kg.evaluation import evaluate_records
 from filtag_kg.explain import STATE, ExplainOptions, Perturbation, explain_dataset
 from filtag_kg.models import load_model
 from filtag_kg.profile import ProfileOptions, profile_dataset
-from filtag_kg.tagging import TagSetting, write_tags
+from filtag_kg.tagging import TagSetting, active_filters, write_tags
 
 REQUIRED = {
     "image",
@@ -355,3 +355,47 @@ def test_torchscript_run_with_explanations(
     assert code == 0, capsys.readouterr().err
     lines = (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()
     assert len(lines) == 6 and set(json.loads(lines[0])["active_filters"]) == {"conv1", "conv2", "conv3"}
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        TagSetting("top-k", 1),
+        TagSetting("top-k", 5),
+        TagSetting("top-percent", 60),
+        TagSetting("above-average"),
+    ],
+)
+def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
+    """Both vote paths (gathering few rows, multiplying many) against plain per-image sums."""
+    from filtag_kg.explain import explain_batch
+
+    rng = np.random.default_rng(3)
+    widths, n_classes, batch = [6, 9, 16], 7, 5
+    values = [rng.random((batch, f)) for f in widths]
+    values[1][2] = 0.5  # a constant layer: above-average activates nothing there
+    weights = [rng.random((batch, f)) for f in widths]
+    incidence = [(rng.random((f, n_classes)) < 0.3).astype(float) for f in widths]
+    names = ["a", "b", "c"]
+    plain = explain_batch(values, incidence, setting, names)
+    weighted = explain_batch(values, incidence, setting, names, weights=weights)
+    for b in range(batch):
+        counts, votes = np.zeros(n_classes), np.zeros(n_classes)
+        for li, name in enumerate(names):
+            idx = active_filters(values[li][b], setting, name)
+            np.testing.assert_array_equal(plain[b]["active"][li], idx)
+            layer_counts = np.zeros(n_classes)
+            layer_votes = np.zeros(n_classes)
+            for f in idx.tolist():
+                layer_counts += incidence[li][f]
+                layer_votes += incidence[li][f] * weights[li][b, f]
+            counts += layer_counts
+            votes += layer_votes
+        np.testing.assert_array_equal(plain[b]["counts"], counts)
+        np.testing.assert_array_equal(plain[b]["votes"], counts)
+        np.testing.assert_array_equal(plain[b]["counts_last"], layer_counts)
+        np.testing.assert_array_equal(weighted[b]["counts"], counts)
+        np.testing.assert_allclose(weighted[b]["votes"], votes, rtol=1e-12)
+        np.testing.assert_allclose(weighted[b]["votes_last"], layer_votes, rtol=1e-12)
+    if setting.method == "above-average":
+        assert len(plain[2]["active"][1]) == 0
