@@ -34,7 +34,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model", required=True, metavar="SPEC",
         help="a torchvision classification model name (vgg16, resnet50, ...), "
-        "package.module:factory (a callable returning an nn.Module), or a TorchScript file",
+        "package.module:factory or path/to/file.py:factory (a callable returning an nn.Module), "
+        "or a TorchScript file",
     )
     w = g.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="ENUM",

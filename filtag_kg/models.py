@@ -238,15 +238,72 @@ def _torchvision_model(
     return module, enum
 
 
-def _factory_model(spec: str, weights_file: str | None) -> nn.Module:
-    mod_name, _, attr = spec.partition(":")
+def _import_error(mod_name: str, spec: str, exc: BaseException) -> UnknownModelError:
+    return UnknownModelError(
+        f"cannot import {mod_name!r} for model {spec!r}: {exc}; is the package installed "
+        "and on PYTHONPATH? A file works too: --model path/to/file.py:factory"
+    )
+
+
+def _import_factory_module(mod_name: str, spec: str) -> tuple[Any, str]:
+    """The module of a ``module:factory`` spec, and the spec to record.
+
+    ``mod_name`` is a dotted module name, importable as installed or, like a
+    script's sibling module, from the current folder; or a ``.py`` file path
+    (recorded as an absolute path, so later commands find it from anywhere).
+    """
+    import sys
+
+    if mod_name.endswith(".py") or "/" in mod_name or "\\" in mod_name:
+        file = Path(mod_name).expanduser()
+        if not file.is_file():
+            raise UnknownModelError(f"model file {mod_name} does not exist (model {spec!r})")
+        file = file.resolve()
+        from importlib.util import module_from_spec, spec_from_file_location
+
+        name = f"filtag_user_model_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}"
+        if name in sys.modules:
+            return sys.modules[name], f"{file}:{spec.rpartition(':')[2]}"
+        if str(file.parent) not in sys.path:
+            sys.path.insert(0, str(file.parent))  # so the file can import its siblings
+        loader_spec = spec_from_file_location(name, file)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UnknownModelError(f"cannot load {file} as a Python module (model {spec!r})")
+        mod = module_from_spec(loader_spec)
+        sys.modules[name] = mod
+        try:
+            loader_spec.loader.exec_module(mod)
+        except Exception as exc:
+            del sys.modules[name]
+            raise UnknownModelError(f"{file} failed to import: {type(exc).__name__}: {exc}") from None
+        return mod, f"{file}:{spec.rpartition(':')[2]}"
     try:
-        mod = importlib.import_module(mod_name)
+        return importlib.import_module(mod_name), spec
+    except ModuleNotFoundError as exc:
+        top = mod_name.split(".")[0]
+        here = str(Path.cwd())
+        if exc.name != top or here in sys.path or "" in sys.path:
+            raise _import_error(mod_name, spec, exc) from None
+    # like `python -m`, find a module in the current folder
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(mod_name), spec
     except ImportError as exc:
-        raise UnknownModelError(
-            f"cannot import {mod_name!r} for model {spec!r}: {exc}; is the package installed "
-            "and on PYTHONPATH?"
-        ) from None
+        sys.path.remove(here)
+        raise _import_error(mod_name, spec, exc) from None
+
+
+def _factory_model(spec: str, weights_file: str | None) -> tuple[nn.Module, str]:
+    """The module a ``module:factory`` or ``file.py:factory`` spec builds, and the spec to record."""
+    mod_name, _, attr = spec.rpartition(":")
+    try:
+        mod, spec = _import_factory_module(mod_name, spec)
+    except UnknownModelError:
+        raise
+    except ImportError as exc:
+        raise _import_error(mod_name, spec, exc) from None
+    except Exception as exc:  # the user's module raised while being imported
+        raise UnknownModelError(f"{mod_name} failed to import: {type(exc).__name__}: {exc}") from None
     factory = mod
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -257,7 +314,7 @@ def _factory_model(spec: str, weights_file: str | None) -> nn.Module:
         raise UnknownModelError(f"{spec!r} did not return a torch.nn.Module (got {type(module).__name__})")
     if weights_file is not None:
         load_state_dict_into(module, weights_file)
-    return module
+    return module, spec
 
 
 def _torchscript_model(path: Path) -> nn.Module:
@@ -314,7 +371,7 @@ def load_model(
     elif ":" in spec:
         if weights is not None:
             raise WeightsError("--weights names torchvision weights; use --weights-file for a factory model")
-        module, kind = _factory_model(spec, wf), "factory"
+        (module, spec), kind = _factory_model(spec, wf), "factory"
     else:
         module, enum = _torchvision_model(spec, weights, wf, num_classes)
         kind = "torchvision"

@@ -90,3 +90,39 @@ def test_layer_selection() -> None:
         select_layers(m, ["layer4"])
     with pytest.raises(UnknownLayerError, match="did you mean layer1.0.conv2, layer1.0.conv1"):
         select_layers(m, ["layer1.0.conv"])
+
+
+NET_SOURCE = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+"""
+
+
+def test_factory_from_a_file_or_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    (tmp_path / "netfile_for_test.py").write_text(NET_SOURCE)
+    loaded = load_model(f"{tmp_path}/netfile_for_test.py:build")
+    assert loaded.kind == "factory" and isinstance(loaded.module[0], torch.nn.Conv2d)
+    # recorded with an absolute path, so a later command finds it from any folder
+    assert loaded.record()["spec"] == f"{(tmp_path / 'netfile_for_test.py').resolve()}:build"
+    monkeypatch.chdir(tmp_path)
+    relative = load_model("netfile_for_test.py:build")
+    assert relative.spec == loaded.spec
+    # a module beside the working folder imports like `python -m` would find it, even from
+    # a console script (whose sys.path does not hold the working folder)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "netmod_for_test.py").write_text(NET_SOURCE)
+    assert load_model("netmod_for_test:build").spec == "netmod_for_test:build"
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        load_model("missing_dir/none.py:build")
+    (tmp_path / "broken_for_test.py").write_text("raise ValueError('boom')\n")
+    with pytest.raises(UnknownModelError, match="ValueError: boom"):
+        load_model("broken_for_test.py:build")
+    with pytest.raises(UnknownModelError, match="no_such_module_for_test"):
+        load_model("no_such_module_for_test:build")
