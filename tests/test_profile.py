@@ -337,3 +337,32 @@ def test_bf16_autocast_stays_close_to_float32(image_dir: Path, tmp_path: Path) -
         assert a.means.dtype == b.means.dtype == np.float64
         np.testing.assert_allclose(b.means, a.means, atol=0.02)
         assert not np.array_equal(a.means, b.means)  # autocast really ran in bf16
+
+
+def test_background_checkpoints_are_snapshots_and_report_failures(tmp_path: Path) -> None:
+    from filtag_kg.errors import OutputError
+    from filtag_kg.profile import _checkpoint_arrays, _CheckpointWriter, _load_checkpoint
+
+    sums = [torch.arange(6, dtype=torch.float64).view(2, 3)]
+    counts = torch.tensor([1, 2])
+    state = {"fingerprint": {"layers": ["conv1"]}, "done": 3}
+    writer = _CheckpointWriter(tmp_path / CHECKPOINT)
+    writer.submit(_checkpoint_arrays(state, sums, counts))
+    sums[0] += 100.0  # the pass goes on while the file is written
+    counts += 5
+    writer.submit(_checkpoint_arrays(state, sums, counts))  # waits for the first write
+    writer.wait()
+    got_state, got_sums, got_counts, _ = _load_checkpoint(tmp_path / CHECKPOINT)
+    assert got_state == state
+    np.testing.assert_array_equal(got_sums[0], np.arange(6.0).reshape(2, 3) + 100.0)
+    assert got_counts.tolist() == [6, 7]
+    # the copy taken at submit time is what lands, whatever happens to the tensors later
+    arrays = _checkpoint_arrays(state, sums, counts)
+    sums[0].zero_()
+    assert arrays["sums_0000"][0, 1] == 101.0
+    (tmp_path / "file").write_text("")
+    broken = _CheckpointWriter(tmp_path / "file" / CHECKPOINT)  # its folder is a file
+    broken.submit(arrays)
+    with pytest.raises(OutputError):
+        broken.wait()
+    broken.wait()  # reported once
