@@ -204,7 +204,7 @@ def _torchvision_model(
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}: {hint}use a torchvision classification model name "
-            "(e.g. vgg16, resnet50), package.module:factory, or a TorchScript file"
+            "(e.g. vgg16, resnet50), package.module:factory, file.py:factory, or a TorchScript file"
         )
     enum = None
     if weights is not None:
