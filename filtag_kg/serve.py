@@ -125,6 +125,7 @@ class App:
         self.mount = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
         self.pool = _QueryPool(store_path, workers, options.timeout_s, options.max_results)
         self._tag_graphs: list[str] | None | bool = False  # not looked up yet
+        self._index_page: tuple[str, list[tuple[str, str]], bytes] | None = None
 
     def tag_graphs(self) -> list[str] | None:
         """The default graph of ``Graphs: tags`` library queries, as IRIs (``""``: the
@@ -387,6 +388,13 @@ class App:
 
     # -- HTML -----------------------------------------------------------------------------
     def index(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        # the store is opened read-only, so the page (a scan of every rdf:type statement:
+        # seconds at tens of millions of quads) is computed once per server
+        if self._index_page is None:
+            self._index_page = self._make_index()
+        return self._index_page
+
+    def _make_index(self) -> tuple[str, list[tuple[str, str]], bytes]:
         variables, rows = self.run_query(
             "SELECT ?type (COUNT(DISTINCT ?s) AS ?n) WHERE { ?s a ?type } GROUP BY ?type ORDER BY DESC(?n)"
         )

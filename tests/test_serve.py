@@ -405,3 +405,33 @@ def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
         assert b"31337" not in page and f"<td>{t['layer']}</td>".encode() in page
     finally:
         app.pool.close()
+
+
+def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import Options, make_app
+
+    store_dir = run_dir.parent / "store-index"
+    s = ox.Store(str(store_dir))
+    s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
+    s.flush()
+    del s
+    app = make_app(store_dir, Options(base_iri=BASE), workers=1)
+    ran: list[str] = []
+    real_run = app.pool.run
+
+    def counting(text: str, *args: object) -> object:
+        ran.append(text)
+        return real_run(text, *args)
+
+    app.pool.run = counting  # type: ignore[method-assign]
+    try:
+        environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
+        first = app.route(dict(environ))
+        assert first[0].startswith("200") and b"Resources by type" in first[2]
+        assert f"{FK}Filter".encode() in first[2]
+        queries = len(ran)
+        assert queries >= 1 and app.route(dict(environ)) == first and len(ran) == queries
+    finally:
+        app.pool.close()
