@@ -228,6 +228,14 @@ def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> N
     assert http(server + path + ".ttl")[1]["Content-Type"].startswith("text/turtle")
     code, headers, body = http(server + "/.well-known/void")
     assert code == 200 and b"void#triples" in body
+    # exactly the export's dataset description: its VoID graph
+    described = {
+        (q.subject, q.predicate, q.object)
+        for q in ox.parse(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
+        if q.graph_name.value.endswith("/kg/void")
+    }
+    served = {(t.subject, t.predicate, t.object) for t in ox.parse(body, format=ox.RdfFormat.TURTLE)}
+    assert described and served == described
     code, _, body = http(server + "/ontology")
     assert code == 200 and b"owl:Ontology" in body
     code, headers, body = http(server + "/dumps/kg.trig")
