@@ -213,9 +213,9 @@ class FilterProbe(PointHooks):
                 "forward pass whose module calls do not depend on the input"
             )
         mean = torch.cat([r[0] for r in raw], dim=1)  # type: ignore[index]
-        # min/max may come in several dtypes under autocast; float32 holds all of them exactly
-        lo = torch.stack([r[1].float() for r in raw], dim=1)  # type: ignore[index]
-        hi = torch.stack([r[2].float() for r in raw], dim=1)  # type: ignore[index]
+        # min/max come in the layers' dtypes (several under autocast): float64 holds each exactly
+        lo = torch.stack([r[1].to(torch.float64) for r in raw], dim=1)  # type: ignore[index]
+        hi = torch.stack([r[2].to(torch.float64) for r in raw], dim=1)  # type: ignore[index]
         if self._column_layer is None or self._column_layer.device != mean.device:
             self._column_layer = torch.repeat_interleave(
                 torch.arange(len(raw), device=mean.device),
