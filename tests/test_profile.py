@@ -366,3 +366,27 @@ def test_background_checkpoints_are_snapshots_and_report_failures(tmp_path: Path
     with pytest.raises(OutputError):
         broken.wait()
     broken.wait()  # reported once
+
+
+def test_batched_scaling_equals_the_per_layer_function_exactly() -> None:
+    """take()/take_flat() scale all layers at once; each layer equals scaled_filter_values."""
+    model = build_tiny().eval()
+    x = torch.randn(4, 3, 16, 16)
+    pts = find_measure_points(model, ["conv1", "conv2", "conv3"], x[:1])
+    outputs: dict[str, torch.Tensor] = {}
+    taps = [model.act1.register_forward_hook(lambda m, i, o: outputs.__setitem__("conv1", o.clone())),
+            model.bn2.register_forward_hook(lambda m, i, o: outputs.__setitem__("conv2", torch.relu(o))),
+            model.conv3.register_forward_hook(lambda m, i, o: outputs.__setitem__("conv3", o.clone()))]
+    try:
+        with FilterProbe(model, pts) as probe, torch.inference_mode():
+            model(x)
+            per_layer = probe.take()
+            model(x)
+            flat = probe.take_flat()
+    finally:
+        for t in taps:
+            t.remove()
+    assert flat.shape == (4, 6 + 8 + 5) and flat.dtype == torch.float64
+    for p, got in zip(pts, per_layer):
+        assert torch.equal(got, scaled_filter_values(outputs[p.layer]))
+    assert torch.equal(torch.cat(per_layer, dim=1), flat)
