@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_profile import make_jpegs, time_plain
+from bench_profile import add_common_arguments, make_jpegs, paired_ratio, time_plain
 
 from filtag_kg.data import ImageDataset, image_folder, make_loader
 from filtag_kg.explain import ExplainOptions, explain_dataset
@@ -33,12 +33,7 @@ from filtag_kg.tagging import TagSetting, write_tags
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="vgg16")
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    add_common_arguments(ap)
     ap.add_argument("--k", type=int, default=1)
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -94,8 +89,7 @@ def main() -> None:
               "and decoding the first image included)")
         print(f"  its batch loop       {med_loop:9.2f} images/s")
         print(f"explain with gradcam   {grad:9.2f} images/s")
-        ratio = statistics.median(e / p for e, p in zip(expl, plain))
-        loop_ratio = statistics.median(b / p for b, p in zip(loop, plain))
+        ratio, loop_ratio = paired_ratio(expl, plain), paired_ratio(loop, plain)
         print(f"ratio explain/plain    {ratio:.3f}  (median of the paired ratios; target >= 0.90 on CPU)")
         print(f"ratio batch loop/plain {loop_ratio:.3f}  (the ratio a large dataset tends to)")
         print(f"gradcam cost           {med_expl / grad:.2f}x the time of the unweighted pass")

@@ -57,6 +57,21 @@ def make_jpegs(root: Path, n: int, classes: int = 4, size: int = 256) -> Path:
     return root
 
 
+def add_common_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options bench_profile and bench_explain share (same images, device, repeats)."""
+    ap.add_argument("--model", default="vgg16")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """The median of the per-repeat ratios ``num[i] / den[i]``."""
+    return statistics.median(n / d for n, d in zip(num, den))
+
+
 def time_plain(engine: Engine, loader) -> float:
     module = engine.module
     n = 0
@@ -137,14 +152,9 @@ def scaling(args: argparse.Namespace, root: Path, tmp: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="vgg16")
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--device", default="cpu")
+    add_common_arguments(ap)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--amp", default="off")
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--reference-images", type=int, default=8)
     ap.add_argument("--scaling", metavar="N,N", help="also time torchrun with these process counts")
     args = ap.parse_args()
@@ -179,8 +189,7 @@ def main() -> None:
         ref = time_reference(engine, dataset, min(args.reference_images, len(dataset)))
         med_plain, med_prof, med_loop = (statistics.median(v) for v in (plain, prof, loop))
         setup = args.images / med_prof - args.images / med_loop
-        ratio = statistics.median(w / p for w, p in zip(prof, plain))
-        loop_ratio = statistics.median(b / p for b, p in zip(loop, plain))
+        ratio, loop_ratio = paired_ratio(prof, plain), paired_ratio(loop, plain)
         print(f"plain inference     {med_plain:9.2f} images/s (median of {args.repeats})")
         print(f"profile pass        {med_prof:9.2f} images/s  (whole call: dry run, decoding the "
               "first image and writing the artifact included)")

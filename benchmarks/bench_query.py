@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -36,21 +35,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_export import subset
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = "n02084071"  # dog.n.01
-
-
-def subset(run: Path, images: int, dest: Path) -> Path:
-    """A copy of ``run`` whose explanations.jsonl holds only its first ``images`` lines."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("profile.json", "tags.tsv", "explanations.json"):
-        shutil.copyfile(run / name, dest / name)
-    with open(run / "explanations.jsonl", "rb") as src, open(dest / "explanations.jsonl", "wb") as dst:
-        for i, line in enumerate(src):
-            if i >= images:
-                break
-            dst.write(line)
-    return dest
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
