@@ -128,6 +128,7 @@ class App:
         self._tag_graphs: list[str] | None | bool = False  # not looked up yet
         self._index_page: tuple[str, list[tuple[str, str]], bytes] | None = None
         self._void: list[Any] | None = None
+        self._library: dict[str, Any] = {}  # library queries the pages run, by name
 
     def tag_graphs(self) -> list[str] | None:
         """The default graph of ``Graphs: tags`` library queries, as IRIs (``""``: the
@@ -320,24 +321,12 @@ class App:
     def _describe(self, node: Any) -> list[Any]:
         """The resource's own triples, the contents of the named graph it names (an
         explanation), and the triples of its IRI-children in the same graphs (qualified tags)."""
-        import pyoxigraph as ox
+        from itertools import islice
 
-        seen: set[Any] = set()
-        out = []
-        for q in self.store.quads_for_pattern(node, None, None, None):
-            t = ox.Triple(q.subject, q.predicate, q.object)
-            if t not in seen:
-                seen.add(t)
-                out.append(t)
+        quads = [self.store.quads_for_pattern(node, None, None, None)]
         if self.store.contains_named_graph(node):
-            for i, q in enumerate(self.store.quads_for_pattern(None, None, None, node)):
-                if i >= self.opts.max_results:
-                    break
-                t = ox.Triple(q.subject, q.predicate, q.object)
-                if t not in seen:
-                    seen.add(t)
-                    out.append(t)
-        return out
+            quads.append(islice(self.store.quads_for_pattern(None, None, None, node), self.opts.max_results))
+        return _distinct_triples(*quads)
 
     def void(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         mtype = (
@@ -358,16 +347,8 @@ class App:
             import pyoxigraph as ox
 
             typed = self.store.quads_for_pattern(None, ox.NamedNode(RDF_TYPE), ox.NamedNode(VOID_DATASET))
-            datasets = {q.subject for q in typed}
-            seen: set[Any] = set()
-            out = []
-            for d in sorted(datasets, key=str):
-                for q in self.store.quads_for_pattern(d, None, None):
-                    t = ox.Triple(q.subject, q.predicate, q.object)
-                    if t not in seen:
-                        seen.add(t)
-                        out.append(t)
-            self._void = out
+            datasets = sorted({q.subject for q in typed}, key=str)
+            self._void = _distinct_triples(*(self.store.quads_for_pattern(d, None, None) for d in datasets))
         return self._void
 
     def ontology(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -524,9 +505,11 @@ class App:
 
     def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:
         """A library query with fixed values for some variables, as an HTML table."""
-        from .sparql.library import find_query
+        info = self._library.get(name)
+        if info is None:  # read and parsed once per server, not on every page
+            from .sparql.library import find_query
 
-        info = find_query(name)
+            info = self._library[name] = find_query(name)
         text = _with_values(info.text, bound)
         try:
             # a query that reads only tags runs over the tag graphs, as the library runs it
@@ -587,6 +570,21 @@ def _first_keyword(text: str) -> str:
         pos = m.end()
     word = re.match(r"\s*([A-Za-z]+)", text[pos:])
     return word.group(1).upper() if word else ""
+
+
+def _distinct_triples(*quad_sources: Iterable[Any]) -> list[Any]:
+    """The triples of the quads (graph names dropped), each once, in first-seen order."""
+    import pyoxigraph as ox
+
+    seen: set[Any] = set()
+    out = []
+    for quads in quad_sources:
+        for q in quads:
+            t = ox.Triple(q.subject, q.predicate, q.object)
+            if t not in seen:
+                seen.add(t)
+                out.append(t)
+    return out
 
 
 def _graph_iris(values: list[str] | None) -> list[str] | None:
