@@ -83,15 +83,21 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "run"
 
 
-@pytest.fixture(scope="module")
-def server(run_dir: Path) -> Iterator[str]:
+def load_store(run_dir: Path, name: str) -> Path:
+    """A new on-disk Oxigraph store beside the run, holding its kg.trig."""
     import pyoxigraph as ox
 
-    store = run_dir.parent / "store"
-    s = ox.Store(str(store))
+    store_dir = run_dir.parent / name
+    s = ox.Store(str(store_dir))
     s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
     s.flush()
     del s
+    return store_dir
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path) -> Iterator[str]:
+    store = load_store(run_dir, "store")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -373,9 +379,8 @@ def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
     from filtag_kg.serve import Options, make_app
 
     t = next(csv.DictReader((run_dir / "tags.tsv").open(), delimiter="\t"))
-    store_dir = run_dir.parent / "store-with-impostor"
+    store_dir = load_store(run_dir, "store-with-impostor")
     s = ox.Store(str(store_dir))
-    s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
     P = ox.NamedNode
     concept = next(s.quads_for_pattern(None, P(FK + "wnid"), ox.Literal(t["class_id"]), None)).subject
     real_tag = next(
@@ -416,15 +421,10 @@ def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
 
 
 def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
-    import pyoxigraph as ox
 
     from filtag_kg.serve import Options, make_app
 
-    store_dir = run_dir.parent / "store-index"
-    s = ox.Store(str(store_dir))
-    s.bulk_load(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG)
-    s.flush()
-    del s
+    store_dir = load_store(run_dir, "store-index")
     app = make_app(store_dir, Options(base_iri=BASE), workers=1)
     ran: list[str] = []
     real_run = app.pool.run
