@@ -245,6 +245,29 @@ def _import_error(mod_name: str, spec: str, exc: BaseException) -> UnknownModelE
     )
 
 
+def _import_file(file: Path, spec: str) -> Any:
+    """A ``.py`` file (an absolute path) as a module, imported once per process."""
+    import sys
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    name = f"filtag_user_model_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))  # so the file can import its siblings
+    loader_spec = spec_from_file_location(name, file)
+    if loader_spec is None or loader_spec.loader is None:
+        raise UnknownModelError(f"cannot load {file} as a Python module (model {spec!r})")
+    mod = module_from_spec(loader_spec)
+    sys.modules[name] = mod
+    try:
+        loader_spec.loader.exec_module(mod)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UnknownModelError(f"{file} failed to import: {type(exc).__name__}: {exc}") from None
+    return mod
+
+
 def _import_factory_module(mod_name: str, spec: str) -> tuple[Any, str]:
     """The module of a ``module:factory`` spec, and the spec to record.
 
@@ -259,24 +282,7 @@ def _import_factory_module(mod_name: str, spec: str) -> tuple[Any, str]:
         if not file.is_file():
             raise UnknownModelError(f"model file {mod_name} does not exist (model {spec!r})")
         file = file.resolve()
-        from importlib.util import module_from_spec, spec_from_file_location
-
-        name = f"filtag_user_model_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}"
-        if name in sys.modules:
-            return sys.modules[name], f"{file}:{spec.rpartition(':')[2]}"
-        if str(file.parent) not in sys.path:
-            sys.path.insert(0, str(file.parent))  # so the file can import its siblings
-        loader_spec = spec_from_file_location(name, file)
-        if loader_spec is None or loader_spec.loader is None:
-            raise UnknownModelError(f"cannot load {file} as a Python module (model {spec!r})")
-        mod = module_from_spec(loader_spec)
-        sys.modules[name] = mod
-        try:
-            loader_spec.loader.exec_module(mod)
-        except Exception as exc:
-            del sys.modules[name]
-            raise UnknownModelError(f"{file} failed to import: {type(exc).__name__}: {exc}") from None
-        return mod, f"{file}:{spec.rpartition(':')[2]}"
+        return _import_file(file, spec), f"{file}:{spec.rpartition(':')[2]}"
     try:
         return importlib.import_module(mod_name), spec
     except ModuleNotFoundError as exc:
