@@ -271,6 +271,8 @@ class Engine:
         #: the module to run: the model itself, or its probed graph (TorchScript)
         self.module = module if module is not None else loaded.module
         self.amp_dtype = autocast_dtype(amp)
+        #: the model's number of outputs, when the dry run saw it (``None``: unknown)
+        self.output_width: int | None = None
         self.channels_last = device.type == "cuda"
         self.module.to(device)
         if self.channels_last:
@@ -292,8 +294,20 @@ class Engine:
             raise FiltagError(f"unknown --measure {measure!r}; use activation or conv")
         names = select_layers(loaded.module, layers)
         loaded.module.to(device)
-        module, points = plan_measurement(loaded.module, names, example.to(device), measure=measure)
-        return cls(loaded, points, device, amp, module)
+        widths: list[int] = []
+        watch = None  # the dry run also tells the number of outputs (eager modules take hooks)
+        if not isinstance(loaded.module, torch.jit.ScriptModule):
+            watch = loaded.module.register_forward_hook(
+                lambda m, i, out: widths.append(out.shape[-1]) if torch.is_tensor(out) else None
+            )
+        try:
+            module, points = plan_measurement(loaded.module, names, example.to(device), measure=measure)
+        finally:
+            if watch is not None:
+                watch.remove()
+        engine = cls(loaded, points, device, amp, module)
+        engine.output_width = widths[0] if widths else None
+        return engine
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """Move a batch to the device (non-blocking from pinned memory; channels-last on CUDA)."""
@@ -466,27 +480,16 @@ def profile_dataset(
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
     example = first_good_image(imageset, dataset)
-    # the dry run also tells the number of outputs (no extra forward pass for it)
-    widths_seen: list[int] = []
-    watch = None
-    if loaded.classes is None and not isinstance(loaded.module, torch.jit.ScriptModule):
-        watch = loaded.module.register_forward_hook(
-            lambda m, i, out: widths_seen.append(out.shape[-1]) if torch.is_tensor(out) else None
-        )
-    try:
-        engine = Engine.build(
-            loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
-        )
-    finally:
-        if watch is not None:
-            watch.remove()
+    engine = Engine.build(
+        loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
+    )
     if loaded.classes is None:
         # no class list from weights or --classes: the data's folders name the outputs,
         # when there are as many folders as outputs
-        if not widths_seen:
+        if engine.output_width is None:  # a TorchScript dry run does not report it
             with torch.inference_mode():
-                widths_seen.append(loaded.module(example.to(device)).shape[-1])
-        if widths_seen[0] == len(imageset.classes):
+                engine.output_width = loaded.module(example.to(device)).shape[-1]
+        if engine.output_width == len(imageset.classes):
             loaded.classes = list(imageset.classes)
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
