@@ -73,6 +73,21 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _grouped_bars(ax: Any, series: Mapping[str, Sequence[float]], n: int, *, horizontal: bool) -> None:
+    """One bar per series at each of ``n`` positions, side by side; a legend if several."""
+    k = max(1, len(series))
+    size = 0.8 / k
+    for j, (name, values) in enumerate(series.items()):
+        at = [i + (j - (k - 1) / 2) * size for i in range(n)]
+        style = {"label": _short(name, 24), "color": PALETTE[j % len(PALETTE)]}
+        if horizontal:
+            ax.barh(at, values, height=size, **style)
+        else:
+            ax.bar(at, values, width=size, **style)
+    if k > 1:
+        ax.legend(loc="best", fontsize=8)
+
+
 def layer_overview_chart(
     path: Path, layers: Sequence[str], settings: Sequence[str], share: Mapping[str, Sequence[float]]
 ) -> Path:
@@ -82,23 +97,12 @@ def layer_overview_chart(
         labels = [_short(x, 28) for x in layers]
         fig = _figure(7.5, min(14.0, 1.0 + 0.22 * n * max(1, min(k, 3))), labels=labels)
         ax = fig.subplots()
-        height = 0.8 / k
-        for j, s in enumerate(settings):
-            ys = [i + (j - (k - 1) / 2) * height for i in range(n)]
-            ax.barh(
-                ys,
-                [100 * v for v in share[s]],
-                height=height,
-                label=_short(s, 24),
-                color=PALETTE[j % len(PALETTE)],
-            )
+        _grouped_bars(ax, {s: [100 * v for v in share[s]] for s in settings}, n, horizontal=True)
         ax.set_yticks(range(n), labels)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_xlabel("filters with at least one tag (%)")
         ax.set_title("tagged filters per layer")
-        if k > 1:
-            ax.legend(loc="best", fontsize=8)
         return _save(fig, path)
 
 
@@ -108,21 +112,14 @@ def tags_per_filter_chart(path: Path, layer: str, counts: Mapping[str, Sequence[
         settings = list(counts)
         top = max((max(c) for c in counts.values() if len(c)), default=0)
         xs = list(range(top + 1))
-        k = max(1, len(settings))
         fig = _figure(7.0, 2.6, labels=["0000"])
         ax = fig.subplots()
-        width = 0.8 / k
-        for j, s in enumerate(settings):
-            hist = [0] * (top + 1)
+        hists = {}
+        for s in settings:
+            hist = hists[s] = [0] * (top + 1)
             for c in counts[s]:
                 hist[c] += 1
-            ax.bar(
-                [x + (j - (k - 1) / 2) * width for x in xs],
-                hist,
-                width=width,
-                label=_short(s, 24),
-                color=PALETTE[j % len(PALETTE)],
-            )
+        _grouped_bars(ax, hists, len(xs), horizontal=False)
         ax.set_xticks(xs if len(xs) <= 30 else xs[:: max(1, len(xs) // 20)])
         from matplotlib.ticker import MaxNLocator
 
@@ -130,8 +127,6 @@ def tags_per_filter_chart(path: Path, layer: str, counts: Mapping[str, Sequence[
         ax.set_xlabel("tags on a filter")
         ax.set_ylabel("filters")
         ax.set_title(_short(f"tags per filter in {layer}", 70))
-        if k > 1:
-            ax.legend(fontsize=8)
         return _save(fig, path)
 
 
@@ -145,16 +140,11 @@ def concept_groups_chart(
         labels = [_short(g, 34) for g in groups]
         fig = _figure(7.0, min(10.0, 1.0 + 0.24 * n * max(1, min(k, 3))), labels=labels)
         ax = fig.subplots()
-        height = 0.8 / k
-        for j, s in enumerate(settings):
-            ys = [i + (j - (k - 1) / 2) * height for i in range(n)]
-            ax.barh(ys, tags[s], height=height, label=_short(s, 24), color=PALETTE[j % len(PALETTE)])
+        _grouped_bars(ax, {s: tags[s] for s in settings}, n, horizontal=True)
         ax.set_yticks(range(n), labels)
         ax.invert_yaxis()
         ax.set_xlabel("tags" + (f" ({note})" if note else ""))
         ax.set_title(_short(f"tags of {layer} by WordNet concept", 70))
-        if k > 1:
-            ax.legend(loc="best", fontsize=8)
         return _save(fig, path)
 
 
