@@ -361,7 +361,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import publish
 
     report = publish(args.source, args.endpoint, auth=args.auth, base_iri=args.base_iri,
-                     progress=None if args.quiet else print)
+                     progress=not args.quiet, jobs=args.jobs, resend=args.force,
+                     allow_local_base=args.allow_local_base)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -664,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         "publish", help="push a run's graphs to any SPARQL 1.1 Graph Store (Fuseki, GraphDB, ...)",
         description="Send every named graph of a run folder or RDF file to a Graph Store HTTP "
         "Protocol endpoint with PUT ?graph=IRI, which replaces the graph: publishing again never "
-        "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed.",
+        "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed. "
+        "What arrived is recorded beside the source (RUN_DIR/published.json, FILE.published.json), "
+        "so a rerun sends only what failed or changed.",
         epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store\n"
         "  filtag-kg publish kg.nq --endpoint http://host:3030/ds/data --auth admin:secret",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -673,7 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", required=True, metavar="URL", help="the Graph Store Protocol URL")
     p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic credentials")
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI", help="when exporting a run folder")
-    p.add_argument("--quiet", action="store_true", help="only the summary")
+    p.add_argument("--quiet", action="store_true", help="only the summary, no progress bar")
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="parallel connections (1-32, default 4)")
+    p.add_argument("--force", action="store_true",
+                   help="resend graphs that arrived unchanged before (see SOURCE.published.json)")
+    p.add_argument("--allow-local-base", action="store_true",
+                   help="publish IRIs on localhost or a loopback address (refused by default)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
