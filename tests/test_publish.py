@@ -18,8 +18,10 @@ BASE = "https://example.org/kg/"
 
 
 class StubStore:
-    """A Graph Store Protocol stub: keeps what each ``PUT ?graph=`` sent, and answers a
-    graph's first requests with the failures listed for it in ``faults``:
+    """A Graph Store Protocol stub on loopback: keeps what each ``PUT ?graph=`` sent
+    (``requests`` lists the graphs of all PUTs, and ``"METHOD path"`` of any other request,
+    which fails with 500), and answers a graph's first requests with the failures listed
+    for it in ``faults``:
     ``"incomplete"`` (a body shorter than announced), ``"badstatus"`` (no HTTP status
     line), ``"disconnect"`` (connection closed before an answer), ``"500"``."""
 
@@ -64,6 +66,15 @@ class StubStore:
                 finally:
                     with lock:
                         stub.active -= 1
+
+            def do_POST(self) -> None:  # noqa: N802 - anything but PUT is recorded and fails
+                with lock:
+                    stub.requests.append(f"{self.command} {self.path}")
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST  # noqa: N815
 
             def log_message(self, *args: object) -> None:
                 pass

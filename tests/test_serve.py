@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, write_images
+from test_publish import StubStore
 
 from filtag_kg.serve import _first_keyword, _negotiate
 
@@ -485,44 +486,15 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
 # -- on the open web: no outbound requests, well-formed results, fairness -----------------
 
 
-class _Listener:
-    """A loopback HTTP server that records every request it gets (and answers 500)."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        seen = self.seen = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-                seen.append((self.command, self.path))
-                self.send_response(500)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_GET  # noqa: N815
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sparql"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def listener() -> Iterator[_Listener]:
-    got = _Listener()
+def listener() -> Iterator[StubStore]:
+    """A loopback HTTP server that records every request it gets (and answers 500)."""
+    got = StubStore()
     yield got
     got.close()
 
 
-def test_no_query_makes_the_server_fetch_a_url(server: str, listener: _Listener) -> None:
+def test_no_query_makes_the_server_fetch_a_url(server: str, listener: StubStore) -> None:
     u = listener.url
     refused = [
         f"SELECT * WHERE {{ SERVICE <{u}> {{ ?s ?p ?o }} }}",
@@ -546,14 +518,14 @@ def test_no_query_makes_the_server_fetch_a_url(server: str, listener: _Listener)
                 headers={"Content-Type": "application/sparql-update"})[0] == 403
     params = urllib.parse.urlencode({"query": "ASK {}", "default-graph-uri": u})
     assert http(server + "/sparql?" + params)[0] == 200
-    assert listener.seen == []
+    assert listener.requests == []
 
 
-def test_allowed_service_endpoints_only(run_dir: Path, listener: _Listener) -> None:
+def test_allowed_service_endpoints_only(run_dir: Path, listener: StubStore) -> None:
     from filtag_kg.serve import Options, make_app, service_endpoints
 
     assert service_endpoints('SELECT ?service { ?service <http://x/p> "SERVICE <http://y/>" }') == []
-    other = _Listener()
+    other = StubStore()
     options = Options(base_iri=BASE, allow_service=(listener.url,))
     app = make_app(load_store(run_dir, "store-service"), options, workers=1)
     try:
@@ -563,7 +535,7 @@ def test_allowed_service_endpoints_only(run_dir: Path, listener: _Listener) -> N
             with pytest.raises(Exception) as got:
                 app.route({**env, "QUERY_STRING": q})
             assert got.value.status.startswith("500" if url == listener.url else "400")  # type: ignore[attr-defined]
-        assert len(listener.seen) == 1 and other.seen == []
+        assert len(listener.requests) == 1 and other.requests == []
     finally:
         app.close()
         other.close()
