@@ -393,7 +393,7 @@ def publish(
     before = dict(done)
     report = PublishReport(key, state_file=path)
     sender = _Sender(parts, headers, retries, backoff_s, timeout_s)
-    bar = _bar(progress)
+    bar = _bar(progress, len(graphs) if isinstance(graphs, list) else None)
     try:
         _send_all(graphs, sender, report, done, resend, jobs, bar)
     finally:
@@ -421,7 +421,9 @@ def _uri_spaces(graphs: list[tuple[str | None, bytes, int]]) -> list[str]:
     return out
 
 
-def _bar(progress: bool) -> Any:
+def _bar(progress: bool, total: int | None) -> Any:
+    """A progress bar on stderr (graphs, with triples, retries and failures beside it);
+    updated every 10 s when stderr is not a terminal, so logs do not fill up."""
     if not progress:
         return None
     import sys
@@ -429,7 +431,8 @@ def _bar(progress: bool) -> Any:
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
-    return tqdm(unit=" graphs", desc="publish", file=sys.stderr, mininterval=0.5 if tty else 10.0)
+    every = 0.5 if tty else 10.0
+    return tqdm(total=total, unit=" graphs", desc="publish", file=sys.stderr, mininterval=every)
 
 
 def _send_all(
@@ -443,6 +446,8 @@ def _send_all(
 ) -> None:
     """Send the graphs over ``jobs`` threads, at most ``2 * jobs`` graphs held at once."""
     lock = threading.Lock()
+    in_a_row = [0]  # graphs that failed one after the other
+    give_up = max(5, 2 * jobs)
 
     def one(iri: str | None, body: bytes, count: int, digest: str) -> None:
         name = iri or "(default graph)"
@@ -451,9 +456,19 @@ def _send_all(
             if error is None:
                 report.sent.append((name, count))
                 done[name] = digest
+                in_a_row[0] = 0
             else:
                 report.failed.append((name, error))
                 done.pop(name, None)
+                in_a_row[0] += 1
+                if in_a_row[0] == give_up and not sender.stop.is_set():
+                    # the store went away (or refuses everything): retrying every one of
+                    # thousands of graphs would take hours
+                    sender.stop.set()
+                    report.note = (
+                        f"stopped after {give_up} graphs in a row failed; the graphs after them were "
+                        "not sent: run again to send what failed and the rest"
+                    )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(triples=report.triples, retries=sender.retry_count, failed=len(report.failed))

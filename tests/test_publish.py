@@ -215,3 +215,17 @@ def test_local_base_iris_are_refused_unless_allowed(
         assert stub.requests == []
     assert main(["publish", str(src), "--endpoint", stub.url, "--quiet", "--allow-local-base"]) == 0
     assert list(stub.graphs) == ["http://[::1]:8000/kg/a"]
+
+
+def test_a_store_that_fails_everything_stops_the_run(stub: StubStore, tmp_path: Path) -> None:
+    """After 5 graphs in a row failed, the rest are not tried (each would take its retries);
+    the rerun sends what failed and the rest."""
+    src = write_trig(tmp_path / "kg.trig", {f"g{i:02d}": 1 for i in range(30)})
+    stub.faults = {f"{BASE}g{i:02d}": ["500"] for i in range(5, 30)}
+    report = publish(src, stub.url, retries=0, jobs=1)
+    assert len(report.sent) == 5 and len(stub.requests) == 10
+    assert "stopped after 5 graphs in a row failed" in report.summary()
+    stub.faults.clear()
+    stub.requests.clear()
+    again = publish(src, stub.url, retries=0, jobs=1)
+    assert len(again.sent) == 25 and len(again.unchanged) == 5 and len(stub.graphs) == 30
