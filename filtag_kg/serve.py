@@ -503,17 +503,20 @@ class App:
     def _make_index(self) -> tuple[str, list[tuple[str, str]], bytes]:
         from .rdf.vocab import FK
 
-        variables, rows = self.run_query(
-            "SELECT ?type (COUNT(DISTINCT ?s) AS ?n) WHERE { ?s a ?type } GROUP BY ?type ORDER BY DESC(?n)",
-            page=True,
-        )
+        try:
+            query = "SELECT ?type (COUNT(DISTINCT ?s) AS ?n) { ?s a ?type } GROUP BY ?type ORDER BY DESC(?n)"
+            variables, rows = self.run_query(query, page=True)
+        except _Reply as failed:  # kept like a result: asking again would only take as long again
+            rows, note = [], f"<tr><td colspan=2>not counted: {html.escape(failed.text)}</td></tr>"
+        else:
+            note = ""
         # types with the same instance count (fk:Concept and skos:Concept, say) share a row,
         # so no count is listed twice
         by_count: dict[str, list[str]] = {}
         for r in rows:
             by_count.setdefault(r["n"]["value"], []).append(r["type"]["value"])
-        counts = "".join(
-            f"<tr><td>{', '.join(self._link(t) for t in types)}</td><td>{n}</td></tr>"
+        counts = note + "".join(
+            f"<tr><td>{', '.join(self._link(t) for t in types)}</td><td>{html.escape(n)}</td></tr>"
             for n, types in list(by_count.items())[:40]
         )
         models = self.run_query(

@@ -483,6 +483,31 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
         app.close()
 
 
+def test_index_page_whose_counts_time_out_is_kept_too(run_dir: Path) -> None:
+    """At tens of millions of quads the type counts can pass the time limit: the page says
+    so and is kept, so asking again does not hold a page worker for that long again."""
+    from filtag_kg.serve import Options, _Reply, make_app
+
+    app = make_app(load_store(run_dir, "store-index-slow"), Options(base_iri=BASE), workers=1)
+    ran: list[str] = []
+    real_run = app.page_pool.run
+
+    def slow_counts(text: str, *args: object) -> object:
+        ran.append(text)
+        if "COUNT" in text:
+            raise _Reply("503 Service Unavailable", "query exceeded the 10 s time limit")
+        return real_run(text, *args)
+
+    app.page_pool.run = slow_counts  # type: ignore[method-assign]
+    try:
+        environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
+        status, _, page = app.route(dict(environ))
+        assert status.startswith("200") and b"not counted: query exceeded the 10 s time limit" in page
+        assert b"Models" in page and app.route(dict(environ))[2] == page and len(ran) == 2
+    finally:
+        app.close()
+
+
 # -- on the open web: no outbound requests, well-formed results, fairness -----------------
 
 
