@@ -668,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed. "
         "What arrived is recorded beside the source (RUN_DIR/published.json, FILE.published.json), "
         "so a rerun sends only what failed or changed.",
-        epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store\n"
+        epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store "
+        "--base-iri https://example.org/kg/\n"
         "  filtag-kg publish kg.nq --endpoint http://host:3030/ds/data --auth admin:secret",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
