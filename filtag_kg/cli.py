@@ -343,13 +343,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = Options(
         base_iri=args.base_iri, timeout_s=args.timeout, max_results=args.max_results,
         dumps=tuple(Path(d) for d in args.dumps), ontology=ontology,
+        allow_service=tuple(args.allow_service), license=args.license, workers=args.workers,
     )
     missing = [d for d in options.dumps if not d.is_file()]
     if missing:
         raise FiltagError(f"dump file {missing[0]} does not exist")
 
     def ready(url: str) -> None:
-        print(f"serving {args.store} at {url} (base IRI {args.base_iri}); Ctrl-C stops", flush=True)
+        print(f"serving {args.store} at {url} (base IRI {options.base_iri}); Ctrl-C stops", flush=True)
 
     serve(args.store, host=args.host, port=args.port, options=options, ready=ready)
     return 0
@@ -360,7 +361,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import publish
 
     report = publish(args.source, args.endpoint, auth=args.auth, base_iri=args.base_iri,
-                     progress=None if args.quiet else print)
+                     progress=not args.quiet, jobs=args.jobs, resend=args.force,
+                     allow_local_base=args.allow_local_base)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -644,20 +646,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, metavar="DIR", help="an Oxigraph store folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
-    p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
-                   help="the IRIs the data was exported with; their path is where resources are served")
+    p.add_argument("--base-iri", default=None, metavar="IRI",
+                   help="the IRIs the data was exported with; their path is where resources are served "
+                   "(default: the void:uriSpace of the store's VoID, else " + DEFAULT_BASE_IRI + ")")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="query time limit (default 10 s)")
     p.add_argument("--max-results", type=int, default=100_000, metavar="N",
                    help="result size limit (default 100000 rows or triples)")
     p.add_argument("--dumps", nargs="*", default=[], metavar="FILE", help="export files offered for download")
+    p.add_argument("--allow-service", action="append", default=[], metavar="URL",
+                   help="a SPARQL endpoint queries may call with SERVICE (repeatable); any other SERVICE "
+                   "is refused, so no query makes the server fetch a URL")
+    p.add_argument("--license", metavar="IRI", help="the data's license, stated in /.well-known/void")
+    p.add_argument("--workers", type=int, default=6, metavar="N",
+                   help="query processes (default 6; at most 4 of them run slow queries at once)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "publish", help="push a run's graphs to any SPARQL 1.1 Graph Store (Fuseki, GraphDB, ...)",
         description="Send every named graph of a run folder or RDF file to a Graph Store HTTP "
         "Protocol endpoint with PUT ?graph=IRI, which replaces the graph: publishing again never "
-        "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed.",
-        epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store\n"
+        "duplicates. Failed graphs are retried, then reported; the exit code is 1 if any failed. "
+        "What arrived is recorded beside the source (RUN_DIR/published.json, FILE.published.json), "
+        "so a rerun sends only what failed or changed.",
+        epilog="examples:\n  filtag-kg publish runs/vgg16 --endpoint http://127.0.0.1:7878/store "
+        "--base-iri https://example.org/kg/\n"
         "  filtag-kg publish kg.nq --endpoint http://host:3030/ds/data --auth admin:secret",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -665,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", required=True, metavar="URL", help="the Graph Store Protocol URL")
     p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic credentials")
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI", help="when exporting a run folder")
-    p.add_argument("--quiet", action="store_true", help="only the summary")
+    p.add_argument("--quiet", action="store_true", help="only the summary, no progress bar")
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="parallel connections (1-32, default 4)")
+    p.add_argument("--force", action="store_true",
+                   help="resend graphs that arrived unchanged before (see SOURCE.published.json)")
+    p.add_argument("--allow-local-base", action="store_true",
+                   help="publish IRIs on localhost or a loopback address (refused by default)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(

@@ -5,16 +5,24 @@ served by waitress (a well-kept pure-Python WSGI server; no HTTP parsing of
 our own). It answers
 
 * ``/sparql``: the SPARQL 1.1 Protocol (GET and POST), results as JSON, XML,
-  CSV or TSV, CONSTRUCT/DESCRIBE graphs as Turtle, N-Triples or JSON-LD, with
-  a time limit (503) and a result size limit (413); updates are refused (403);
-* every resource IRI under the base IRI, with content negotiation: an HTML page
-  for people, Turtle, JSON-LD or N-Triples for programs (always answered
-  directly, with ``Vary: Accept``, never by redirect);
-* ``/.well-known/void`` (the VoID description), ``/dumps/`` (the export files
-  given with ``--dumps``) and ``/ontology`` (the ontology document).
+  CSV or TSV, CONSTRUCT/DESCRIBE graphs as Turtle, N-Triples, JSON-LD,
+  RDF/XML, TriG or N-Quads, with a time limit (503) and a result size limit
+  (413); updates are refused (403), and so is ``SERVICE`` (400) unless the
+  operator allowed that endpoint: no query makes the server fetch a URL;
+* every resource IRI under the base IRI with ``303 See Other`` to a document
+  about it, chosen by the Accept header: ``R.html`` for people, ``R.ttl``,
+  ``R.jsonld``, ``R.nt`` or ``R.rdf`` for programs (the W3C "Cool URIs" 303
+  pattern: a filter is not a document, its description is);
+* ``/.well-known/void`` (the VoID description, with the endpoint, dumps,
+  license, ontology version and provenance), ``/dumps/`` (the export files given with
+  ``--dumps``) and ``/ontology``, each in Turtle, N-Triples, JSON-LD or RDF/XML.
 
-Anything that would change data (PUT, DELETE, PATCH, POST outside ``/sparql``,
-SPARQL Update) is refused; malformed requests get 4xx answers.
+Queries run in worker processes. The server's own page queries have their
+own workers, and a query that runs past ``fast_s`` counts as slow: at most
+``max_slow`` slow queries hold workers at once, so cheap queries and pages keep
+answering while slow ones run. Anything that would change data (PUT, DELETE,
+PATCH, POST outside ``/sparql``, SPARQL Update) is refused; malformed requests
+get 4xx answers; every answer carries ``Access-Control-Allow-Origin: *``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import html
 import io
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,14 +52,23 @@ GRAPH_TYPES = {
     "text/turtle": "TURTLE",
     "application/n-triples": "N_TRIPLES",
     "application/ld+json": "JSON_LD",
+    "application/rdf+xml": "RDF_XML",
+    "application/trig": "TRIG",
+    "application/n-quads": "N_QUADS",
 }
-RDF_SUFFIX = {".ttl": "text/turtle", ".nt": "application/n-triples", ".jsonld": "application/ld+json"}
+# the documents describing a resource R: R.html, R.ttl, ... (the targets of its 303)
+DOC_SUFFIX = {
+    ".html": "text/html",
+    ".ttl": "text/turtle",
+    ".nt": "application/n-triples",
+    ".jsonld": "application/ld+json",
+    ".rdf": "application/rdf+xml",
+}
+RDF_SUFFIX = {k: v for k, v in DOC_SUFFIX.items() if k != ".html"}
+# documents (VoID, ontology) come in these formats
+DOC_TYPES = ["text/turtle", "application/n-triples", "application/ld+json", "application/rdf+xml"]
 MAX_QUERY_BYTES = 100_000
-RDFS_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
-SKOS_PREF = "http://www.w3.org/2004/02/skos/core#prefLabel"
-RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
-VOID_DATASET = "http://rdfs.org/ns/void#Dataset"
-FK = "https://w3id.org/filtag-kg/ontology#"
+CORS = [("Access-Control-Allow-Origin", "*")]
 
 
 class ServeError(FiltagError):
@@ -62,18 +80,33 @@ class Options:
     """Server settings.
 
     Attributes:
-        base_iri: the IRIs this server answers for (its path part is the mount point).
+        base_iri: the IRIs this server answers for (its path part is the mount point);
+            ``None``: the ``void:uriSpace`` of the store's VoID description.
         timeout_s: a query running longer is answered with 503.
         max_results: a query with more solutions or triples is answered with 413.
         dumps: export files offered for download under ``/dumps/``.
         ontology: the ontology document served at ``/ontology``.
+        allow_service: SPARQL endpoints a query may call with ``SERVICE``; any other
+            ``SERVICE`` is refused (400), so a query never makes the server fetch a URL.
+        license: IRI of the data's license, stated in the VoID description.
+        workers: processes running SPARQL queries from clients.
+        max_slow: how many of them may run slow queries (past ``fast_s``) at once; a
+            further slow query is stopped with 503, so the others stay free for cheap ones.
+        fast_s: how long a query may run before it counts as slow.
+        page_workers: processes running the server's own page queries.
     """
 
-    base_iri: str
+    base_iri: str | None
     timeout_s: float = 10.0
     max_results: int = 100_000
     dumps: tuple[Path, ...] = ()
     ontology: Path | None = None
+    allow_service: tuple[str, ...] = ()
+    license: str | None = None
+    workers: int = 6
+    max_slow: int = 4
+    fast_s: float = 1.0
+    page_workers: int = 2
 
 
 class _Reply(Exception):
@@ -119,16 +152,29 @@ def _negotiate(accept: str, offered: Iterable[str], default: str) -> str | None:
 class App:
     """The WSGI application (one per store)."""
 
-    def __init__(self, store: Any, options: Options, store_path: str, workers: int = 4) -> None:
+    def __init__(self, store: Any, options: Options, store_path: str, workers: int | None = None) -> None:
         self.store = store
         self.opts = options
-        parsed = urllib.parse.urlsplit(options.base_iri)
+        parsed = urllib.parse.urlsplit(options.base_iri or "")
         self.mount = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
-        self.pool = _QueryPool(store_path, workers, options.timeout_s, options.max_results)
+        size = workers if workers is not None else options.workers
+        self.pool = _QueryPool(
+            store_path, size, options.timeout_s, options.max_results,
+            max_slow=max(1, min(options.max_slow, size - 1)), fast_s=options.fast_s,
+        )
+        # the server's own page queries never wait behind clients' queries
+        self.page_pool = _QueryPool(
+            store_path, max(1, min(options.page_workers, size)), options.timeout_s, options.max_results
+        )
         self._tag_graphs: list[str] | None | bool = False  # not looked up yet
         self._index_page: tuple[str, list[tuple[str, str]], bytes] | None = None
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
+
+    def close(self) -> None:
+        """Stop the query worker processes."""
+        self.pool.close()
+        self.page_pool.close()
 
     def tag_graphs(self) -> list[str] | None:
         """The default graph of ``Graphs: tags`` library queries, as IRIs (``""``: the
@@ -161,13 +207,20 @@ class App:
                 [("Content-Type", "text/plain")],
                 (f"internal error: {type(exc).__name__}\n".encode()),
             )
-        headers.append(("Content-Length", str(len(body))))
+        headers = [*headers, *CORS, ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
     def route(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/") or "/"
+        if method == "OPTIONS":  # CORS preflight: browsers ask before a POST with a body
+            return "204 No Content", [
+                ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", "Accept, Content-Type"),
+                ("Access-Control-Max-Age", "86400"),
+                ("Allow", "GET, HEAD, POST, OPTIONS"),
+            ], b""
         if path in ("/sparql", self.mount + "sparql"):
             if method not in ("GET", "HEAD", "POST"):
                 raise _Reply("405 Method Not Allowed", "use GET or POST", [("Allow", "GET, HEAD, POST")])
@@ -176,17 +229,21 @@ class App:
             raise _Reply("405 Method Not Allowed", "this server is read-only", [("Allow", "GET, HEAD")])
         if path in ("/.well-known/void", self.mount + ".well-known/void"):
             return self.void(environ)
-        if path == "/ontology":
+        if path in ("/ontology", self.mount + "ontology"):
             return self.ontology(environ)
-        if path.startswith("/dumps/") or path == "/dumps":
-            return self.dumps(path)
+        for prefix in ("/dumps", self.mount + "dumps"):
+            if path == prefix or path.startswith(prefix + "/"):
+                return self.dumps(path[len(prefix) + 1 :])
         if path == "/" or path == self.mount:
             return self.index(environ)
         if path.startswith(self.mount):
             return self.resource(environ, path)
         raise _Reply("404 Not Found", f"nothing at {path}")
 
-    def run_query(self, text: str, default: list[str] | None = None, named: list[str] | None = None) -> Any:
+    def run_query(
+        self, text: str, default: list[str] | None = None, named: list[str] | None = None,
+        *, page: bool = False,
+    ) -> Any:
         """Run a query in a worker process, within the time and size limits.
 
         Args:
@@ -194,13 +251,14 @@ class App:
             default: IRIs of the graphs whose union is the default graph (``""`` names
                 the store's default graph); ``None``: the union of all graphs.
             named: IRIs of the named graphs the query may use; ``None``: all of them.
+            page: a query of the server's own pages (runs in the page workers).
 
         Returns:
             ``True``/``False`` (ASK), ``(variables, rows)`` (SELECT; each row maps a
             variable to a term dict of the SPARQL JSON results format, plus ``"nt"``,
             its N-Triples syntax) or ``(None, ntriples_bytes)`` (CONSTRUCT/DESCRIBE).
         """
-        kind, payload = self.pool.run(text, default, named)
+        kind, payload = (self.page_pool if page else self.pool).run(text, default, named)
         if kind == "syntax":
             raise _Reply("400 Bad Request", f"query syntax error: {payload}")
         if kind == "too-large":
@@ -245,7 +303,6 @@ class App:
         return queries[0], params
 
     def sparql(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-
         text, params = self._query_text(environ)
         if text is None:
             return self._page(
@@ -253,6 +310,15 @@ class App:
             )
         if _first_keyword(text) in UPDATE_KEYWORDS:
             raise _Reply("403 Forbidden", "SPARQL Update is refused: this endpoint is read-only")
+        for endpoint in service_endpoints(text):
+            if endpoint not in self.opts.allow_service:
+                raise _Reply(
+                    "400 Bad Request",
+                    f"SERVICE {'<' + endpoint + '>' if endpoint else '(not a full IRI)'} is refused: this "
+                    "endpoint does not query other servers"
+                    + (f" except {', '.join(self.opts.allow_service)}" if self.opts.allow_service else "")
+                    + " (the operator may allow endpoints with --allow-service URL)",
+                )
         # the protocol's dataset parameters: without them the default graph is the union
         # of all graphs; with them, the graphs named (as the SPARQL 1.1 protocol says)
         default = _graph_iris(params.get("default-graph-uri"))
@@ -275,9 +341,8 @@ class App:
         return "200 OK", [("Content-Type", f"{mtype}; charset=utf-8"), ("Vary", "Accept")], body
 
     # -- Linked Data ----------------------------------------------------------------------
-    def resource(self, environ: dict[str, Any], path: str) -> tuple[str, list[tuple[str, str]], bytes]:
-        import pyoxigraph as ox
-
+    def _iri_of(self, environ: dict[str, Any], path: str) -> str:
+        """The IRI a request path under the mount point stands for (percent-escapes kept)."""
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or urllib.parse.quote(path)
         raw = raw.split("?", 1)[0]
         if not raw.startswith(self.mount):
@@ -285,34 +350,47 @@ class App:
         tail = raw[len(self.mount) :]
         if any(seg in ("..", ".") for seg in urllib.parse.unquote(tail).split("/")):
             raise _Reply("404 Not Found", "no such resource")
-        iri = (
-            self.opts.base_iri.rstrip("/") + "/" + tail
-            if not self.opts.base_iri.endswith("/")
-            else self.opts.base_iri + tail
-        )
-        suffix = next((s for s in RDF_SUFFIX if iri.endswith(s)), None)
-        forced = None
-        if suffix and not self._exists(iri):
-            iri, forced = iri[: -len(suffix)], RDF_SUFFIX[suffix]
-        try:
-            node = ox.NamedNode(iri)
-        except ValueError:
-            raise _Reply("404 Not Found", "no such resource") from None
+        base = self.opts.base_iri or ""
+        return base + tail if base.endswith("/") else base.rstrip("/") + "/" + tail
+
+    def resource(self, environ: dict[str, Any], path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        """A resource IRI answers ``303 See Other`` to the document about it that the
+        Accept header prefers (``R.html``, ``R.ttl``, ``R.jsonld``, ``R.nt``, ``R.rdf``);
+        a document IRI answers 200 with the description in its format."""
+        import pyoxigraph as ox
+
+        iri = self._iri_of(environ, path)
         if not self._exists(iri):
-            raise _Reply("404 Not Found", f"no resource {iri}")
-        mtype = forced or _negotiate(environ.get("HTTP_ACCEPT", ""), ["text/html", *GRAPH_TYPES], "text/html")
+            suffix = next((s for s in DOC_SUFFIX if iri.endswith(s)), None)
+            if suffix is None or not self._exists(iri[: -len(suffix)]):
+                raise _Reply("404 Not Found", f"no resource {iri}")
+            subject, mtype = iri[: -len(suffix)], DOC_SUFFIX[suffix]
+            triples = self._describe(ox.NamedNode(subject))
+            headers = [
+                ("Content-Type", f"{mtype}; charset=utf-8"),
+                ("Link", f'<{_header_iri(subject)}>; rel="about"'),
+            ]
+            if mtype == "text/html":
+                return "200 OK", headers, self._resource_page(subject, triples)
+            return "200 OK", headers, _serialize_triples(triples, GRAPH_TYPES[mtype])
+        mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_SUFFIX.values(), "text/html")
         if mtype is None:
-            raise _Reply("406 Not Acceptable", "resources come as text/html, " + ", ".join(GRAPH_TYPES))
-        triples = self._describe(node)
-        headers = [("Vary", "Accept"), ("Content-Type", f"{mtype}; charset=utf-8")]
-        if mtype == "text/html":
-            return "200 OK", headers, self._resource_page(iri, triples)
-        return "200 OK", headers, _serialize_triples(triples, GRAPH_TYPES[mtype])
+            raise _Reply("406 Not Acceptable", "resources are described as " + ", ".join(DOC_SUFFIX.values()))
+        suffix = next(s for s, m in DOC_SUFFIX.items() if m == mtype)
+        location = _header_iri(self._local(iri) or iri) + suffix
+        return "303 See Other", [
+            ("Location", location),
+            ("Vary", "Accept"),
+            ("Content-Type", "text/plain; charset=utf-8"),
+        ], f"{iri} is described by {location}\n".encode()
 
     def _exists(self, iri: str) -> bool:
         import pyoxigraph as ox
 
-        node = ox.NamedNode(iri)
+        try:
+            node = ox.NamedNode(iri)
+        except ValueError:
+            return False
         return (
             next(iter(self.store.quads_for_pattern(node, None, None, None)), None) is not None
             or next(iter(self.store.quads_for_pattern(None, None, node, None)), None) is not None
@@ -329,10 +407,9 @@ class App:
         return _distinct_triples(*quads)
 
     def void(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        mtype = (
-            _negotiate(environ.get("HTTP_ACCEPT", ""), ["text/turtle", *GRAPH_TYPES], "text/turtle")
-            or "text/turtle"
-        )
+        mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_TYPES, "text/turtle")
+        if mtype is None:
+            raise _Reply("406 Not Acceptable", "the VoID description comes as " + ", ".join(DOC_TYPES))
         return (
             "200 OK",
             [("Content-Type", f"{mtype}; charset=utf-8"), ("Vary", "Accept")],
@@ -342,26 +419,56 @@ class App:
     def _void_triples(self) -> list[Any]:
         """The statements about every ``void:Dataset`` (the export's dataset description),
         looked up by subject in the indexes (a filter over all quads took 50 s at 2 million
-        quads) and kept, since the store is read-only."""
+        quads) and kept, since the store is read-only; the datasets with a ``void:uriSpace``
+        (the exports) get what only the server knows: its SPARQL endpoint, the dumps it
+        offers, the license it was given, and the software that serves them."""
         if self._void is None:
             import pyoxigraph as ox
 
-            typed = self.store.quads_for_pattern(None, ox.NamedNode(RDF_TYPE), ox.NamedNode(VOID_DATASET))
+            from .rdf.vocab import DCTERMS, ONTOLOGY_VERSION_IRI, PROV, RDF, VOID
+
+            N = ox.NamedNode
+            typed = self.store.quads_for_pattern(None, N(str(RDF.type)), N(str(VOID.Dataset)))
             datasets = sorted({q.subject for q in typed}, key=str)
-            self._void = _distinct_triples(*(self.store.quads_for_pattern(d, None, None) for d in datasets))
+            triples = _distinct_triples(*(self.store.quads_for_pattern(d, None, None) for d in datasets))
+            base = self.opts.base_iri or ""
+            origin = base[: len(base) - len(urllib.parse.urlsplit(base).path)] if base else ""
+            here = origin + self.mount
+            extra = []
+            for d in {t.subject for t in triples if t.predicate.value == str(VOID.uriSpace)}:
+                extra.append(ox.Triple(d, N(str(VOID.sparqlEndpoint)), N(here + "sparql")))
+                for dump in self.opts.dumps:
+                    url = here + "dumps/" + urllib.parse.quote(dump.name)
+                    extra.append(ox.Triple(d, N(str(VOID.dataDump)), N(url)))
+                if self.opts.license:
+                    extra.append(ox.Triple(d, N(str(DCTERMS.license)), N(self.opts.license)))
+                # version and provenance: the ontology version the data follows, the run
+                # (a prov:Activity) that computed it
+                extra.append(ox.Triple(d, N(str(DCTERMS.conformsTo)), N(ONTOLOGY_VERSION_IRI)))
+                for root in self.store.quads_for_pattern(d, N(str(VOID.rootResource)), None):
+                    extra.append(ox.Triple(d, N(str(PROV.wasGeneratedBy)), root.object))
+            self._void = triples + sorted(set(extra), key=str)
         return self._void
 
     def ontology(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        import pyoxigraph as ox
+
         if self.opts.ontology is None or not self.opts.ontology.is_file():
             raise _Reply("404 Not Found", "no ontology document configured")
-        return "200 OK", [("Content-Type", "text/turtle; charset=utf-8")], self.opts.ontology.read_bytes()
+        mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_TYPES, "text/turtle")
+        if mtype is None:
+            raise _Reply("406 Not Acceptable", "the ontology comes as " + ", ".join(DOC_TYPES))
+        headers = [("Content-Type", f"{mtype}; charset=utf-8"), ("Vary", "Accept")]
+        if mtype == "text/turtle":  # the document as written, comments and all
+            return "200 OK", headers, self.opts.ontology.read_bytes()
+        triples = ox.parse(path=str(self.opts.ontology), format=ox.RdfFormat.TURTLE)
+        return "200 OK", headers, _serialize_triples(triples, GRAPH_TYPES[mtype])
 
-    def dumps(self, path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    def dumps(self, name: str) -> tuple[str, list[tuple[str, str]], bytes]:
         by_name = {p.name: p for p in self.opts.dumps}
-        name = path[len("/dumps/") :] if path.startswith("/dumps/") else ""
         if not name:
             items = "".join(
-                f'<li><a href="/dumps/{urllib.parse.quote(n)}">{html.escape(n)}</a> '
+                f'<li><a href="{html.escape(self.mount)}dumps/{urllib.parse.quote(n)}">{html.escape(n)}</a> '
                 f"({p.stat().st_size:,} bytes)</li>"
                 for n, p in sorted(by_name.items())
             )
@@ -394,37 +501,54 @@ class App:
         return self._index_page
 
     def _make_index(self) -> tuple[str, list[tuple[str, str]], bytes]:
-        variables, rows = self.run_query(
-            "SELECT ?type (COUNT(DISTINCT ?s) AS ?n) WHERE { ?s a ?type } GROUP BY ?type ORDER BY DESC(?n)"
+        from .rdf.vocab import FK
+
+        try:
+            query = "SELECT ?type (COUNT(DISTINCT ?s) AS ?n) { ?s a ?type } GROUP BY ?type ORDER BY DESC(?n)"
+            variables, rows = self.run_query(query, page=True)
+        except _Reply as failed:  # kept like a result: asking again would only take as long again
+            rows, note = [], f"<tr><td colspan=2>not counted: {html.escape(failed.text)}</td></tr>"
+        else:
+            note = ""
+        # types with the same instance count (fk:Concept and skos:Concept, say) share a row,
+        # so no count is listed twice
+        by_count: dict[str, list[str]] = {}
+        for r in rows:
+            by_count.setdefault(r["n"]["value"], []).append(r["type"]["value"])
+        counts = note + "".join(
+            f"<tr><td>{', '.join(self._link(t) for t in types)}</td><td>{html.escape(n)}</td></tr>"
+            for n, types in list(by_count.items())[:40]
         )
-        counts = "".join(
-            f"<tr><td>{self._link(r['type']['value'])}</td><td>{r['n']['value']}</td></tr>" for r in rows[:40]
-        )
-        models = self.run_query(f"SELECT DISTINCT ?m WHERE {{ ?m a <{FK}Model> }} ORDER BY ?m LIMIT 50")[1]
+        models = self.run_query(
+            f"SELECT DISTINCT ?m WHERE {{ ?m a <{FK.Model}> }} ORDER BY ?m LIMIT 50", page=True
+        )[1]
+        m = html.escape(self.mount)
         body = (
-            f"<p>Base IRI <code>{html.escape(self.opts.base_iri)}</code>. "
-            f'Query with <a href="{html.escape(self.mount)}sparql">SPARQL</a>; '
-            'dataset description: <a href="/.well-known/void">VoID</a>; '
-            '<a href="/dumps/">downloads</a>; <a href="/ontology">ontology</a>.</p>'
+            f"<p>Base IRI <code>{html.escape(self.opts.base_iri or '')}</code>. "
+            f'Query with <a href="{m}sparql">SPARQL</a>; '
+            f'dataset description: <a href="{m}.well-known/void">VoID</a>; '
+            f'<a href="{m}dumps/">downloads</a>; <a href="{m}ontology">ontology</a>.</p>'
             "<h2>Models</h2><ul>"
             + "".join(f"<li>{self._link(r['m']['value'])}</li>" for r in models)
             + "</ul>"
-            f"<h2>Resources by type</h2><table><tr><th>type</th><th>count</th></tr>{counts}</table>"
+            f"<h2>Resources by type</h2><table><tr><th>types</th><th>count</th></tr>{counts}</table>"
         )
         return self._page("filtag-kg knowledge graph", body)
 
     def _local(self, iri: str) -> str | None:
-        base = self.opts.base_iri
-        if iri.startswith(base):
+        base = self.opts.base_iri or ""
+        if base and iri.startswith(base):
             return self.mount + iri[len(base) :]
         return None
 
     def _label(self, iri: str) -> str:
         import pyoxigraph as ox
 
+        from .rdf.vocab import RDFS, SKOS
+
         node = ox.NamedNode(iri)
-        for pred in (SKOS_PREF, RDFS_LABEL):
-            for q in self.store.quads_for_pattern(node, ox.NamedNode(pred), None, None):
+        for pred in (SKOS.prefLabel, RDFS.label):
+            for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None):
                 return q.object.value
         return iri.rsplit("/", 1)[-1].rsplit("#", 1)[-1] or iri
 
@@ -464,7 +588,7 @@ class App:
             f"<td>{self._term(t.object)}</td></tr>"
             for t in rest[:500]
         )
-        local = self._local(iri) or ""
+        local = _header_iri(self._local(iri) or "")
         alt = " ".join(f'<a href="{html.escape(local + s)}">{s[1:]}</a>' for s in RDF_SUFFIX)
         body = (
             f"<p><code>{html.escape(iri)}</code> — as {alt}</p>"
@@ -480,27 +604,21 @@ class App:
         page (the filters that represent it, counting hyponyms), from the query library."""
         import pyoxigraph as ox
 
-        types = {t.object.value for t in own if t.predicate.value == RDF_TYPE}
+        from .rdf.vocab import FK, RDF
+
+        types = {t.object.value for t in own if t.predicate.value == str(RDF.type)}
         value = {t.predicate.value: t.object for t in own}
-        if FK + "Filter" in types and FK + "filterIndex" in value and FK + "inLayer" in value:
-            layer = next(
-                iter(
-                    self.store.quads_for_pattern(
-                        value[FK + "inLayer"], ox.NamedNode(FK + "layerName"), None, None
-                    )
-                ),
-                None,
-            )
+        index, in_layer, wnid = str(FK.filterIndex), str(FK.inLayer), str(FK.wnid)
+        if str(FK.Filter) in types and index in value and in_layer in value:
+            names = self.store.quads_for_pattern(value[in_layer], ox.NamedNode(str(FK.layerName)), None, None)
+            layer = next(iter(names), None)
             if layer is None:
                 return ""
-            bound = {"layer": layer.object, "filter": value[FK + "filterIndex"]}
+            bound = {"layer": layer.object, "filter": value[index]}
             return self._query_table("Tags and abstract tags", "concepts-of-filter", bound)
-        if (FK + "Concept" in types or FK + "Synset" in types) and FK + "wnid" in value:
-            return self._query_table(
-                "Filters that represent it (counting hyponyms)",
-                "filters-for-concept",
-                {"concept": value[FK + "wnid"]},
-            )
+        if (str(FK.Concept) in types or str(FK.Synset) in types) and wnid in value:
+            title = "Filters that represent it (counting hyponyms)"
+            return self._query_table(title, "filters-for-concept", {"concept": value[wnid]})
         return ""
 
     def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:
@@ -513,7 +631,9 @@ class App:
         text = _with_values(info.text, bound)
         try:
             # a query that reads only tags runs over the tag graphs, as the library runs it
-            variables, rows = self.run_query(text, self.tag_graphs() if info.graphs == "tags" else None)
+            variables, rows = self.run_query(
+                text, self.tag_graphs() if info.graphs == "tags" else None, page=True
+            )
         except _Reply as r:
             return f"<h2>{html.escape(title)}</h2><p>{html.escape(r.text)}</p>"
         if not rows:
@@ -561,8 +681,6 @@ UPDATE_KEYWORDS = {"INSERT", "DELETE", "LOAD", "CLEAR", "DROP", "CREATE", "COPY"
 def _first_keyword(text: str) -> str:
     """The first keyword after the prologue (PREFIX/BASE declarations and comments),
     upper-cased: tells a query (SELECT, ASK, ...) from an update (INSERT, DROP, ...)."""
-    import re
-
     text = re.sub(r"(?m)#[^\n<>\"']*$", "", text)  # comments (not inside IRIs or strings)
     prologue = re.compile(r"\s*(?:PREFIX\s+[^:\s]*:\s*<[^>]*>|BASE\s*<[^>]*>)", re.IGNORECASE)
     pos = 0
@@ -570,6 +688,60 @@ def _first_keyword(text: str) -> str:
         pos = m.end()
     word = re.match(r"\s*([A-Za-z]+)", text[pos:])
     return word.group(1).upper() if word else ""
+
+
+_LEXEME = re.compile(
+    r"""(?P<comment>\#[^\n\r]*)"""
+    r"""|(?P<string>'{3}(?:[^'\\]|\\.|'(?!''))*'{3}|"{3}(?:[^"\\]|\\.|"(?!""))*"{3}"""
+    r"""|'(?:[^'\\\n\r]|\\.)*'|"(?:[^"\\\n\r]|\\.)*")"""
+    r"""|(?P<iri><[^<>"{}|^`\\\x00-\x20]*>)"""
+    r"""|(?P<word>[?$]?\w+)"""
+    r"""|(?P<other>\S)""",
+    re.DOTALL,
+)
+
+
+def service_endpoints(text: str) -> list[str | None]:
+    """The endpoints of every ``SERVICE`` in a query: the IRI written in full (``<...>``),
+    or ``None`` for a variable or prefixed name (which the server cannot vet).
+
+    A lexer, not a parser: strings, IRIs and comments are skipped, so ``"SERVICE"`` in a
+    literal does not count, while the keyword in any case, glued to its neighbours
+    (``}SERVICE<x>{``) or written with ``\\u`` escapes counts. It errs on the safe side:
+    a prefixed name whose local part is exactly ``service`` counts as well.
+    """
+    found: list[str | None] = []
+    for variant in {text, _unescape_codepoints(text)}:
+        tokens = [(m.lastgroup, m.group()) for m in _LEXEME.finditer(variant)]
+        tokens = [t for t in tokens if t[0] != "comment"]
+        for i, (kind, value) in enumerate(tokens):
+            if kind != "word" or value.upper() != "SERVICE":
+                continue
+            rest = tokens[i + 1 : i + 3]
+            if rest and rest[0][0] == "word" and rest[0][1].upper() == "SILENT":
+                rest = rest[1:]
+            if rest and rest[0][0] == "iri":
+                found.append(rest[0][1][1:-1])
+            else:
+                found.append(None)
+    return found
+
+
+def _unescape_codepoints(text: str) -> str:
+    """``\\uXXXX`` and ``\\UXXXXXXXX`` escapes replaced by their characters (SPARQL 1.1
+    allows them anywhere in a query, though Oxigraph does not read them today)."""
+
+    def char(m: re.Match[str]) -> str:
+        code = int(m.group(1) or m.group(2), 16)
+        return chr(code) if code < 0x110000 and not 0xD800 <= code < 0xE000 else m.group()
+
+    return re.sub(r"\\u([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})", char, text)
+
+
+def _header_iri(iri: str) -> str:
+    """An IRI or path as a URI fit for an HTTP header: non-ASCII and unsafe characters
+    percent-encoded, existing escapes kept."""
+    return urllib.parse.quote(iri, safe="/:@!$&'()*+,;=-._~%?#[]")
 
 
 def _distinct_triples(*quad_sources: Iterable[Any]) -> list[Any]:
@@ -605,8 +777,6 @@ def _with_values(text: str, bound: dict[str, Any]) -> str:
     """The query with ``VALUES`` fixing some variables to RDF terms, right after its first
     ``WHERE {`` (comments removed first). Terms are written in their N-Triples syntax by
     pyoxigraph, so a value can never change the query's structure."""
-    import re
-
     lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     body = "\n".join(lines)
     m = re.search(r"WHERE\s*\{", body, re.IGNORECASE)
@@ -646,6 +816,19 @@ def _term_json(t: Any) -> dict[str, str]:
     return d
 
 
+# characters XML 1.0 cannot carry at all, not even as character references
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    """Text for XML 1.0 content or a quoted attribute: markup characters escaped, tab,
+    newline and carriage return as character references (so no parser normalises them
+    away), and the control characters XML 1.0 forbids replaced by U+FFFD (the format
+    has no way to carry them; the JSON, CSV and TSV results carry them exactly)."""
+    text = html.escape(_NOT_XML.sub("\ufffd", text), quote=True)
+    return text.replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
+
+
 def _solutions_results(variables: list[str], rows: list[dict[str, Any]], fmt: str) -> bytes:
     """SELECT results in the SPARQL 1.1 JSON, XML, CSV or TSV results format."""
     if fmt == "JSON":
@@ -657,7 +840,7 @@ def _solutions_results(variables: list[str], rows: list[dict[str, Any]], fmt: st
         ).encode()
     if fmt == "XML":
         out = ['<?xml version="1.0"?><sparql xmlns="http://www.w3.org/2005/sparql-results#"><head>']
-        out += [f'<variable name="{html.escape(v)}"/>' for v in variables]
+        out += [f'<variable name="{_xml(v)}"/>' for v in variables]
         out.append("</head><results>")
         for r in rows:
             out.append("<result>")
@@ -666,11 +849,11 @@ def _solutions_results(variables: list[str], rows: list[dict[str, Any]], fmt: st
                 if not j:
                     continue
                 if j["type"] == "literal":
-                    attrs = "".join(f' {k}="{html.escape(j[k])}"' for k in ("xml:lang", "datatype") if k in j)
-                    inner = f"<literal{attrs}>{html.escape(j['value'], quote=False)}</literal>"
+                    attrs = "".join(f' {k}="{_xml(j[k])}"' for k in ("xml:lang", "datatype") if k in j)
+                    inner = f"<literal{attrs}>{_xml(j['value'])}</literal>"
                 else:
-                    inner = f"<{j['type']}>{html.escape(j['value'], quote=False)}</{j['type']}>"
-                out.append(f'<binding name="{html.escape(v)}">{inner}</binding>')
+                    inner = f"<{j['type']}>{_xml(j['value'])}</{j['type']}>"
+                out.append(f'<binding name="{_xml(v)}">{inner}</binding>')
             out.append("</result>")
         out.append("</results></sparql>")
         return "".join(out).encode()
@@ -689,7 +872,7 @@ def _solutions_results(variables: list[str], rows: list[dict[str, Any]], fmt: st
 
 
 def _convert_ntriples(data: bytes, fmt: str) -> bytes:
-    """N-Triples from a worker, re-serialised as Turtle, N-Triples or JSON-LD."""
+    """N-Triples from a worker, re-serialised in one of :data:`GRAPH_TYPES`."""
     import pyoxigraph as ox
 
     if fmt == "N_TRIPLES":
@@ -753,14 +936,27 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
 
 
 class _QueryPool:
-    """Worker processes that run queries; one past the time limit is killed and replaced."""
+    """Worker processes that run queries; one past the time limit is killed and replaced.
 
-    def __init__(self, store_dir: str, size: int, timeout_s: float, max_results: int) -> None:
+    A query that runs longer than ``fast_s`` is slow; at most ``max_slow`` slow queries
+    hold workers at once (``None``: no such limit), so the other workers stay free for
+    cheap queries. A further slow query is stopped at once with 503 instead of holding a
+    worker until the time limit.
+    """
+
+    def __init__(
+        self, store_dir: str, size: int, timeout_s: float, max_results: int,
+        *, max_slow: int | None = None, fast_s: float = 1.0,
+    ) -> None:
         import multiprocessing as mp
         import queue
+        import threading
 
         self.ctx = mp.get_context("spawn")  # forking a threaded server is unsafe
         self.store_dir, self.timeout_s, self.max_results = store_dir, timeout_s, max_results
+        self.max_slow, self.fast_s = max_slow, min(fast_s, timeout_s)
+        self.slow = 0
+        self.lock = threading.Lock()
         self.idle: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.workers: list[Any] = []
         for _ in range(size):
@@ -773,8 +969,17 @@ class _QueryPool:
         )
         proc.start()
         child.close()
-        self.workers.append(proc)
+        with self.lock:
+            self.workers.append(proc)
         return proc, parent
+
+    def _replace(self, proc: Any) -> None:
+        """Stop a worker (past the limit, or dead) and put a fresh one in its place."""
+        proc.kill()
+        proc.join(timeout=5)
+        with self.lock:
+            self.workers.remove(proc)
+        self.idle.put(self._start())
 
     def run(
         self, text: str, default: list[str] | None = None, named: list[str] | None = None
@@ -786,31 +991,95 @@ class _QueryPool:
             proc, conn = self.idle.get(timeout=self.timeout_s)
         except queue.Empty:
             raise _Reply("503 Service Unavailable", "all query workers are busy; try again") from None
+        counted = False
         try:
             conn.send((text, default, named))
-            if conn.poll(self.timeout_s):
+            done = conn.poll(self.fast_s)
+            if not done and self.max_slow is not None:
+                with self.lock:
+                    if self.slow >= self.max_slow:
+                        busy = True
+                    else:
+                        busy, counted = False, True
+                        self.slow += 1
+                if busy:
+                    self._replace(proc)
+                    raise _Reply(
+                        "503 Service Unavailable",
+                        f"{self.max_slow} slow queries are running; this one was stopped after "
+                        f"{self.fast_s:g} s; try again later",
+                        [("Retry-After", str(int(self.timeout_s) + 1))],
+                    )
+            if done or conn.poll(self.timeout_s - self.fast_s):
                 reply = conn.recv()
                 self.idle.put((proc, conn))
                 return reply
-        except (EOFError, OSError, BrokenPipeError):
-            pass
-        proc.kill()  # past the time limit (or dead): stop it, start a fresh one
-        proc.join(timeout=5)
-        self.workers.remove(proc)
-        self.idle.put(self._start())
+        except (EOFError, OSError):
+            # the worker died with the query: a crash, not a time-out (a query nested
+            # thousands deep overflows the parser's stack, say)
+            proc.join(timeout=5)
+            code = proc.exitcode
+            self._replace(proc)
+            raise _Reply(
+                "500 Internal Server Error",
+                f"the query worker crashed (exit code {code}) while running this query; "
+                "it may be nested too deeply. The server goes on.",
+            ) from None
+        finally:
+            if counted:
+                with self.lock:
+                    self.slow -= 1
+        self._replace(proc)  # past the time limit: stop it, start a fresh one
         raise _Reply("503 Service Unavailable", f"query exceeded the {self.timeout_s:g} s time limit")
 
     def close(self) -> None:
-        for proc in self.workers:
-            proc.kill()
+        with self.lock:
+            for proc in self.workers:
+                proc.kill()
+
+
+def _prefixes() -> dict[str, str]:
+    """The prefixes of Turtle and TriG answers: the vocabularies of :mod:`filtag_kg.rdf.vocab`."""
+    from .rdf import vocab
+
+    out = {"fk": vocab.FK_NAMESPACE}
+    for name in ("RDF", "RDFS", "OWL", "XSD", "SKOS", "PROV", "DCTERMS", "DCAT", "VOID", "MLS"):
+        ns = getattr(vocab, name)
+        out[name.lower()] = str(ns._NS) if isinstance(ns, type) else str(ns)
+    return out
 
 
 def _serialize_triples(triples: Iterable[Any], fmt: str) -> bytes:
+    """Triples in a Turtle (with ``@prefix`` lines), N-Triples, JSON-LD, RDF/XML, TriG or
+    N-Quads document (the last two: the triples as the default graph). RDF/XML is XML 1.0,
+    which cannot carry some control characters: in its literals they become U+FFFD (the
+    other formats carry them exactly)."""
     import pyoxigraph as ox
 
-    buf = io.BytesIO()
-    ox.serialize(list(triples), buf, getattr(ox.RdfFormat, fmt))
-    return buf.getvalue()
+    triples = list(triples)
+    fmt_ = getattr(ox.RdfFormat, fmt)
+    if fmt == "RDF_XML":
+        triples = [_xml_safe(t) for t in triples]
+    if fmt in ("TRIG", "N_QUADS"):
+        triples = [ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples]
+    if fmt in ("TURTLE", "TRIG"):
+        return ox.serialize(triples, format=fmt_, prefixes=_prefixes()) or b""
+    data = ox.serialize(triples, format=fmt_) or b""
+    # a raw carriage return would be read back as a newline (XML end-of-line handling);
+    # it can only come from a literal, and the reference keeps it (formatting uses \n, \t)
+    return data.replace(b"\r", b"&#13;") if fmt == "RDF_XML" else data
+
+
+def _xml_safe(t: Any) -> Any:
+    """The triple, its literal's characters that XML 1.0 forbids replaced by U+FFFD."""
+    import pyoxigraph as ox
+
+    o = t.object
+    if isinstance(o, ox.Literal) and _NOT_XML.search(o.value):
+        value = _NOT_XML.sub("\ufffd", o.value)
+        o = ox.Literal(value, language=o.language) if o.language else ox.Literal(value, datatype=o.datatype)
+        return ox.Triple(t.subject, t.predicate, o)
+    return t
 
 
 def open_store(store_dir: str | os.PathLike[str]) -> Any:
@@ -832,12 +1101,58 @@ def open_store(store_dir: str | os.PathLike[str]) -> Any:
         raise ServeError(f"cannot open store {store_dir}: {str(exc).splitlines()[0][:160]}") from None
 
 
-def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: int = 4) -> App:
-    """The WSGI application over a store (see :class:`Options`), with ``workers`` query processes."""
-    from .rdf.mint import check_base_iri
+def store_base_iri(store: Any) -> str | None:
+    """The base IRI the store's data was exported with: the ``void:uriSpace`` of its
+    VoID description (``None`` if it has none).
 
+    Raises:
+        ServeError: the store holds exports with different base IRIs.
+    """
+    import pyoxigraph as ox
+
+    from .rdf.vocab import VOID
+
+    quads = store.quads_for_pattern(None, ox.NamedNode(str(VOID.uriSpace)), None)
+    spaces = sorted({q.object.value for q in quads})
+    if len(spaces) > 1:
+        raise ServeError(
+            f"the store holds exports with {len(spaces)} base IRIs ({', '.join(spaces[:3])}); "
+            "choose the one to serve with --base-iri"
+        )
+    return spaces[0] if spaces else None
+
+
+def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: int | None = None) -> App:
+    """The WSGI application over a store (see :class:`Options`), with ``workers`` query
+    processes (default ``options.workers``). Without a base IRI in the options, the
+    store's own (:func:`store_base_iri`) or else the default one is used.
+
+    Raises:
+        ServeError: the store cannot be opened, or an option is unusable.
+    """
+    from .rdf.mint import DEFAULT_BASE_IRI, check_base_iri
+
+    if (workers if workers is not None else options.workers) < 1:
+        raise ServeError("--workers must be at least 1")
+    store = open_store(store_dir)
+    if options.base_iri is None:
+        options.base_iri = store_base_iri(store) or DEFAULT_BASE_IRI
     options.base_iri = check_base_iri(options.base_iri)
-    return App(open_store(store_dir), options, str(store_dir), workers)
+    for url in options.allow_service:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ServeError(f"--allow-service {url!r} is not an http(s) URL, e.g. https://query.wikidata.org/sparql")
+    if options.license is not None:
+        try:
+            import pyoxigraph as ox
+
+            ox.NamedNode(options.license)
+        except ValueError:
+            raise ServeError(
+                f"--license {options.license!r} is not an absolute IRI, e.g. "
+                "https://creativecommons.org/licenses/by/4.0/"
+            ) from None
+    return App(store, options, str(store_dir), workers)
 
 
 def serve(
@@ -849,22 +1164,34 @@ def serve(
     threads: int = 8,
     ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve a store until interrupted (waitress, ``threads`` worker threads)."""
+    """Serve a store until interrupted (waitress, ``threads`` worker threads).
+
+    Raises:
+        ServeError: the store or an option is unusable, or the address cannot be bound
+            (a port in use, say).
+    """
     import waitress
 
     app = make_app(store_dir, options)
-    server = waitress.create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        max_request_body_size=MAX_QUERY_BYTES * 2,
-        ident="filtag-kg",
-    )
+    try:
+        server = waitress.create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            max_request_body_size=MAX_QUERY_BYTES * 2,
+            ident="filtag-kg",
+        )
+    except OSError as exc:
+        app.close()
+        why = exc.strerror or str(exc)
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {why}; choose another --port (0 picks a free one)"
+        ) from None
     if ready is not None:
         ready(f"http://{host}:{server.effective_port}/")
     try:
         server.run()
     finally:
         server.close()
-        app.pool.close()
+        app.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, write_images
+from test_publish import StubStore
 
 from filtag_kg.serve import _first_keyword, _negotiate
 
@@ -42,12 +44,19 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 def http(
-    url: str, *, data: bytes | None = None, method: str | None = None, headers: dict[str, str] | None = None
+    url: str, *, data: bytes | None = None, method: str | None = None, headers: dict[str, str] | None = None,
+    follow: bool = True,
 ) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    opener = urllib.request.build_opener(*([] if follow else [_NoRedirect()]))
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with opener.open(req, timeout=30) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
@@ -115,6 +124,8 @@ def server(run_dir: Path) -> Iterator[str]:
             "500",
             "--timeout",
             "5",
+            "--license",
+            "https://creativecommons.org/licenses/by/4.0/",
         ],
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -215,9 +226,22 @@ def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> N
     layer = rows["results"]["bindings"][0]["l"]["value"]
     assert layer.startswith(BASE)
     path = "/filtag-kg/" + layer[len(BASE) :]
-    code, headers, body = http(server + path, headers={"Accept": "text/html"})
+    # a layer is not a document: its IRI answers 303 See Other to the document describing it
+    for accept, doc in (("text/html", ".html"), ("text/turtle;q=0.9, text/html;q=0.5", ".ttl"),
+                        ("application/ld+json", ".jsonld"), ("application/n-triples", ".nt"),
+                        ("application/rdf+xml", ".rdf"), ("*/*", ".html")):
+        code, headers, body = http(server + path, headers={"Accept": accept}, follow=False)
+        assert code == 303 and headers["Location"] == path + doc, accept
+        assert "Accept" in headers["Vary"] and headers["Access-Control-Allow-Origin"] == "*"
+    code, headers, body = http(server + path + ".html")
     assert code == 200 and headers["Content-Type"].startswith("text/html") and b"<table>" in body
-    assert "Accept" in headers["Vary"]
+    assert headers["Link"] == f'<{layer}>; rel="about"'
+    code, headers, body = http(server + path, headers={"Accept": "text/html"})  # clients follow the 303
+    assert code == 200 and headers["Content-Type"].startswith("text/html") and b"<table>" in body
+    import rdflib
+
+    assert (rdflib.URIRef(layer), None, None) in rdflib.Graph().parse(data=http(server + path + ".rdf")[2],
+                                                                        format="xml")
     code, headers, body = http(server + path, headers={"Accept": "text/turtle"})
     assert code == 200 and headers["Content-Type"].startswith("text/turtle") and layer.encode() in body
     import pyoxigraph as ox
@@ -233,7 +257,7 @@ def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> N
     assert http(server + path, headers={"Accept": ";;,garbage"})[0] == 200  # malformed: the default
     assert http(server + path + ".ttl")[1]["Content-Type"].startswith("text/turtle")
     code, headers, body = http(server + "/.well-known/void")
-    assert code == 200 and b"void#triples" in body
+    assert code == 200 and b"@prefix void: <http://rdfs.org/ns/void#>" in body and b"void:triples" in body
     # exactly the export's dataset description: its VoID graph
     described = {
         (q.subject, q.predicate, q.object)
@@ -241,9 +265,28 @@ def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> N
         if q.graph_name.value.endswith("/kg/void")
     }
     served = {(t.subject, t.predicate, t.object) for t in ox.parse(body, format=ox.RdfFormat.TURTLE)}
-    assert described and served == described
+    assert described and served >= described  # the export's dataset description, and
+    kg = next(s for s, p, o in described if p.value == "http://rdfs.org/ns/void#uriSpace")
+    added = {(p.value, o.value) for s, p, o in served - described if s == kg}
+    void, dct = "http://rdfs.org/ns/void#", "http://purl.org/dc/terms/"
+    root = next(o.value for s, p, o in described if s == kg and p.value == void + "rootResource")
+    assert added == {  # what only the server knows, and version and provenance
+        (void + "sparqlEndpoint", "http://localhost:8000/filtag-kg/sparql"),
+        (void + "dataDump", "http://localhost:8000/filtag-kg/dumps/kg.trig"),
+        (dct + "license", "https://creativecommons.org/licenses/by/4.0/"),
+        (dct + "conformsTo", "https://w3id.org/filtag-kg/ontology/0.1.0"),
+        ("http://www.w3.org/ns/prov#wasGeneratedBy", root),
+    }
+    assert http(server + "/filtag-kg/dumps/kg.trig")[2] == (run_dir / "kg.trig").read_bytes()
+    assert http(server + "/filtag-kg/sparql?query=ASK%7B%7D")[0] == 200
     code, _, body = http(server + "/ontology")
     assert code == 200 and b"owl:Ontology" in body
+    for accept, fmt in (("application/rdf+xml", "xml"), ("application/ld+json", "json-ld"),
+                        ("application/n-triples", "nt")):
+        for doc in ("/ontology", "/.well-known/void"):
+            code, headers, body = http(server + doc, headers={"Accept": accept})
+            assert code == 200 and headers["Content-Type"].startswith(accept), (doc, accept)
+            assert len(rdflib.Graph().parse(data=body, format=fmt)) > 10, (doc, accept)
     code, headers, body = http(server + "/dumps/kg.trig")
     assert code == 200 and body == (run_dir / "kg.trig").read_bytes()
 
@@ -301,28 +344,16 @@ def test_publish_is_idempotent(
     for q in ox.parse(path=str(run_dir / "kg.trig"), format=ox.RdfFormat.TRIG):
         expected[q.graph_name.value] = expected.get(q.graph_name.value, 0) + 1
     endpoint = oxigraph_server + "/store"
-    assert main(["publish", str(run_dir), "--endpoint", endpoint, "--quiet"]) == 0
+    local = ["--allow-local-base", "--quiet"]  # the run's IRIs are on localhost
+    assert main(["publish", str(run_dir), "--endpoint", endpoint, *local]) == 0
     assert f"published {len(expected)} graphs" in capsys.readouterr().out
     assert _graph_counts(oxigraph_server) == expected
     # again, from the file this time: each graph is replaced, none duplicated
-    assert main(["publish", str(run_dir / "kg.trig"), "--endpoint", endpoint, "--quiet"]) == 0
+    assert main(["publish", str(run_dir / "kg.trig"), "--endpoint", endpoint, "--jobs", "8", *local]) == 0
     assert _graph_counts(oxigraph_server) == expected
-
-
-def test_publish_reports_failures(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
-    from filtag_kg.cli import main
-    from filtag_kg.publish import publish
-
-    report = publish(
-        run_dir,
-        f"http://127.0.0.1:{free_port()}/store",
-        retries=1,
-        backoff_s=0.01,
-        graphs=[("http://example.org/g", b"<http://a> <http://b> <http://c> .\n", 1)],
-    )
-    assert report.sent == [] and report.failed[0][0] == "http://example.org/g" and report.retries == 1
-    assert main(["publish", str(run_dir), "--endpoint", "ftp://nowhere"]) == 2
-    assert "http(s)" in capsys.readouterr().err
+    # the run folder again: everything arrived unchanged before, so nothing is sent
+    assert main(["publish", str(run_dir), "--endpoint", endpoint, *local]) == 0
+    assert "published 0 graphs" in capsys.readouterr().out and _graph_counts(oxigraph_server) == expected
 
 
 def test_filter_and_concept_pages_show_tags_and_filters(server: str, run_dir: Path) -> None:
@@ -411,13 +442,13 @@ def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
         _, tag_rows = app.run_query(text, app.tag_graphs())
         assert tag_rows and not any(r["filter"]["value"] == "31337" for r in tag_rows)
         status, _, page = app.route(
-            {"PATH_INFO": "/filtag-kg/" + concept.value[len(BASE):], "REQUEST_METHOD": "GET",
+            {"PATH_INFO": "/filtag-kg/" + concept.value[len(BASE):] + ".html", "REQUEST_METHOD": "GET",
              "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
         )
         assert status.startswith("200") and b"Filters that represent it" in page
         assert b"31337" not in page and f"<td>{t['layer']}</td>".encode() in page
     finally:
-        app.pool.close()
+        app.close()
 
 
 def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
@@ -427,13 +458,13 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
     store_dir = load_store(run_dir, "store-index")
     app = make_app(store_dir, Options(base_iri=BASE), workers=1)
     ran: list[str] = []
-    real_run = app.pool.run
+    real_run = app.page_pool.run
 
     def counting(text: str, *args: object) -> object:
         ran.append(text)
         return real_run(text, *args)
 
-    app.pool.run = counting  # type: ignore[method-assign]
+    app.page_pool.run = counting  # type: ignore[method-assign]
     try:
         environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
         first = app.route(dict(environ))
@@ -441,5 +472,250 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
         assert f"{FK}Filter".encode() in first[2]
         queries = len(ran)
         assert queries >= 1 and app.route(dict(environ)) == first and len(ran) == queries
+        # no count is listed twice (types with the same instances, e.g. fk:Concept and
+        # skos:Concept, share a row)
+        import re
+
+        table = first[2].decode().split("Resources by type", 1)[1]
+        counts = re.findall(r"</td><td>(\d+)</td></tr>", table)
+        assert counts and len(counts) == len(set(counts))
     finally:
-        app.pool.close()
+        app.close()
+
+
+def test_index_page_whose_counts_time_out_is_kept_too(run_dir: Path) -> None:
+    """At tens of millions of quads the type counts can pass the time limit: the page says
+    so and is kept, so asking again does not hold a page worker for that long again."""
+    from filtag_kg.serve import Options, _Reply, make_app
+
+    app = make_app(load_store(run_dir, "store-index-slow"), Options(base_iri=BASE), workers=1)
+    ran: list[str] = []
+    real_run = app.page_pool.run
+
+    def slow_counts(text: str, *args: object) -> object:
+        ran.append(text)
+        if "COUNT" in text:
+            raise _Reply("503 Service Unavailable", "query exceeded the 10 s time limit")
+        return real_run(text, *args)
+
+    app.page_pool.run = slow_counts  # type: ignore[method-assign]
+    try:
+        environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
+        status, _, page = app.route(dict(environ))
+        assert status.startswith("200") and b"not counted: query exceeded the 10 s time limit" in page
+        assert b"Models" in page and app.route(dict(environ))[2] == page and len(ran) == 2
+    finally:
+        app.close()
+
+
+# -- on the open web: no outbound requests, well-formed results, fairness -----------------
+
+
+@pytest.fixture
+def listener() -> Iterator[StubStore]:
+    """A loopback HTTP server that records every request it gets (and answers 500)."""
+    got = StubStore()
+    yield got
+    got.close()
+
+
+def test_no_query_makes_the_server_fetch_a_url(server: str, listener: StubStore) -> None:
+    u = listener.url
+    refused = [
+        f"SELECT * WHERE {{ SERVICE <{u}> {{ ?s ?p ?o }} }}",
+        f"select * {{ ?a ?b ?c }} {{ }}SeRvIcE SILENT<{u}>{{ ?s ?p ?o }}",
+        f"SELECT * WHERE {{ OPTIONAL {{ SERVICE <{u}> {{ ?s ?p ?o }} }} }}",
+        f"ASK {{ FILTER EXISTS {{ SERVICE <{u}> {{ ?s ?p ?o }} }} }}",
+        f"SELECT * WHERE {{ VALUES ?e {{ <{u}> }} SERVICE ?e {{ ?s ?p ?o }} }}",
+        f"PREFIX e: <{u}>\nSELECT * WHERE {{ SERVICE e: {{ ?s ?p ?o }} }}",
+        f"CONSTRUCT {{ ?s ?p ?o }} WHERE {{ SERVICE <{u}> {{ ?s ?p ?o }} }}",
+        f"SELECT * WHERE {{ \\u0053ERVICE <{u}> {{ ?s ?p ?o }} }}",
+    ]
+    for q in refused:
+        code, headers, body = sparql(server, q)
+        assert code == 400 and b"SERVICE" in body and b"--allow-service" in body, q
+    # nothing else that names a URL fetches it either
+    for q in (f"SELECT * FROM <{u}> WHERE {{ ?s ?p ?o }} LIMIT 1",
+              f"SELECT * FROM NAMED <{u}> WHERE {{ GRAPH ?g {{ ?s ?p ?o }} }} LIMIT 1",
+              f"DESCRIBE <{u}>", f'SELECT * WHERE {{ ?s ?p "SERVICE <{u}> {{}}" }}'):
+        assert sparql(server, q, "*/*")[0] == 200, q
+    assert http(server + "/sparql", data=f"LOAD <{u}>".encode(), method="POST",
+                headers={"Content-Type": "application/sparql-update"})[0] == 403
+    params = urllib.parse.urlencode({"query": "ASK {}", "default-graph-uri": u})
+    assert http(server + "/sparql?" + params)[0] == 200
+    assert listener.requests == []
+
+
+def test_allowed_service_endpoints_only(run_dir: Path, listener: StubStore) -> None:
+    from filtag_kg.serve import Options, make_app, service_endpoints
+
+    assert service_endpoints('SELECT ?service { ?service <http://x/p> "SERVICE <http://y/>" }') == []
+    other = StubStore()
+    options = Options(base_iri=BASE, allow_service=(listener.url,))
+    app = make_app(load_store(run_dir, "store-service"), options, workers=1)
+    try:
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/sparql", "HTTP_ACCEPT": "*/*"}
+        for url in (listener.url, other.url):
+            q = urllib.parse.urlencode({"query": f"SELECT * WHERE {{ SERVICE <{url}> {{ ?s ?p ?o }} }}"})
+            with pytest.raises(Exception) as got:
+                app.route({**env, "QUERY_STRING": q})
+            assert got.value.status.startswith("500" if url == listener.url else "400")  # type: ignore[attr-defined]
+        assert len(listener.requests) == 1 and other.requests == []
+    finally:
+        app.close()
+        other.close()
+
+
+def _call(app: object, path: str, accept: str = "*/*", query: str = "") -> tuple[str, dict[str, str], bytes]:
+    """One request through the WSGI interface (status, headers, body)."""
+    got: dict[str, object] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        got["status"], got["headers"] = status, dict(headers)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": urllib.parse.unquote(path), "RAW_URI": path,
+               "HTTP_ACCEPT": accept, "QUERY_STRING": query}
+    body = b"".join(app(environ, start_response))  # type: ignore[operator]
+    return got["status"], got["headers"], body  # type: ignore[return-value]
+
+
+def test_every_result_format_is_well_formed_for_hostile_labels(tmp_path: Path) -> None:
+    import csv
+    import io
+    import xml.etree.ElementTree as ET
+
+    import pyoxigraph as ox
+    import rdflib
+    from test_rdf_hostile import CLASSES, LAYERS, PATHS_CONTROL, PATHS_PLAIN
+
+    from filtag_kg.serve import Options, make_app
+
+    labels = sorted({x for pair in CLASSES for x in pair} | {n for n, _ in LAYERS} | set(PATHS_PLAIN)
+                    | set(PATHS_CONTROL) | {"\x00nul", "cr\ronly", "\ufffe", "]]>", "&amp;"})
+    store = ox.Store(str(tmp_path / "store"))
+    p = ox.NamedNode("http://example.org/p")
+    for i, label in enumerate(labels):
+        s = ox.NamedNode(f"http://example.org/s{i}")
+        store.add(ox.Quad(s, p, ox.Literal(label), ox.DefaultGraph()))
+        store.add(ox.Quad(s, p, ox.Literal(label, language="en"), ox.DefaultGraph()))
+    store.flush()
+    del store
+    app = make_app(tmp_path / "store", Options(base_iri=BASE), workers=1)
+    want = {(lab, lang) for lab in labels for lang in ("", "en")}
+    select = urllib.parse.urlencode({"query": "SELECT ?s ?o WHERE { ?s ?p ?o }"})
+    construct = urllib.parse.urlencode({"query": "CONSTRUCT WHERE { ?s ?p ?o }"})
+    try:
+        status, _, body = _call(app, "/sparql", "application/sparql-results+json", select)
+        rows = json.loads(body)["results"]["bindings"]
+        assert status.startswith("200")
+        assert {(r["o"]["value"], r["o"].get("xml:lang", "")) for r in rows} == want
+        _, _, body = _call(app, "/sparql", "application/sparql-results+xml", select)
+        ns = "{http://www.w3.org/2005/sparql-results#}"
+        lits = ET.fromstring(body).iter(ns + "literal")  # expat: a standard, strict XML 1.0 parser
+        got = {(e.text or "", e.get("{http://www.w3.org/XML/1998/namespace}lang", "")) for e in lits}
+        xml_safe = {(re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", "\ufffd", a), b) for a, b in want}
+        assert got == xml_safe  # exact but for what XML 1.0 cannot carry at all
+        _, _, body = _call(app, "/sparql", "text/csv", select)
+        rows = list(csv.reader(io.StringIO(body.decode(), newline="")))
+        assert rows[0] == ["s", "o"] and sorted(r[1] for r in rows[1:]) == sorted(lab for lab, _ in want)
+        _, _, body = _call(app, "/sparql", "text/tab-separated-values", select)
+        lines = body.decode().split("\n")
+        assert lines[0] == "?s\t?o" and lines[-1] == "" and len(lines) == len(want) + 2
+        terms = ox.parse("".join(f"{line.replace(chr(9), ' <http://x/p> ')} .\n" for line in lines[1:-1]),
+                         format=ox.RdfFormat.N_TRIPLES)
+        assert {(t.object.value, t.object.language or "") for t in terms} == want
+        for accept, fmt in (("text/turtle", "turtle"), ("application/n-triples", "nt"),
+                            ("application/ld+json", "json-ld"), ("application/trig", "trig"),
+                            ("application/n-quads", "nquads"), ("application/rdf+xml", "xml")):
+            status, headers, body = _call(app, "/sparql", accept, construct)
+            assert status.startswith("200") and headers["Content-Type"].startswith(accept), accept
+            g = rdflib.Dataset() if fmt in ("trig", "nquads") else rdflib.Graph()
+            g.parse(data=body, format=fmt)
+            got = {(str(o), o.language or "") for _, _, o, *_ in
+                   (g.quads() if isinstance(g, rdflib.Dataset) else g)}
+            assert got == (xml_safe if fmt == "xml" else want), accept
+        assert _call(app, "/sparql", "text/turtle", construct)[2].startswith(b"@prefix ")
+    finally:
+        app.close()
+
+
+def test_port_in_use_is_one_line(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from filtag_kg.cli import main
+
+    store = load_store(run_dir, "store-port")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["serve", "--store", str(store), "--port", str(busy.getsockname()[1]), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("filtag-kg: error: cannot listen on 127.0.0.1:")
+    assert len(err.strip().splitlines()) == 1 and "--port" in err
+
+
+def test_a_crashed_worker_is_reported_as_a_crash(server: str) -> None:
+    deep = "SELECT * WHERE " + "{ " * 5000 + "?s ?p ?o" + " }" * 5000
+    code, _, body = http(server + "/sparql", data=deep.encode(), method="POST",
+                         headers={"Content-Type": "application/sparql-query"})
+    assert code == 500 and b"crashed" in body and b"time limit" not in body
+    assert sparql(server, "ASK {}")[0] == 200  # a fresh worker took its place
+
+
+def test_pages_and_cheap_queries_answer_while_slow_queries_run(server: str, run_dir: Path) -> None:
+    """Five slow queries at once (the server allows 4 slow ones): the fifth is stopped as
+    soon as it is known to be slow, and while the four run to the time limit, a cheap
+    query and a filter page are answered."""
+    import threading
+
+    slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+    results: list[tuple[int, bytes]] = []
+    threads = [threading.Thread(target=lambda: results.append(sparql(server, slow)[::2])) for _ in range(5)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 4.5  # the fifth is refused once it has run 1 s
+    while not results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(results) == 1 and b"slow queries are running" in results[0][1]
+    rows = json.loads(sparql(server, f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }} LIMIT 1")[2])
+    filter_iri = rows["results"]["bindings"][0]["f"]["value"]
+    code, _, page = http(server + "/filtag-kg/" + filter_iri[len(BASE) :] + ".html")
+    still_running = sum(t.is_alive() for t in threads)
+    for t in threads:
+        t.join()
+    assert code == 200 and b"Tags and abstract tags" in page
+    assert still_running == 4  # answered before any of the four slow queries ended
+    assert sorted(c for c, _ in results) == [503] * 5
+    assert sum(b"slow queries are running" in b for _, b in results) == 1
+    assert sum(b"time limit" in b for _, b in results) == 4
+
+
+def test_cors_and_preflight(server: str) -> None:
+    asks = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    code, headers, _ = http(server + "/sparql", method="OPTIONS", headers=asks)
+    assert code == 204 and headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in headers["Access-Control-Allow-Headers"]
+    assert sparql(server, "ASK {}")[1]["Access-Control-Allow-Origin"] == "*"
+
+
+def test_base_iri_comes_from_the_store(run_dir: Path, tmp_path: Path) -> None:
+    import pyoxigraph as ox
+
+    from filtag_kg.cli import main
+    from filtag_kg.serve import Options, make_app
+
+    assert main(["export", str(run_dir), "--base-iri", "https://example.org/kg/", "--out",
+                 str(tmp_path / "kg.nq"), "--format", "nq"]) == 0
+    store = ox.Store(str(tmp_path / "store"))
+    store.bulk_load(path=str(tmp_path / "kg.nq"), format=ox.RdfFormat.N_QUADS)
+    store.flush()
+    layer = next(store.quads_for_pattern(None, ox.NamedNode(FK + "layerName"), None)).subject.value
+    del store
+    app = make_app(tmp_path / "store", Options(base_iri=None), workers=1)
+    try:
+        assert app.opts.base_iri == "https://example.org/kg/" and layer.startswith("https://example.org/kg/")
+        status, headers, _ = _call(app, "/kg/" + layer[len("https://example.org/kg/"):], "text/turtle")
+        assert status.startswith("303") and headers["Location"].endswith(".ttl")
+        status, headers, body = _call(app, headers["Location"])
+        assert status.startswith("200") and layer.encode() in body
+    finally:
+        app.close()
