@@ -814,6 +814,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("filtag-kg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from ._io import disk_full
+
+        if not disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"filtag-kg: error: no space left on the device{where}; free some space or write "
+              "elsewhere (--out), then rerun", file=sys.stderr)
+        return 2
     finally:
         if "torch" in sys.modules:
             from .distributed import shutdown
