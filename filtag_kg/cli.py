@@ -84,6 +84,9 @@ def _profile_options(p: argparse.ArgumentParser) -> None:
                    help="finish an interrupted pass from its checkpoint")
     r.add_argument("--restart", action="store_true",
                    help="discard an interrupted pass's checkpoint and start over")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a different run already in the output folder, removing its "
+                   "profile, tags, explanations, evaluation, report and kg.* (without it: refused)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -167,7 +170,7 @@ def _profile_opts(args: argparse.Namespace) -> Any:
         layers=args.layers, measure=args.measure, device=args.device,
         batch_size=args.batch_size, workers=args.workers, amp=args.amp,
         checkpoint_every=args.checkpoint_every, top_images=args.top_images, resume=args.resume,
-        restart=args.restart, progress=not args.quiet,
+        restart=args.restart, progress=not args.quiet, overwrite=args.overwrite,
     )
 
 
@@ -186,6 +189,23 @@ def _images(args: argparse.Namespace, loaded: Any) -> Any:
 
 def _outputs(run_dir: Path, names: Sequence[str]) -> str:
     return "outputs: " + ", ".join(str(run_dir / n) for n in names if (run_dir / n).exists())
+
+
+def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str) -> None:
+    from .runfolder import record_export
+
+    record_export(run_dir, path, fmt=fmt, base_iri=args.base_iri, wordnet_dir=args.wordnet_dir,
+                  ili_map=getattr(args, "ili_map", None),
+                  explanations=not getattr(args, "no_explanations", False))
+
+
+def _warn_if_stale(files: Sequence[str]) -> None:
+    from .runfolder import stale_reason
+
+    for f in files:
+        why = stale_reason(f)
+        if why:
+            _warn(why)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -219,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         s = export_run_stats(args.out, base_iri=args.base_iri,
                              wordnet=load_wordnet(wordnet_dir=args.wordnet_dir))
+        _record_export(args, args.out, s.path, "trig")
         print(f"knowledge graph: {s.quads} statements, {s.explanations} explanation graphs")
         names.append(s.path.name)
     print(_outputs(Path(args.out), names))
@@ -304,14 +325,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
-    print(_outputs(Path(args.run_dir), ["explanations.jsonl", "explanations.json"]))
+    names = ["explanations.jsonl", "explanations.json"]
+    from .runfolder import refresh_export
+
+    stats = refresh_export(args.run_dir)  # the run's graph must not be older than its explanations
+    if stats is not None:
+        print(f"knowledge graph refreshed: {stats.quads} statements, {stats.explanations} "
+              "explanation graphs")
+        names.append(stats.path.name)
+    print(_outputs(Path(args.run_dir), names))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """evaluate a run's explanations."""
     from .evaluation import evaluate_run, format_table
+    from .runfolder import partial_explanations
 
+    part = partial_explanations(args.run_dir)
+    if part is not None:
+        of = f" of {part['total']}" if part["total"] else ""
+        _warn(f"the explanation pass in {args.run_dir} was interrupted after {part['done']}{of} images; "
+              f"this evaluates only those (recorded in evaluation.json): finish the pass with "
+              f"`filtag-kg explain {args.run_dir} --resume` and the same options, then evaluate again")
     doc = evaluate_run(args.run_dir, top_concepts=args.top_concepts)
     print(format_table(doc, by_class=args.by_class))
     print(_outputs(Path(args.run_dir), ["evaluation.json", "perturbation_effects.jsonl"]))
@@ -328,6 +364,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations,
     )
+    _record_export(args, args.run_dir, s.path, args.format)
     print(f"wrote {s.path}: {s.quads} statements ({s.tag_triples} in the tag graph), "
           f"{s.explanations} explanation graphs")
     return 0
@@ -347,6 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     missing = [d for d in options.dumps if not d.is_file()]
     if missing:
         raise FiltagError(f"dump file {missing[0]} does not exist")
+    _warn_if_stale(args.dumps)
 
     def ready(url: str) -> None:
         print(f"serving {args.store} at {url} (base IRI {args.base_iri}); Ctrl-C stops", flush=True)
@@ -386,6 +424,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     """load exports into an on-disk Oxigraph store."""
     from . import sparql
 
+    _warn_if_stale(args.files)
     print(sparql.load(args.files, args.store, bulk=args.bulk, optimize=args.optimize).summary())
     return 0
 
@@ -396,6 +435,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if (args.store is None) == (not args.graph):
         raise FiltagError("give the data with exactly one of --store DIR or --graph FILE...")
+    _warn_if_stale(args.graph or [])
     with sparql.open_source(store=args.store, graphs=args.graph or None) as src:
         result = sparql.query(src, args.name, **sparql.parse_params(args.param))
         print(sparql.format_result(result, args.format), end="")

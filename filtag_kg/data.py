@@ -60,10 +60,16 @@ class ImageSet:
         return h.hexdigest()
 
     def record(self) -> dict[str, Any]:
-        """Plain-JSON description for artifacts."""
+        """Plain-JSON description for artifacts.
+
+        ``root`` is absolute, and ``cwd`` is the folder that relative sample paths
+        (kept as given, so queries take them as typed) are relative to: a reader in
+        another folder (``filtag-kg report``) still finds the images.
+        """
         return {
             "source": self.source,
-            "root": self.root,
+            "root": os.path.abspath(self.root) if self.root else self.root,
+            "cwd": os.getcwd(),
             "images": len(self.samples),
             "classes": len(self.classes),
             "fingerprint": self.fingerprint(),

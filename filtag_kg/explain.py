@@ -512,7 +512,7 @@ def explain_dataset(
             write_json(
                 state_path,
                 {"fingerprint": fingerprint, "done": done, "offset": offset, "skipped": skipped,
-                 "started_at": started},
+                 "started_at": started, "total": n},
             )
 
     def forward(

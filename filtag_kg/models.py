@@ -448,6 +448,12 @@ def load_recorded_model(meta: dict[str, Any]) -> LoadedModel:
     """
     rec = meta["model"]
     classes = meta.get("model_classes")
+    wf = rec.get("weights_file")
+    if wf and not Path(wf).is_file():
+        raise WeightsError(
+            f"the run's weights file {wf} (model.weights_file in profile.json) does not exist; put "
+            "the file back at that path, or set model.weights_file in profile.json to where it is now"
+        )
     loaded = load_model(
         rec["spec"],
         weights=rec.get("weights"),

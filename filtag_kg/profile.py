@@ -37,6 +37,7 @@ from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
+from .runfolder import check_same_run
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -181,6 +182,8 @@ class ProfileOptions:
         top_images: keep, per filter, the N images with the highest value (0: none).
         resume: continue an interrupted pass from its checkpoint.
         restart: discard an interrupted pass's checkpoint and start over.
+        overwrite: replace another run already in the folder, removing all its artifacts
+            (without it, such a folder is refused: see :func:`filtag_kg.runfolder.check_same_run`).
         progress: show a progress bar on stderr.
     """
 
@@ -195,6 +198,7 @@ class ProfileOptions:
     resume: bool = False
     restart: bool = False
     progress: bool = True
+    overwrite: bool = False
 
 
 def resolve_device(spec: str, dist: distributed.Dist | None = None) -> torch.device:
@@ -493,6 +497,14 @@ def profile_dataset(
             loaded.classes = list(imageset.classes)
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
+    # one run per folder: another run's profile, explanations, report or graph never mix with this one
+    if opts.overwrite:
+        dist.barrier()
+        if dist.main:
+            check_same_run(run, fingerprint, overwrite=True)
+        dist.barrier()
+    else:
+        check_same_run(run, fingerprint)
 
     if opts.restart:
         dist.barrier()  # every rank has looked at the checkpoint before it goes
@@ -672,7 +684,7 @@ def profile_dataset(
         meta={
             "format": "filtag-kg profile",
             "format_version": 1,
-            "model": loaded.record(),
+            "model": _absolute_weights(loaded.record()),
             "model_classes": [{"id": c.id, "label": c.label} for c in loaded.classes]
             if loaded.classes is not None else None,
             "preprocess": loaded.preprocess.to_dict(),
@@ -706,6 +718,13 @@ def profile_dataset(
     # every rank continues (tagging, explaining) with rank 0's profile, which alone holds
     # the sums of a resumed checkpoint
     return dist.broadcast(profile if dist.main else None) if dist.active else profile
+
+
+def _absolute_weights(record: dict[str, Any]) -> dict[str, Any]:
+    """A model record whose weights file is absolute, so the run is rebuilt from any folder."""
+    if record.get("weights_file"):
+        record = {**record, "weights_file": os.path.abspath(os.path.expanduser(record["weights_file"]))}
+    return record
 
 
 def class_infos(profile: Profile) -> list[ClassInfo]:
