@@ -34,7 +34,7 @@ from ._io import atomic_open, ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
 from .distributed import RoundSampler
-from .errors import FiltagError, ProfileError
+from .errors import DataError, FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
 from .runfolder import check_same_run
@@ -487,14 +487,21 @@ def profile_dataset(
     engine = Engine.build(
         loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
     )
+    if engine.output_width is None:  # a TorchScript dry run does not report it
+        with torch.inference_mode():
+            out = loaded.module(example.to(device))
+        engine.output_width = int(out.shape[-1]) if torch.is_tensor(out) else None
     if loaded.classes is None:
         # no class list from weights or --classes: the data's folders name the outputs,
         # when there are as many folders as outputs
-        if engine.output_width is None:  # a TorchScript dry run does not report it
-            with torch.inference_mode():
-                engine.output_width = loaded.module(example.to(device)).shape[-1]
         if engine.output_width == len(imageset.classes):
             loaded.classes = list(imageset.classes)
+    elif engine.output_width is not None and len(loaded.classes) != engine.output_width:
+        raise DataError(
+            f"the model's class list has {len(loaded.classes)} classes but the model has "
+            f"{engine.output_width} outputs; give one class per output, in output order "
+            "(--classes FILE), or the model that fits the list"
+        )
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
     # one run per folder: another run's profile, explanations, report or graph never mix with this one
