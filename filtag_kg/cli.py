@@ -59,6 +59,9 @@ def _data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="ImageFolder layout: DIR/CLASS/IMAGE, CLASS a wnid (n02085620) or label")
     d.add_argument("--file-list", metavar="FILE",
                    help="one 'PATH<TAB>CLASS' per line (relative paths: to the list's folder)")
+    g.add_argument("--max-pixels", type=int, default=100_000_000, metavar="N",
+                   help="skip (and list) images of more than N pixels instead of decoding them "
+                   "(default 100000000; 0: no cap)")
 
 
 def _profile_options(p: argparse.ArgumentParser) -> None:
@@ -182,6 +185,12 @@ def _images(args: argparse.Namespace, loaded: Any) -> Any:
     from .pipeline import load_images
 
     imageset = load_images(data=args.data, file_list_path=args.file_list, known=loaded.classes)
+    return _capped(args, imageset)
+
+
+def _capped(args: argparse.Namespace, imageset: Any) -> Any:
+    """The image set with --max-pixels applied and its warnings printed."""
+    imageset.max_pixels = args.max_pixels or None
     for note in imageset.warnings:
         _warn(note)
     return imageset
@@ -228,7 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .evaluation import evaluate_run, format_table
         from .explain import explain_dataset
 
-        explain_dataset(args.out, image_folder(args.explain_data, loaded.classes),
+        explain_dataset(args.out, _capped(args, image_folder(args.explain_data, loaded.classes)),
                         _explain_opts(args, settings), profile=result.profile, loaded=loaded)
         if main_rank:
             print(format_table(evaluate_run(args.out)))
@@ -319,6 +328,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         imageset = file_list(args.file_list, known)
     else:
         imageset = image_files(args.images)
+    _capped(args, imageset)
     meta = explain_dataset(args.run_dir, imageset, _explain_opts(args, _settings(args)), profile=profile)
     used = ", ".join(f"{s['method']} {s['param'] if s['param'] is not None else ''}".strip()
                      for s in meta["settings"])

@@ -427,7 +427,8 @@ def explain_dataset(
     device = resolve_device(opts.device, dist)
     names = [lp.name for lp in profile.layers]
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
-    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True)
+    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True,
+                           max_pixels=imageset.max_pixels)
     engine = Engine.build(
         loaded,
         first_good_image(imageset, dataset),

@@ -482,7 +482,7 @@ def profile_dataset(
     autocast_dtype(opts.amp)
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
-    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
+    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), max_pixels=imageset.max_pixels)
     example = first_good_image(imageset, dataset)
     engine = Engine.build(
         loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
