@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import read_json, write_json
-from .errors import FiltagError
+from .errors import ProfileError
 
 #: how the run folder's export was made (see :func:`record_export`)
 EXPORT_RECORD = "export.json"
@@ -42,7 +42,7 @@ EXPORT_INPUTS = (
 )
 
 
-class RunMismatchError(FiltagError):
+class RunMismatchError(ProfileError):
     """A run folder holds a different run than the one about to be written into it."""
 
 
