@@ -22,12 +22,17 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def make_run(capsys: pytest.CaptureFixture[str], data: Path | str, run: Path | str, *extra: str) -> Path:
+    """``filtag-kg run`` of the tiny model over ``data`` into ``run``; it must succeed."""
+    code, _, err = cli(capsys, "run", *TINY, "--data", str(data), *extra, "--out", str(run))
+    assert code == 0, err
+    return Path(run)
+
+
 def test_explain_refreshes_the_runs_graph(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--base-iri", BASE, "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
     code, out, err = cli(capsys, "explain", str(run), "--data", str(image_dir), "--quiet")
     assert code == 0, err
     assert "knowledge graph refreshed:" in out and "12 explanation graphs" in out
@@ -47,9 +52,7 @@ def test_explain_refreshes_the_runs_graph(
 def test_readers_of_a_stale_graph_are_told(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--base-iri", BASE, "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
     later = (run / "kg.trig").stat().st_mtime + 5
     os.utime(run / "tags.tsv", (later, later))  # e.g. `filtag-kg tag` after the export
     for argv in (["load", str(run / "kg.trig"), "--store", str(tmp_path / "s")],
@@ -63,10 +66,7 @@ def test_readers_of_a_stale_graph_are_told(
 def test_a_different_run_is_not_written_over_another(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--explain-data", str(image_dir),
-                       "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run", "--explain-data", str(image_dir))
     (run / "report").mkdir()
     (run / "report" / "index.html").write_text("old report")
     (run / "mine.txt").write_text("the user's own file")
@@ -95,10 +95,7 @@ def test_a_different_run_is_not_written_over_another(
 def test_evaluate_says_when_the_explanation_pass_was_cut_off(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--explain-data", str(image_dir),
-                       "--no-export", "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run", "--explain-data", str(image_dir), "--no-export")
     assert read_json(run / "evaluation.json")["explanation_pass"] == {"complete": True}
     # what a kill leaves: the state file of the pass (as the pass writes it)
     write_json(run / "explanations.state.json", {"fingerprint": {}, "done": 72, "offset": 0,
@@ -145,9 +142,7 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_graph(
 ) -> None:
     import filtag_kg.rdf.export as export
 
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run")
     before = (run / "kg.trig").read_bytes()
     real = export.write_nquads
 
@@ -173,9 +168,7 @@ def test_killed_exports_temps_are_removed_by_the_next(
 
     from filtag_kg._io import TEMP_MARK, _host
 
-    run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--no-export", "--out", str(run))
-    assert code == 0, err
+    run = make_run(capsys, image_dir, tmp_path / "run", "--no-export")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     big = run / f".kg.trig.{TEMP_MARK}.{_host()}.{gone.pid}.x1y2.nq"
@@ -183,3 +176,16 @@ def test_killed_exports_temps_are_removed_by_the_next(
     code, _, err = cli(capsys, "export", str(run))
     assert code == 0, err
     assert not big.exists()
+
+
+def test_disk_full_during_run_is_one_line(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # every artifact is synced before its rename
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(run))
+    assert code == 2 and err.startswith("filtag-kg: error: no space left") and err.count("\n") == 1
+    assert not [p.name for p in run.iterdir() if p.name != "profile.ckpt.npz"]  # nothing partial
