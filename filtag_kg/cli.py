@@ -208,6 +208,17 @@ def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str)
                   explanations=not getattr(args, "no_explanations", False))
 
 
+def _refresh_graph(run_dir: str) -> list[str]:
+    """Write the run folder's own export again after its files changed; its name, if any."""
+    from .runfolder import refresh_export
+
+    stats = refresh_export(run_dir)  # the run's graph must not be older than what it describes
+    if stats is None:
+        return []
+    print(f"knowledge graph refreshed: {stats.quads} statements, {stats.explanations} explanation graphs")
+    return [stats.path.name]
+
+
 def _warn_if_stale(files: Sequence[str]) -> None:
     from .runfolder import stale_reason
 
@@ -285,7 +296,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     tags = write_tags(args.run_dir, profile, settings)
     if not args.quiet:
         print(summarize(profile, tags))
-    print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json"]))
+    print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json", *_refresh_graph(args.run_dir)]))
     return 0
 
 
@@ -336,14 +347,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
     names = ["explanations.jsonl", "explanations.json"]
-    from .runfolder import refresh_export
+    if (Path(args.run_dir) / "evaluation.json").is_file():  # it described the earlier explanations
+        from .evaluation import evaluate_run
 
-    stats = refresh_export(args.run_dir)  # the run's graph must not be older than its explanations
-    if stats is not None:
-        print(f"knowledge graph refreshed: {stats.quads} statements, {stats.explanations} "
-              "explanation graphs")
-        names.append(stats.path.name)
-    print(_outputs(Path(args.run_dir), names))
+        evaluate_run(args.run_dir)
+        print("evaluation refreshed (filtag-kg evaluate prints it)")
+        names.append("evaluation.json")
+    print(_outputs(Path(args.run_dir), names + _refresh_graph(args.run_dir)))
     return 0
 
 
@@ -468,6 +478,7 @@ def cmd_abstract(args: argparse.Namespace) -> int:
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
                        min_cover=args.min_cover, closed=args.closed)
     print(report.summary())
+    _refresh_graph(args.run_dir)
     return 0
 
 

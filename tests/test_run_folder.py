@@ -189,3 +189,34 @@ def test_disk_full_during_run_is_one_line(
     code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(run))
     assert code == 2 and err.startswith("filtag-kg: error: no space left") and err.count("\n") == 1
     assert not [p.name for p in run.iterdir() if p.name != "profile.ckpt.npz"]  # nothing partial
+
+
+def test_retag_and_new_explanations_refresh_what_was_made_from_them(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    run = make_run(capsys, image_dir, tmp_path / "run", "--explain-data", str(image_dir), "--base-iri", BASE)
+    code, out, err = cli(capsys, "tag", str(run), "--k", "2", "--quiet")
+    assert code == 0, err
+    assert "knowledge graph refreshed" in out
+    assert (run / "kg.trig").stat().st_mtime >= (run / "tags.tsv").stat().st_mtime
+    before = read_json(run / "evaluation.json")
+    one = next((image_dir / "n02085620").iterdir())
+    code, out, err = cli(capsys, "explain", str(run), str(one), "--k", "2", "--quiet")
+    assert code == 0, err
+    assert "evaluation refreshed" in out and "knowledge graph refreshed" in out
+    after = read_json(run / "evaluation.json")
+    assert after != before  # it now describes the one new explanation, not the 12 old ones
+    assert (run / "evaluation.json").stat().st_mtime >= (run / "explanations.json").stat().st_mtime
+
+
+def test_a_name_that_is_not_utf8_never_aborts_a_run(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    d = image_dir / "n02085620"
+    os.rename(d / "img00.png", os.fsdecode(bytes(d) + b"/caf\xe9.png"))
+    code, out, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--explain-data", str(image_dir),
+                         "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "caf\\xe9.png" in err and "not valid UTF-8" in err
+    ds = read_json(tmp_path / "run" / "profile.json")["dataset"]
+    assert ds["images_used"] == 11 and any("caf\\xe9.png" in w for w in ds["warnings"])
