@@ -220,3 +220,13 @@ def test_a_name_that_is_not_utf8_never_aborts_a_run(
     assert "caf\\xe9.png" in err and "not valid UTF-8" in err
     ds = read_json(tmp_path / "run" / "profile.json")["dataset"]
     assert ds["images_used"] == 11 and any("caf\\xe9.png" in w for w in ds["warnings"])
+
+
+def test_the_demo_replaces_only_its_own_earlier_run(tmp_path: Path) -> None:
+    from filtag_kg.demo import DEMO_MODEL, _holds_a_demo_run
+
+    assert not _holds_a_demo_run(tmp_path)
+    write_json(tmp_path / "profile.json", {"model": {"spec": DEMO_MODEL}})
+    assert _holds_a_demo_run(tmp_path)
+    write_json(tmp_path / "profile.json", {"model": {"spec": "vgg16"}})
+    assert not _holds_a_demo_run(tmp_path)
