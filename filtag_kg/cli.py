@@ -209,14 +209,15 @@ def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str)
 
 
 def _refresh_graph(run_dir: str) -> list[str]:
-    """Write the run folder's own export again after its files changed; its name, if any."""
-    from .runfolder import refresh_export
+    """Write the run folder's own exports again after its files changed; their names."""
+    from .runfolder import refresh_exports
 
-    stats = refresh_export(run_dir)  # the run's graph must not be older than what it describes
-    if stats is None:
-        return []
-    print(f"knowledge graph refreshed: {stats.quads} statements, {stats.explanations} explanation graphs")
-    return [stats.path.name]
+    names = []
+    for s in refresh_exports(run_dir):  # the run's graph must not be older than what it describes
+        print(f"knowledge graph refreshed: {s.path.name}, {s.quads} statements, {s.explanations} "
+              "explanation graphs")
+        names.append(s.path.name)
+    return names
 
 
 def _warn_if_stale(files: Sequence[str]) -> None:
@@ -347,6 +348,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
     names = ["explanations.jsonl", "explanations.json"]
+    from .distributed import current
+
+    if not current().main:  # under torchrun, rank 0 alone refreshes what was made from them
+        return 0
     if (Path(args.run_dir) / "evaluation.json").is_file():  # it described the earlier explanations
         from .evaluation import evaluate_run
 

@@ -5,7 +5,7 @@
   :func:`clear_run` then removes every artifact of the old run, so no explanation,
   evaluation, report or graph of it survives under the new run's name.
 * :func:`record_export` notes how ``RUN/kg.*`` was exported (format, base IRI,
-  WordNet folder, ...), so :func:`refresh_export` can write it again the same way
+  WordNet folder, ...), so :func:`refresh_exports` can write it again the same way
   after ``explain`` changed what it describes; :func:`stale_reason` tells any
   reader of an export in a run folder that it is older than the run's files, and
   how to refresh it.
@@ -118,38 +118,48 @@ def record_export(
     ili_map: str | None = None,
     explanations: bool = True,
 ) -> None:
-    """Note how the run folder's own export (``RUN/kg.<ext>``) was made, to refresh it alike.
+    """Note how an export in the run folder (``RUN/kg.<ext>``) was made, to refresh it alike.
 
-    Exports written elsewhere (``export --out FILE`` outside the folder) are not recorded.
+    One record per file; exports written elsewhere (``export --out FILE`` outside the
+    folder) are not recorded.
     """
     run, out = Path(run_dir).absolute(), Path(path).absolute()
     if out.parent != run:
         return
-    write_json(run / EXPORT_RECORD, {
-        "format": "filtag-kg export record", "format_version": 1,
+    doc = {"format": "filtag-kg export record", "format_version": 1, "exports": {}}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        doc["exports"] = dict(read_json(run / EXPORT_RECORD).get("exports") or {})
+    doc["exports"][out.name] = {
         "file": out.name, "export_format": fmt, "base_iri": base_iri,
         "wordnet_dir": str(Path(wordnet_dir).absolute()) if wordnet_dir else None,
         "ili_map": str(Path(ili_map).absolute()) if ili_map else None,
         "explanations": explanations,
-    })
+    }
+    write_json(run / EXPORT_RECORD, doc)
 
 
-def export_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run folder's export record, when its export still exists."""
-    p = Path(run_dir) / EXPORT_RECORD
+def export_records(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The run folder's recorded exports that still exist, by file name."""
     try:
-        rec = read_json(p)
-    except (OSError, ValueError):
-        return None
-    return rec if (Path(run_dir) / str(rec.get("file", ""))).is_file() else None
+        recs = read_json(Path(run_dir) / EXPORT_RECORD).get("exports") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: r for name, r in sorted(recs.items())
+            if isinstance(r, dict) and (Path(run_dir) / name).is_file()}
 
 
 def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None = None) -> str:
-    """The ``filtag-kg export`` command that writes the run's export again, alike."""
-    rec = rec if rec is not None else export_record(run_dir) or {}
+    """The ``filtag-kg export`` command that writes an export of the run again, alike."""
+    rec = rec or {}
     cmd = f"filtag-kg export {run_dir}"
-    if rec.get("export_format") not in (None, "trig"):
-        cmd += f" --format {rec['export_format']}"
+    fmt = rec.get("export_format")
+    if fmt not in (None, "trig"):
+        cmd += f" --format {fmt}"
+    if rec.get("file") and fmt:
+        from .rdf.export import format_of
+
+        if rec["file"] != f"kg.{format_of(fmt).extension}":
+            cmd += f" --out {Path(run_dir) / rec['file']}"
     if rec.get("base_iri"):
         cmd += f" --base-iri {rec['base_iri']}"
     for opt, key in (("--wordnet-dir", "wordnet_dir"), ("--ili-map", "ili_map")):
@@ -160,24 +170,27 @@ def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None 
     return cmd
 
 
-def refresh_export(run_dir: str | os.PathLike[str]) -> Any:
-    """Write the run folder's export again with the options it was made with.
+def refresh_exports(run_dir: str | os.PathLike[str]) -> list[Any]:
+    """Write the run folder's recorded exports again, each with the options it was made with.
 
     Returns:
-        The export's :class:`~filtag_kg.rdf.nquads.ExportStats`, or ``None`` when the
-        folder has no recorded export (nothing to refresh).
+        Each export's :class:`~filtag_kg.rdf.nquads.ExportStats` (none when the folder
+        has no recorded export: nothing to refresh).
     """
-    rec = export_record(run_dir)
-    if rec is None:
-        return None
+    recs = export_records(run_dir)
+    if not recs:
+        return []
     from .rdf import export_run_stats
     from .wordnet import load_wordnet
 
-    return export_run_stats(
-        run_dir, fmt=rec["export_format"], out=Path(run_dir) / rec["file"], base_iri=rec["base_iri"],
-        wordnet=load_wordnet(wordnet_dir=rec.get("wordnet_dir")), ili_map=rec.get("ili_map"),
-        explanations=rec.get("explanations", True),
-    )
+    return [
+        export_run_stats(
+            run_dir, fmt=r["export_format"], out=Path(run_dir) / name, base_iri=r["base_iri"],
+            wordnet=load_wordnet(wordnet_dir=r.get("wordnet_dir")), ili_map=r.get("ili_map"),
+            explanations=r.get("explanations", True),
+        )
+        for name, r in recs.items()
+    ]
 
 
 def stale_reason(path: str | os.PathLike[str]) -> str | None:
@@ -203,8 +216,7 @@ def stale_reason(path: str | os.PathLike[str]) -> str | None:
                     newer.append(f.name)
     if not newer:
         return None
-    rec = export_record(run)
-    cmd = refresh_command(run, rec if rec and rec.get("file") == p.name else {})
+    cmd = refresh_command(run, export_records(run).get(p.name))
     return (f"{p} is older than {', '.join(sorted(newer)[:3])} of its run, so it does not show "
             f"the latest results; refresh it with `{cmd}`")
 
@@ -230,6 +242,6 @@ def partial_explanations(run_dir: str | os.PathLike[str]) -> dict[str, int] | No
 
 __all__ = [
     "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
-    "export_record", "partial_explanations", "record_export", "refresh_command", "refresh_export",
+    "export_records", "partial_explanations", "record_export", "refresh_command", "refresh_exports",
     "stale_reason",
 ]

@@ -33,9 +33,14 @@ def test_explain_refreshes_the_runs_graph(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
     run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
+    code, _, err = cli(capsys, "export", str(run), "--format", "nq", "--base-iri", BASE)
+    assert code == 0, err
     code, out, err = cli(capsys, "explain", str(run), "--data", str(image_dir), "--quiet")
     assert code == 0, err
-    assert "knowledge graph refreshed:" in out and "12 explanation graphs" in out
+    for name in ("kg.trig", "kg.nq"):  # every export in the run folder, each as it was made
+        assert f"knowledge graph refreshed: {name}, " in out
+    assert out.count("12 explanation graphs") == 2
+    assert BASE in (run / "kg.nq").read_text(encoding="utf-8")
     kg = (run / "kg.trig").read_text(encoding="utf-8")
     assert BASE in kg  # refreshed with the run's own base IRI, not the default
     # the README's flow: load the run's graph, ask how an image was explained
@@ -60,7 +65,7 @@ def test_readers_of_a_stale_graph_are_told(
         code, _, err = cli(capsys, *argv)
         assert code == 0
         assert "kg.trig is older than tags.tsv" in err
-        assert f"filtag-kg export {run} --base-iri {BASE}" in err
+        assert f"refresh it with `filtag-kg export {run} --base-iri {BASE}`" in err
 
 
 def test_a_different_run_is_not_written_over_another(
