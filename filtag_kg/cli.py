@@ -434,10 +434,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """write a run's HTML report."""
     from .report import write_report
+    from .runfolder import export_records
     from .wordnet import load_wordnet
 
+    base_iri = args.base_iri
+    bases = {r.get("base_iri") for r in export_records(args.run_dir).values()} - {None}
+    if base_iri == DEFAULT_BASE_IRI and len(bases) == 1:
+        base_iri = bases.pop()  # link the pages to the IRIs the run's graph holds
     summary = write_report(
-        args.run_dir, args.out or Path(args.run_dir) / "report", base_iri=args.base_iri,
+        args.run_dir, args.out or Path(args.run_dir) / "report", base_iri=base_iri,
         max_images=args.max_images, max_misexplained=args.max_misexplained,
         max_filters=args.max_filters, top_images=args.top_images, heatmaps=not args.no_heatmaps,
         heatmaps_per_layer=args.heatmaps_per_layer, device=args.device, batch_size=args.batch_size,
@@ -755,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the site folder: new, empty, or an earlier report (default RUN_DIR/report)")
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
                    help="the base IRI the RDF export used, for the pages' IRI links "
-                   f"(default {DEFAULT_BASE_IRI})")
+                   f"(default: the one the run's own export recorded, else {DEFAULT_BASE_IRI})")
     g = p.add_argument_group("what to show")
     g.add_argument("--max-images", type=int, default=50, metavar="N",
                    help="explanation pages for the first N explained images (default 50)")

@@ -235,3 +235,13 @@ def test_the_demo_replaces_only_its_own_earlier_run(tmp_path: Path) -> None:
     assert _holds_a_demo_run(tmp_path)
     write_json(tmp_path / "profile.json", {"model": {"spec": "vgg16"}})
     assert not _holds_a_demo_run(tmp_path)
+
+
+def test_report_links_to_the_iris_of_the_runs_own_graph(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
+    code, _, err = cli(capsys, "report", str(run), "--quiet", "--no-heatmaps", "--max-images", "0")
+    assert code == 0, err
+    index = (run / "report" / "index.html").read_text(encoding="utf-8")
+    assert BASE in index and "http://localhost:8000/filtag-kg/" not in index
