@@ -2,20 +2,140 @@
 
 Artifacts are written to a temporary file in the same folder and renamed over
 the target, so a crash (even SIGKILL) never leaves a half-written artifact.
+Temporary files are named ``.TARGET.filtag-tmp.HOST.PID.RANDOM.EXT``, so the
+next writer of the same target recognises those of a killed writer (its process
+is gone) and removes them. A finished file gets the permissions the umask
+allows (``mkstemp`` alone would leave it readable by its owner only), and a
+full disk is one :class:`~filtag_kg.errors.OutputError`, never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError
+
+#: marks a temporary file of :func:`make_temp` (and so of :func:`atomic_open`)
+TEMP_MARK = "filtag-tmp"
+#: a temporary file whose writer runs on another machine (a shared file system) is
+#: only taken for abandoned after this long without a write
+FOREIGN_TEMP_AGE_S = 24 * 3600
+#: errors meaning "the disk (or quota) is full": reported as one line
+_FULL = {errno.ENOSPC, errno.EDQUOT} if hasattr(errno, "EDQUOT") else {errno.ENOSPC}
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where ``/proc`` tells it)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: some other user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files that killed writers of ``path`` left beside it.
+
+    A temporary file is stale when its writer ran on this machine and its process
+    is gone, or ran elsewhere and has not written for :data:`FOREIGN_TEMP_AGE_S`.
+    A live writer's file is never touched.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    pattern = re.compile(
+        re.escape(f".{path.name}.{TEMP_MARK}.") + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^/]*$"
+    )
+    removed: list[Path] = []
+    host, now = _host(), time.time()
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = pattern.match(e.name)
+        if not m or int(m["pid"]) == os.getpid() and m["host"] == host:
+            continue
+        try:
+            if m["host"] == host:
+                stale = not _pid_alive(int(m["pid"]))
+            else:
+                stale = now - e.stat(follow_symlinks=False).st_mtime > FOREIGN_TEMP_AGE_S
+            if stale:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError) -> OutputError:
+    """The one-line error for a failed write of ``path``."""
+    if disk_full(exc):
+        return OutputError(
+            f"no space left on the device of {path} while writing it; free some space (or "
+            "write elsewhere with --out) and rerun; nothing partial was left in its place"
+        )
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def make_temp(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
+    """Create a recognisable temporary file beside ``path`` (see :func:`remove_stale_temps`),
+    after removing the stale ones of killed writers.
+
+    Returns:
+        ``(fd, name)`` as :func:`tempfile.mkstemp` does.
+
+    Raises:
+        OutputError: the folder cannot be written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        return tempfile.mkstemp(
+            prefix=f".{path.name}.{TEMP_MARK}.{_host()}.{os.getpid()}.", suffix=suffix, dir=path.parent
+        )
+    except OSError as exc:
+        raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+
+
+def publish_mode(fd: int) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode a plain ``open`` would: 0666 less the umask."""
+    os.fchmod(fd, 0o666 & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -27,26 +147,26 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         mode: ``"w"`` (text, UTF-8 unless given) or ``"wb"``.
 
     Raises:
-        OutputError: the folder cannot be written.
+        OutputError: the folder cannot be written, or the disk is full (the
+            target then keeps its old content or stays absent).
     """
     path = Path(path)
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
         kwargs.setdefault("newline", "\n")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    fd, tmp = make_temp(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+            publish_mode(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if disk_full(exc):
+            raise write_error(path, exc) from None  # type: ignore[arg-type]
         raise
 
 
@@ -74,7 +194,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         if path.exists() and not path.is_dir():
             raise OutputError(f"output folder {path} is a file; choose a folder with --out")
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.{TEMP_MARK}.", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

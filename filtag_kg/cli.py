@@ -59,6 +59,9 @@ def _data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="ImageFolder layout: DIR/CLASS/IMAGE, CLASS a wnid (n02085620) or label")
     d.add_argument("--file-list", metavar="FILE",
                    help="one 'PATH<TAB>CLASS' per line (relative paths: to the list's folder)")
+    g.add_argument("--max-pixels", type=int, default=100_000_000, metavar="N",
+                   help="skip (and list) images of more than N pixels instead of decoding them "
+                   "(default 100000000; 0: no cap)")
 
 
 def _profile_options(p: argparse.ArgumentParser) -> None:
@@ -84,6 +87,9 @@ def _profile_options(p: argparse.ArgumentParser) -> None:
                    help="finish an interrupted pass from its checkpoint")
     r.add_argument("--restart", action="store_true",
                    help="discard an interrupted pass's checkpoint and start over")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a different run already in the output folder, removing its "
+                   "profile, tags, explanations, evaluation, report and kg.* (without it: refused)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -167,7 +173,7 @@ def _profile_opts(args: argparse.Namespace) -> Any:
         layers=args.layers, measure=args.measure, device=args.device,
         batch_size=args.batch_size, workers=args.workers, amp=args.amp,
         checkpoint_every=args.checkpoint_every, top_images=args.top_images, resume=args.resume,
-        restart=args.restart, progress=not args.quiet,
+        restart=args.restart, progress=not args.quiet, overwrite=args.overwrite,
     )
 
 
@@ -179,6 +185,12 @@ def _images(args: argparse.Namespace, loaded: Any) -> Any:
     from .pipeline import load_images
 
     imageset = load_images(data=args.data, file_list_path=args.file_list, known=loaded.classes)
+    return _capped(args, imageset)
+
+
+def _capped(args: argparse.Namespace, imageset: Any) -> Any:
+    """The image set with --max-pixels applied and its warnings printed."""
+    imageset.max_pixels = args.max_pixels or None
     for note in imageset.warnings:
         _warn(note)
     return imageset
@@ -186,6 +198,35 @@ def _images(args: argparse.Namespace, loaded: Any) -> Any:
 
 def _outputs(run_dir: Path, names: Sequence[str]) -> str:
     return "outputs: " + ", ".join(str(run_dir / n) for n in names if (run_dir / n).exists())
+
+
+def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str) -> None:
+    from .runfolder import record_export
+
+    record_export(run_dir, path, fmt=fmt, base_iri=args.base_iri, wordnet_dir=args.wordnet_dir,
+                  ili_map=getattr(args, "ili_map", None),
+                  explanations=not getattr(args, "no_explanations", False))
+
+
+def _refresh_graph(run_dir: str) -> list[str]:
+    """Write the run folder's own exports again after its files changed; their names."""
+    from .runfolder import refresh_exports
+
+    names = []
+    for s in refresh_exports(run_dir):  # the run's graph must not be older than what it describes
+        print(f"knowledge graph refreshed: {s.path.name}, {s.quads} statements, {s.explanations} "
+              "explanation graphs")
+        names.append(s.path.name)
+    return names
+
+
+def _warn_if_stale(files: Sequence[str]) -> None:
+    from .runfolder import stale_reason
+
+    for f in files:
+        why = stale_reason(f)
+        if why:
+            _warn(why)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -208,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .evaluation import evaluate_run, format_table
         from .explain import explain_dataset
 
-        explain_dataset(args.out, image_folder(args.explain_data, loaded.classes),
+        explain_dataset(args.out, _capped(args, image_folder(args.explain_data, loaded.classes)),
                         _explain_opts(args, settings), profile=result.profile, loaded=loaded)
         if main_rank:
             print(format_table(evaluate_run(args.out)))
@@ -219,6 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         s = export_run_stats(args.out, base_iri=args.base_iri,
                              wordnet=load_wordnet(wordnet_dir=args.wordnet_dir))
+        _record_export(args, args.out, s.path, "trig")
         print(f"knowledge graph: {s.quads} statements, {s.explanations} explanation graphs")
         names.append(s.path.name)
     print(_outputs(Path(args.out), names))
@@ -255,7 +297,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     tags = write_tags(args.run_dir, profile, settings)
     if not args.quiet:
         print(summarize(profile, tags))
-    print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json"]))
+    print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json", *_refresh_graph(args.run_dir)]))
     return 0
 
 
@@ -298,20 +340,39 @@ def cmd_explain(args: argparse.Namespace) -> int:
         imageset = file_list(args.file_list, known)
     else:
         imageset = image_files(args.images)
+    _capped(args, imageset)
     meta = explain_dataset(args.run_dir, imageset, _explain_opts(args, _settings(args)), profile=profile)
     used = ", ".join(f"{s['method']} {s['param'] if s['param'] is not None else ''}".strip()
                      for s in meta["settings"])
     print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
-    print(_outputs(Path(args.run_dir), ["explanations.jsonl", "explanations.json"]))
+    names = ["explanations.jsonl", "explanations.json"]
+    from .distributed import current
+
+    if not current().main:  # under torchrun, rank 0 alone refreshes what was made from them
+        return 0
+    if (Path(args.run_dir) / "evaluation.json").is_file():  # it described the earlier explanations
+        from .evaluation import evaluate_run
+
+        evaluate_run(args.run_dir)
+        print("evaluation refreshed (filtag-kg evaluate prints it)")
+        names.append("evaluation.json")
+    print(_outputs(Path(args.run_dir), names + _refresh_graph(args.run_dir)))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """evaluate a run's explanations."""
     from .evaluation import evaluate_run, format_table
+    from .runfolder import partial_explanations
 
+    part = partial_explanations(args.run_dir)
+    if part is not None:
+        of = f" of {part['total']}" if part["total"] else ""
+        _warn(f"the explanation pass in {args.run_dir} was interrupted after {part['done']}{of} images; "
+              f"this evaluates only those (recorded in evaluation.json): finish the pass with "
+              f"`filtag-kg explain {args.run_dir} --resume` and the same options, then evaluate again")
     doc = evaluate_run(args.run_dir, top_concepts=args.top_concepts)
     print(format_table(doc, by_class=args.by_class))
     print(_outputs(Path(args.run_dir), ["evaluation.json", "perturbation_effects.jsonl"]))
@@ -328,6 +389,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations,
     )
+    _record_export(args, args.run_dir, s.path, args.format)
     print(f"wrote {s.path}: {s.quads} statements ({s.tag_triples} in the tag graph), "
           f"{s.explanations} explanation graphs")
     return 0
@@ -348,6 +410,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     missing = [d for d in options.dumps if not d.is_file()]
     if missing:
         raise FiltagError(f"dump file {missing[0]} does not exist")
+    _warn_if_stale(args.dumps)
+    from .sparql.store import check_complete
+
+    check_complete(args.store)  # a store whose load was cut off is not served as if whole
 
     def ready(url: str) -> None:
         print(f"serving {args.store} at {url} (base IRI {options.base_iri}); Ctrl-C stops", flush=True)
@@ -370,10 +436,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """write a run's HTML report."""
     from .report import write_report
+    from .runfolder import export_records
     from .wordnet import load_wordnet
 
+    base_iri = args.base_iri
+    bases = {r.get("base_iri") for r in export_records(args.run_dir).values()} - {None}
+    if base_iri == DEFAULT_BASE_IRI and len(bases) == 1:
+        base_iri = bases.pop()  # link the pages to the IRIs the run's graph holds
     summary = write_report(
-        args.run_dir, args.out or Path(args.run_dir) / "report", base_iri=args.base_iri,
+        args.run_dir, args.out or Path(args.run_dir) / "report", base_iri=base_iri,
         max_images=args.max_images, max_misexplained=args.max_misexplained,
         max_filters=args.max_filters, top_images=args.top_images, heatmaps=not args.no_heatmaps,
         heatmaps_per_layer=args.heatmaps_per_layer, device=args.device, batch_size=args.batch_size,
@@ -388,6 +459,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     """load exports into an on-disk Oxigraph store."""
     from . import sparql
 
+    _warn_if_stale(args.files)
     print(sparql.load(args.files, args.store, bulk=args.bulk, optimize=args.optimize).summary())
     return 0
 
@@ -398,6 +470,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if (args.store is None) == (not args.graph):
         raise FiltagError("give the data with exactly one of --store DIR or --graph FILE...")
+    _warn_if_stale(args.graph or [])
     with sparql.open_source(store=args.store, graphs=args.graph or None) as src:
         result = sparql.query(src, args.name, **sparql.parse_params(args.param))
         print(sparql.format_result(result, args.format), end="")
@@ -417,6 +490,7 @@ def cmd_abstract(args: argparse.Namespace) -> int:
     report = _abstract(args, args.run_dir, roots=args.roots, depth=args.depth,
                        min_cover=args.min_cover, closed=args.closed)
     print(report.summary())
+    _refresh_graph(args.run_dir)
     return 0
 
 
@@ -703,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the site folder: new, empty, or an earlier report (default RUN_DIR/report)")
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
                    help="the base IRI the RDF export used, for the pages' IRI links "
-                   f"(default {DEFAULT_BASE_IRI})")
+                   f"(default: the one the run's own export recorded, else {DEFAULT_BASE_IRI})")
     g = p.add_argument_group("what to show")
     g.add_argument("--max-images", type=int, default=50, metavar="N",
                    help="explanation pages for the first N explained images (default 50)")
@@ -831,6 +905,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("filtag-kg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from ._io import disk_full
+
+        if not disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"filtag-kg: error: no space left on the device{where}; free some space or write "
+              "elsewhere (--out), then rerun", file=sys.stderr)
+        return 2
     finally:
         if "torch" in sys.modules:
             from .distributed import shutdown

@@ -24,6 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import DataError
 from .models import WNID_RE, ClassInfo
 
+#: images with more pixels than this are not decoded but skipped (``--max-pixels``): a
+#: 144-megapixel PNG would take over 1 GB to decode, and a crafted one far more
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the decoding cap allows (a bad sample, not fatal)."""
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -43,6 +51,7 @@ class ImageSet:
         samples: images in a fixed order (class folder, then file name).
         classes: the dataset's classes; ``samples[i].label`` indexes them.
         warnings: things a user should know (empty class folders, stray files).
+        max_pixels: images over this many pixels are skipped, not decoded (``None``: no cap).
     """
 
     source: str
@@ -50,6 +59,7 @@ class ImageSet:
     samples: list[Sample]
     classes: list[ClassInfo]
     warnings: list[str] = field(default_factory=list)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def fingerprint(self) -> str:
         """SHA-256 of the ordered (path, class id) list: identifies the data for resume."""
@@ -60,13 +70,20 @@ class ImageSet:
         return h.hexdigest()
 
     def record(self) -> dict[str, Any]:
-        """Plain-JSON description for artifacts."""
+        """Plain-JSON description for artifacts.
+
+        ``root`` is absolute, and ``cwd`` is the folder that relative sample paths
+        (kept as given, so queries take them as typed) are relative to: a reader in
+        another folder (``filtag-kg report``) still finds the images.
+        """
         return {
             "source": self.source,
-            "root": self.root,
+            "root": os.path.abspath(self.root) if self.root else self.root,
+            "cwd": os.getcwd(),
             "images": len(self.samples),
             "classes": len(self.classes),
             "fingerprint": self.fingerprint(),
+            "max_pixels": self.max_pixels,
         }
 
 
@@ -96,6 +113,82 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """A path as text that any UTF-8 output can hold: bytes that are not UTF-8 become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the file system name (surrogate escapes)
+        return False
+    return True
+
+
+def _listed(kind: str, paths: Sequence[str], why: str) -> str:
+    shown = ", ".join(printable_path(p) for p in paths[:5])
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return f"{len(paths)} {kind} {why}: {shown}{more}"
+
+
+def _walk_class(folder: Path, notes: list[str]) -> list[str]:
+    """The files under one class folder, each real file and folder once.
+
+    Links are followed, but a folder reached a second time (a symlink loop such as
+    ``loop -> .``, or two links to one folder) is not scanned again, and a file
+    reached through two names is listed once; both are reported in ``notes``.
+    Names that are not valid UTF-8 are skipped and listed (outputs are UTF-8).
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    files: list[str] = []
+    again: list[str] = []
+    twice: list[str] = []
+    not_utf8: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            again.append(dirpath)
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        keep = sorted(n for n in dirnames if not _is_hidden(n))
+        not_utf8 += [os.path.join(dirpath, n) for n in keep if not _utf8(n)]
+        dirnames[:] = [n for n in keep if _utf8(n)]
+        for f in filenames:
+            if _is_hidden(f):
+                continue
+            path = os.path.join(dirpath, f)
+            if not _utf8(f):
+                not_utf8.append(path)
+                continue
+            try:
+                fst = os.stat(path)
+            except OSError:  # a broken link: kept, and reported as unreadable when decoded
+                files.append(path)
+                continue
+            if (fst.st_dev, fst.st_ino) in seen_files:
+                twice.append(path)
+                continue
+            seen_files.add((fst.st_dev, fst.st_ino))
+            files.append(path)
+    if again:
+        notes.append(_listed("folder(s)", again, "lead back to a folder already scanned (a symlink "
+                             "loop or a second link) and were not scanned again"))
+    if twice:
+        notes.append(_listed("file(s)", twice, "are another name (a link) of a file already listed "
+                             "and are counted once"))
+    if not_utf8:
+        notes.append(_listed("file(s) or folder(s)", not_utf8, "have names that are not valid UTF-8 and "
+                             "are skipped; rename them to include them"))
+    return files
+
+
 def image_folder(root: str | os.PathLike[str], known: Sequence[ClassInfo] | None = None) -> ImageSet:
     """Scan an ImageFolder layout: ``root/CLASS/IMAGE`` (``CLASS`` a wnid or a label).
 
@@ -110,13 +203,21 @@ def image_folder(root: str | os.PathLike[str], known: Sequence[ClassInfo] | None
         raise DataError(
             f"data folder {root} does not exist; pass --data DIR with one subfolder per class"
         )
+    if not _utf8(str(rootp)):
+        raise DataError(f"the path of data folder {printable_path(rootp)} is not valid UTF-8; rename it "
+                        "(or link it under a UTF-8 name) and pass that")
     class_dirs = sorted(p for p in rootp.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    notes = []
+    bad_names = [str(p) for p in class_dirs if not _utf8(p.name)]
+    if bad_names:
+        notes.append(_listed("class folder(s)", bad_names, "have names that are not valid UTF-8 and "
+                             "are skipped; rename them to include them"))
+        class_dirs = [p for p in class_dirs if _utf8(p.name)]
     if not class_dirs:
         raise DataError(
             f"data folder {root} holds no class folders; expected DIR/CLASS/IMAGE (CLASS a wnid "
             "such as n02085620, or a label), or use --file-list"
         )
-    notes = []
     stray = [p.name for p in rootp.iterdir() if p.is_file() and not _is_hidden(p.name)]
     if stray:
         notes.append(f"{len(stray)} file(s) directly in {root} are not in a class folder and are ignored")
@@ -124,10 +225,7 @@ def image_folder(root: str | os.PathLike[str], known: Sequence[ClassInfo] | None
     classes: list[ClassInfo] = []
     for ci, d in enumerate(class_dirs):
         classes.append(class_info(d.name, known))
-        files = []
-        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-            dirnames[:] = sorted(n for n in dirnames if not _is_hidden(n))
-            files += [os.path.join(dirpath, f) for f in filenames if not _is_hidden(f)]
+        files = _walk_class(d, notes)
         if not files:
             notes.append(f"class folder {d} is empty; the class is kept with no images and no tags")
         samples += [Sample(f, ci) for f in sorted(files)]
@@ -146,8 +244,14 @@ def image_files(paths: Sequence[str | os.PathLike[str]]) -> ImageSet:
         raise DataError("no image given; pass image files, --data DIR or --file-list FILE")
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        raise DataError(f"image file {missing[0]} does not exist")
-    return ImageSet("files", "", [Sample(str(p), -1) for p in paths], [])
+        raise DataError(f"image file {printable_path(missing[0])} does not exist")
+    good = [str(p) for p in paths if _utf8(str(p))]
+    bad = [str(p) for p in paths if not _utf8(str(p))]
+    notes = [_listed("file(s)", bad, "have names that are not valid UTF-8 and are skipped; rename "
+                     "them to include them")] if bad else []
+    if not good:
+        raise DataError(notes[0])
+    return ImageSet("files", "", [Sample(p, -1) for p in good], [], notes)
 
 
 def file_list(path: str | os.PathLike[str], known: Sequence[ClassInfo] | None = None) -> ImageSet:
@@ -161,9 +265,13 @@ def file_list(path: str | os.PathLike[str], known: Sequence[ClassInfo] | None = 
     """
     p = Path(path).expanduser()
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise DataError(f"cannot read file list {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line_no = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line_no}: not UTF-8; save the file list as UTF-8 (and rename files "
+                        "whose names are not)") from None
     entries: list[tuple[str, str]] = []
     for n, line in enumerate(lines, 1):
         line = line.strip()
@@ -184,17 +292,41 @@ def file_list(path: str | os.PathLike[str], known: Sequence[ClassInfo] | None = 
     return ImageSet("file-list", str(p), samples, [class_info(c, known) for c in names])
 
 
-def load_rgb(path: str | io.BytesIO) -> Any:
-    """Decode an image file (a path or its bytes) completely, as a PIL RGB image.
-
-    Raises:
-        OSError, ValueError, ...: whatever PIL raises for a bad file.
-    """
+def _open_capped(path: str | io.BytesIO, max_pixels: int | None) -> Any:
+    """``Image.open`` with PIL's decompression-bomb limit set to our own cap."""
     from PIL import Image
 
+    saved = Image.MAX_IMAGE_PIXELS
+    # PIL refuses at twice its limit; ours is checked exactly below, from the header
+    Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels else None
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{exc}".split(" could be")[0] + f"; over the cap of {max_pixels} "
+                                 "pixels (--max-pixels)") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_rgb(path: str | io.BytesIO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
+    """Decode an image file (a path or its bytes) completely, as a PIL RGB image.
+
+    Args:
+        path: the file, or its bytes.
+        max_pixels: refuse (before decoding) an image with more pixels; ``None``: no cap.
+
+    Raises:
+        ImageTooLargeError: the image is over ``max_pixels``.
+        OSError, ValueError, ...: whatever PIL raises for a bad file.
+    """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # palette-transparency and EXIF chatter
-        with Image.open(path) as img:
+        warnings.simplefilter("ignore")  # palette-transparency, EXIF and decompression-bomb chatter
+        with _open_capped(path, max_pixels) as img:
+            w, h = img.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{w} x {h} = {w * h} pixels, over the cap of {max_pixels} (--max-pixels)"
+                )
             img.load()  # forces full decoding: truncated files fail here
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
@@ -216,10 +348,12 @@ class ImageDataset(Dataset):
         transform: Callable[[Any], torch.Tensor],
         *,
         with_sha256: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.with_sha256 = with_sha256
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -232,9 +366,9 @@ class ImageDataset(Dataset):
                 with open(s.path, "rb") as fh:
                     data = fh.read()
                 digest = hashlib.sha256(data).hexdigest()
-                x = self.transform(load_rgb(io.BytesIO(data)))
+                x = self.transform(load_rgb(io.BytesIO(data), max_pixels=self.max_pixels))
             else:
-                x = self.transform(load_rgb(s.path))
+                x = self.transform(load_rgb(s.path, max_pixels=self.max_pixels))
         except Exception as exc:  # noqa: BLE001 - any decoding failure marks a bad file
             msg = str(exc).splitlines()[0][:200] if str(exc) else ""
             item: tuple[Any, ...] = (i, None, s.label, f"{type(exc).__name__}: {msg}".rstrip(": "))

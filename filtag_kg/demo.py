@@ -21,6 +21,17 @@ from .tagging import TagSetting
 DEMO_MODEL = "filtag_kg.shapes:build_shapes_net"
 
 
+def _holds_a_demo_run(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` holds an earlier demo run (replaced without asking, e.g. after retraining);
+    any other run there is refused, as ``filtag-kg run`` refuses it."""
+    from ._io import read_json
+
+    try:
+        return read_json(Path(out) / "profile.json")["model"]["spec"].endswith(DEMO_MODEL.split(":")[-1])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def run_demo(
     *,
     out: str | os.PathLike[str] = "filtag-demo",
@@ -65,7 +76,7 @@ def run_demo(
     loaded = load_model(DEMO_MODEL, weights_file=weights, preprocess=SHAPES_PREPROCESS, classes=classes)
     imageset = image_folder(data_root / "train", classes)
     options = ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress, checkpoint_every=0,
-                             top_images=6)
+                             top_images=6, overwrite=_holds_a_demo_run(out))
     result = run(loaded, imageset, out, settings=[TagSetting("top-k", 1), TagSetting("top-k", 3)],
                  options=options)
     report = write_abstractions(out, tags=result.tags, wordnet=load_wordnet())

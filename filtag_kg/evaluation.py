@@ -232,7 +232,11 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
         doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)
     if not doc["perturbations"]:
         (run / PERTURBATION_EFFECTS).unlink()
-    doc = {"format": "filtag-kg evaluation", "format_version": 1, **doc}
+    from .runfolder import partial_explanations
+
+    cut = partial_explanations(run)  # an interrupted pass: say that only part was evaluated
+    doc = {"format": "filtag-kg evaluation", "format_version": 1,
+           "explanation_pass": {"complete": cut is None, **(cut or {})}, **doc}
     write_json(run / EVALUATION, doc)
     return doc
 

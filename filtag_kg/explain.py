@@ -427,7 +427,8 @@ def explain_dataset(
     device = resolve_device(opts.device, dist)
     names = [lp.name for lp in profile.layers]
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
-    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True)
+    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True,
+                           max_pixels=imageset.max_pixels)
     engine = Engine.build(
         loaded,
         first_good_image(imageset, dataset),
@@ -512,7 +513,7 @@ def explain_dataset(
             write_json(
                 state_path,
                 {"fingerprint": fingerprint, "done": done, "offset": offset, "skipped": skipped,
-                 "started_at": started},
+                 "started_at": started, "total": n},
             )
 
     def forward(

@@ -114,26 +114,40 @@ def read_class_file(path: str | Path) -> list[ClassInfo]:
     """Read ``--classes FILE``: one class per line in output-index order.
 
     A line is ``wnid``, ``wnid<TAB>label``, ``id<TAB>label`` or a bare label;
-    blank lines and ``#`` comments are ignored.
+    blank lines and ``#`` comments are ignored. Lines end at ``\n`` (``\r\n``
+    too) and nowhere else: a label may hold any other character (U+2028, U+2029,
+    form feeds, ...), except a tab, which separates the id from the label.
 
     Raises:
-        DataError: the file is missing or holds no class.
+        DataError: the file is missing, not UTF-8, holds no class, or a line has
+            more than one tab.
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"cannot read class list {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line_no = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line_no}: not UTF-8 (byte {exc.object[exc.start]:#04x}); save the "
+                        "class list as UTF-8") from None
     out: list[ClassInfo] = []
-    for line in text.splitlines():
-        line = line.strip()
+    for n, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r").strip(" \t")
         if not line or line.startswith("#"):
             continue
-        parts = line.split("\t") if "\t" in line else line.split(None, 1)
-        if len(parts) == 2:
-            out.append(ClassInfo(parts[0].strip(), parts[1].strip()))
-        else:
-            out.append(ClassInfo(parts[0], parts[0]))
+        if line.count("\t") > 1:
+            raise DataError(
+                f"{p}:{n}: {line.count(chr(9))} tabs in {line!r}; a class line is 'wnid', 'wnid<TAB>label' "
+                "or a label, and a label cannot hold a tab (the outputs are tab-separated)"
+            )
+        if "\t" in line:
+            cid, label = (part.strip(" ") for part in line.split("\t"))
+        elif " " in line and WNID_RE.match(line.split(" ", 1)[0]):  # 'wnid label'
+            cid, label = (part.strip(" ") for part in line.split(" ", 1))
+        else:  # a bare id or label, spaces and all
+            cid = label = line
+        out.append(ClassInfo(cid, label or cid))
     if not out:
         raise DataError(f"class list {p} holds no class (one class per line expected)")
     return out
@@ -448,6 +462,12 @@ def load_recorded_model(meta: dict[str, Any]) -> LoadedModel:
     """
     rec = meta["model"]
     classes = meta.get("model_classes")
+    wf = rec.get("weights_file")
+    if wf and not Path(wf).is_file():
+        raise WeightsError(
+            f"the run's weights file {wf} (model.weights_file in profile.json) does not exist; put "
+            "the file back at that path, or set model.weights_file in profile.json to where it is now"
+        )
     loaded = load_model(
         rec["spec"],
         weights=rec.get("weights"),

@@ -34,9 +34,10 @@ from ._io import atomic_open, ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
 from .distributed import RoundSampler
-from .errors import FiltagError, ProfileError
+from .errors import DataError, FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
+from .runfolder import check_same_run
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -181,6 +182,8 @@ class ProfileOptions:
         top_images: keep, per filter, the N images with the highest value (0: none).
         resume: continue an interrupted pass from its checkpoint.
         restart: discard an interrupted pass's checkpoint and start over.
+        overwrite: replace another run already in the folder, removing all its artifacts
+            (without it, such a folder is refused: see :func:`filtag_kg.runfolder.check_same_run`).
         progress: show a progress bar on stderr.
     """
 
@@ -195,6 +198,7 @@ class ProfileOptions:
     resume: bool = False
     restart: bool = False
     progress: bool = True
+    overwrite: bool = False
 
 
 def resolve_device(spec: str, dist: distributed.Dist | None = None) -> torch.device:
@@ -478,21 +482,36 @@ def profile_dataset(
     autocast_dtype(opts.amp)
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
-    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
+    dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), max_pixels=imageset.max_pixels)
     example = first_good_image(imageset, dataset)
     engine = Engine.build(
         loaded, example, layers=opts.layers, measure=opts.measure, device=device, amp=opts.amp,
     )
+    if engine.output_width is None:  # a TorchScript dry run does not report it
+        with torch.inference_mode():
+            out = loaded.module(example.to(device))
+        engine.output_width = int(out.shape[-1]) if torch.is_tensor(out) else None
     if loaded.classes is None:
         # no class list from weights or --classes: the data's folders name the outputs,
         # when there are as many folders as outputs
-        if engine.output_width is None:  # a TorchScript dry run does not report it
-            with torch.inference_mode():
-                engine.output_width = loaded.module(example.to(device)).shape[-1]
         if engine.output_width == len(imageset.classes):
             loaded.classes = list(imageset.classes)
+    elif engine.output_width is not None and len(loaded.classes) != engine.output_width:
+        raise DataError(
+            f"the model's class list has {len(loaded.classes)} classes but the model has "
+            f"{engine.output_width} outputs; give one class per output, in output order "
+            "(--classes FILE), or the model that fits the list"
+        )
     points = engine.points
     fingerprint = _fingerprint(loaded, imageset, points, opts.amp, opts.top_images)
+    # one run per folder: another run's profile, explanations, report or graph never mix with this one
+    if opts.overwrite:
+        dist.barrier()
+        if dist.main:
+            check_same_run(run, fingerprint, overwrite=True)
+        dist.barrier()
+    else:
+        check_same_run(run, fingerprint)
 
     if opts.restart:
         dist.barrier()  # every rank has looked at the checkpoint before it goes
@@ -672,7 +691,7 @@ def profile_dataset(
         meta={
             "format": "filtag-kg profile",
             "format_version": 1,
-            "model": loaded.record(),
+            "model": _absolute_weights(loaded.record()),
             "model_classes": [{"id": c.id, "label": c.label} for c in loaded.classes]
             if loaded.classes is not None else None,
             "preprocess": loaded.preprocess.to_dict(),
@@ -706,6 +725,13 @@ def profile_dataset(
     # every rank continues (tagging, explaining) with rank 0's profile, which alone holds
     # the sums of a resumed checkpoint
     return dist.broadcast(profile if dist.main else None) if dist.active else profile
+
+
+def _absolute_weights(record: dict[str, Any]) -> dict[str, Any]:
+    """A model record whose weights file is absolute, so the run is rebuilt from any folder."""
+    if record.get("weights_file"):
+        record = {**record, "weights_file": os.path.abspath(os.path.expanduser(record["weights_file"]))}
+    return record
 
 
 def class_infos(profile: Profile) -> list[ClassInfo]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from filtag_kg.data import ImageDataset, class_info, file_list, image_folder, load_rgb
+from filtag_kg.data import ImageDataset, Sample, class_info, file_list, image_folder, load_rgb
 from filtag_kg.errors import DataError
 from filtag_kg.models import ClassInfo
 from filtag_kg.preprocess import Preprocess
@@ -70,3 +70,74 @@ def test_preprocess_round_trip() -> None:
     x = p.transform()(img)
     assert tuple(x.shape) == (3, 32, 32)
     np.testing.assert_allclose(x.numpy(), (128 / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_a_symlink_loop_counts_each_file_once(image_dir: Path) -> None:
+    d = image_dir / "n02085620"
+    (d / "loop").symlink_to(".", target_is_directory=True)  # loop -> .
+    (d / "sub").mkdir()
+    (d / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (d / "again.png").symlink_to("img00.png")  # a second name of one file
+    s = image_folder(image_dir)
+    assert len(s.samples) == 12  # 4 per class, as without the links
+    assert sum(x.label == 1 for x in s.samples) == 4
+    notes = " ".join(s.warnings)
+    assert "symlink loop" in notes and "loop" in notes and "counted once" in notes
+
+
+def test_names_that_are_not_utf8_are_skipped_and_listed(image_dir: Path, tmp_path: Path) -> None:
+    import json
+    import os
+
+    d = image_dir / "n02085620"
+    bad = os.fsdecode(bytes(d) + b"/caf\xe9.png")
+    (d / "img00.png").rename(bad)
+    os.mkdir(os.fsdecode(bytes(image_dir) + b"/n0\xff"))
+    s = image_folder(image_dir)
+    assert len(s.samples) == 11 and len(s.classes) == 3
+    notes = "\n".join(s.warnings)
+    assert "caf\\xe9.png" in notes and "n0\\xff" in notes and "not valid UTF-8" in notes
+    json.dumps(s.record()).encode("utf-8")  # every artifact can be written
+    (tmp_path / "w.tsv").write_text(s.fingerprint() + "\n" + notes, encoding="utf-8")
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"a.png\tn02085620\ncaf\xe9.png\tn02085620\n")
+    with pytest.raises(DataError, match="list.txt:2: not UTF-8"):
+        file_list(lst)
+
+
+def test_images_over_the_pixel_cap_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    from PIL import Image
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("RGB", (60, 50)).save(big)
+    Image.new("RGB", (20, 20)).save(small)
+    with pytest.raises(ValueError, match=r"60 x 50 = 3000 pixels, over the cap of 2000 \(--max-pixels\)"):
+        load_rgb(str(big), max_pixels=2000)
+    # far over the cap: PIL's own decompression-bomb check answers first, in the same words
+    with pytest.raises(ValueError, match=r"over the cap of 1000 pixels \(--max-pixels\)"):
+        load_rgb(str(big), max_pixels=1000)
+    assert load_rgb(str(big), max_pixels=None).size == (60, 50)
+    ds = ImageDataset([Sample(str(big), 0), Sample(str(small), 0)],
+                      Preprocess(resize=None, crop=8).transform(), max_pixels=2000)
+    assert ds[0][1] is None and "ImageTooLargeError" in ds[0][3] and "--max-pixels" in ds[0][3]
+    assert ds[1][1] is not None
+
+
+def test_run_records_images_over_the_cap_as_skipped(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from PIL import Image
+
+    from filtag_kg.cli import main
+
+    Image.new("RGB", (80, 80)).save(image_dir / "n02085620" / "huge.png")
+    out = tmp_path / "run"
+    code = main(["run", "--model", "tiny_models:build_tiny", "--image-size", "16", "--quiet", "--no-export",
+                 "--max-pixels", "5000", "--data", str(image_dir), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    ds = json.loads((out / "profile.json").read_text())["dataset"]
+    assert ds["images_used"] == 12 and ds["max_pixels"] == 5000
+    assert [Path(s["path"]).name for s in ds["skipped"]] == ["huge.png"]
+    assert "6400 pixels, over the cap of 5000" in ds["skipped"][0]["reason"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import build_tiny
 
-from filtag_kg.errors import UnknownLayerError, UnknownModelError, WeightsError
+from filtag_kg.errors import DataError, UnknownLayerError, UnknownModelError, WeightsError
 from filtag_kg.models import (
     ClassInfo,
     conv_layer_names,
@@ -126,3 +126,42 @@ def test_factory_from_a_file_or_the_current_folder(tmp_path: Path, monkeypatch: 
         load_model("broken_for_test.py:build")
     with pytest.raises(UnknownModelError, match="no_such_module_for_test"):
         load_model("no_such_module_for_test:build")
+
+
+def test_class_file_lines_end_at_newline_only(tmp_path: Path) -> None:
+    f = tmp_path / "classes.txt"
+    # U+2028/U+2029 (and \x0c, \x85) are characters of a label, not line ends; CRLF files work
+    f.write_text("n02085620\tChi\u2028hua\u2029hua\r\nn02123045 tabby\x0ccat\r\ngolden retriever\nx\x85y\n",
+                 encoding="utf-8", newline="")
+    assert read_class_file(f) == [
+        ClassInfo("n02085620", "Chi\u2028hua\u2029hua"), ClassInfo("n02123045", "tabby\x0ccat"),
+        ClassInfo("golden retriever", "golden retriever"), ClassInfo("x\x85y", "x\x85y"),
+    ]
+
+
+def test_class_file_refuses_a_tab_inside_a_label(tmp_path: Path) -> None:
+    f = tmp_path / "classes.txt"
+    f.write_text("n02085620\tChihuahua\nn02123045\ttabby\tcat\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"classes.txt:2: 2 tabs .*cannot hold a tab"):
+        read_class_file(f)
+    f.write_bytes(b"n02085620\tChihuahua\nn02123045\ttabby \xff\n")
+    with pytest.raises(DataError, match=r"classes.txt:2: not UTF-8"):
+        read_class_file(f)
+
+
+def test_class_list_must_fit_the_models_outputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from conftest import write_images
+
+    from filtag_kg.cli import main
+
+    data = write_images(tmp_path / "data", per_class=1)
+    f = tmp_path / "classes.txt"
+    f.write_text("n02085620\nn02123045\nn04536866\nn01440764\n", encoding="utf-8")  # 4; the model has 3
+    code = main(["run", "--model", "tiny_models:build_tiny", "--image-size", "16", "--quiet",
+                 "--classes", str(f), "--data", str(data), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "class list has 4 classes but the model has 3 outputs" in err
+    assert not (tmp_path / "run" / "profile.json").exists()

@@ -278,7 +278,11 @@ def test_checkpoint_of_other_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="different"):
         profile_dataset(loaded, image_folder(other), run_dir,
                         ProfileOptions(progress=False, resume=True))
-    profile_dataset(loaded, image_folder(other), run_dir, ProfileOptions(progress=False, restart=True))
+    # the folder holds a finished run of other data: replacing it takes --overwrite
+    with pytest.raises(ProfileError, match="--overwrite"):
+        profile_dataset(loaded, image_folder(other), run_dir, ProfileOptions(progress=False, restart=True))
+    profile_dataset(loaded, image_folder(other), run_dir,
+                    ProfileOptions(progress=False, restart=True, overwrite=True))
     assert Profile.load(run_dir).counts.tolist() == [3, 3, 3]
 
 

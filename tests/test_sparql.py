@@ -288,6 +288,42 @@ def test_load_errors(tmp_path: Path) -> None:
         sparql.load([], tmp_path / "s3")
 
 
+def test_a_cut_off_load_is_detected_and_cleaned_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from filtag_kg.sparql import store as store_mod
+
+    real = store_mod._read_into
+
+    def killed_on_second(store: Any, path: Path, *, bulk: bool | None) -> Any:
+        if path == kg().nq_b:
+            real(store, path, bulk=True)  # what a killed bulk load leaves: part of the data
+            raise KeyboardInterrupt
+        return real(store, path, bulk=bulk)
+
+    monkeypatch.setattr(store_mod, "_read_into", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        sparql.load([kg().nq_a, kg().nq_b], tmp_path / "s")
+    monkeypatch.setattr(store_mod, "_read_into", real)
+    assert (tmp_path / "s" / sparql.store.LOAD_MARKER).is_file()
+    # not opened as a valid store, by query or serve
+    with pytest.raises(sparql.StoreError, match="incomplete: loading .*kg.nq") as err:
+        sparql.open_source(store=tmp_path / "s")
+    assert "again starts it over" in str(err.value)
+    # the next load of the store that load created starts it over
+    stats = sparql.load([kg().nq_a], tmp_path / "s")
+    assert "removed the incomplete store" in stats.summary()
+    assert stats.quads == sum(1 for _ in ox.parse(path=str(kg().nq_a), format=ox.RdfFormat.N_QUADS))
+    assert not (tmp_path / "s" / sparql.store.LOAD_MARKER).exists()
+    with sparql.open_source(store=tmp_path / "s") as src:
+        assert len(src) == stats.quads
+    # a store that was whole before the cut-off load is refused, not guessed at
+    monkeypatch.setattr(store_mod, "_read_into", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        sparql.load([kg().nq_b], tmp_path / "s")
+    monkeypatch.setattr(store_mod, "_read_into", real)
+    with pytest.raises(sparql.StoreError, match="remove the folder and load every file again"):
+        sparql.load([kg().nq_a], tmp_path / "s")
+
+
 def test_open_source_errors(tmp_path: Path) -> None:
     with pytest.raises(sparql.StoreError) as err:
         sparql.open_source(store=tmp_path / "missing")

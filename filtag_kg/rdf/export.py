@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .._io import atomic_open
-from ..errors import OutputError
+from .._io import atomic_open, make_temp
 from .errors import ExportFormatError, UnrepresentableLiteralError
 from .mint import DEFAULT_BASE_IRI, check_base_iri
 from .nquads import ExportStats, write_nquads
@@ -140,13 +138,7 @@ def export_run_stats(
             stats = write_nquads(data, fh, graphs=f.name == "nq", **kwargs)
         return replace(stats, path=path)
     # everything else: stream N-Quads to a temporary file, let Oxigraph convert it
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nq", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to {path.parent}: {exc.strerror or exc}; choose another file with --out"
-        ) from None
+    fd, tmp = make_temp(path, suffix=".nq")  # recognisable: the next export removes a killed one's
     try:
         with os.fdopen(fd, "wb") as fh:
             stats = write_nquads(data, fh, graphs=True, **kwargs)

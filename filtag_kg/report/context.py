@@ -186,7 +186,10 @@ class SiteContext:
         p = Path(path)
         if p.is_absolute() or p.exists():
             return p
-        for base in (self.view.run_dir.parent, self.view.run_dir):
+        # relative paths are relative to the folder each pass ran in (recorded as ``cwd``)
+        metas = (self.view.profile_meta or {}, self.view.data.explanations_meta or {})
+        cwds = [(m.get("dataset") or {}).get("cwd") for m in metas]
+        for base in (*[Path(c) for c in cwds if c], self.view.run_dir.parent, self.view.run_dir):
             q = base / p
             if q.exists():
                 return q

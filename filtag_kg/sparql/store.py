@@ -29,9 +29,11 @@ from .results import Result, Term
 
 __all__ = [
     "RDF_EXTENSIONS",
+    "LOAD_MARKER",
     "FileStats",
     "LoadStats",
     "Source",
+    "check_complete",
     "load",
     "open_source",
     "rdflib_dataset",
@@ -82,10 +84,12 @@ class LoadStats:
     files: tuple[FileStats, ...]
     quads: int
     seconds: float
+    #: what was done before loading (e.g. an interrupted load's incomplete store removed)
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """Lines for the CLI."""
-        lines = [
+        lines = list(self.notes) + [
             f"loaded {f.path} ({f.format}, {f.bytes / 1e6:.1f} MB{', bulk' if f.bulk else ''}) "
             f"in {f.seconds:.1f} s"
             for f in self.files
@@ -183,6 +187,70 @@ def _is_store(path: Path) -> bool:
     return (path / "CURRENT").is_file()
 
 
+#: written into a store folder before :func:`load` changes it, removed once the load is
+#: complete: a store holding it was cut off half way (a kill, a crash, a full disk)
+LOAD_MARKER = "filtag-kg-load-in-progress.json"
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    import json
+
+    p = path / LOAD_MARKER
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rec = {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def check_complete(store_dir: str | os.PathLike[str]) -> None:
+    """Refuse a store whose last :func:`load` was cut off (or is still running).
+
+    Raises:
+        StoreError: naming the files of that load and how to rebuild the store.
+    """
+    path = Path(store_dir)
+    rec = _marker(path)
+    if rec is None:
+        return
+    files = ", ".join(rec.get("files") or []) or "its files"
+    again = (f"`filtag-kg load {files} --store {path}` again starts it over"
+             if rec.get("created") else "remove the folder and load every file again")
+    raise StoreError(
+        f"store {str(path)!r} is incomplete: loading {files} into it was cut off (or is still "
+        f"running, started {rec.get('started_at', '?')}); {again}"
+    )
+
+
+def _clear_interrupted(target: Path) -> list[str]:
+    """Deal with the marker of a cut-off load before loading into ``target`` again.
+
+    A store that the cut-off load created holds nothing else: it is removed (with the
+    sorted files a killed bulk load leaves) and built anew. A store that existed before
+    is refused: which of its quads are whole cannot be told.
+    """
+    import shutil
+
+    import pyoxigraph as ox
+
+    rec = _marker(target)
+    if rec is None:
+        return []
+    if _is_store(target):
+        try:  # a load still running holds the store's lock
+            probe = ox.Store(str(target))
+            del probe
+        except OSError as exc:
+            raise StoreError(_store_message(target, exc)) from None
+    if not rec.get("created"):
+        check_complete(target)
+    shutil.rmtree(target)
+    return [f"removed the incomplete store {target} that an interrupted load of "
+            f"{', '.join(rec.get('files') or []) or 'files'} left; loading anew"]
+
+
 def load(
     files: Sequence[str | os.PathLike[str]],
     store_dir: str | os.PathLike[str],
@@ -231,23 +299,42 @@ def load(
     target = Path(store_dir)
     if target.exists() and not target.is_dir():
         raise StoreError(f"store {str(target)!r} is a file; give a folder (new or made by filtag-kg load)")
+    notes = _clear_interrupted(target)
     if target.is_dir() and any(target.iterdir()) and not _is_store(target):
         raise StoreError(
             f"{str(target)!r} is not an Oxigraph store (no CURRENT file) and not empty; give a new folder"
         )
+    created = not _is_store(target)
     t0 = time.perf_counter()
     try:
         target.mkdir(parents=True, exist_ok=True)
         store = ox.Store(str(target))
     except OSError as exc:
         raise StoreError(_store_message(target, exc)) from None
-    stats = [_read_into(store, p, bulk=bulk) for p in paths]
-    store.flush()
-    if optimize:
-        store.optimize()
+    from .._io import write_json
+
+    write_json(target / LOAD_MARKER, {
+        "files": [str(p) for p in paths], "created": created, "pid": os.getpid(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    stats: list[FileStats] = []
+    try:
+        for p in paths:
+            stats.append(_read_into(store, p, bulk=bulk))
+        store.flush()
+        if optimize:
+            store.optimize()
+    except LoadError:
+        # a transactional load that failed left nothing of its file: the store is whole;
+        # a failed bulk load may have left part of its file, so the marker stays
+        failed = paths[len(stats)] if len(stats) < len(paths) else None
+        if failed is not None and not (bulk if bulk is not None else failed.stat().st_size >= BULK_BYTES):
+            (target / LOAD_MARKER).unlink(missing_ok=True)
+        raise
     quads = len(store)
     del store
-    return LoadStats(target, tuple(stats), quads, time.perf_counter() - t0)
+    (target / LOAD_MARKER).unlink(missing_ok=True)
+    return LoadStats(target, tuple(stats), quads, time.perf_counter() - t0, tuple(notes))
 
 
 def _store_message(path: Path, exc: OSError) -> str:
@@ -280,6 +367,7 @@ def open_source(
         raise StoreError("give a store (--store DIR) or RDF files (--graph FILE), not both")
     if store is not None:
         path = Path(store)
+        check_complete(path)
         if not _is_store(path):
             what = "does not exist" if not path.exists() else "is not an Oxigraph store"
             raise StoreError(

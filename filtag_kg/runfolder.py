@@ -1,0 +1,247 @@
+"""A run folder holds one consistent run, and its graph is never older than what it describes.
+
+* :func:`check_same_run` refuses to write a different run (other model, weights,
+  layers, data or preprocessing) over an existing one unless asked to overwrite;
+  :func:`clear_run` then removes every artifact of the old run, so no explanation,
+  evaluation, report or graph of it survives under the new run's name.
+* :func:`record_export` notes how ``RUN/kg.*`` was exported (format, base IRI,
+  WordNet folder, ...), so :func:`refresh_exports` can write it again the same way
+  after ``explain`` changed what it describes; :func:`stale_reason` tells any
+  reader of an export in a run folder that it is older than the run's files, and
+  how to refresh it.
+* :func:`partial_explanations` says when an explanation pass was cut off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ._io import read_json, write_json
+from .errors import ProfileError
+
+#: how the run folder's export was made (see :func:`record_export`)
+EXPORT_RECORD = "export.json"
+#: the artifacts of a run, as glob patterns in the run folder (what ``--overwrite`` removes)
+RUN_ARTIFACTS = (
+    "profile.json", "profile.npz", "profile.ckpt.npz",
+    "tags.tsv", "tags.json", "abstract_tags.tsv", "abstract_tags.json", "hypernym_histogram.tsv",
+    "class_links.tsv", "import.json",
+    "explanations*",  # .jsonl, .json, .state.json, parts and any other storage of the pass
+    "evaluation.json", "perturbation_effects.jsonl",
+    "kg.*", EXPORT_RECORD,
+    "report",
+)
+#: the files an export reads: an export older than one of them is stale
+EXPORT_INPUTS = (
+    "profile.json", "tags.tsv", "tags.json", "abstract_tags.tsv", "class_links.tsv", "import.json",
+    "explanations*",
+)
+
+
+class RunMismatchError(ProfileError):
+    """A run folder holds a different run than the one about to be written into it."""
+
+
+def check_same_run(
+    run_dir: str | os.PathLike[str], fingerprint: dict[str, Any], *, overwrite: bool = False
+) -> list[Path]:
+    """Make sure writing the run of ``fingerprint`` into ``run_dir`` mixes no two runs.
+
+    A folder with a finished profile of the same fingerprint, or with no run at all,
+    is fine. A folder with another run's profile (or run files without a profile)
+    is refused, unless ``overwrite``, which removes that run's artifacts first.
+
+    Returns:
+        The paths removed (empty unless overwriting).
+
+    Raises:
+        RunMismatchError: the folder holds another run and ``overwrite`` is false.
+    """
+    run = Path(run_dir)
+    profile = run / "profile.json"
+    old: dict[str, Any] | None = None
+    if profile.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            old = read_json(profile).get("fingerprint")
+        if old == fingerprint:
+            return []
+        diff = [k for k in fingerprint if (old or {}).get(k) != fingerprint[k]] if old else ["run"]
+        what = f"a run with a different {', '.join(diff)}"
+    else:
+        present = artifacts(run, exclude=("profile.ckpt.npz",))
+        if not present:
+            return []
+        what = f"files of another run ({', '.join(p.name for p in present[:4])})"
+    if not overwrite:
+        raise RunMismatchError(
+            f"{run} already holds {what}; choose another --out, or pass --overwrite to replace that "
+            "run and everything made from it (explanations, evaluation, report, kg.*)"
+        )
+    return clear_run(run)
+
+
+def artifacts(run_dir: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The run artifacts present in ``run_dir`` (see :data:`RUN_ARTIFACTS`), sorted."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        return []
+    found = {p for pat in RUN_ARTIFACTS for p in run.glob(pat)}
+    return sorted(p for p in found if p.name not in exclude)
+
+
+def clear_run(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove every artifact of the run in ``run_dir``; other files stay.
+
+    Returns:
+        The paths removed.
+    """
+    removed = artifacts(run_dir)
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def record_export(
+    run_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    base_iri: str,
+    wordnet_dir: str | None = None,
+    ili_map: str | None = None,
+    explanations: bool = True,
+) -> None:
+    """Note how an export in the run folder (``RUN/kg.<ext>``) was made, to refresh it alike.
+
+    One record per file; exports written elsewhere (``export --out FILE`` outside the
+    folder) are not recorded.
+    """
+    run, out = Path(run_dir).absolute(), Path(path).absolute()
+    if out.parent != run:
+        return
+    doc = {"format": "filtag-kg export record", "format_version": 1, "exports": {}}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        doc["exports"] = dict(read_json(run / EXPORT_RECORD).get("exports") or {})
+    doc["exports"][out.name] = {
+        "file": out.name, "export_format": fmt, "base_iri": base_iri,
+        "wordnet_dir": str(Path(wordnet_dir).absolute()) if wordnet_dir else None,
+        "ili_map": str(Path(ili_map).absolute()) if ili_map else None,
+        "explanations": explanations,
+    }
+    write_json(run / EXPORT_RECORD, doc)
+
+
+def export_records(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The run folder's recorded exports that still exist, by file name."""
+    try:
+        recs = read_json(Path(run_dir) / EXPORT_RECORD).get("exports") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: r for name, r in sorted(recs.items())
+            if isinstance(r, dict) and (Path(run_dir) / name).is_file()}
+
+
+def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None = None) -> str:
+    """The ``filtag-kg export`` command that writes an export of the run again, alike."""
+    rec = rec or {}
+    cmd = f"filtag-kg export {run_dir}"
+    fmt = rec.get("export_format")
+    if fmt not in (None, "trig"):
+        cmd += f" --format {fmt}"
+    if rec.get("file") and fmt:
+        from .rdf.export import format_of
+
+        if rec["file"] != f"kg.{format_of(fmt).extension}":
+            cmd += f" --out {Path(run_dir) / rec['file']}"
+    if rec.get("base_iri"):
+        cmd += f" --base-iri {rec['base_iri']}"
+    for opt, key in (("--wordnet-dir", "wordnet_dir"), ("--ili-map", "ili_map")):
+        if rec.get(key):
+            cmd += f" {opt} {rec[key]}"
+    if rec.get("explanations") is False:
+        cmd += " --no-explanations"
+    return cmd
+
+
+def refresh_exports(run_dir: str | os.PathLike[str]) -> list[Any]:
+    """Write the run folder's recorded exports again, each with the options it was made with.
+
+    Returns:
+        Each export's :class:`~filtag_kg.rdf.nquads.ExportStats` (none when the folder
+        has no recorded export: nothing to refresh).
+    """
+    recs = export_records(run_dir)
+    if not recs:
+        return []
+    from .rdf import export_run_stats
+    from .wordnet import load_wordnet
+
+    return [
+        export_run_stats(
+            run_dir, fmt=r["export_format"], out=Path(run_dir) / name, base_iri=r["base_iri"],
+            wordnet=load_wordnet(wordnet_dir=r.get("wordnet_dir")), ili_map=r.get("ili_map"),
+            explanations=r.get("explanations", True),
+        )
+        for name, r in recs.items()
+    ]
+
+
+def stale_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why an export file is stale, or ``None``.
+
+    An export lying in a run folder (beside ``tags.tsv`` or ``profile.json``) is
+    stale when one of the run's files it is made from (:data:`EXPORT_INPUTS`) was
+    written after it. The answer names that file and the command that refreshes it.
+    """
+    p = Path(path)
+    run = p.parent
+    if not ((run / "tags.tsv").is_file() or (run / "profile.json").is_file()):
+        return None
+    try:
+        made = p.stat().st_mtime
+    except OSError:
+        return None
+    newer = []
+    for pat in EXPORT_INPUTS:
+        for f in run.glob(pat):
+            with contextlib.suppress(OSError):
+                if f.is_file() and f.stat().st_mtime > made:
+                    newer.append(f.name)
+    if not newer:
+        return None
+    cmd = refresh_command(run, export_records(run).get(p.name))
+    return (f"{p} is older than {', '.join(sorted(newer)[:3])} of its run, so it does not show "
+            f"the latest results; refresh it with `{cmd}`")
+
+
+def partial_explanations(run_dir: str | os.PathLike[str]) -> dict[str, int] | None:
+    """``{"done": N, "total": M}`` when the run's explanation pass was cut off, else ``None``.
+
+    An interrupted pass leaves ``explanations.state.json`` (what ``--resume`` continues).
+    """
+    run = Path(run_dir)
+    state_path = run / "explanations.state.json"
+    if not state_path.is_file():
+        return None
+    try:
+        state = read_json(state_path)
+    except (OSError, ValueError):
+        return {"done": 0, "total": 0}
+    total = 0
+    with contextlib.suppress(Exception):
+        total = int(state.get("total") or 0)
+    return {"done": int(state.get("done", 0)), "total": total}
+
+
+__all__ = [
+    "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
+    "export_records", "partial_explanations", "record_export", "refresh_command", "refresh_exports",
+    "stale_reason",
+]
