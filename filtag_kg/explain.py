@@ -182,7 +182,7 @@ class TagIndex:
         for s in settings:
             per_layer = []
             for lp in profile.layers:
-                m = np.zeros((lp.width, len(profile.class_ids)))
+                m = np.zeros((lp.width, len(profile.class_ids)), dtype=np.float32)  # 0/1: exact
                 for t in tag_layer(lp.name, lp.means, profile.counts, profile.class_ids, profile.labels, s):
                     m[t.filter, col[t.class_id]] = 1.0
                 per_layer.append(m)
@@ -195,17 +195,72 @@ def _ranked_votes(votes: np.ndarray) -> np.ndarray:
     return np.argsort(-votes, kind="stable")
 
 
-def _active_batch(values: np.ndarray, order: np.ndarray, setting: TagSetting, layer: str) -> tuple[
-    np.ndarray, np.ndarray
-]:
+_FEW = 8  # up to this many active filters per layer, repeated argmax beats a sort
+
+
+def _top_n(values: np.ndarray, n: int) -> np.ndarray:
+    """[B, n]: each row's n largest values' indices, largest first, ties by the lower index
+    (equal to ``order_filters(values)[:, :n]``) by n passes of argmax, which returns the
+    first of equal maxima."""
+    work = values.copy()
+    rows = np.arange(len(values))
+    out = np.empty((len(values), n), dtype=np.int64)
+    for j in range(n):
+        out[:, j] = best = work.argmax(axis=1)
+        work[rows, best] = -np.inf
+    return out
+
+
+def _rank_order(values: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``chosen`` ([B, F] mask) filters of each row in rank order (value descending,
+    ties by the lower index), one row after the other, and their count per row.
+
+    The chosen values are packed to the left (at most the row's count of them, the rest
+    padded with -inf) and sorted with NumPy's fast unstable sort; rows where two chosen
+    values are equal (the sort might not keep their index order) are sorted again stably.
+    """
+    lengths = chosen.sum(axis=1)
+    n_images, width = values.shape
+    m = int(lengths.max(initial=0))
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), lengths
+    # packed[b, j]: the j-th chosen filter of row b in index order
+    packed = np.full((n_images, m), width, dtype=np.int64)
+    rows, cols = np.nonzero(chosen)
+    slot = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    packed[rows, slot] = cols
+    keys = np.full((n_images, m), np.inf)
+    keys[rows, slot] = -values[rows, cols]
+    order = np.argsort(keys, axis=1)
+    sorted_keys = np.take_along_axis(keys, order, axis=1)
+    tied = ((sorted_keys[:, 1:] == sorted_keys[:, :-1]) & np.isfinite(sorted_keys[:, 1:])).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
+    ranked = np.take_along_axis(packed, order, axis=1)
+    return ranked[np.arange(m)[None, :] < lengths[:, None]], lengths
+
+
+def _active_batch(
+    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Every image's active filters of one layer, without a loop over images.
 
-    Returns ``(filters, lengths)``: the images' active sets one after the other,
-    each in rank order, equal to :func:`active_filters` image by image.
+    Args:
+        values: [B, F] filter values.
+        order: ``order_filters(values)`` if already computed, else ``None`` (the
+            active filters are then ranked without sorting whole rows).
+        setting, layer: the selection rule, and the layer's name for messages.
+
+    Returns:
+        ``(filters, lengths)``: the images' active sets one after the other, each in
+        rank order, equal to :func:`active_filters` image by image.
     """
     n_images, width = values.shape
     n = setting.count(width, layer)
     if n is not None:
+        if order is None and n <= _FEW:
+            return _top_n(values, n).reshape(-1), np.full(n_images, n, dtype=np.int64)
+        order = order_filters(values) if order is None else order
         return order[:, :n].reshape(-1), np.full(n_images, n, dtype=np.int64)
     mean = values.mean(axis=1)
     # the pairwise mean is within a few ulps of the correctly rounded one: rows with a value
@@ -214,8 +269,11 @@ def _active_batch(values: np.ndarray, order: np.ndarray, setting: TagSetting, la
     near = np.abs(values - mean[:, None]).min(axis=1, initial=np.inf) <= 1e-9 * spread
     for b in np.flatnonzero(near):
         mean[b] = math.fsum(values[b].tolist()) / width
-    above = np.take_along_axis(values > mean[:, None], order, axis=1)
-    return order[above], above.sum(axis=1)
+    above = values > mean[:, None]
+    if order is None:
+        return _rank_order(values, above)
+    ranked = np.take_along_axis(above, order, axis=1)
+    return order[ranked], ranked.sum(axis=1)
 
 
 def explain_batch_arrays(
@@ -240,7 +298,7 @@ def explain_batch_arrays(
     votes, counts = np.zeros((n_images, n_classes)), np.zeros((n_images, n_classes))
     last_v = last_c = votes
     for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        order = order_filters(v) if orders is None else orders[li]
+        order = None if orders is None else orders[li]
         cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), order, setting, name)
         rows = np.repeat(np.arange(n_images), lengths)
         w = None if weights is None else weights[li][rows, cols]
@@ -302,9 +360,15 @@ def _segment_votes(
     """
     n_images, (n_filters, n_classes) = len(lengths), inc.shape
     if len(cols) * 4 >= n_images * n_filters:
-        mark = np.zeros((n_images, n_filters))
+        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64
+        dtype = np.float32 if weight is None else np.float64
+        mark = np.zeros((n_images, n_filters), dtype=dtype)
         mark[rows, cols] = 1.0 if weight is None else weight
-        return mark @ inc
+        return (mark @ inc.astype(dtype, copy=False)).astype(np.float64)
+    if n_images and len(cols) == n_images * int(lengths[0]) and (lengths == lengths[0]).all():
+        # top-k and top-percent: the same count per image, so a reshape replaces reduceat
+        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
+        return picked.reshape(n_images, int(lengths[0]), n_classes).sum(axis=1, dtype=np.float64)
     out = np.zeros((n_images, n_classes))
     if len(cols):
         picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
@@ -646,20 +710,8 @@ def explain_dataset(
 
     def host_work(info: dict[str, Any], results: list[tuple[Any, ...]]) -> None:
         """Votes, rows and writing of one batch (on the writer thread)."""
-        blocks = []
-        for var, values, weights, probs, top in results:
-            # one sort per layer for the whole batch, shared by every setting
-            orders = [order_filters(v) for v in values]
-            for s, inc in zip(settings, index.incidence):
-                ex = explain_batch_arrays(values, inc, s, names, weights=weights, orders=orders)
-                blocks.append(encode_rows(
-                    **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
-                    active=ex["active"], values=values, weights=weights, votes=ex["votes"],
-                    counts=ex["counts"], votes_last=ex["votes_last"], counts_last=ex["counts_last"],
-                    perturbation=None if var is None else var.record(), weighting=opts.weighting,
-                    value_type=sink.value_type,
-                ))
-        sink.write(interleave(blocks))
+        sink.write(encode_batch(info, results, settings, index.incidence, names,
+                                weighting=opts.weighting, value_type=sink.value_type))
 
     splits = np.cumsum([p.width for p in engine.points])[:-1]
     rounds = 0
@@ -683,7 +735,8 @@ def explain_dataset(
                         values, logits, weights = forward(xv, probe)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
-                        results.append((var, values, weights, probs.cpu().numpy(), top.cpu().numpy()))
+                        results.append((None if var is None else var.record(), values, weights,
+                                        probs.cpu().numpy(), top.cpu().numpy()))
                     samples = [imageset.samples[i] for i in idx]
                     info = {
                         "indices": idx,
@@ -747,6 +800,41 @@ def explain_dataset(
             state_path.unlink()
     dist.barrier()
     return meta
+
+
+def encode_batch(
+    info: dict[str, Any],
+    results: Sequence[tuple[Any, ...]],
+    settings: Sequence[TagSetting],
+    incidence: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str],
+    *,
+    weighting: str | None,
+    value_type: str,
+) -> Any:
+    """The host-side work of one batch: active filters, votes and the rows of every
+    input variant and setting, as one Arrow record batch in file order.
+
+    Args:
+        info: ``indices``, ``images``, ``sha256`` and ``true_classes`` of the batch.
+        results: per input variant, ``(perturbation record or None, values, weights,
+            top-5 probabilities, top-5 classes)``, values/weights per layer [B, F].
+        settings / incidence: the tagging settings and, per setting, the per-layer tag matrices.
+        names: the layers' names.
+        weighting: ``None`` or ``"gradcam"`` (recorded in each row).
+        value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
+    """
+    blocks = []
+    for pert, values, weights, probs, top in results:
+        for s, inc in zip(settings, incidence):
+            ex = explain_batch_arrays(values, inc, s, names, weights=weights)
+            blocks.append(encode_rows(
+                **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
+                active=ex["active"], values=values, weights=weights, votes=ex["votes"],
+                counts=ex["counts"], votes_last=ex["votes_last"], counts_last=ex["counts_last"],
+                perturbation=pert, weighting=weighting, value_type=value_type,
+            ))
+    return interleave(blocks)
 
 
 def interleave(blocks: Sequence[Any]) -> Any:

@@ -467,3 +467,76 @@ def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
         np.testing.assert_allclose(weighted[b]["votes_last"], layer_votes, rtol=1e-12)
     if setting.method == "above-average":
         assert len(plain[2]["active"][1]) == 0
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [TagSetting("top-k", 1), TagSetting("top-k", 3), TagSetting("top-k", 12), TagSetting("top-percent", 30),
+     TagSetting("above-average")],
+)
+def test_batch_active_sets_keep_tie_order(setting: TagSetting) -> None:
+    """The batch selection (argmax passes, packed unstable sort) ranks equal values by the
+    lower index, exactly as the per-image reference, on values full of ties."""
+    from filtag_kg.explain import _active_batch
+    from filtag_kg.tagging import order_filters
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4, size=(40, 16)) / 4.0  # four levels: ties everywhere
+    values[3] = 0.25  # a constant row
+    for order in (None, order_filters(values)):
+        cols, lengths = _active_batch(values, order, setting, "x")
+        got = np.split(cols, np.cumsum(lengths)[:-1])
+        for b in range(len(values)):
+            np.testing.assert_array_equal(got[b], active_filters(values[b], setting, "x"))
+
+
+def test_writer_thread_error_is_raised_and_no_thread_survives(
+    tiny_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import filtag_kg.explain as ex
+
+    run, held = tiny_run
+    calls = []
+    real = ex.encode_batch
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "encode_batch", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=2))
+    assert not [t for t in threading.enumerate() if t.name == "filtag-explain-writer"]
+    monkeypatch.setattr(ex, "encode_batch", real)
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=2, restart=True))
+    assert not [t for t in threading.enumerate() if t.name == "filtag-explain-writer"]
+    assert len(list(read_explanations(run))) == 9 * 2
+
+
+def test_host_worker_is_bounded_and_reports_errors() -> None:
+    import threading
+
+    from filtag_kg.explain import _HostWorker
+
+    gate, done = threading.Event(), []
+    w = _HostWorker(depth=2)
+    w.submit(lambda: (gate.wait(5), done.append(0)))
+    w.submit(lambda: done.append(1))
+    w.submit(lambda: done.append(2))  # the first job holds the thread: two wait in the queue
+    blocked = threading.Thread(target=w.submit, args=(lambda: done.append(3),))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # a third waiting job blocks the pass
+    gate.set()
+    blocked.join(5)
+    w.drain()
+    assert done == [0, 1, 2, 3]
+    w.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        w.drain()
+    w.close()
+    assert not w._thread.is_alive()
