@@ -29,6 +29,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,18 +48,20 @@ SYNTHETIC_SETTINGS = [TagSetting("top-k", 1), TagSetting("top-k", 3), TagSetting
 
 def synthetic_host_cost(
     images: int, batch_size: int, *, classes: int = 1000, widths: list[int] | None = None,
-    jsonl: bool = False, seed: int = 0, out: Path | None = None,
-) -> list[dict[str, float]]:
+    jsonl: bool = False, seed: int = 0, out: Path | None = None, repeats: int = 3,
+) -> list[dict[str, Any]]:
     """Host-side cost and output size per image for each setting, on random values.
 
     Filter values are Beta(2, 5) per image and filter (skewed like real mean
     activations: about 40% above their layer's mean); each class's profile is
     such a vector too, tagged with the same setting, so each setting's tag
-    matrix has the density real tags have. Returns one dict per setting (and
-    form): ``ms_per_image``, ``bytes_per_image``.
+    matrix has the density real tags have. Each setting is timed ``repeats``
+    times and the fastest kept (the machine's noise only ever adds time).
+    Returns one dict per setting (and
+    form): ``ms_per_image`` (all host work), ``encode_ms_per_image`` (active filters,
+    votes and rows, without writing) and ``bytes_per_image``.
     """
-    from filtag_kg.explain import _active_batch, encode_batch
-    from filtag_kg.explanations_io import JsonlLines, ParquetParts, names_metadata
+    from filtag_kg.explain import _active_batch
     from filtag_kg.tagging import order_filters
 
     widths = widths or VGG16_WIDTHS
@@ -87,21 +90,46 @@ def synthetic_host_cost(
             inc[cols, np.repeat(np.arange(classes), lengths)] = 1.0
             incidence.append(inc)
         for form in ["parquet", "jsonl"] if jsonl else ["parquet"]:
-            with tempfile.TemporaryDirectory(dir=out) as tmp:
-                folder = Path(tmp) / "explanations.parquet"
-                sink = (ParquetParts(folder, 0, names_metadata(**names_doc)) if form == "parquet"
-                        else JsonlLines(Path(tmp) / "explanations.jsonl", 0, names_doc))
-                t0 = time.perf_counter()
-                for info, results in batches:
-                    sink.write(encode_batch(info, results, [setting], [incidence], names, weighting=None,
-                                            value_type="float32" if form == "parquet" else "float64"))
-                sink.commit()
-                seconds = time.perf_counter() - t0
-                sink.close()
-                size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-            rows.append({"setting": str(setting), "form": form, "ms_per_image": 1000 * seconds / images,
-                         "bytes_per_image": size / images})
+            best: dict[str, float] | None = None
+            for _ in range(repeats):
+                run = _time_host_work(batches, setting, incidence, names, names_doc, form, out)
+                if best is None or run["seconds"] < best["seconds"]:
+                    best = run
+            assert best is not None
+            rows.append({"setting": str(setting), "form": form,
+                         "ms_per_image": 1000 * best["seconds"] / images,
+                         "encode_ms_per_image": 1000 * best["encode"] / images,
+                         "bytes_per_image": best["bytes"] / images})
     return rows
+
+
+def _time_host_work(
+    batches: list[Any], setting: TagSetting, incidence: list[np.ndarray], names: list[str],
+    names_doc: dict[str, Any], form: str, out: Path | None,
+) -> dict[str, float]:
+    """One timed pass of the host work over ``batches`` (after one untimed batch)."""
+    from filtag_kg.explain import encode_batch
+    from filtag_kg.explanations_io import JsonlLines, ParquetParts, names_metadata
+
+    value_type = "float32" if form == "parquet" else "float64"
+    encode_batch(*batches[0], [setting], [incidence], names, weighting=None, value_type=value_type)  # warm-up
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        folder = Path(tmp) / "explanations.parquet"
+        sink = (ParquetParts(folder, 0, names_metadata(**names_doc)) if form == "parquet"
+                else JsonlLines(Path(tmp) / "explanations.jsonl", 0, names_doc))
+        encode = 0.0
+        t0 = time.perf_counter()
+        for info, results in batches:
+            t1 = time.perf_counter()
+            rows_batch = encode_batch(info, results, [setting], [incidence], names, weighting=None,
+                                      value_type=value_type)
+            encode += time.perf_counter() - t1
+            sink.write(rows_batch)
+        sink.commit()
+        seconds = time.perf_counter() - t0
+        sink.close()
+        size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+    return {"seconds": seconds, "encode": encode, "bytes": size}
 
 
 def main() -> None:
@@ -115,9 +143,10 @@ def main() -> None:
     if args.synthetic:
         print(f"host-side work per image: {args.images} synthetic images, batch {args.batch_size}, "
               f"VGG16 widths ({sum(VGG16_WIDTHS)} filters), 1000 classes, one thread")
-        for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl):
+        for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats):
             print(f"  {r['setting']:<18} {r['form']:<8} {r['ms_per_image']:8.4f} ms/image "
-                  f"({1000 / r['ms_per_image']:9.0f} images/s)  {r['bytes_per_image'] / 1024:9.2f} KiB/image")
+                  f"({1000 / r['ms_per_image']:9.0f} images/s; votes and rows {r['encode_ms_per_image']:.4f} "
+                  f"ms, writing the rest)  {r['bytes_per_image'] / 1024:9.2f} KiB/image")
         print("targets: < 0.1 ms per image for every setting; above-average <= 5 KiB per image")
         return
     device = resolve_device(args.device)

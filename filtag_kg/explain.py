@@ -295,16 +295,20 @@ def explain_batch_arrays(
     n_images = values[0].shape[0] if values else 0
     n_classes = incidence[0].shape[1] if incidence else 0
     active = []
-    votes, counts = np.zeros((n_images, n_classes)), np.zeros((n_images, n_classes))
-    last_v = last_c = votes
+    counts = np.zeros((n_images, n_classes))
+    # unweighted votes are the counts: one array serves both
+    votes = counts if weights is None else np.zeros((n_images, n_classes))
+    last_v = last_c = counts
     for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
         order = None if orders is None else orders[li]
         cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), order, setting, name)
         rows = np.repeat(np.arange(n_images), lengths)
-        w = None if weights is None else weights[li][rows, cols]
         c = _segment_votes(inc, rows, cols, lengths, None)
-        lv = c if w is None else _segment_votes(inc, rows, cols, lengths, w)
-        votes, counts = votes + lv, counts + c
+        counts += c
+        lv = c
+        if weights is not None:
+            lv = _segment_votes(inc, rows, cols, lengths, weights[li][rows, cols])
+            votes += lv
         active.append((cols, lengths))
         if li == len(values) - 1:
             last_v, last_c = lv, c
@@ -349,16 +353,51 @@ def explain_batch(
     ]
 
 
+_TAG_LISTS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+
+def _tag_lists(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``inc`` ([F, C], 0/1) as lists: filter f's classes are ``tagged[indptr[f]:indptr[f + 1]]``.
+
+    Made once per matrix (kept while the matrix lives; a tag matrix is not changed
+    after it is built), so each batch costs only its active filters' tags.
+    """
+    import weakref
+
+    key = id(inc)
+    hit = _TAG_LISTS.get(key)
+    if hit is not None and hit[0]() is inc:
+        return hit[1], hit[2]
+    filters, tagged = np.nonzero(inc)
+    indptr = np.zeros(inc.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(filters, minlength=inc.shape[0]), out=indptr[1:])
+    ref = weakref.ref(inc, lambda _, key=key: _TAG_LISTS.pop(key, None))
+    _TAG_LISTS[key] = (ref, indptr, tagged)
+    return indptr, tagged
+
+
 def _segment_votes(
     inc: np.ndarray, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray, weight: np.ndarray | None
 ) -> np.ndarray:
     """[B, C] votes: per image, the (weighted) sum of its active filters' rows of ``inc``.
 
-    Few active filters (top-k): gather those rows and sum each image's run of
-    them. Many (above-average): one [B, F] x [F, C] product is cheaper than
-    gathering half the matrix per image.
+    Sparse tags (top-k, top-percent tagging): count the (image, class) pairs of the
+    active filters' tags. Few active filters with dense tags: gather their rows and
+    sum each image's run. Many (above-average): one [B, F] x [F, C] product is
+    cheaper than gathering half the matrix per image.
     """
     n_images, (n_filters, n_classes) = len(lengths), inc.shape
+    indptr, tagged = _tag_lists(inc)
+    per = indptr[cols + 1] - indptr[cols]  # tags of each active filter
+    pairs = int(per.sum())
+    if pairs * 8 <= len(cols) * n_classes:
+        # sparse tags (top-k, top-percent): one bincount over the (image, class) pairs
+        starts = np.cumsum(per) - per
+        picked = tagged[np.repeat(indptr[cols] - starts, per) + np.arange(pairs)]
+        flat = np.repeat(rows, per) * n_classes + picked
+        w = None if weight is None else np.repeat(weight, per)
+        out = np.bincount(flat, weights=w, minlength=n_images * n_classes)
+        return out.reshape(n_images, n_classes).astype(np.float64, copy=False)
     if len(cols) * 4 >= n_images * n_filters:
         # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64
         dtype = np.float32 if weight is None else np.float64

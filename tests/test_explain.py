@@ -434,16 +434,18 @@ def test_torchscript_run_with_explanations(
         TagSetting("above-average"),
     ],
 )
-def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
-    """Both vote paths (gathering few rows, multiplying many) against plain per-image sums."""
+@pytest.mark.parametrize("density", [0.3, 0.02], ids=["dense-tags", "sparse-tags"])
+def test_batch_votes_equal_a_per_image_loop(setting: TagSetting, density: float) -> None:
+    """Every vote path (counting sparse tags, gathering few rows, multiplying many)
+    against plain per-image sums."""
     from filtag_kg.explain import explain_batch
 
     rng = np.random.default_rng(3)
-    widths, n_classes, batch = [6, 9, 16], 7, 5
+    widths, n_classes, batch = [6, 9, 16], 7 if density > 0.1 else 90, 5
     values = [rng.random((batch, f)) for f in widths]
     values[1][2] = 0.5  # a constant layer: above-average activates nothing there
     weights = [rng.random((batch, f)) for f in widths]
-    incidence = [(rng.random((f, n_classes)) < 0.3).astype(float) for f in widths]
+    incidence = [(rng.random((f, n_classes)) < density).astype(np.float32) for f in widths]
     names = ["a", "b", "c"]
     plain = explain_batch(values, incidence, setting, names)
     weighted = explain_batch(values, incidence, setting, names, weights=weights)
