@@ -117,7 +117,7 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 def _sparse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row offsets, column indices and values of the nonzero entries of [B, C] ``matrix``."""
-    rows, cols = np.nonzero(matrix)
+    rows, cols = np.nonzero(matrix != 0)  # a boolean mask takes NumPy's fast path
     return _offsets(np.bincount(rows, minlength=matrix.shape[0])), cols, matrix[rows, cols]
 
 
@@ -220,7 +220,7 @@ def encode_rows(
         cols["last_vote"] = nulls.cast(pa.list_(pa.float64()))
     else:
         l_off, l_cls, l_val = _sparse(votes_last)
-        rows, _ = np.nonzero(counts)
+        rows, _ = np.nonzero(counts != 0)
         w = flat_w.astype(np.float32) if value_type == "float32" else flat_w  # type: ignore[union-attr]
         cols["weight"] = _list(row_start, w, vt)
         cols["vote"] = _list(c_off, votes[rows, c_cls], pa.float64())
