@@ -413,7 +413,9 @@ class ParquetParts:
         """Write the pending rows as one part file (none if there are none)."""
         if not self.pending:
             return self.parts
-        pa, pq = _pa(), __import__("pyarrow.parquet").parquet
+        pa = _pa()
+        import pyarrow.parquet as pq
+
         table = pa.Table.from_batches(self.pending).replace_schema_metadata(self.metadata)
         name = f"part-{self.parts:06d}.parquet"
         tmp = self.folder / f".{name}.tmp"
@@ -500,7 +502,9 @@ def iter_parquet_records(
     folder: str | os.PathLike[str], *, batch_size: int = 1024
 ) -> Iterator[dict[str, Any]]:
     """The records of an ``explanations.parquet`` folder, streamed batch by batch."""
-    pq = __import__("pyarrow.parquet").parquet if _pa() else None
+    _pa()
+    import pyarrow.parquet as pq
+
     for path in part_files(folder):
         f = pq.ParquetFile(path)
         names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
