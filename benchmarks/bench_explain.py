@@ -142,7 +142,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.synthetic:
         print(f"host-side work per image: {args.images} synthetic images, batch {args.batch_size}, "
-              f"VGG16 widths ({sum(VGG16_WIDTHS)} filters), 1000 classes, one thread")
+              f"VGG16 widths ({sum(VGG16_WIDTHS)} filters), 1000 classes, one Python thread "
+              f"(NumPy's BLAS may use more), best of {args.repeats}")
         for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats):
             print(f"  {r['setting']:<18} {r['form']:<8} {r['ms_per_image']:8.4f} ms/image "
                   f"({1000 / r['ms_per_image']:9.0f} images/s; votes and rows {r['encode_ms_per_image']:.4f} "

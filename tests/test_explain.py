@@ -215,6 +215,14 @@ def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Pat
     expected = list(read_explanations(run))
     expected_bytes = (run / "explanations.jsonl").read_bytes() if jsonl else None
     assert len(expected) == 18 * 2
+    if not jsonl:  # the same pass in the JSON form, to compare the resumed columnar rows with
+        import shutil
+
+        shutil.copytree(run, tmp_path / "as-json")
+        as_json = [*cmd[:4], str(tmp_path / "as-json"), *cmd[5:], "--jsonl"]
+        res = subprocess.run(as_json, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        json_records = list(read_explanations(tmp_path / "as-json"))
     prof = json.loads((run / "profile.json").read_text())
     prof["model"]["spec"] = "tiny_models:build_slow"
     (run / "profile.json").write_text(json.dumps(prof))
@@ -236,6 +244,8 @@ def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Pat
     assert list(read_explanations(run)) == expected  # no row lost or repeated
     if jsonl:
         assert (run / "explanations.jsonl").read_bytes() == expected_bytes
+    else:
+        _same_records(list(read_explanations(run)), json_records)
     assert not (run / STATE).exists()
 
 
