@@ -253,11 +253,14 @@ def names_metadata(
 
 
 def _list_parts(arr: Any) -> tuple[np.ndarray, list[Any], np.ndarray]:
-    """Offsets, values (as Python objects) and validity of a list array."""
+    """Offsets, values (as Python objects) and validity of a list array (a slice
+    converts only its own values)."""
     offsets = arr.offsets.to_numpy()
-    values = arr.values.to_numpy(zero_copy_only=False).tolist()
+    first = int(offsets[0]) if len(offsets) else 0
+    child = arr.values.slice(first, int(offsets[-1]) - first if len(offsets) else 0)
+    values = child.to_numpy(zero_copy_only=False).tolist()
     valid = ~arr.is_null().to_numpy(zero_copy_only=False)
-    return offsets, values, valid
+    return offsets - first, values, valid
 
 
 def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -512,6 +515,25 @@ def iter_parquet_records(
             yield from records_from_batch(batch, names)
 
 
+def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024) -> Iterator[tuple[Any, Any]]:
+    """``(index, decode)`` per row of an ``explanations.parquet`` folder, where ``decode()``
+    gives the row's record: readers that skip most rows (the report) decode only the rest."""
+    _pa()
+    import functools
+
+    import pyarrow.parquet as pq
+
+    def decode(batch: Any, row: int, names: dict[str, Any]) -> dict[str, Any]:
+        return next(records_from_batch(batch.slice(row, 1), names))
+
+    for path in part_files(folder):
+        f = pq.ParquetFile(path)
+        names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
+        for batch in f.iter_batches(batch_size=batch_size):
+            for row, index in enumerate(batch.column("index").to_pylist()):
+                yield index, functools.partial(decode, batch, row, names)
+
+
 def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Stream a run's explanations, one dict per row, from whichever form the run holds.
 
@@ -546,6 +568,7 @@ __all__ = [
     "explanations_format",
     "iter_explanations",
     "iter_parquet_records",
+    "iter_parquet_rows",
     "names_metadata",
     "part_files",
     "records_from_batch",

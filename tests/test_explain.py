@@ -168,6 +168,12 @@ def test_columnar_form_equals_json_form(tiny_run: tuple[Path, Path], tmp_path: P
     columnar, jsonl = list(read_explanations(run)), list(read_explanations(other))
     assert len(jsonl) == 9 * 2 * (3 if "perturb" in options else 1)
     _same_records(columnar, jsonl)
+    from filtag_kg.explanations_io import iter_parquet_rows
+
+    # rows decoded one by one (as the report does) are the same records
+    lazily = list(iter_parquet_rows(run / "explanations.parquet", batch_size=5))
+    assert [i for i, _ in lazily] == [r["index"] for r in columnar]
+    assert [decode() for _, decode in lazily] == columnar
     # a later pass in the other form replaces the first one's rows
     explain_dataset(run, imageset, ExplainOptions(jsonl=True, **common))
     assert not (run / "explanations.parquet").exists()

@@ -27,9 +27,9 @@ class ExplanationPages(SiteContext):
     def _groups(self) -> Iterator[tuple[Any, list[Any]]]:
         """The run's explanations grouped by image (consecutive rows with one index).
 
-        From ``explanations.jsonl`` the lines come unparsed: the index is read off the
-        start of each line, so lines of images without a page are never decoded. From
-        ``explanations.parquet`` the rows come as records.
+        Rows come undecoded, so rows of images without a page are never decoded: from
+        ``explanations.jsonl`` as lines (the index read off the start of each line), from
+        ``explanations.parquet`` as functions that decode their row.
         """
         path = self.view.data.explanations_path
         if path is None:
@@ -48,10 +48,9 @@ class ExplanationPages(SiteContext):
     @staticmethod
     def _indexed_rows(path: Path) -> Iterator[tuple[Any, Any]]:
         if path.is_dir():
-            from ..rdf.rundata import explanation_records
+            from ..explanations_io import iter_parquet_rows
 
-            for _, rec in explanation_records(path):
-                yield rec.get("index"), rec
+            yield from iter_parquet_rows(path)
             return
         with open(path, encoding="utf-8") as fh:
             for line in fh:
@@ -62,7 +61,7 @@ class ExplanationPages(SiteContext):
 
     @staticmethod
     def _parse(rows: list[Any]) -> list[dict[str, Any]]:
-        return [json.loads(r) if isinstance(r, str) else r for r in rows]
+        return [json.loads(r) if isinstance(r, str) else r() for r in rows]
 
     @staticmethod
     def _primary(group: list[dict[str, Any]]) -> dict[str, Any]:
