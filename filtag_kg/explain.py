@@ -728,7 +728,7 @@ def explain_dataset(
             write_json(
                 state_path,
                 {"fingerprint": fingerprint, "done": done, "committed": committed, "skipped": skipped,
-                 "started_at": started},
+                 "started_at": started, "total": n},
             )
 
     def forward(
