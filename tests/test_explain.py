@@ -393,6 +393,11 @@ def test_explain_cli_single_images_and_by_class(
     assert "class-level explanations" in out and "top-k 2" in out
     assert main(["explain", str(run), "--k", "99", str(files[0])]) == 2
     assert "exceeds the width" in capsys.readouterr().err
+    assert (run / "explanations.parquet").is_dir() and not (run / "explanations.jsonl").exists()
+    assert main(["explain", str(run), *map(str, files), "--k", "2", "--quiet", "--jsonl"]) == 0
+    assert "explanations.jsonl" in capsys.readouterr().out
+    _same_records(lines, [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()])
+    assert not (run / "explanations.parquet").exists()
 
 
 def test_top_images_match_reference(tmp_path: Path) -> None:
