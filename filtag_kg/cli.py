@@ -135,6 +135,9 @@ def _explain_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weighting", choices=["gradcam"],
                    help="weight each active filter's votes by its gradient-based contribution to the "
                    "model's predicted class")
+    g.add_argument("--jsonl", action="store_true",
+                   help="write explanations.jsonl (one JSON object per image and setting) instead of "
+                   "the compact columnar explanations.parquet folder")
 
 
 def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
@@ -144,7 +147,7 @@ def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
         settings=settings or None, perturb=args.perturb, seed=args.seed, weighting=args.weighting,
         device=args.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
         checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
-        progress=not args.quiet,
+        progress=not args.quiet, jsonl=args.jsonl,
     )
 
 
@@ -253,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         _explain_opts(args, settings), profile=result.profile, loaded=loaded)
         if main_rank:
             print(format_table(evaluate_run(args.out)))
-        names += ["explanations.jsonl", "evaluation.json"]
+        names += ["explanations.parquet", "explanations.jsonl", "evaluation.json"]
     if main_rank and not args.no_export:
         from .rdf import export_run_stats
         from .wordnet import load_wordnet
@@ -347,7 +350,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
-    names = ["explanations.jsonl", "explanations.json"]
+    names = ["explanations.parquet", "explanations.jsonl", "explanations.json"]
     from .distributed import current
 
     if not current().main:  # under torchrun, rank 0 alone refreshes what was made from them
@@ -612,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="step 3: explain images by the tags of the filters they activate",
         description="For each image, choose each layer's active filters with the same method as "
         "the tagging, count one vote per tag of each active filter, and predict the most voted "
-        "class (all layers, and the last layer alone). Writes RUN_DIR/explanations.jsonl.",
+        "class (all layers, and the last layer alone). Writes the RUN_DIR/explanations.parquet folder "
+        "(RUN_DIR/explanations.jsonl with --jsonl).",
         epilog="examples:\n  filtag-kg explain runs/vgg16 --data ~/imagenet/val --k 1\n"
         "  filtag-kg explain runs/vgg16 cat.jpg dog.png --perturb gaussian:0.1\n"
         "After a crash, rerun with --resume.",
@@ -644,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with counts. Perturbed copies: prediction flips and concepts gaining or losing votes. "
         "Writes RUN_DIR/evaluation.json.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with explanations.jsonl")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with explanations")
     p.add_argument("--by-class", action="store_true",
                    help="also print class-level explanations (most voted concepts per class)")
     p.add_argument("--top-concepts", type=int, default=5, metavar="N", help="concepts listed (default 5)")

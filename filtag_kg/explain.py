@@ -17,7 +17,6 @@ cut back to that point and the pass continues.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -36,11 +35,19 @@ from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, make_loader
 from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
+from .explanations_io import (
+    EXPLANATIONS_DIR,
+    EXPLANATIONS_JSONL,
+    EXPLANATIONS_META,
+    FORMAT_JSONL,
+    FORMAT_PARQUET,
+    encode_rows,
+    iter_explanations,
+)
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .tagging import TagSetting, active_filters, order_filters, tag_layer
+from .tagging import TagSetting, order_filters, tag_layer
 
-EXPLANATIONS = "explanations.jsonl"
-EXPLANATIONS_META = "explanations.json"
+EXPLANATIONS = EXPLANATIONS_JSONL
 STATE = "explanations.state.json"
 PERTURBATIONS = ("gaussian", "salt-and-pepper", "blur")
 WEIGHTINGS = ("gradcam",)
@@ -133,6 +140,8 @@ class ExplainOptions:
             filter's gradient-based contribution to the model's prediction).
         device, batch_size, workers, amp, checkpoint_every, resume, restart,
             progress: as for the profile pass.
+        jsonl: write ``explanations.jsonl`` (one JSON object per row) instead of
+            the columnar ``explanations.parquet`` folder.
     """
 
     settings: list[TagSetting] | None = None
@@ -147,6 +156,7 @@ class ExplainOptions:
     resume: bool = False
     restart: bool = False
     progress: bool = True
+    jsonl: bool = False
 
 
 def recorded_settings(run_dir: str | os.PathLike[str]) -> list[TagSetting]:
@@ -172,7 +182,7 @@ class TagIndex:
         for s in settings:
             per_layer = []
             for lp in profile.layers:
-                m = np.zeros((lp.width, len(profile.class_ids)))
+                m = np.zeros((lp.width, len(profile.class_ids)), dtype=np.float32)  # 0/1: exact
                 for t in tag_layer(lp.name, lp.means, profile.counts, profile.class_ids, profile.labels, s):
                     m[t.filter, col[t.class_id]] = 1.0
                 per_layer.append(m)
@@ -183,6 +193,126 @@ class TagIndex:
 def _ranked_votes(votes: np.ndarray) -> np.ndarray:
     """Class indices by votes, most first; ties by class order."""
     return np.argsort(-votes, kind="stable")
+
+
+_FEW = 8  # up to this many active filters per layer, repeated argmax beats a sort
+
+
+def _top_n(values: np.ndarray, n: int) -> np.ndarray:
+    """[B, n]: each row's n largest values' indices, largest first, ties by the lower index
+    (equal to ``order_filters(values)[:, :n]``) by n passes of argmax, which returns the
+    first of equal maxima."""
+    work = values.copy()
+    rows = np.arange(len(values))
+    out = np.empty((len(values), n), dtype=np.int64)
+    for j in range(n):
+        out[:, j] = best = work.argmax(axis=1)
+        work[rows, best] = -np.inf
+    return out
+
+
+def _rank_order(values: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``chosen`` ([B, F] mask) filters of each row in rank order (value descending,
+    ties by the lower index), one row after the other, and their count per row.
+
+    The chosen values are packed to the left (at most the row's count of them, the rest
+    padded with -inf) and sorted with NumPy's fast unstable sort; rows where two chosen
+    values are equal (the sort might not keep their index order) are sorted again stably.
+    """
+    lengths = chosen.sum(axis=1)
+    n_images, width = values.shape
+    m = int(lengths.max(initial=0))
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), lengths
+    # packed[b, j]: the j-th chosen filter of row b in index order
+    packed = np.full((n_images, m), width, dtype=np.int64)
+    rows, cols = np.nonzero(chosen)
+    slot = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    packed[rows, slot] = cols
+    keys = np.full((n_images, m), np.inf)
+    keys[rows, slot] = -values[rows, cols]
+    order = np.argsort(keys, axis=1)
+    sorted_keys = np.take_along_axis(keys, order, axis=1)
+    tied = ((sorted_keys[:, 1:] == sorted_keys[:, :-1]) & np.isfinite(sorted_keys[:, 1:])).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
+    ranked = np.take_along_axis(packed, order, axis=1)
+    return ranked[np.arange(m)[None, :] < lengths[:, None]], lengths
+
+
+def _active_batch(
+    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's active filters of one layer, without a loop over images.
+
+    Args:
+        values: [B, F] filter values.
+        order: ``order_filters(values)`` if already computed, else ``None`` (the
+            active filters are then ranked without sorting whole rows).
+        setting, layer: the selection rule, and the layer's name for messages.
+
+    Returns:
+        ``(filters, lengths)``: the images' active sets one after the other, each in
+        rank order, equal to :func:`active_filters` image by image.
+    """
+    n_images, width = values.shape
+    n = setting.count(width, layer)
+    if n is not None:
+        if order is None and n <= _FEW:
+            return _top_n(values, n).reshape(-1), np.full(n_images, n, dtype=np.int64)
+        order = order_filters(values) if order is None else order
+        return order[:, :n].reshape(-1), np.full(n_images, n, dtype=np.int64)
+    mean = values.mean(axis=1)
+    # the pairwise mean is within a few ulps of the correctly rounded one: rows with a value
+    # that close to it take active_filters' exact fsum mean, so no value counts by rounding luck
+    spread = np.abs(values).max(axis=1, initial=0.0)
+    near = np.abs(values - mean[:, None]).min(axis=1, initial=np.inf) <= 1e-9 * spread
+    for b in np.flatnonzero(near):
+        mean[b] = math.fsum(values[b].tolist()) / width
+    above = values > mean[:, None]
+    if order is None:
+        return _rank_order(values, above)
+    ranked = np.take_along_axis(above, order, axis=1)
+    return order[ranked], ranked.sum(axis=1)
+
+
+def explain_batch_arrays(
+    values: Sequence[np.ndarray],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: Sequence[np.ndarray] | None = None,
+    orders: Sequence[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The explanations of a batch of images as whole-batch arrays (see :func:`explain_batch`).
+
+    Returns:
+        ``active``: per layer, ``(filters, lengths)`` (the images' active sets
+        one after the other, each in rank order); ``votes`` / ``counts``: [B, C]
+        over all layers; ``votes_last`` / ``counts_last``: [B, C], last layer alone.
+    """
+    n_images = values[0].shape[0] if values else 0
+    n_classes = incidence[0].shape[1] if incidence else 0
+    active = []
+    counts = np.zeros((n_images, n_classes))
+    # unweighted votes are the counts: one array serves both
+    votes = counts if weights is None else np.zeros((n_images, n_classes))
+    last_v = last_c = counts
+    for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
+        order = None if orders is None else orders[li]
+        cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), order, setting, name)
+        rows = np.repeat(np.arange(n_images), lengths)
+        c = _segment_votes(inc, rows, cols, lengths, None)
+        counts += c
+        lv = c
+        if weights is not None:
+            lv = _segment_votes(inc, rows, cols, lengths, weights[li][rows, cols])
+            votes += lv
+        active.append((cols, lengths))
+        if li == len(values) - 1:
+            last_v, last_c = lv, c
+    return {"active": active, "votes": votes, "counts": counts, "votes_last": last_v, "counts_last": last_c}
 
 
 def explain_batch(
@@ -214,32 +344,36 @@ def explain_batch(
         ``counts`` ([C] arrays over all layers), ``votes_last`` /
         ``counts_last`` (last layer alone).
     """
-    n_images = values[0].shape[0] if values else 0
-    n_classes = incidence[0].shape[1] if incidence else 0
-    active: list[list[np.ndarray]] = [[] for _ in range(n_images)]
-    votes, counts = np.zeros((n_images, n_classes)), np.zeros((n_images, n_classes))
-    last_v = last_c = votes
-    for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        chosen = [
-            active_filters(v[b], setting, name, None if orders is None else orders[li][b])
-            for b in range(n_images)
-        ]
-        lengths = np.array([len(c) for c in chosen], dtype=np.int64)
-        rows = np.repeat(np.arange(n_images), lengths)
-        cols = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        w = None if weights is None else weights[li][rows, cols]
-        c = _segment_votes(inc, rows, cols, lengths, None)
-        lv = c if w is None else _segment_votes(inc, rows, cols, lengths, w)
-        votes, counts = votes + lv, counts + c
-        for b in range(n_images):
-            active[b].append(chosen[b])
-        if li == len(values) - 1:
-            last_v, last_c = lv, c
+    arr = explain_batch_arrays(values, incidence, setting, layer_names, weights=weights, orders=orders)
+    splits = [np.split(cols, np.cumsum(lengths)[:-1]) for cols, lengths in arr["active"]]
     return [
-        {"active": active[b], "votes": votes[b], "counts": counts[b],
-         "votes_last": last_v[b], "counts_last": last_c[b]}
-        for b in range(n_images)
+        {"active": [per_layer[b] for per_layer in splits], "votes": arr["votes"][b],
+         "counts": arr["counts"][b], "votes_last": arr["votes_last"][b], "counts_last": arr["counts_last"][b]}
+        for b in range(len(arr["votes"]))
     ]
+
+
+_TAG_LISTS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+
+def _tag_lists(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``inc`` ([F, C], 0/1) as lists: filter f's classes are ``tagged[indptr[f]:indptr[f + 1]]``.
+
+    Made once per matrix (kept while the matrix lives; a tag matrix is not changed
+    after it is built), so each batch costs only its active filters' tags.
+    """
+    import weakref
+
+    key = id(inc)
+    hit = _TAG_LISTS.get(key)
+    if hit is not None and hit[0]() is inc:
+        return hit[1], hit[2]
+    filters, tagged = np.nonzero(inc)
+    indptr = np.zeros(inc.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(filters, minlength=inc.shape[0]), out=indptr[1:])
+    ref = weakref.ref(inc, lambda _, key=key: _TAG_LISTS.pop(key, None))
+    _TAG_LISTS[key] = (ref, indptr, tagged)
+    return indptr, tagged
 
 
 def _segment_votes(
@@ -247,15 +381,33 @@ def _segment_votes(
 ) -> np.ndarray:
     """[B, C] votes: per image, the (weighted) sum of its active filters' rows of ``inc``.
 
-    Few active filters (top-k): gather those rows and sum each image's run of
-    them. Many (above-average): one [B, F] x [F, C] product is cheaper than
-    gathering half the matrix per image.
+    Sparse tags (top-k, top-percent tagging): count the (image, class) pairs of the
+    active filters' tags. Few active filters with dense tags: gather their rows and
+    sum each image's run. Many (above-average): one [B, F] x [F, C] product is
+    cheaper than gathering half the matrix per image.
     """
     n_images, (n_filters, n_classes) = len(lengths), inc.shape
+    indptr, tagged = _tag_lists(inc)
+    per = indptr[cols + 1] - indptr[cols]  # tags of each active filter
+    pairs = int(per.sum())
+    if pairs * 8 <= len(cols) * n_classes:
+        # sparse tags (top-k, top-percent): one bincount over the (image, class) pairs
+        starts = np.cumsum(per) - per
+        picked = tagged[np.repeat(indptr[cols] - starts, per) + np.arange(pairs)]
+        flat = np.repeat(rows, per) * n_classes + picked
+        w = None if weight is None else np.repeat(weight, per)
+        out = np.bincount(flat, weights=w, minlength=n_images * n_classes)
+        return out.reshape(n_images, n_classes).astype(np.float64, copy=False)
     if len(cols) * 4 >= n_images * n_filters:
-        mark = np.zeros((n_images, n_filters))
+        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64
+        dtype = np.float32 if weight is None else np.float64
+        mark = np.zeros((n_images, n_filters), dtype=dtype)
         mark[rows, cols] = 1.0 if weight is None else weight
-        return mark @ inc
+        return (mark @ inc.astype(dtype, copy=False)).astype(np.float64)
+    if n_images and len(cols) == n_images * int(lengths[0]) and (lengths == lengths[0]).all():
+        # top-k and top-percent: the same count per image, so a reshape replaces reduceat
+        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
+        return picked.reshape(n_images, int(lengths[0]), n_classes).sum(axis=1, dtype=np.float64)
     out = np.zeros((n_images, n_classes))
     if len(cols):
         picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
@@ -286,71 +438,124 @@ def _prediction(votes: np.ndarray, class_ids: Sequence[str]) -> str | None:
     return class_ids[int(_ranked_votes(votes)[0])]
 
 
-def _vote_dict(votes: np.ndarray, class_ids: Sequence[str], *, integer: bool = False) -> dict[str, Any]:
-    return {class_ids[i]: (int(votes[i]) if integer else float(votes[i])) for i in np.flatnonzero(votes)}
-
-
-class _JsonlWriter:
-    """Appends lines; remembers how many bytes are final for resume."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        mode = "r+b" if path.exists() else "wb"
-        self.fh = open(path, mode)  # noqa: SIM115 - closed in close()
-        self.fh.truncate(offset)
-        self.fh.seek(offset)
-
-    def write(self, obj: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(obj, ensure_ascii=False, allow_nan=False).encode() + b"\n")
-
-    def sync(self) -> int:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        return self.fh.tell()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 class _Sink:
-    """Where explanation lines go: the run's file alone, or, under ``torchrun``, one
-    part file per rank that rank 0 merges into the run's file, in dataset order, at
-    every synchronisation (so the run's file always holds a finished prefix)."""
+    """Where explanation rows go: the run's file(s) alone, or, under ``torchrun``, one
+    Arrow part file per rank that rank 0 merges into the run's files, in dataset order,
+    at every synchronisation (so the run's files always hold a finished prefix)."""
 
-    def __init__(self, run: Path, offset: int, dist: distributed.Dist) -> None:
-        self.run, self.dist = run, dist
-        self.main = _JsonlWriter(run / EXPLANATIONS, offset) if dist.main else None
-        self.part = _JsonlWriter(self._part_path(dist.rank), 0) if dist.active else None
+    def __init__(
+        self, run: Path, form: str, committed: int, dist: distributed.Dist, names: dict[str, Any]
+    ) -> None:
+        from .explanations_io import JsonlLines, ParquetParts, names_metadata
+
+        self.run, self.dist, self.form = run, dist, form
+        self.value_type = "float32" if form == FORMAT_PARQUET else "float64"
+        self.main: ParquetParts | JsonlLines | None = None
+        if dist.main:
+            self.main = (
+                ParquetParts(run / EXPLANATIONS_DIR, committed, names_metadata(**names))
+                if form == FORMAT_PARQUET
+                else JsonlLines(run / EXPLANATIONS, committed, names)
+            )
+        self.local: list[Any] = []
 
     def _part_path(self, rank: int) -> Path:
-        return self.run / f"explanations.part{rank:04d}.jsonl"
+        return self.run / f"explanations.part{rank:04d}.arrow"
 
-    def write(self, obj: dict[str, Any]) -> None:
-        (self.part or self.main).write(obj)  # type: ignore[union-attr]
+    def write(self, batch: Any) -> None:
+        if self.dist.active:
+            self.local.append(batch)
+        else:
+            self.main.write(batch)  # type: ignore[union-attr]
 
     def synchronise(self) -> int | None:
-        """Make every line written so far final; rank 0 gets the run file's size."""
-        if self.part is not None:
-            self.part.sync()
+        """Make every row written so far final; rank 0 gets the resume point (parts or bytes)."""
+        if self.dist.active:
+            import pyarrow as pa
+
+            from .explanations_io import row_schema
+
+            schema = row_schema(self.value_type)
+            path = str(self._part_path(self.dist.rank))
+            with pa.OSFile(path, "wb") as fh, pa.ipc.new_file(fh, schema) as w:
+                for b in self.local:
+                    w.write_batch(b)
+            self.local = []
             self.dist.barrier()
             if self.main is not None:
-                lines = []
+                tables = []
                 for rank in range(self.dist.world):
-                    with open(self._part_path(rank), "rb") as fh:
-                        for seq, line in enumerate(fh):
-                            lines.append((json.loads(line)["index"], rank, seq, line))
-                for *_, line in sorted(lines, key=lambda x: x[:3]):
-                    self.main.fh.write(line)
+                    with pa.memory_map(str(self._part_path(rank))) as src:
+                        t = pa.ipc.open_file(src).read_all()
+                    n = t.num_rows
+                    tables.append(t.append_column("_rank", pa.array(np.full(n, rank))).append_column(
+                        "_seq", pa.array(np.arange(n))))
+                merged = pa.concat_tables(tables).sort_by(
+                    [("index", "ascending"), ("_rank", "ascending"), ("_seq", "ascending")]
+                ).drop_columns(["_rank", "_seq"])
+                for b in merged.combine_chunks().to_batches():
+                    self.main.write(b)
             self.dist.barrier()
-            self.part.fh.truncate(0)
-            self.part.fh.seek(0)
-        return self.main.sync() if self.main is not None else None
+        return self.main.commit() if self.main is not None else None
 
     def close(self, *, remove_part: bool = False) -> None:
-        for w in (self.main, self.part):
-            if w is not None:
-                w.close()
-        if remove_part and self.part is not None:
+        if self.main is not None:
+            self.main.close()
+        if remove_part and self.dist.active:
             self._part_path(self.dist.rank).unlink(missing_ok=True)
+
+
+class _HostWorker:
+    """Runs each batch's host-side work (votes, encoding, writing) on one background
+    thread, so it overlaps the next batch's forward pass.
+
+    At most ``depth`` batches wait (their arrays are the only memory held); a failed
+    job is raised in the pass's thread at the next :meth:`submit` or :meth:`drain`.
+    :meth:`close` ends the thread, so nothing outlives the pass.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._jobs: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="filtag-explain-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:  # after a failure, later jobs are dropped
+                    job()
+            except BaseException as exc:  # raised in the pass's thread
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, job: Any) -> None:
+        """Queue ``job`` (blocks while ``depth`` jobs wait)."""
+        self._raise()
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait until every queued job has run; raise the error of a failed one."""
+        self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        """End the thread after the queued jobs (errors are dropped: call drain first)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
 
 
 @contextlib.contextmanager
@@ -445,21 +650,22 @@ def explain_dataset(
     model_labels = [c["label"] for c in profile.meta.get("model_classes") or []]
     pre = loaded.preprocess
 
+    form = FORMAT_JSONL if opts.jsonl else FORMAT_PARQUET
     fingerprint = {
         "profile": profile.meta.get("fingerprint"),
         "data": imageset.fingerprint(),
         "settings": [str(s) for s in settings],
         "perturb": [p.record() for p in perturbs],
         "weighting": opts.weighting,
+        "format": form,
     }
-    out_path, state_path = run / EXPLANATIONS, run / STATE
+    out_path = run / (EXPLANATIONS if form == FORMAT_JSONL else EXPLANATIONS_DIR)
+    state_path = run / STATE
     dist.barrier()
     if opts.restart and dist.main:
-        for p in (state_path, out_path):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        _remove_outputs(run, state_path)
     dist.barrier()
-    done, offset, skipped, started = 0, 0, [], _now()
+    done, committed, skipped, started = 0, 0, [], _now()
     if state_path.exists():
         if not opts.resume:
             raise ProfileError(
@@ -473,11 +679,17 @@ def explain_dataset(
                 f"the interrupted explanation pass in {run} used a different "
                 f"{', '.join(diff)}; rerun with the same options, or --restart"
             )
-        done, offset, skipped, started = state["done"], state["offset"], state["skipped"], state["started_at"]
-    elif opts.resume and (run / EXPLANATIONS_META).exists():
-        meta = read_json(run / EXPLANATIONS_META)
-        if meta.get("fingerprint") == fingerprint:
-            return meta  # already finished
+        done, committed, skipped, started = (
+            state["done"], state["committed"], state["skipped"], state["started_at"]
+        )
+    else:
+        if opts.resume and (run / EXPLANATIONS_META).exists():
+            meta = read_json(run / EXPLANATIONS_META)
+            if meta.get("fingerprint") == fingerprint:
+                return meta  # already finished
+        if dist.main:  # a new pass: the other form's rows would be stale
+            _remove_outputs(run, None)
+    dist.barrier()
 
     n = len(dataset)
     first = done
@@ -486,7 +698,9 @@ def explain_dataset(
     )
     sampler = RoundSampler(done, n, opts.batch_size, dist)
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
-    sink = _Sink(run, offset, dist)
+    names_doc = {"layers": names, "class_ids": list(profile.class_ids), "model_ids": model_ids,
+                 "model_labels": model_labels}
+    sink = _Sink(run, form, committed, dist, names_doc)
     local_skipped: list[tuple[int, dict[str, str]]] = []
     from tqdm.auto import tqdm
 
@@ -502,17 +716,19 @@ def explain_dataset(
     module = engine.module
     variants: list[Perturbation | None] = [None, *perturbs]
     t0 = time.perf_counter()
+    worker = _HostWorker()
 
     def synchronise(save: bool) -> None:
-        """Make lines and skipped files final on rank 0 (collective under torchrun)."""
-        offset = sink.synchronise()
+        """Make rows and skipped files final on rank 0 (collective under torchrun)."""
+        worker.drain()
+        committed = sink.synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
         local_skipped.clear()
         if save and dist.main:
             write_json(
                 state_path,
-                {"fingerprint": fingerprint, "done": done, "offset": offset, "skipped": skipped,
+                {"fingerprint": fingerprint, "done": done, "committed": committed, "skipped": skipped,
                  "started_at": started, "total": n},
             )
 
@@ -531,6 +747,11 @@ def explain_dataset(
             values = probe.take_flat()
         # one copy to the host per batch, then per-layer views
         return np.split(values.cpu().numpy(), splits, axis=1), logits.float(), None
+
+    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]]) -> None:
+        """Votes, rows and writing of one batch (on the writer thread)."""
+        sink.write(encode_batch(info, results, settings, index.incidence, names,
+                                weighting=opts.weighting, value_type=sink.value_type))
 
     splits = np.cumsum([p.width for p in engine.points])[:-1]
     rounds = 0
@@ -554,67 +775,18 @@ def explain_dataset(
                         values, logits, weights = forward(xv, probe)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
-                        # one sort per layer for the whole batch, shared by every setting
-                        orders = [order_filters(v) for v in values]
-                        explained = [
-                            explain_batch(values, inc, s, names, weights=weights, orders=orders)
-                            for s, inc in zip(settings, index.incidence)
-                        ]
-                        results.append(
-                            (var, values, weights, explained, probs.cpu().numpy(), top.cpu().numpy())
-                        )
-                    for b, i in enumerate(idx):
-                        sample = imageset.samples[i]
-                        true = imageset.classes[sample.label].id if sample.label >= 0 else None
-                        for var, values, weights, explained, probs, top in results:
-                            model_top = [
-                                {
-                                    "class_id": model_ids[j] if j < len(model_ids) else str(j),
-                                    "label": model_labels[j] if j < len(model_labels) else str(j),
-                                    "prob": float(p),
-                                }
-                                for j, p in zip(top[b].tolist(), probs[b].tolist())
-                            ]
-                            for s, per_image in zip(settings, explained):
-                                ex = per_image[b]
-                                active = {}
-                                for li, (name, a) in enumerate(zip(names, ex["active"])):
-                                    vals = values[li][b, a].tolist()
-                                    if weights is None:
-                                        active[name] = [
-                                            {"filter": f, "value": x, "rank": r}
-                                            for r, (f, x) in enumerate(zip(a.tolist(), vals), 1)
-                                        ]
-                                    else:
-                                        active[name] = [
-                                            {"filter": f, "value": x, "rank": r, "weight": w}
-                                            for r, (f, x, w) in enumerate(
-                                                zip(a.tolist(), vals, weights[li][b, a].tolist()), 1
-                                            )
-                                        ]
-                                sink.write(
-                                    {
-                                        "index": i,
-                                        "image": sample.path,
-                                        "sha256": batch.sha256[b] if batch.sha256 else None,
-                                        "true_class": true,
-                                        "model_top": model_top,
-                                        "method": s.method,
-                                        "param": s.param_text,
-                                        "active_filters": active,
-                                        "votes": _vote_dict(ex["votes"], profile.class_ids),
-                                        "vote_counts": _vote_dict(
-                                            ex["counts"], profile.class_ids, integer=True
-                                        ),
-                                        "votes_last_layer": _vote_dict(ex["votes_last"], profile.class_ids),
-                                        "prediction": _prediction(ex["votes"], profile.class_ids),
-                                        "prediction_last_layer": _prediction(
-                                            ex["votes_last"], profile.class_ids
-                                        ),
-                                        "perturbation": var.record() if var is not None else None,
-                                        "weighting": opts.weighting,
-                                    }
-                                )
+                        results.append((None if var is None else var.record(), values, weights,
+                                        probs.cpu().numpy(), top.cpu().numpy()))
+                    samples = [imageset.samples[i] for i in idx]
+                    info = {
+                        "indices": idx,
+                        "images": [sm.path for sm in samples],
+                        "sha256": list(batch.sha256) if batch.sha256 else [None] * len(idx),
+                        "true_classes": [
+                            imageset.classes[sm.label].id if sm.label >= 0 else None for sm in samples
+                        ],
+                    }
+                    worker.submit(lambda info=info, results=results: host_work(info, results))
                 rounds += 1
                 new_done = sampler.done_after(rounds)
                 bar.update(new_done - done)
@@ -623,25 +795,31 @@ def explain_dataset(
                     synchronise(save=True)
     except KeyboardInterrupt:
         bar.close()
-        if not dist.active:  # alone, the lines so far are consistent: keep them
+        if not dist.active:  # alone, the rows so far are consistent: keep them
             synchronise(save=True)
+        worker.close()
         sink.close()
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
+        worker.close()
         sink.close()
         raise
     bar.close()
-    synchronise(save=False)
-    sink.close(remove_part=True)
+    try:
+        synchronise(save=False)
+    finally:
+        worker.close()
+        sink.close(remove_part=True)
     dist.barrier()
     if dist.main:  # parts left by a killed run with more processes
-        for stale in run.glob("explanations.part*.jsonl"):
+        for stale in run.glob("explanations.part*.*"):
             stale.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     meta = {
         "format": "filtag-kg explanations",
         "format_version": 1,
-        "file": EXPLANATIONS,
+        "file": out_path.name,
+        "storage": form,
         "settings": [{"method": s.method, "param": s.param} for s in settings],
         "perturbations": [p.record() for p in perturbs],
         "weighting": opts.weighting,
@@ -664,28 +842,84 @@ def explain_dataset(
     return meta
 
 
+def encode_batch(
+    info: dict[str, Any],
+    results: Sequence[tuple[Any, ...]],
+    settings: Sequence[TagSetting],
+    incidence: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str],
+    *,
+    weighting: str | None,
+    value_type: str,
+) -> Any:
+    """The host-side work of one batch: active filters, votes and the rows of every
+    input variant and setting, as one Arrow record batch in file order.
+
+    Args:
+        info: ``indices``, ``images``, ``sha256`` and ``true_classes`` of the batch.
+        results: per input variant, ``(perturbation record or None, values, weights,
+            top-5 probabilities, top-5 classes)``, values/weights per layer [B, F].
+        settings / incidence: the tagging settings and, per setting, the per-layer tag matrices.
+        names: the layers' names.
+        weighting: ``None`` or ``"gradcam"`` (recorded in each row).
+        value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
+    """
+    blocks = []
+    for pert, values, weights, probs, top in results:
+        for s, inc in zip(settings, incidence):
+            ex = explain_batch_arrays(values, inc, s, names, weights=weights)
+            blocks.append(encode_rows(
+                **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
+                active=ex["active"], values=values, weights=weights, votes=ex["votes"],
+                counts=ex["counts"], votes_last=ex["votes_last"], counts_last=ex["counts_last"],
+                perturbation=pert, weighting=weighting, value_type=value_type,
+            ))
+    return interleave(blocks)
+
+
+def interleave(blocks: Sequence[Any]) -> Any:
+    """One record batch of a batch's rows in file order: image by image, and for each
+    image its blocks' rows in block order (blocks: one per variant and setting, B rows each)."""
+    import pyarrow as pa
+
+    if len(blocks) == 1:
+        return blocks[0]
+    n = blocks[0].num_rows
+    table = pa.Table.from_batches(blocks)
+    perm = (np.arange(len(blocks))[None, :] * n + np.arange(n)[:, None]).reshape(-1)
+    return table.take(pa.array(perm)).combine_chunks().to_batches()[0]
+
+
+def _remove_outputs(run: Path, state_path: Path | None) -> None:
+    """Delete the explanation rows of either form (and the state file, when given)."""
+    import shutil
+
+    for p in (state_path, run / EXPLANATIONS):
+        if p is not None:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    shutil.rmtree(run / EXPLANATIONS_DIR, ignore_errors=True)
+
+
 def read_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Stream the explanations of a run, one dict per line.
+    """Stream the explanations of a run, one dict per row, from ``explanations.parquet``
+    or ``explanations.jsonl`` (see :func:`filtag_kg.explanations_io.iter_explanations`).
 
     Raises:
         ProfileError: the run has no explanations.
     """
-    path = Path(run_dir) / EXPLANATIONS
-    if not path.is_file():
-        raise ProfileError(f"{run_dir} holds no {EXPLANATIONS}; create it with `filtag-kg explain`")
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    return iter_explanations(run_dir)
 
 
 __all__ = [
     "EXPLANATIONS",
+    "EXPLANATIONS_DIR",
     "ExplainOptions",
     "Perturbation",
     "TagIndex",
     "explain_dataset",
     "explain_batch",
+    "explain_batch_arrays",
     "explain_values",
     "read_explanations",
     "recorded_settings",

@@ -211,8 +211,10 @@ def stale_reason(path: str | os.PathLike[str]) -> str | None:
     newer = []
     for pat in EXPORT_INPUTS:
         for f in run.glob(pat):
+            # a folder artifact (explanations.parquet/) counts by its files and itself
+            files = [f, *f.rglob("*")] if f.is_dir() else [f]
             with contextlib.suppress(OSError):
-                if f.is_file() and f.stat().st_mtime > made:
+                if any(x.stat().st_mtime > made for x in files):
                     newer.append(f.name)
     if not newer:
         return None

@@ -18,8 +18,9 @@ def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
     text = "\n".join(lines)
     assert "trained now" in text and "held-out accuracy" in text
     for name in ("profile.json", "profile.npz", "tags.tsv", "tags.json", "abstract_tags.tsv",
-                 "explanations.jsonl", "evaluation.json", "kg.trig"):
+                 "evaluation.json", "kg.trig"):
         assert (tmp_path / "out" / name).is_file(), name
+    assert (tmp_path / "out" / "explanations.parquet").is_dir()
     rows = list(csv.DictReader((tmp_path / "out" / "tags.tsv").open(), delimiter="\t"))
     assert {r["class_id"] for r in rows} == {w for w, _ in SHAPE_CLASSES}
     assert {r["label"] for r in rows} == {lab for _, lab in SHAPE_CLASSES}

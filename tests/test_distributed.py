@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import cli_env, write_images
 
+from filtag_kg.explain import read_explanations
 from filtag_kg.profile import CHECKPOINT, Profile
 
 TINY = ["--model", "tiny_models:build_tiny", "--image-size", "16", "--quiet", "--batch-size", "2"]
@@ -90,8 +91,7 @@ def test_two_gloo_processes_equal_one(uneven: tuple[Path, Path], tmp_path: Path)
     assert [Path(s["path"]).name for s in two.meta["dataset"]["skipped"]] == ["zz-corrupt.png"]
     _same_profile(two, one)
     assert _tag_keys(tmp_path / "two") == _tag_keys(tmp_path / "one")
-    ex2 = [json.loads(x) for x in (tmp_path / "two" / "explanations.jsonl").read_text().splitlines()]
-    ex1 = [json.loads(x) for x in (tmp_path / "one" / "explanations.jsonl").read_text().splitlines()]
+    ex2, ex1 = list(read_explanations(tmp_path / "two")), list(read_explanations(tmp_path / "one"))
     assert [(e["index"], e["image"], e["prediction"]) for e in ex2] == [
         (e["index"], e["image"], e["prediction"]) for e in ex1
     ]

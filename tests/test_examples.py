@@ -23,9 +23,9 @@ def test_api_tour_runs_every_step(tmp_path: Path) -> None:
         env=cli_env(), capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    for name in ("profile.json", "tags.tsv", "abstract_tags.tsv", "explanations.jsonl", "evaluation.json",
-                 "kg.trig"):
+    for name in ("profile.json", "tags.tsv", "abstract_tags.tsv", "evaluation.json", "kg.trig"):
         assert (out / name).is_file(), name
+    assert (out / "explanations.parquet").is_dir()
     # the fidelity it prints is the one evaluate wrote
     printed = re.findall(r"fidelity of top-k 1 \((all|last) layers?\): [\d.]+% \((\d+) of (\d+) images\)",
                          res.stdout)

@@ -21,7 +21,7 @@ from tiny_models import build_tiny
 from filtag_kg.cli import main
 from filtag_kg.data import image_folder
 from filtag_kg.evaluation import evaluate_records
-from filtag_kg.explain import STATE, ExplainOptions, Perturbation, explain_dataset
+from filtag_kg.explain import STATE, ExplainOptions, Perturbation, explain_dataset, read_explanations
 from filtag_kg.models import load_model
 from filtag_kg.profile import ProfileOptions, profile_dataset
 from filtag_kg.tagging import TagSetting, active_filters, write_tags
@@ -86,11 +86,14 @@ def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
     return run, held
 
 
-def test_explanations_match_reference(tiny_run: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("jsonl", [False, True], ids=["parquet", "jsonl"])
+def test_explanations_match_reference(tiny_run: tuple[Path, Path], jsonl: bool) -> None:
     run, held = tiny_run
-    meta = explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4))
+    meta = explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4, jsonl=jsonl))
     assert meta["images"] == 9 and [s["method"] for s in meta["settings"]] == ["top-k", "above-average"]
-    lines = [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()]
+    assert (run / "explanations.jsonl").is_file() == jsonl
+    assert (run / "explanations.parquet").is_dir() == (not jsonl)
+    lines = list(read_explanations(run))
     assert len(lines) == 9 * 2
     tags = list(csv.DictReader((run / "tags.tsv").open(), delimiter="\t"))
     files = sorted(held.glob("*/*.png"))
@@ -126,7 +129,73 @@ def test_explanations_match_reference(tiny_run: tuple[Path, Path]) -> None:
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
 
 
-def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def _same_records(columnar: list[dict], jsonl: list[dict]) -> None:
+    """The columnar form's records equal the JSON form's, image by image; values and
+    weights equal the JSON ones rounded to float32 (the stored precision)."""
+    assert len(columnar) == len(jsonl) > 0
+    for c, j in zip(columnar, jsonl):
+        assert list(c) == list(j)  # same fields in the same order
+        assert {k: v for k, v in c.items() if k != "active_filters"} == {
+            k: v for k, v in j.items() if k != "active_filters"
+        }
+        assert list(c["active_filters"]) == list(j["active_filters"])
+        for layer, got in c["active_filters"].items():
+            want = j["active_filters"][layer]
+            assert [a["filter"] for a in got] == [a["filter"] for a in want]
+            assert [a["rank"] for a in got] == [a["rank"] for a in want]
+            for key in ("value", "weight"):
+                assert [key in a for a in got] == [key in a for a in want]
+                rounded = [float(np.float32(a[key])) for a in want if key in a]
+                assert [a[key] for a in got if key in a] == rounded
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"perturb": ["gaussian:0.2", "blur:1"]}, {"weighting": "gradcam"}],
+    ids=["perturbed", "gradcam"],
+)
+def test_columnar_form_equals_json_form(tiny_run: tuple[Path, Path], tmp_path: Path, options: dict) -> None:
+    run, held = tiny_run
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    imageset = image_folder(held)
+    common = dict(progress=False, batch_size=4, checkpoint_every=1, **options)
+    explain_dataset(run, imageset, ExplainOptions(**common))
+    explain_dataset(other, imageset, ExplainOptions(jsonl=True, **common))
+    assert len(list((run / "explanations.parquet").glob("part-*.parquet"))) == 3  # one per checkpoint
+    columnar, jsonl = list(read_explanations(run)), list(read_explanations(other))
+    assert len(jsonl) == 9 * 2 * (3 if "perturb" in options else 1)
+    _same_records(columnar, jsonl)
+    from filtag_kg.explanations_io import iter_parquet_rows
+
+    # rows decoded one by one (as the report does) are the same records
+    lazily = list(iter_parquet_rows(run / "explanations.parquet", batch_size=5))
+    assert [i for i, _ in lazily] == [r["index"] for r in columnar]
+    assert [decode() for _, decode in lazily] == columnar
+    # a later pass in the other form replaces the first one's rows
+    explain_dataset(run, imageset, ExplainOptions(jsonl=True, **common))
+    assert not (run / "explanations.parquet").exists()
+    assert list(read_explanations(run)) == jsonl
+
+
+def test_uncommitted_parts_are_dropped(tmp_path: Path) -> None:
+    """Parts written after the last state (a kill between a part's rename and the state
+    write) and temporary files are deleted when the pass resumes."""
+    from filtag_kg.explanations_io import ParquetParts, part_files
+
+    folder = tmp_path / "explanations.parquet"
+    folder.mkdir()
+    for name in ("part-000000", "part-000001", "part-000002", ".part-000003"):
+        (folder / f"{name}.parquet{'.tmp' if name[0] == '.' else ''}").write_bytes(b"x")
+    ParquetParts(folder, 2, {})
+    assert [p.name for p in part_files(folder)] == ["part-000000.parquet", "part-000001.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
+
+
+@pytest.mark.parametrize("jsonl", [False, True], ids=["parquet", "jsonl"])
+def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Path, jsonl: bool) -> None:
     run, held = tiny_run
     more = write_images(tmp_path / "more", per_class=6, seed=3)
     env = cli_env()
@@ -143,12 +212,23 @@ def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Pat
         "--checkpoint-every",
         "1",
         "--quiet",
+        *(["--jsonl"] if jsonl else []),
     ]
     env["TINY_SLEEP"] = "0"
     # the run's model spec is tiny_models:build_tiny; a slow copy of the same weights for the kill
     ref = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ref.returncode == 0, ref.stderr
-    expected = (run / "explanations.jsonl").read_bytes()
+    expected = list(read_explanations(run))
+    expected_bytes = (run / "explanations.jsonl").read_bytes() if jsonl else None
+    assert len(expected) == 18 * 2
+    if not jsonl:  # the same pass in the JSON form, to compare the resumed columnar rows with
+        import shutil
+
+        shutil.copytree(run, tmp_path / "as-json")
+        as_json = [*cmd[:4], str(tmp_path / "as-json"), *cmd[5:], "--jsonl"]
+        res = subprocess.run(as_json, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        json_records = list(read_explanations(tmp_path / "as-json"))
     prof = json.loads((run / "profile.json").read_text())
     prof["model"]["spec"] = "tiny_models:build_slow"
     (run / "profile.json").write_text(json.dumps(prof))
@@ -167,7 +247,11 @@ def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Pat
     env["TINY_SLEEP"] = "0"
     res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert (run / "explanations.jsonl").read_bytes() == expected
+    assert list(read_explanations(run)) == expected  # no row lost or repeated
+    if jsonl:
+        assert (run / "explanations.jsonl").read_bytes() == expected_bytes
+    else:
+        _same_records(list(read_explanations(run)), json_records)
     assert not (run / STATE).exists()
 
 
@@ -270,7 +354,7 @@ def test_gradcam_weights_match_autograd(tiny_run: tuple[Path, Path]) -> None:
         image_folder(held),
         ExplainOptions(progress=False, weighting="gradcam", settings=[TagSetting("top-k", 2)]),
     )
-    rec = json.loads((run / "explanations.jsonl").read_text().splitlines()[0])
+    rec = next(read_explanations(run))
     from filtag_kg.data import load_rgb
 
     model = build_tiny()
@@ -302,13 +386,18 @@ def test_explain_cli_single_images_and_by_class(
     run, held = tiny_run
     files = sorted(held.glob("*/*.png"))[:2]
     assert main(["explain", str(run), *map(str, files), "--k", "2", "--quiet"]) == 0
-    lines = [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()]
+    lines = list(read_explanations(run))
     assert [r["true_class"] for r in lines] == [None, None] and lines[0]["param"] == "2"
     assert main(["evaluate", str(run), "--by-class"]) == 0
     out = capsys.readouterr().out
     assert "class-level explanations" in out and "top-k 2" in out
     assert main(["explain", str(run), "--k", "99", str(files[0])]) == 2
     assert "exceeds the width" in capsys.readouterr().err
+    assert (run / "explanations.parquet").is_dir() and not (run / "explanations.jsonl").exists()
+    assert main(["explain", str(run), *map(str, files), "--k", "2", "--quiet", "--jsonl"]) == 0
+    assert "explanations.jsonl" in capsys.readouterr().out
+    _same_records(lines, [json.loads(x) for x in (run / "explanations.jsonl").read_text().splitlines()])
+    assert not (run / "explanations.parquet").exists()
 
 
 def test_top_images_match_reference(tmp_path: Path) -> None:
@@ -338,9 +427,9 @@ def test_explain_skips_and_lists_bad_files(tiny_run: tuple[Path, Path], messy_di
     run, _ = tiny_run
     meta = explain_dataset(run, image_folder(messy_dir), ExplainOptions(progress=False))
     assert {Path(s["path"]).name for s in meta["dataset"]["skipped"]} == {"truncated.jpg", "notes.png"}
-    lines = (run / "explanations.jsonl").read_text().splitlines()
+    lines = list(read_explanations(run))
     assert len(lines) == meta["images"] * 2 == (3 * 3 + 4) * 2
-    assert all("truncated" not in json.loads(x)["image"] for x in lines)
+    assert all("truncated" not in x["image"] for x in lines)
 
 
 def test_torchscript_run_with_explanations(
@@ -353,8 +442,8 @@ def test_torchscript_run_with_explanations(
     code = main(["run", "--model", str(path), "--image-size", "16", "--data", str(data), "--k", "1",
                  "--out", str(tmp_path / "run"), "--explain-data", str(held), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    lines = (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()
-    assert len(lines) == 6 and set(json.loads(lines[0])["active_filters"]) == {"conv1", "conv2", "conv3"}
+    lines = list(read_explanations(tmp_path / "run"))
+    assert len(lines) == 6 and set(lines[0]["active_filters"]) == {"conv1", "conv2", "conv3"}
 
 
 @pytest.mark.parametrize(
@@ -366,16 +455,18 @@ def test_torchscript_run_with_explanations(
         TagSetting("above-average"),
     ],
 )
-def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
-    """Both vote paths (gathering few rows, multiplying many) against plain per-image sums."""
+@pytest.mark.parametrize("density", [0.3, 0.02], ids=["dense-tags", "sparse-tags"])
+def test_batch_votes_equal_a_per_image_loop(setting: TagSetting, density: float) -> None:
+    """Every vote path (counting sparse tags, gathering few rows, multiplying many)
+    against plain per-image sums."""
     from filtag_kg.explain import explain_batch
 
     rng = np.random.default_rng(3)
-    widths, n_classes, batch = [6, 9, 16], 7, 5
+    widths, n_classes, batch = [6, 9, 16], 7 if density > 0.1 else 90, 5
     values = [rng.random((batch, f)) for f in widths]
     values[1][2] = 0.5  # a constant layer: above-average activates nothing there
     weights = [rng.random((batch, f)) for f in widths]
-    incidence = [(rng.random((f, n_classes)) < 0.3).astype(float) for f in widths]
+    incidence = [(rng.random((f, n_classes)) < density).astype(np.float32) for f in widths]
     names = ["a", "b", "c"]
     plain = explain_batch(values, incidence, setting, names)
     weighted = explain_batch(values, incidence, setting, names, weights=weights)
@@ -399,3 +490,76 @@ def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
         np.testing.assert_allclose(weighted[b]["votes_last"], layer_votes, rtol=1e-12)
     if setting.method == "above-average":
         assert len(plain[2]["active"][1]) == 0
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [TagSetting("top-k", 1), TagSetting("top-k", 3), TagSetting("top-k", 12), TagSetting("top-percent", 30),
+     TagSetting("above-average")],
+)
+def test_batch_active_sets_keep_tie_order(setting: TagSetting) -> None:
+    """The batch selection (argmax passes, packed unstable sort) ranks equal values by the
+    lower index, exactly as the per-image reference, on values full of ties."""
+    from filtag_kg.explain import _active_batch
+    from filtag_kg.tagging import order_filters
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4, size=(40, 16)) / 4.0  # four levels: ties everywhere
+    values[3] = 0.25  # a constant row
+    for order in (None, order_filters(values)):
+        cols, lengths = _active_batch(values, order, setting, "x")
+        got = np.split(cols, np.cumsum(lengths)[:-1])
+        for b in range(len(values)):
+            np.testing.assert_array_equal(got[b], active_filters(values[b], setting, "x"))
+
+
+def test_writer_thread_error_is_raised_and_no_thread_survives(
+    tiny_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import filtag_kg.explain as ex
+
+    run, held = tiny_run
+    calls = []
+    real = ex.encode_batch
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "encode_batch", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=2))
+    assert not [t for t in threading.enumerate() if t.name == "filtag-explain-writer"]
+    monkeypatch.setattr(ex, "encode_batch", real)
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=2, restart=True))
+    assert not [t for t in threading.enumerate() if t.name == "filtag-explain-writer"]
+    assert len(list(read_explanations(run))) == 9 * 2
+
+
+def test_host_worker_is_bounded_and_reports_errors() -> None:
+    import threading
+
+    from filtag_kg.explain import _HostWorker
+
+    gate, done = threading.Event(), []
+    w = _HostWorker(depth=2)
+    w.submit(lambda: (gate.wait(5), done.append(0)))
+    w.submit(lambda: done.append(1))
+    w.submit(lambda: done.append(2))  # the first job holds the thread: two wait in the queue
+    blocked = threading.Thread(target=w.submit, args=(lambda: done.append(3),))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # a third waiting job blocks the pass
+    gate.set()
+    blocked.join(5)
+    w.drain()
+    assert done == [0, 1, 2, 3]
+    w.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        w.drain()
+    w.close()
+    assert not w._thread.is_alive()

@@ -27,6 +27,7 @@ from test_rdf_support import (
     wordnet,
 )
 
+from filtag_kg.explain import read_explanations
 from filtag_kg.rdf import (
     DEFAULT_BASE_IRI,
     FORMATS,
@@ -209,7 +210,7 @@ def test_tag_graph_says_what_the_run_files_say(run: Path, reference: set) -> Non
 def test_explanation_graphs_say_what_the_json_lines_say(run: Path, reference: set) -> None:
     graphs = _by_graph(reference)
     m = Minter(DEFAULT_BASE_IRI)
-    lines = [json.loads(x) for x in (run / "explanations.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = list(read_explanations(run))
     run_iri = str(next(s for s, p, o, _ in reference if o == FK.TaggingRun))
     for rec in lines:
         e = URIRef(m.explanation(run_iri, rec["index"], rec["method"], rec["param"], rec["perturbation"],
@@ -281,7 +282,7 @@ def test_errors_name_the_input_and_the_fix(run: Path, tmp_path: Path) -> None:
     bad.mkdir()
     for name in ("profile.json", "tags.tsv"):
         (bad / name).write_bytes((run / name).read_bytes())
-    good = (run / "explanations.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    good = json.dumps(next(read_explanations(run)))
     (bad / "explanations.jsonl").write_text(good + "\n\n{not json\n", encoding="utf-8")
     with pytest.raises(ExplanationFileError, match=r"explanations\.jsonl:3: not valid JSON"):
         export_run(bad, fmt="nq", wordnet=wordnet())
@@ -339,7 +340,7 @@ def test_a_real_profiled_and_explained_run(image_dir: Path, tmp_path: Path) -> N
     g = union(quads)
     conforms, report = validate(g)
     assert conforms, report
-    n_lines = len((out / "explanations.jsonl").read_text().splitlines())
+    n_lines = len(list(read_explanations(out)))
     assert len(set(g.subjects(RDF.type, FK.ImageExplanation))) == n_lines == 2 * 12
     assert {str(o) for o in g.objects(None, FK.layerName)} == {"conv1", "conv2", "conv3"}
     assert len(set(g.subjects(RDF.type, FK.TagSetting))) == 2

@@ -12,6 +12,7 @@ import pyoxigraph as ox
 import pytest
 from test_rdf_support import make_run, wordnet
 
+from filtag_kg.explain import read_explanations
 from filtag_kg.rdf import DEFAULT_BASE_IRI, Minter, export_run
 
 PREFIX = """PREFIX fk: <https://w3id.org/filtag-kg/ontology#>
@@ -74,7 +75,7 @@ def test_concepts_of_a_filter_with_scores_ranks_and_abstract_tags(exported: tupl
 
 def test_explain_an_image_recounts_its_votes(exported: tuple[Path, ox.Store]) -> None:
     run, store = exported
-    rec = json.loads((run / "explanations.jsonl").read_text(encoding="utf-8").splitlines()[4])
+    rec = list(read_explanations(run))[4]
     rows = _query(store, """SELECT ?img ?class (COUNT(?tag) AS ?votes) WHERE {
         ?e fk:image ?img ; fk:setting ?s ; fk:hasActiveFilter/fk:filter ?f .
         ?tag fk:filter ?f ; fk:setting ?s ; fk:concept ?c . ?c fk:classId ?class
@@ -84,7 +85,7 @@ def test_explain_an_image_recounts_its_votes(exported: tuple[Path, ox.Store]) ->
 
 def test_misexplained_images(exported: tuple[Path, ox.Store]) -> None:
     run, store = exported
-    recs = [json.loads(x) for x in (run / "explanations.jsonl").read_text(encoding="utf-8").splitlines()]
+    recs = list(read_explanations(run))
     rows = _query(store, """SELECT ?path WHERE {
         ?e fk:modelTopConcept ?top ; fk:predictedConcept ?pred ; fk:imagePath ?path .
         FILTER (?top != ?pred) }""")

@@ -19,7 +19,7 @@ from test_profile import PRE
 
 from filtag_kg.data import image_folder
 from filtag_kg.evaluation import evaluate_run
-from filtag_kg.explain import ExplainOptions, explain_dataset
+from filtag_kg.explain import ExplainOptions, explain_dataset, read_explanations
 from filtag_kg.models import load_model
 from filtag_kg.profile import ProfileOptions, profile_dataset
 from filtag_kg.rdf.mint import DEFAULT_BASE_IRI
@@ -178,8 +178,7 @@ def test_pages_link_the_exported_iris(
 def test_explanation_pages_first_and_misexplained(site: tuple[Path, ReportSummary], tiny_run: Path) -> None:
     out, summary = site
     groups: dict[int, bool] = {}
-    for line in (tiny_run / "explanations.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_explanations(tiny_run):
         bad = rec["perturbation"] is None and rec["prediction"] != rec["model_top"][0]["class_id"]
         groups[rec["index"]] = groups.get(rec["index"], False) or bad
     first = sorted(groups)[:3]

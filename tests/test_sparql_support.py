@@ -23,6 +23,7 @@ from typing import Any
 
 from test_rdf_support import make_run, wordnet
 
+from filtag_kg.explain import read_explanations
 from filtag_kg.rdf import export_run
 
 SPEC_A, SPEC_B = "vgg16", "resnet18"
@@ -86,9 +87,8 @@ def tsv(path: Path) -> list[dict[str, str]]:
 
 
 def explanations(run: Path) -> list[dict[str, Any]]:
-    """The records of ``explanations.jsonl``."""
-    lines = (run / "explanations.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if x.strip()]
+    """The records of the run's explanations (either stored form)."""
+    return list(read_explanations(run))
 
 
 def profile(run: Path) -> dict[str, Any]:

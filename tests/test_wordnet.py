@@ -225,6 +225,50 @@ def test_slice_equals_full_wordnet_on_its_synsets(slice_wn, debian_wn):
 
 
 @needs_debian
+def test_noun_files_answer_exactly_like_nltk(debian_wn):
+    """The direct reads of data.noun / index.noun (no nltk, no lemma index) give the
+    synsets nltk's reader gives: every 25th noun synset, the slice's, by offset and name."""
+    from filtag_kg.wordnet.source import _NltkWordNet
+
+    nouns = debian_wn._nouns
+    assert nouns is not None
+    via_nltk = _NltkWordNet(debian_wn._reader, source="nltk", location=str(DEBIAN))
+    lines = (nouns.folder / "data.noun").read_bytes().splitlines()
+    offsets = [int(x[:8]) for x in lines if not x.startswith(b" ")][::25]
+    offsets += sorted(load_wordnet(source="slice")._by_off)[:400]
+    assert len(offsets) > 3000
+    instance = 0
+    for off in offsets:
+        got = nouns.by_offset(off)
+        assert got == via_nltk._by_offset(off)
+        assert nouns.by_name(got.name) == via_nltk._by_name(got.name) == got
+        instance += bool(got.instance_hypernyms)
+    assert instance > 10  # instance hypernyms (people, places) covered too
+    for missing in (1, 2084072):
+        assert nouns.by_offset(missing) is None and via_nltk._by_offset(missing) is None
+    for name in ("nosuchword.n.01", "dog.n.99", "zzzz.n.01", "a.n.01"):
+        assert nouns.by_name(name) == via_nltk._by_name(name)
+    for lemma in ("crane", "dog", "a", "zzzz", "new_york", "abc"):
+        assert debian_wn.lemma_senses(lemma) == via_nltk.lemma_senses(lemma)
+    assert debian_wn.noun_count() == via_nltk.noun_count() == 82115
+
+
+@needs_debian
+def test_loading_wordnet_for_lookups_imports_no_nltk(tmp_path):
+    """Export-style look-ups (wnids and synset names) leave nltk and its index unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from filtag_kg.wordnet import load_wordnet; w = load_wordnet(); "
+            "print(w.source, w.find('n02084071').name, w.find('canine.n.02').wnid, 'nltk' in sys.modules)")
+    env = {**os.environ, "FILTAG_KG_CACHE": str(tmp_path / "cache"), "WNHOME": str(DEBIAN),
+           "NLTK_DATA": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["wordnet-dir", "dog.n.01", "n02083346", "False"]
+
+
+@needs_debian
 def test_depths_and_ancestors_agree_with_nltk_itself(debian_wn):
     """Independent check: nltk's own Synset.min_depth and closure()."""
     reader = debian_wn._reader
@@ -285,8 +329,10 @@ def test_database_dir_is_copied_privately_with_lexnames(tmp_path):
     assert lexnames[5] == "05\tnoun.animal\t1" and lexnames[44] == "44\tadj.ppl\t3"
     assert (copies[0] / "index.sense").is_file()
     assert (copies[0] / "data.noun").stat().st_mode & 0o022 == 0
-    # the root was put on nltk.data.path so nltk's path check accepts it
-    assert str(copies[0].parent.parent) in nltk.data.path
+    # nltk's reader is made only when the noun files cannot answer; its root then goes on
+    # nltk.data.path so nltk's path check accepts it
+    assert wn._loaded_reader is None
+    assert wn._reader is not None and str(copies[0].parent.parent) in nltk.data.path
     # a second load reuses the copy
     stamp = copies[0] / "FILTAG_KG_SOURCE.json"
     before = stamp.stat().st_mtime_ns

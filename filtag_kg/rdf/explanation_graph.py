@@ -390,7 +390,9 @@ def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tu
     if path is None:
         return
     enc = ExplanationEncoder(ctx, graphs=graphs)
-    for n, rec in read_explanation_lines(path):
+    from .rundata import explanation_records  # either stored form (explanations_io)
+
+    for n, rec in explanation_records(path):
         try:
             yield enc.encode(rec)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

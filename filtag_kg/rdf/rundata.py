@@ -109,7 +109,8 @@ class RunData:
         identity: what identifies the run (hashed into its IRI).
         import_info: ``import.json`` of an imported run.
         explanations_meta: ``explanations.json``, if present.
-        explanations_path: ``explanations.jsonl``, if present.
+        explanations_path: the explanations, if present: the ``explanations.parquet`` folder or
+            ``explanations.jsonl`` (read them with :func:`explanation_records`).
     """
 
     run_dir: Path
@@ -287,10 +288,38 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
         data.explanations_meta = _read_json(meta_path)
         if not isinstance(data.explanations_meta, dict):
             raise RunFolderError(f"{meta_path} is not a JSON object; rerun `filtag-kg explain`")
-    if lines_path.is_file():
-        data.explanations_path = lines_path
+    from ..explanations_io import EXPLANATIONS_DIR, FORMAT_PARQUET, explanations_format
+
+    form = explanations_format(run)
+    if form is not None:
+        data.explanations_path = run / EXPLANATIONS_DIR if form == FORMAT_PARQUET else lines_path
         _check_explained_model(data)
     return data
+
+
+def explanation_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, record)`` for each explanation of ``RunData.explanations_path``, streamed:
+    the rows of an ``explanations.parquet`` folder, or the lines of ``explanations.jsonl``.
+
+    Raises:
+        ExplanationFileError: the file is unreadable or a line is not a JSON object.
+    """
+    p = Path(path)
+    if p.is_dir():
+        from ..explanations_io import iter_parquet_records
+
+        try:
+            yield from enumerate(iter_parquet_records(p), start=1)
+        except (OSError, ValueError, KeyError) as exc:
+            from .errors import ExplanationFileError
+
+            raise ExplanationFileError(
+                f"cannot read {p}: {exc}; regenerate it with `filtag-kg explain`"
+            ) from None
+        return
+    from .explanation_graph import read_explanation_lines
+
+    yield from read_explanation_lines(p)
 
 
 def _add_profile(data: RunData, meta: Any, path: Path) -> None:

@@ -24,32 +24,44 @@ _INDEX = re.compile(r'\{"index": ?(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
 class ExplanationPages(SiteContext):
     """Explanation pages (``explanations/``): images chosen in a first pass, written in a second."""
 
-    def _groups(self) -> Iterator[tuple[Any, list[str]]]:
-        """The lines of ``explanations.jsonl`` grouped by image (consecutive lines with one index),
-        unparsed: the index is read off the start of each line, so lines of images without a
-        page are never decoded."""
+    def _groups(self) -> Iterator[tuple[Any, list[Any]]]:
+        """The run's explanations grouped by image (consecutive rows with one index).
+
+        Rows come undecoded, so rows of images without a page are never decoded: from
+        ``explanations.jsonl`` as lines (the index read off the start of each line), from
+        ``explanations.parquet`` as functions that decode their row.
+        """
         path = self.view.data.explanations_path
         if path is None:
             return
         key: Any = None
-        lines: list[str] = []
+        rows: list[Any] = []
+        for idx, row in self._indexed_rows(Path(path)):
+            if rows and idx != key:
+                yield key, rows
+                rows = []
+            key = idx
+            rows.append(row)
+        if rows:
+            yield key, rows
+
+    @staticmethod
+    def _indexed_rows(path: Path) -> Iterator[tuple[Any, Any]]:
+        if path.is_dir():
+            from ..explanations_io import iter_parquet_rows
+
+            yield from iter_parquet_rows(path)
+            return
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 if not line.strip():
                     continue
                 m = _INDEX.match(line)
-                idx = json.loads(m.group(1)) if m else json.loads(line).get("index")
-                if lines and idx != key:
-                    yield key, lines
-                    lines = []
-                key = idx
-                lines.append(line)
-        if lines:
-            yield key, lines
+                yield (json.loads(m.group(1)) if m else json.loads(line).get("index")), line
 
     @staticmethod
-    def _parse(lines: list[str]) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in lines]
+    def _parse(rows: list[Any]) -> list[dict[str, Any]]:
+        return [json.loads(r) if isinstance(r, str) else r() for r in rows]
 
     @staticmethod
     def _primary(group: list[dict[str, Any]]) -> dict[str, Any]:

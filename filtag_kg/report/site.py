@@ -17,8 +17,9 @@ Every page links back to the overview and to related pages, and names the
 RDF IRIs (minted by :class:`~filtag_kg.rdf.mint.Minter` for the same base IRI
 as ``filtag-kg export``) of what it shows.
 
-Scale: ``explanations.jsonl`` is streamed twice (choose, then write), only
-the lines of images that get a page are decoded, and no more than one batch of
+Scale: the explanations (``explanations.parquet`` or ``.jsonl``) are streamed
+twice (choose, then write), only the JSON lines of images that get a page are
+decoded, and no more than one batch of
 images is held at a time; filter pages are written for tagged filters only;
 the model is loaded only when there are images to overlay, and runs in
 batches (CPU by default); thumbnails are copied, resized, into the site.
@@ -83,7 +84,7 @@ class ReportSummary:
         charts: chart images.
         heatmaps: heatmap overlays.
         thumbnails: image thumbnails.
-        explained_images: images in ``explanations.jsonl``.
+        explained_images: images in the run's explanations.
         explanation_pages: of those, images with a page.
         seconds: time taken.
         notes: what was left out and why (also on the overview page).

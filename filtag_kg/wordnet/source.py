@@ -455,15 +455,37 @@ def _lookup_errors() -> tuple[type[Exception], ...]:
 class _NltkWordNet(WordNet):
     """A WordNet served by nltk's corpus reader."""
 
-    def __init__(self, reader: Any, *, source: str, location: str) -> None:
+    def __init__(
+        self, reader: Any, *, source: str, location: str, nouns: _NounFiles | None = None
+    ) -> None:
+        """Args:
+            reader: nltk's reader, or a function that makes it on first use.
+            nouns: direct reads of the database's noun files, when they are plain
+                files: synset look-ups then need neither nltk nor its lemma index.
+        """
         super().__init__()
-        self._reader = reader
+        self._make_reader = reader if callable(reader) and not hasattr(reader, "synset") else None
+        self._loaded_reader = None if self._make_reader is not None else reader
+        self._nouns = nouns
         self.source = source
         self.location = location
         self.complete = True
         self._cache: dict[str, SynsetInfo] = {}
         self._count: int | None = None
-        self._errors = _lookup_errors()
+        self._errors_cached: tuple[type[Exception], ...] | None = None
+
+    @property
+    def _reader(self) -> Any:
+        """nltk's reader, made on first use (loading it reads WordNet's whole lemma index)."""
+        if self._loaded_reader is None:
+            self._loaded_reader = self._make_reader()  # type: ignore[misc]
+        return self._loaded_reader
+
+    @property
+    def _errors(self) -> tuple[type[Exception], ...]:
+        if self._errors_cached is None:
+            self._errors_cached = _lookup_errors()
+        return self._errors_cached
 
     def _io_error(self, exc: OSError) -> WordNetSourceError:
         # PermissionError included: nltk refuses files outside nltk.data.path
@@ -490,6 +512,8 @@ class _NltkWordNet(WordNet):
         return info
 
     def _by_offset(self, offset: int) -> SynsetInfo | None:
+        if self._nouns is not None:
+            return self._direct(lambda: self._nouns.by_offset(offset))  # type: ignore[union-attr]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # nltk warns about offsets inside a line
@@ -502,7 +526,18 @@ class _NltkWordNet(WordNet):
             return None
         return self._info(s)
 
+    def _direct(self, find: Any) -> SynsetInfo | None:
+        try:
+            info = find()
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        if info is not None:
+            info = self._cache.setdefault(info.name, info)
+        return info
+
     def _by_name(self, name: str) -> SynsetInfo | None:
+        if self._nouns is not None:
+            return self._direct(lambda: self._nouns.by_name(name))  # type: ignore[union-attr]
         try:
             s = self._reader.synset(name)
         except self._errors:
@@ -520,6 +555,12 @@ class _NltkWordNet(WordNet):
         # "lemma.n.NN" names the lemma's NN-th sense in index.noun order; unlike
         # synsets(), this applies no morphology, so the look-up is exact.
         senses: list[tuple[int, str]] = []
+        if self._nouns is not None:
+            for number, offset in enumerate(self._direct_offsets(norm), start=1):
+                info = self._by_offset(offset)
+                if info is not None:
+                    senses.append((number, info.name))
+            return LemmaSenses(norm, tuple(senses), len(senses))
         while True:
             try:
                 s = self._reader.synset(f"{norm}.n.{len(senses) + 1:02d}")
@@ -530,7 +571,15 @@ class _NltkWordNet(WordNet):
             senses.append((len(senses) + 1, self._info(s).name))
         return LemmaSenses(norm, tuple(senses), len(senses))
 
+    def _direct_offsets(self, lemma: str) -> list[int]:
+        try:
+            return self._nouns.offsets(lemma)  # type: ignore[union-attr]
+        except OSError as exc:
+            raise self._io_error(exc) from None
+
     def noun_count(self) -> int:
+        if self._count is None and self._nouns is not None:
+            self._count = self._nouns.count()
         if self._count is None:
             n = 0
             try:
@@ -545,6 +594,134 @@ class _NltkWordNet(WordNet):
 
     def describe(self) -> str:
         return f"all of WordNet {WORDNET_VERSION} ({self.noun_count()} noun synsets)"
+
+
+class _NounFiles:
+    """Noun synsets read straight from a WordNet 3.0 database's ``data.noun`` and ``index.noun``.
+
+    Loading nltk's reader costs seconds (importing nltk, then its index of every
+    lemma of every part of speech); an export needs a few hundred synsets. A
+    synset's line sits at its offset in ``data.noun``; its name (``dog.n.01``)
+    is its first lemma with that lemma's sense number, found by a binary search
+    of the sorted ``index.noun``. The results equal nltk's (tested against it).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import mmap
+
+        self.folder = folder
+        self._maps = []
+        for name in ("data.noun", "index.noun"):
+            with open(folder / name, "rb") as fh:
+                self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+        self._data, self._index = self._maps
+        self._senses: dict[str, list[int]] = {}
+
+    @classmethod
+    def at(cls, folder: Path) -> _NounFiles | None:
+        """The reader of ``folder``, or ``None`` if it lacks readable noun files."""
+        try:
+            plain = (folder / "data.noun").is_file() and (folder / "index.noun").is_file()
+            return cls(folder) if plain else None
+        except (OSError, ValueError):
+            return None
+
+    def offsets(self, lemma: str) -> list[int]:
+        """The noun synset offsets of ``lemma`` (lower case, ``_`` for spaces), in sense order."""
+        got = self._senses.get(lemma)
+        if got is None:
+            line = self._index_line(lemma.encode("utf-8"))
+            got = []
+            if line is not None:
+                toks = line.decode("utf-8").split()
+                n, n_ptr = int(toks[2]), int(toks[3])
+                got = [int(t) for t in toks[4 + n_ptr + 2 : 4 + n_ptr + 2 + n]]
+            self._senses[lemma] = got
+        return got
+
+    def _index_line(self, key: bytes) -> bytes | None:
+        mm, lo, hi = self._index, 0, len(self._index)
+        while lo < hi:  # lo and hi are always line starts
+            mid = (lo + hi) // 2
+            start = mm.rfind(b"\n", 0, mid) + 1
+            end = mm.find(b"\n", start)
+            end = len(mm) if end < 0 else end
+            line = mm[start:end]
+            word = line.split(b" ", 1)[0]
+            if line.startswith(b" ") or word < key:  # the licence header sorts first
+                lo = end + 1
+            elif word == key:
+                return line
+            else:
+                hi = start
+        return None
+
+    def _line(self, offset: int) -> str | None:
+        if offset < 0 or offset >= len(self._data):
+            return None
+        end = self._data.find(b"\n", offset)
+        line = self._data[offset : len(self._data) if end < 0 else end].decode("utf-8")
+        head = line[:8]
+        return line if head.isdigit() and int(head) == offset else None
+
+    def _name(self, offset: int, first_lemma: str) -> str | None:
+        lemma = first_lemma.lower()
+        try:
+            return f"{lemma}.n.{self.offsets(lemma).index(offset) + 1:02d}"
+        except ValueError:
+            return None
+
+    def by_offset(self, offset: int) -> SynsetInfo | None:
+        """The noun synset at ``offset``, or ``None``."""
+        line = self._line(offset)
+        if line is None:
+            return None
+        columns, _, gloss = line.strip().partition("|")
+        toks = columns.split()
+        if toks[2] != "n":
+            return None
+        n_lemmas = int(toks[3], 16)
+        lemmas = [re.match(r"(.*?)(\([^()]*\))?$", toks[4 + 2 * i]).group(1) for i in range(n_lemmas)]  # type: ignore[union-attr]
+        at = 4 + 2 * n_lemmas
+        hyper: list[str] = []
+        inst: list[str] = []
+        for i in range(int(toks[at])):
+            symbol, target, pos, lemma_ids = toks[at + 1 + 4 * i : at + 5 + 4 * i]
+            if pos == "n" and symbol in ("@", "@i") and lemma_ids == "0000":  # synset pointers
+                first = self._first_lemma(int(target))
+                name = self._name(int(target), first) if first else None
+                if name:
+                    (hyper if symbol == "@" else inst).append(name)
+        name = self._name(offset, lemmas[0])
+        if name is None:
+            return None
+        definition = re.sub(r"[\"].*?[\"]", "", gloss).strip().strip("; ")
+        return SynsetInfo(
+            name=name, wnid=f"n{offset:08d}", lemmas=tuple(lemmas), definition=definition,
+            hypernyms=tuple(sorted(set(hyper))), instance_hypernyms=tuple(sorted(set(inst))),
+        )
+
+    def count(self) -> int:
+        """How many noun synsets ``data.noun`` holds (its lines less the licence header)."""
+        data = self._data[:]
+        return data.count(b"\n") - data.count(b"\n  ") - (1 if data.startswith(b"  ") else 0)
+
+    def _first_lemma(self, offset: int) -> str | None:
+        line = self._line(offset)
+        if line is None:
+            return None
+        word = line.split(None, 5)[4]
+        return re.match(r"(.*?)(\([^()]*\))?$", word).group(1)  # type: ignore[union-attr]
+
+    def by_name(self, name: str) -> SynsetInfo | None:
+        """The noun synset named ``name`` (``dog.n.01``), or ``None``."""
+        lemma, pos, number = name.lower().rsplit(".", 2)
+        if pos != "n" or not number.isdigit() or int(number) < 1:
+            return None
+        offsets = self.offsets(lemma)
+        if int(number) > len(offsets):
+            return None
+        return self.by_offset(offsets[int(number) - 1])
 
 
 def _open_reader(corpus_root: Any, *, source: str, location: str) -> _NltkWordNet:
@@ -757,8 +934,17 @@ def _prepared_root(db: Path) -> Path:
 def _load_db_dir(path: str | os.PathLike[str]) -> _NltkWordNet:
     db = _db_dir_of(path)
     root = _prepared_root(db)
-    _ensure_on_nltk_path(root)
-    return _open_reader(str(root / "corpora" / "wordnet"), source=SOURCE_DIR, location=str(db))
+    corpus = root / "corpora" / "wordnet"
+    nouns = _NounFiles.at(corpus)
+    if nouns is None or _db_version(corpus / "data.noun") != WORDNET_VERSION:
+        _ensure_on_nltk_path(root)
+        return _open_reader(str(corpus), source=SOURCE_DIR, location=str(db))
+
+    def reader() -> Any:  # nltk only for what the noun files do not answer
+        _ensure_on_nltk_path(root)
+        return _open_reader(str(corpus), source=SOURCE_DIR, location=str(db))._reader
+
+    return _NltkWordNet(reader, source=SOURCE_DIR, location=str(db), nouns=nouns)
 
 
 def _default_db_dirs() -> list[Path]:
@@ -878,7 +1064,60 @@ def clear_cache() -> None:
     _LOADED.clear()
 
 
+def _nltk_search_paths() -> list[str] | None:
+    """nltk's data path without importing nltk (which takes seconds): the same list
+    nltk builds by default, then our install root; ``None`` where it cannot be told
+    (nltk already imported, whose list may have been changed, or Windows)."""
+    if "nltk.data" in sys.modules or sys.platform.startswith("win"):
+        return None
+    paths = [d for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]
+    if "APPENGINE_RUNTIME" not in os.environ and os.path.expanduser("~/") != "~/":
+        paths.append(os.path.expanduser("~/nltk_data"))
+    paths += [os.path.join(sys.prefix, "nltk_data"), os.path.join(sys.prefix, "share", "nltk_data"),
+              os.path.join(sys.prefix, "lib", "nltk_data"), "/usr/share/nltk_data",
+              "/usr/local/share/nltk_data", "/usr/lib/nltk_data", "/usr/local/lib/nltk_data"]
+    prepared = (cache_dir() / "wordnet-db").resolve()
+    out = []
+    for text in paths:
+        with contextlib.suppress(OSError, ValueError):
+            if Path(text).resolve().is_relative_to(prepared):
+                continue
+        out.append(text)
+    return [*out, str(nltk_install_root())]
+
+
+def _try_nltk_quickly() -> tuple[WordNet | None, SourceCandidate] | None:
+    """The nltk source without importing nltk, when its corpus is a plain folder (nltk
+    loads later, if ever, for what the noun files do not answer) or when there is none;
+    ``None``: ask nltk."""
+    paths = _nltk_search_paths()
+    if paths is None:
+        return None
+    for text in paths:
+        corpus = Path(text) / "corpora" / "wordnet"
+        if corpus.exists():
+            nouns = _NounFiles.at(corpus)
+            if nouns is None or _db_version(corpus / "data.noun") != WORDNET_VERSION:
+                return None
+
+            def reader(where: Path = corpus) -> Any:
+                found = _find_nltk_corpus()
+                if found is None:
+                    raise WordNetSourceError(f"nltk no longer finds the WordNet at {where}")
+                return _open_reader(found[0], source=SOURCE_NLTK, location=found[1])._reader
+
+            wn = _NltkWordNet(reader, source=SOURCE_NLTK, location=str(corpus), nouns=nouns)
+            return wn, SourceCandidate(SOURCE_NLTK, str(corpus), True)
+    if any((Path(text) / "corpora" / "wordnet.zip").exists() for text in paths):
+        return None
+    why = "no corpora/wordnet on nltk.data.path or in the cache"
+    return None, SourceCandidate(SOURCE_NLTK, None, False, why)
+
+
 def _try_nltk() -> tuple[WordNet | None, SourceCandidate]:
+    quick = _try_nltk_quickly()
+    if quick is not None:
+        return quick
     try:
         found = _find_nltk_corpus()
     except ImportError as exc:
