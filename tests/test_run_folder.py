@@ -68,6 +68,19 @@ def test_readers_of_a_stale_graph_are_told(
         assert f"refresh it with `filtag-kg export {run} --base-iri {BASE}`" in err
 
 
+def test_new_columnar_explanations_make_the_graph_stale(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    """explanations.parquet is a folder: a part written after the export makes it stale."""
+    run = make_run(capsys, image_dir, tmp_path / "run", "--explain-data", str(image_dir), "--base-iri", BASE)
+    later = (run / "kg.trig").stat().st_mtime + 5
+    part = next((run / "explanations.parquet").rglob("*.parquet"))
+    os.utime(part, (later, later))
+    code, _, err = cli(capsys, "query", "untagged-filters", "--graph", str(run / "kg.trig"))
+    assert code == 0
+    assert "kg.trig is older than explanations.parquet" in err
+
+
 def test_a_different_run_is_not_written_over_another(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
@@ -76,12 +89,12 @@ def test_a_different_run_is_not_written_over_another(
     (run / "report" / "index.html").write_text("old report")
     (run / "mine.txt").write_text("the user's own file")
     old = sorted(p.name for p in run.iterdir())
-    assert {"explanations.jsonl", "evaluation.json", "kg.trig"} <= set(old)
+    assert {"explanations.parquet", "evaluation.json", "kg.trig"} <= set(old)
 
     # the same run again: fine, nothing of it removed
     code, _, err = cli(capsys, "run", *TINY, "--data", str(image_dir), "--no-export", "--out", str(run))
     assert code == 0, err
-    assert (run / "explanations.jsonl").is_file()
+    assert (run / "explanations.parquet").is_dir()
 
     other = write_images(tmp_path / "other", classes=["n02085620", "n04536866"], seed=3)
     code, _, err = cli(capsys, "run", *TINY, "--data", str(other), "--out", str(run))
@@ -92,7 +105,7 @@ def test_a_different_run_is_not_written_over_another(
     code, _, err = cli(capsys, "run", *TINY, "--data", str(other), "--overwrite", "--out", str(run))
     assert code == 0, err
     left = {p.name for p in run.iterdir()}
-    assert not {"explanations.jsonl", "explanations.json", "evaluation.json", "report"} & left
+    assert not {"explanations.parquet", "explanations.json", "evaluation.json", "report"} & left
     assert {"profile.json", "tags.tsv", "kg.trig", "mine.txt"} <= left
     assert read_json(run / "profile.json")["dataset"]["classes"] == 2
 
