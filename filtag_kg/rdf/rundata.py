@@ -29,6 +29,7 @@ __all__ = [
     "ClassRecord",
     "LayerRecord",
     "RunData",
+    "iter_explanation_records",
     "read_ili_map",
     "read_run",
 ]
@@ -41,6 +42,7 @@ ABSTRACT_TSV = "abstract_tags.tsv"
 CLASS_LINKS_TSV = "class_links.tsv"
 EXPLANATIONS_JSONL = "explanations.jsonl"
 EXPLANATIONS_JSON = "explanations.json"
+EXPLANATIONS_STATE = "explanations.state.json"
 
 KIND_PROFILE = "profile"
 KIND_IMPORT = "import"
@@ -106,10 +108,14 @@ class RunData:
         started_at, finished_at: ISO times of the run, if known.
         software: package name -> version.
         parameters: run options as ``name -> scalar``.
-        identity: what identifies the run (hashed into its IRI).
+        identity: what identifies the run (hashed into its IRI): the profile and
+            the tagging (the SHA-256 of ``tags.tsv``), so a retag is a new run IRI.
+        tags_sha256: SHA-256 of ``tags.tsv``.
         import_info: ``import.json`` of an imported run.
         explanations_meta: ``explanations.json``, if present.
         explanations_path: ``explanations.jsonl``, if present.
+        explanations_pending: ``explanations.state.json`` of an unfinished
+            explanation pass, if present (the export is then partial).
     """
 
     run_dir: Path
@@ -131,6 +137,8 @@ class RunData:
     import_info: dict[str, Any] | None = None
     explanations_meta: dict[str, Any] | None = None
     explanations_path: Path | None = None
+    explanations_pending: dict[str, Any] | None = None
+    tags_sha256: str | None = None
 
     @property
     def spec(self) -> str:
@@ -265,6 +273,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
         abstract=_read_abstract(run),
         links=_read_links(run),
     )
+    data.tags_sha256 = _file_sha256(run / TAGS_TSV)
     tags_json = run / TAGS_JSON
     if tags_json.is_file():
         doc = _read_json(tags_json)
@@ -279,8 +288,12 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
         _add_profile(data, _read_json(profile_json), profile_json)
     elif import_json.is_file():
         _add_import(data, _read_json(import_json))
-    else:
-        data.identity = {"tags_sha256": _file_sha256(run / TAGS_TSV)}
+    # a tagging is its own run: retagging a profile (another k) mints new IRIs and graph names
+    data.identity = (
+        {"tags_sha256": data.tags_sha256}
+        if data.identity is None
+        else {**data.identity, "tags_sha256": data.tags_sha256}
+    )
 
     meta_path, lines_path = run / EXPLANATIONS_JSON, run / EXPLANATIONS_JSONL
     if meta_path.is_file():
@@ -290,7 +303,27 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
     if lines_path.is_file():
         data.explanations_path = lines_path
         _check_explained_model(data)
+    state_path = run / EXPLANATIONS_STATE
+    if state_path.is_file():
+        state = _read_json(state_path)
+        data.explanations_pending = state if isinstance(state, dict) else {}
     return data
+
+
+def iter_explanation_records(data: RunData) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each explanation of the run, streamed; none if it has none.
+
+    The one place the export reads explanations from, so that a change of
+    their storage changes this function only.
+
+    Raises:
+        ExplanationFileError: a record is unreadable (file and line named).
+    """
+    if data.explanations_path is None:
+        return iter(())
+    from .explanation_graph import read_explanation_lines
+
+    return read_explanation_lines(data.explanations_path)
 
 
 def _add_profile(data: RunData, meta: Any, path: Path) -> None:
