@@ -296,7 +296,25 @@ def open_source(
     mem = ox.Store()
     for g in graphs:
         _read_into(mem, Path(g), bulk=None)
+        _name_default_graph(mem, Path(g))
     return Source(mem, description="files " + ", ".join(str(g) for g in graphs))
+
+
+def _name_default_graph(store: Any, path: Path) -> None:
+    """Move the triples a file put in the default graph into a named graph (the file's URI).
+
+    A format without named graphs (a merged Turtle export, say) fills the default graph,
+    which the library's queries never read: they name their graphs (``GRAPH ?g``), so
+    that they run on stores whose default graph is not the union of the named graphs.
+    """
+    import pyoxigraph as ox
+
+    default = list(store.quads_for_pattern(None, None, None, ox.DefaultGraph()))
+    if not default:
+        return
+    name = ox.NamedNode(path.resolve().as_uri())
+    store.extend([ox.Quad(q.subject, q.predicate, q.object, name) for q in default])
+    store.clear_graph(ox.DefaultGraph())
 
 
 def as_source(obj: Any) -> Source:
