@@ -34,7 +34,8 @@ def _query(store: ox.Store, q: str, **bindings: str) -> list[dict[str, str]]:
     for union in (True, False):
         res = store.query(PREFIX + q, use_default_graph_as_union=union, substitutions=subs)
         answers.append([{v.value: s[v].value for v in res.variables if s[v] is not None} for s in res])
-    assert sorted(map(sorted, map(dict.items, answers[0]))) == sorted(map(sorted, map(dict.items, answers[1])))
+    union, plain = ([sorted(row.items()) for row in rows] for rows in answers)
+    assert sorted(union) == sorted(plain)
     return answers[0]
 
 
@@ -64,7 +65,8 @@ def test_concepts_of_a_filter_with_scores_ranks_and_abstract_tags(exported: tupl
     tags = _tags(run)
     layer, index = tags[0]["layer"], int(tags[0]["filter"])
     rows = _query(store, """SELECT ?f ?label ?score ?rank WHERE { GRAPH ?g {
-        ?tag fk:filter ?f ; fk:tagConcept ?c ; fk:score ?score ; fk:rank ?rank . ?c skos:prefLabel ?label } }""",
+        ?tag fk:filter ?f ; fk:tagConcept ?c ; fk:score ?score ; fk:rank ?rank .
+        ?c skos:prefLabel ?label } }""",
                   f=m.filter(model, layer, index))
     want = {(t["score"], t["rank"]) for t in tags if t["layer"] == layer and int(t["filter"]) == index}
     assert {(str(float(r["score"])), r["rank"]) for r in rows} == {(str(float(s)), r) for s, r in want}
@@ -72,7 +74,8 @@ def test_concepts_of_a_filter_with_scores_ranks_and_abstract_tags(exported: tupl
         abstract = list(csv.DictReader(fh, delimiter="\t"))
     a = abstract[0]
     rows = _query(store, """SELECT ?f ?name ?cover WHERE { GRAPH ?g {
-        ?f fk:hasAbstractTag ?a . ?a fk:abstractConcept ?c ; fk:coverCount ?cover . ?c fk:synsetName ?name } }""",
+        ?f fk:hasAbstractTag ?a . ?a fk:abstractConcept ?c ; fk:coverCount ?cover .
+        ?c fk:synsetName ?name } }""",
                   f=m.filter(model, a["layer"], int(a["filter"])))
     assert (a["synset"], a["cover"]) in {(r["name"], r["cover"]) for r in rows}
 
