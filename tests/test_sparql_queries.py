@@ -89,7 +89,9 @@ def test_filters_for_dog_count_every_breed(store: sparql.Source) -> None:
     # both models, and filters tagged with several breeds
     assert {k[0] for k in want} == {SPEC_A, SPEC_B} and max(v[0] for v in want.values()) >= 2
     # most selective first: the share of the filter's tags (under the setting) that fall under dog
-    all_of: Counter = Counter((spec, t["layer"], int(t["filter"]), setting_label(t)) for spec, t in all_tags())
+    all_of: Counter = Counter(
+        (spec, t["layer"], int(t["filter"]), setting_label(t)) for spec, t in all_tags()
+    )
     for r in rows:
         key = (r["model"], r["layer"], r["filter"], r["setting"])
         assert r["filterTags"] == all_of[key]
