@@ -427,3 +427,27 @@ def test_ili_links_and_text_or_binary_streams(run: Path, tmp_path: Path) -> None
     bad.write_text("not a map\n", encoding="utf-8")
     with pytest.raises(RunFolderError, match="bad.tab:1"):
         export_run(run, fmt="nq", out=tmp_path / "x.nq", wordnet=wordnet(), ili_map=bad)
+
+
+def test_each_validation_unit_conforms_on_its_own(tmp_path: Path) -> None:
+    """The graphs the shapes (and ontology/README.md) name as validation units each conform:
+    the tag graph alone; VoID + tags; each classification + tags; each explanation + tags + the
+    classification it links. An explanation graph alone does not (its filters, concepts and
+    setting are described in the tag graph)."""
+    run = make_run(tmp_path / "run", images=2, perturbation={"kind": "blur", "param": 1.0, "seed": 0})
+    graphs = _by_graph(quads_rdflib(export_run(run, fmt="nq", wordnet=wordnet()), "nq"))
+
+    def unit(*names: URIRef) -> object:
+        return union({(s, p, o, None) for n in names for s, p, o in graphs[n]})
+
+    tags = next(n for n in graphs if str(n).endswith("/kg/tags"))
+    void = next(n for n in graphs if str(n).endswith("/kg/void"))
+    explanations = [n for n in graphs if (n, RDF.type, FK.ImageExplanation) in graphs[n]]
+    classifications = [n for n in graphs if (n, RDF.type, FK.ImageClassification) in graphs[n]]
+    assert len(explanations) == len(classifications) == 2
+    units = [(tags,), (void, tags)] + [(c, tags) for c in classifications]
+    units += [(e, tags, next(o for s, p, o in graphs[e] if p == FK.classification)) for e in explanations]
+    for names in units:
+        conforms, report = validate(unit(*names))
+        assert conforms, (names, report)
+    assert not validate(unit(explanations[0]))[0]
