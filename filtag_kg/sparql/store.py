@@ -427,10 +427,10 @@ def run_query(source: Source, info: QueryInfo, bindings: Mapping[str, Term]) -> 
 
     The default graph is the union of all graphs (Oxigraph's
     ``use_default_graph_as_union``; for rdflib, a ``Dataset`` with
-    ``default_union``), so the library's queries see the tag graph and every
-    explanation graph together. A query whose header says ``Graphs: tags``
-    runs on Oxigraph with the union of the tag graphs as default graph: the
-    same answers, without scanning the explanation graphs.
+    ``default_union``), for queries of your own written against the default
+    graph; the library's queries name their graphs and need neither. A query
+    whose header says ``Graphs: tags`` runs on Oxigraph with the union of the
+    tag graphs as default graph.
 
     Raises:
         QuerySyntaxError: the text does not parse (message and position of the parser).
@@ -451,8 +451,8 @@ def tag_graphs(store: Any) -> list[Any] | None:
     named graph, plus the default graph if it holds data (a merged Turtle
     export, say); ``None`` (use the union of all graphs) if there is none.
     Restricting the default graph this way keeps a query that reads tags from
-    touching the explanation graphs, whose votes use the same properties
-    (``fk:concept``) and outnumber the tags by orders of magnitude.
+    touching the explanation graphs, which outnumber the tags by orders of
+    magnitude.
     """
     import pyoxigraph as ox
 
