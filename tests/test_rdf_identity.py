@@ -23,7 +23,8 @@ WHICH_TAGGING = """
 PREFIX fk: <https://w3id.org/filtag-kg/ontology#>
 PREFIX prov: <http://www.w3.org/ns/prov#>
 SELECT ?run (COUNT(*) AS ?n) WHERE {
-  GRAPH ?g { ?f fk:taggedWith ?c . ?g prov:wasGeneratedBy ?run }
+  GRAPH ?g { ?f fk:taggedWith ?c }
+  GRAPH ?void { ?g a fk:TagGraph ; prov:wasGeneratedBy ?run }
 } GROUP BY ?run
 """
 

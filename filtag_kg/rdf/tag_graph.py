@@ -251,9 +251,6 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     add((run, _p(FK.taggedModel), model))
     if data.tags_sha256:
         add((run, _p(FK.tagsSha256), T.string(data.tags_sha256)))
-    # the tag graph names the tagging that asserts its triples (fk:taggedWith among them), so a
-    # query can tell two taggings in one store apart (GRAPH ?g { ?g prov:wasGeneratedBy ?r })
-    add((T.iri(ctx.tag_graph_iri), _p(PROV.wasGeneratedBy), run))
     add((run, _p(PROV.used), model))
     for prop, value in ((PROV.startedAtTime, data.started_at), (PROV.endedAtTime, data.finished_at)):
         lit = T.date_time(value)
@@ -599,6 +596,9 @@ def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
     add((kg, _p(VOID.subset), tg))
     add((tg, A, _p(FK.TagGraph)))
     add((tg, A, _p(VOID.Dataset)))
+    # the tagging that asserts the tag graph's triples (fk:taggedWith among them), so that a query
+    # tells two taggings in one store apart: GRAPH ?g { ?f fk:taggedWith ?c } ?g prov:wasGeneratedBy ?r
+    add((tg, _p(PROV.wasGeneratedBy), T.iri(ctx.run_iri)))
     add((tg, _p(VOID.triples), T.integer(stats.tag_triples)))
     add((tg, _p(VOID.entities), T.integer(stats.tag_subjects)))
     add((tg, _p(VOID.distinctSubjects), T.integer(stats.tag_subjects)))
