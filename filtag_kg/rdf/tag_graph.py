@@ -15,12 +15,14 @@ What the tag graph holds, per run:
   and the dataset, with start and end times, software versions, options and
   tagging settings (``mls:HyperParameterSetting``, e.g. top-k with k = 3);
 * each tag twice: ``filter fk:taggedWith concept`` (one hop for queries) and
-  a qualified ``fk:Tag`` with score, rank, share, setting and run; per setting
-  and class a ``fk:ClassExplanation`` (an ``eo:GlobalExplanation``);
+  a qualified ``fk:Tag`` (``fk:tagConcept``) with score, rank, share, setting and
+  run; per setting and class a ``fk:ClassExplanation`` (an ``eo:GlobalExplanation``);
+  with ``materialize``, ``filter fk:represents C`` for every C at or above a tag;
 * abstract tags (common hypernyms) with their coverage counts;
 * concepts: WordNet synsets with wnid, synset name, lemmas as labels,
-  definition, ``skos:broader`` up to ``entity.n.01`` and ``skos:exactMatch``
-  to public WordNet IRIs; classes without a synset as plain SKOS concepts.
+  definition, ``skos:broader`` up to ``entity.n.01``, ``rdfs:seeAlso`` Princeton's
+  WordNet 3.0 look-up IRI and ``skos:exactMatch`` the Interlingual Index (with an
+  ILI map); classes without a synset as plain SKOS concepts.
 """
 
 from __future__ import annotations
