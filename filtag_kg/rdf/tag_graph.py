@@ -28,6 +28,7 @@ What the tag graph holds, per run:
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +311,10 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     c_class_expl, c_global = _p(FK.ClassExplanation), _p(EO.GlobalExplanation)
     filter_iris: dict[tuple[str, int], str] = {}
     class_explanations: set[str] = set()
+    # tags per filter and setting: each tag carries its filter's count, the denominator of the
+    # selectivity filters-for-concept ranks by (a join over the filter's other tags is slow)
+    per_filter = Counter((t.layer, t.filter, t.method, t.param) for t in data.tags)
+    p_count = _p(FK.filterTagCount)
     for tag in data.tags:
         key = (tag.layer, tag.filter)
         f = filter_iris.get(key)
@@ -335,6 +340,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
             add((t, p_share, lit))
         if tag.rank:
             add((t, p_rank, T.integer(tag.rank)))
+        add((t, p_count, T.integer(per_filter[(tag.layer, tag.filter, tag.method, tag.param)])))
         ce = T.iri(mint.class_explanation(ctx.run_iri, tag.method, tag.param, tag.class_id))
         add((ce, p_has_tag, t))
         if ce in class_explanations:

@@ -156,6 +156,7 @@ class FK(DefinedNamespace):
     score: URIRef  # The class's mean scaled value of the filter (the tag's strength).
     rank: URIRef  # Position by value, 1 = most active (tags, active filters, predictions).
     share: URIRef  # The tag's score divided by the filter's summed score over all classes.
+    filterTagCount: URIRef  # How many tags the tag's filter has under the tag's setting.
     parameter: URIRef  # The numeric parameter of a tagging setting (k or q).
     coverCount: URIRef  # How many of the filter's distinct tag synsets an abstract tag covers.
     linkedTagCount: URIRef  # How many distinct linked tag synsets the filter has.
