@@ -324,7 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .rdf.export import is_local_base_iri
     from .wordnet import load_wordnet
 
-    if is_local_base_iri(args.base_iri):
+    if is_local_base_iri(args.base_iri) and not args.allow_local_base:
         _warn(f"the base IRI {args.base_iri} names this machine: its IRIs are not persistent; "
               "give your domain with --base-iri before publishing")
     s = export_run_stats(
@@ -610,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--materialize", action="store_true",
                    help="also write the fk:represents triples a reasoner would infer (filter -> every "
                    "concept at or above its tags), for stores without reasoning")
+    p.add_argument("--allow-local-base", action="store_true",
+                   help="do not warn about a base IRI on this machine (localhost): for local use only")
     p.add_argument("--license", metavar="IRI",
                    help="licence of the data, as dcterms:license in the VoID (e.g. "
                    "https://creativecommons.org/licenses/by/4.0/)")

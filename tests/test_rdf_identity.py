@@ -125,6 +125,9 @@ def test_unfinished_explanation_pass_is_partial_in_void_and_warned(
     assert main(["export", str(run), "--format", "nq", "--out", str(tmp_path / "local.nq")]) == 0
     err = capsys.readouterr().err
     assert "localhost" in err and "not persistent" in err and "unfinished" not in err
+    ok = ["export", str(run), "--format", "nq", "--out", str(tmp_path / "ok.nq"), "--allow-local-base"]
+    assert main(ok) == 0
+    assert "not persistent" not in capsys.readouterr().err
     done = [q for q in ox.parse(path=str(tmp_path / "local.nq"), format=ox.RdfFormat.N_QUADS)
             if q.predicate == ox.NamedNode(str(FK.explanationPassComplete))]
     assert [q.object.value for q in done] == ["true"]
