@@ -421,23 +421,12 @@ def read_ili_map(path: str | os.PathLike[str]) -> dict[str, str]:
     Raises:
         RunFolderError: the file is unreadable or a line is malformed.
     """
-    p = Path(path)
-    out: dict[str, str] = {}
+    from ..wordnet.ili import IliMapError, parse_ili_map
+
     try:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split("\t")
-                if len(parts) < 2 or not parts[0].startswith("i"):
-                    raise RunFolderError(f"{p}:{n}: expected 'iNNN<TAB>XXXXXXXX-n', got {line[:60]!r}")
-                ili, key = parts[0], parts[1]
-                if key.endswith("-n") and len(key) == 10 and key[:8].isdigit():
-                    out[f"n{key[:8]}"] = ili
-    except OSError as exc:
-        raise RunFolderError(f"cannot read ILI map {str(p)!r}: {exc.strerror or exc}") from None
-    return out
+        return parse_ili_map(path)
+    except IliMapError as exc:
+        raise RunFolderError(str(exc)) from None
 
 
 def finite(x: float) -> bool:

@@ -71,7 +71,8 @@ class Context:
         wordnet: WordNet 3.0 source for concept labels, definitions and
             hypernyms; ``None`` loads the default (:func:`~filtag_kg.wordnet.load_wordnet`).
         ili_map: CILI's ``ili-map-pwn30.tab`` (path) or a wnid -> ILI id
-            mapping; adds ``skos:exactMatch`` links to the ILI.
+            mapping; adds ``skos:exactMatch`` links to the ILI. ``None``: the map
+            shipped in the package (:data:`~filtag_kg.wordnet.ili.ILI_RESOURCE`), if any.
         absolute_paths: keep dataset roots and image paths as given (machine-local);
             by default only paths relative to the dataset root are written.
         materialize: also write ``filter fk:represents concept`` for every concept
@@ -103,8 +104,10 @@ class Context:
 
             wordnet = load_wordnet()
         self.wordnet = wordnet
-        if ili_map is None:
-            self.ili: Mapping[str, str] = {}
+        if ili_map is None:  # the map shipped with the package, if it ships one
+            from ..wordnet.ili import load_ili_resource
+
+            self.ili: Mapping[str, str] = load_ili_resource()
         elif isinstance(ili_map, (str, os.PathLike)):
             self.ili = read_ili_map(ili_map)
         else:
