@@ -385,14 +385,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """write a run's knowledge graph as RDF."""
     from .rdf import export_run_stats
+    from .rdf.export import is_local_base_iri
     from .wordnet import load_wordnet
 
+    if is_local_base_iri(args.base_iri) and not args.allow_local_base:
+        _warn(f"the base IRI {args.base_iri} names this machine: its IRIs are not persistent; "
+              "give your domain with --base-iri before publishing")
     s = export_run_stats(
         args.run_dir, fmt=args.format, out=args.out, base_iri=args.base_iri,
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
-        explanations=not args.no_explanations,
+        explanations=not args.no_explanations, absolute_paths=args.absolute_paths,
+        materialize=args.materialize, license=args.license,
     )
     _record_export(args, args.run_dir, s.path, args.format)
+    if s.explanations_pending is not None and not args.no_explanations:
+        _warn(f"{args.run_dir} holds an unfinished explanation pass ({s.explanations_pending} images "
+              f"explained so far): the export is partial and its VoID says so; finish the pass with "
+              f"`filtag-kg explain {args.run_dir} --resume`, then export again")
     print(f"wrote {s.path}: {s.quads} statements ({s.tag_triples} in the tag graph), "
           f"{s.explanations} explanation graphs")
     return 0
@@ -675,6 +684,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CILI's ili-map-pwn30.tab, to also link concepts to the Interlingual Index")
     p.add_argument("--no-explanations", action="store_true", help="the tag graph only")
     p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.add_argument("--absolute-paths", action="store_true",
+                   help="publish the dataset root and image paths as given (machine-local); by default "
+                   "images are named by content hash and path relative to the dataset root")
+    p.add_argument("--materialize", action="store_true",
+                   help="also write the fk:represents triples a reasoner would infer (filter -> every "
+                   "concept at or above its tags), for stores without reasoning")
+    p.add_argument("--allow-local-base", action="store_true",
+                   help="do not warn about a base IRI on this machine (localhost): for local use only")
+    p.add_argument("--license", metavar="IRI",
+                   help="licence of the data, as dcterms:license in the VoID (e.g. "
+                   "https://creativecommons.org/licenses/by/4.0/)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -149,3 +149,70 @@ def test_readme_documents_every_term_and_its_example_is_valid(onto: Graph) -> No
     used = {str(t)[len(FK_NAMESPACE):] for q in ds.quads((None, None, None, None)) for t in q[:3]
             if str(t).startswith(FK_NAMESPACE)}
     assert used and used <= set(_declared(onto))
+
+
+def _represents_by_reasoning(onto: Graph, tag_graph: Graph) -> set[tuple[str, str]]:
+    g = Graph()
+    for t in tag_graph:
+        g.add(t)
+    g += onto
+    owlrl.DeductiveClosure(owlrl.OWLRL_Semantics).expand(g)
+    assert not list(g.subjects(RDF.type, OWL.Nothing))  # consistent
+    return {(str(f), str(c)) for f, c in g.subject_objects(FK.represents)}
+
+
+@pytest.mark.parametrize(
+    ("concept", "classes"),
+    [
+        # ImageNet-like: dog breeds, a wolf, cats and a few artefacts
+        ("dog.n.01", slice(145, 165)),
+        # the demo's plane shapes: polygons and curved shapes
+        ("polygon.n.01", None),
+    ],
+    ids=["dog", "polygon"],
+)
+def test_owl_rl_derives_exactly_the_filters_filters_for_concept_finds(
+    onto: Graph, tmp_path: Path, concept: str, classes: slice | None
+) -> None:
+    from filtag_kg import sparql
+    from filtag_kg.imagenet import imagenet1k_classes
+    from filtag_kg.rdf.synthetic import write_synthetic_run
+    from filtag_kg.shapes import SHAPE_CLASSES
+
+    chosen = (
+        [(c.wnid, c.label) for c in imagenet1k_classes()[classes]] if classes else list(SHAPE_CLASSES)
+    )
+    run = write_synthetic_run(tmp_path / "run", layers=[("conv1", 8), ("conv2", 12)], classes=chosen, k=2)
+    path = export_run(run, fmt="nq", out=tmp_path / "kg.nq", wordnet=wordnet(), explanations=False)
+    rows = sparql.query(sparql.open_source(graphs=[path]), "filters-for-concept", concept=concept,
+                        wordnet=wordnet()).dicts()
+    found = {r["filterIri"] for r in rows}
+    target = next(r["concept"] for r in rows)
+    assert 0 < len(found) < 20  # some filters, not all
+    quads = quads_rdflib(path, "nq")
+    tag_graph = union({q for q in quads if str(q[3]).endswith("/kg/tags")})
+    derived = _represents_by_reasoning(onto, tag_graph)
+    synset = next(str(s) for s, o in tag_graph.subject_objects(FK.wnid) if str(o) == target)
+    assert {f for f, c in derived if c == synset} == found
+    # `export --materialize` writes exactly what the reasoner derives, for stores that do not reason
+    mat = export_run(run, fmt="nq", out=tmp_path / "mat.nq", wordnet=wordnet(), explanations=False,
+                     materialize=True)
+    written = {(str(s), str(o)) for s, p, o, _ in quads_rdflib(mat, "nq") if p == FK.represents}
+    assert written == derived
+
+
+def test_alignment_axioms(onto: Graph) -> None:
+    # fk:taggedModel names the model the run tagged: a prov:used, not an ML-Schema input (data or setting)
+    assert (FK.taggedModel, RDFS.subPropertyOf, MLS.hasInput) not in onto
+    # ML-Schema links an algorithm to its hyperparameters, a setting to its hyperparameter
+    assert not list(onto.triples((FK.TopK, MLS.specifiedBy, None)))
+    assert (FK.TopK, MLS.hasHyperParameter, FK.KParameter) in onto
+    # dcterms:creator takes an agent
+    creator = next(onto.objects(URIRef(ONTOLOGY_IRI), URIRef("http://purl.org/dc/terms/creator")))
+    assert isinstance(creator, URIRef) and (creator, RDF.type, PROV.Agent) in onto
+    # the reasoning axioms
+    assert (SKOS.broader, RDFS.subPropertyOf, SKOS.broaderTransitive) in onto
+    assert (SKOS.broaderTransitive, RDF.type, OWL.TransitiveProperty) in onto
+    assert (FK.taggedWith, RDFS.subPropertyOf, FK.represents) in onto
+    for sub in (FK.tagConcept, FK.voteConcept, FK.lastLayerVoteConcept, FK.predictionConcept):
+        assert (sub, RDFS.subPropertyOf, FK.concept) in onto

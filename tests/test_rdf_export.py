@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from rdflib import RDF, SKOS, BNode, Literal, URIRef
+from rdflib import RDF, RDFS, SKOS, BNode, Literal, URIRef
 from rdflib.namespace import PROV, VOID
 from test_rdf_support import (
     LAYERS,
@@ -135,7 +135,10 @@ def test_void_counts_equal_the_real_counts(reference: set) -> None:
     tags_graph = next(g.subjects(RDF.type, FK.TagGraph))
     expl_set = next(g.subjects(RDF.type, FK.ExplanationSet))
     void_graph = next(gr for gr, ts in graphs.items() if (kg, RDF.type, FK.KnowledgeGraph) in ts)
-    expl_graphs = [gr for gr in graphs if gr not in (tags_graph, void_graph)]
+    data_graphs = [gr for gr in graphs if gr not in (tags_graph, void_graph)]
+    expl_graphs = [gr for gr in data_graphs if (gr, RDF.type, FK.ImageExplanation) in graphs[gr]]
+    classification_graphs = [gr for gr in data_graphs if (gr, RDF.type, FK.ImageClassification) in graphs[gr]]
+    assert len(expl_graphs) + len(classification_graphs) == len(data_graphs)
     tag_triples = graphs[tags_graph]
 
     def count(node: URIRef, prop: URIRef) -> int:
@@ -146,13 +149,15 @@ def test_void_counts_equal_the_real_counts(reference: set) -> None:
     assert count(tags_graph, VOID.distinctSubjects) == len({s for s, _, _ in tag_triples})
     assert count(tags_graph, VOID.properties) == len({p for _, p, _ in tag_triples})
     assert count(tags_graph, VOID.classes) == len({o for _, p, o in tag_triples if p == RDF.type})
-    assert count(expl_set, VOID.triples) == sum(len(graphs[gr]) for gr in expl_graphs)
+    assert count(expl_set, VOID.triples) == sum(len(graphs[gr]) for gr in data_graphs)
     assert count(expl_set, FK.explanationCount) == len(expl_graphs) == 6
+    assert count(expl_set, FK.classificationCount) == len(classification_graphs) == 6
+    assert (expl_set, FK.explanationPassComplete, Literal(True)) in g
     assert count(kg, VOID.triples) == len(reference) - len(graphs[void_graph])
     assert set(g.objects(kg, VOID.subset)) == {tags_graph, expl_set}
-    # each explanation graph is named by its explanation
+    # each explanation graph is named by its explanation, and links its image's classification
     for gr in expl_graphs:
-        assert (gr, RDF.type, FK.ImageExplanation) in graphs[gr]
+        assert next(g.objects(gr, FK.classification)) in classification_graphs
 
 
 def test_tag_graph_says_what_the_run_files_say(run: Path, reference: set) -> None:
@@ -173,14 +178,16 @@ def test_tag_graph_says_what_the_run_files_say(run: Path, reference: set) -> Non
         f = URIRef(m.filter(str(model), r["layer"], int(r["filter"])))
         c = URIRef(m.concept(r["class_id"], None))
         tag = next(t for t in g.subjects(FK.filter, f)
-                   if (t, FK.concept, c) in g and (t, RDF.type, FK.Tag) in g)
+                   if (t, FK.tagConcept, c) in g and (t, RDF.type, FK.Tag) in g)
         assert float(next(g.objects(tag, FK.score))) == float(r["score"])
         assert int(next(g.objects(tag, FK.rank))) == int(r["rank"])
         assert (f, FK.taggedWith, c) in g
-    # concepts: WordNet synsets up to entity.n.01, linked to Princeton's WordNet 3.0 IRIs
+    # concepts: WordNet synsets up to entity.n.01; Princeton's WordNet 3.0 route is a look-up alias
+    # (rdfs:seeAlso), not an identity (skos:exactMatch)
     chihuahua = URIRef(m.synset("n02085620"))
     assert (chihuahua, SKOS.prefLabel, Literal("Chihuahua", lang="en")) in g
-    assert (chihuahua, SKOS.exactMatch, URIRef("http://wordnet-rdf.princeton.edu/pwn30/02085620-n")) in g
+    assert (chihuahua, RDFS.seeAlso, URIRef("http://wordnet-rdf.princeton.edu/pwn30/02085620-n")) in g
+    assert not any("wordnet-rdf.princeton.edu" in o for o in g.objects(None, SKOS.exactMatch))
     up, seen = [chihuahua], set()
     while up:
         c = up.pop()
@@ -215,8 +222,13 @@ def test_explanation_graphs_say_what_the_json_lines_say(run: Path, reference: se
     for rec in lines:
         e = URIRef(m.explanation(run_iri, rec["index"], rec["method"], rec["param"], rec["perturbation"],
                                  rec["weighting"]))
-        g = union({(s, p, o, e) for s, p, o in graphs[e]})
-        assert (e, FK.imagePath, Literal(rec["image"])) in g
+        c = URIRef(m.classification(run_iri, rec["index"], rec["perturbation"]))
+        assert (e, FK.classification, c) in graphs[e]
+        # what the model said is in the classification graph, once, not in the explanation graph
+        assert not any(p in (FK.image, FK.imagePath, FK.hasModelPrediction, FK.modelTopConcept)
+                       for _, p, _ in graphs[e])
+        g = union({(s, p, o, e) for s, p, o in graphs[e] | graphs[c]})
+        assert (c, FK.imagePath, Literal(rec["image"])) in g
         assert (URIRef(m.image(rec["sha256"])), FK.sha256, Literal(rec["sha256"])) in g
         active = set()
         for a in g.objects(e, FK.hasActiveFilter):
@@ -229,18 +241,18 @@ def test_explanation_graphs_say_what_the_json_lines_say(run: Path, reference: se
             (m.filter(model_iri, layer, r["filter"]), r["value"], r["rank"], r["weight"])
             for layer, rows in rec["active_filters"].items() for r in rows
         }
-        votes = {(str(next(g.objects(v, FK.concept))), float(next(g.objects(v, FK.voteScore))),
+        votes = {(str(next(g.objects(v, FK.voteConcept))), float(next(g.objects(v, FK.voteScore))),
                   int(next(g.objects(v, FK.voteCount)))) for v in g.objects(e, FK.hasVote)}
         assert votes == {(m.concept(c, None), s, rec["vote_counts"][c]) for c, s in rec["votes"].items()}
         assert len(list(g.objects(e, FK.hasLastLayerVote))) == len(rec["votes_last_layer"])
         preds = {(int(next(g.objects(p, FK.rank))), float(next(g.objects(p, FK.probability))))
-                 for p in g.objects(e, FK.hasModelPrediction)}
+                 for p in g.objects(c, FK.hasModelPrediction)}
         assert preds == {(i + 1, p["prob"]) for i, p in enumerate(rec["model_top"])}
-        assert (e, FK.modelTopConcept, URIRef(m.concept(rec["model_top"][0]["class_id"], None))) in g
+        assert (c, FK.modelTopConcept, URIRef(m.concept(rec["model_top"][0]["class_id"], None))) in g
         assert (e, FK.predictedConcept, URIRef(m.concept(rec["prediction"], None))) in g
-        assert (e, FK.trueConcept, URIRef(m.concept(rec["true_class"], None))) in g
+        assert (c, FK.trueConcept, URIRef(m.concept(rec["true_class"], None))) in g
         assert (e, FK.weighting, Literal("gradcam")) in g
-        pert = next(g.objects(e, FK.perturbation))
+        pert = next(g.objects(c, FK.perturbation))
         assert (pert, FK.perturbationParameter, Literal("0.1", datatype=XSD_DOUBLE)) in g
 
 
@@ -373,11 +385,12 @@ def test_partial_and_repeated_entries_give_sorted_unique_counted_lines(run: Path
     for graphs in (True, False):
         enc = ExplanationEncoder(ctx, graphs=graphs)
         for rec in records:
-            iri, text, n = enc.encode(rec)
-            lines = text.split("\n")[:-1]
-            assert lines == sorted(set(lines)) and n == len(lines)
-            assert all(line.endswith(f" <{iri}> ." if graphs else " .") for line in lines)
-            assert len(quads_oxigraph_text(text, graphs)) == n  # parses
+            for iri, text, n in (enc.classify(rec), enc.encode(rec)):
+                lines = text.split("\n")[:-1]
+                assert lines == sorted(set(lines)) and n == len(lines)
+                assert all(line.endswith(f" <{iri}> ." if graphs else " .") for line in lines)
+                assert len(quads_oxigraph_text(text, graphs)) == n  # parses
+            assert enc.classify(rec) is None  # an image's classification is written once
     # what the lines referenced is described in the tag graph
     assert 10 in ctx.filters["features.0"] and ctx.filters["new layer"] == {0}
     assert "new class" in ctx.labels and ("above-average", "") in ctx.settings
@@ -402,9 +415,8 @@ def test_ili_links_and_text_or_binary_streams(run: Path, tmp_path: Path) -> None
     (tmp_path / "ili.nq").write_bytes(binary.getvalue())
     g = union(quads_oxigraph(tmp_path / "ili.nq", "nq"))
     dog = URIRef(Minter(DEFAULT_BASE_IRI).synset("n02084071"))
-    assert set(g.objects(dog, SKOS.exactMatch)) == {
-        URIRef("http://globalwordnet.org/ili/i46360"), URIRef("http://wordnet-rdf.princeton.edu/pwn30/02084071-n")
-    }
+    assert set(g.objects(dog, SKOS.exactMatch)) == {URIRef("http://globalwordnet.org/ili/i46360")}
+    assert (dog, RDFS.seeAlso, URIRef("http://wordnet-rdf.princeton.edu/pwn30/02084071-n")) in g
     text = io.StringIO()
     write_nquads(run, text, wordnet=wordnet(), ili_map=ili)
     assert text.getvalue().encode("utf-8") == binary.getvalue()
@@ -416,3 +428,27 @@ def test_ili_links_and_text_or_binary_streams(run: Path, tmp_path: Path) -> None
     bad.write_text("not a map\n", encoding="utf-8")
     with pytest.raises(RunFolderError, match="bad.tab:1"):
         export_run(run, fmt="nq", out=tmp_path / "x.nq", wordnet=wordnet(), ili_map=bad)
+
+
+def test_each_validation_unit_conforms_on_its_own(tmp_path: Path) -> None:
+    """The graphs the shapes (and ontology/README.md) name as validation units each conform:
+    the tag graph alone; VoID + tags; each classification + tags; each explanation + tags + the
+    classification it links. An explanation graph alone does not (its filters, concepts and
+    setting are described in the tag graph)."""
+    run = make_run(tmp_path / "run", images=2, perturbation={"kind": "blur", "param": 1.0, "seed": 0})
+    graphs = _by_graph(quads_rdflib(export_run(run, fmt="nq", wordnet=wordnet()), "nq"))
+
+    def unit(*names: URIRef) -> object:
+        return union({(s, p, o, None) for n in names for s, p, o in graphs[n]})
+
+    tags = next(n for n in graphs if str(n).endswith("/kg/tags"))
+    void = next(n for n in graphs if str(n).endswith("/kg/void"))
+    explanations = [n for n in graphs if (n, RDF.type, FK.ImageExplanation) in graphs[n]]
+    classifications = [n for n in graphs if (n, RDF.type, FK.ImageClassification) in graphs[n]]
+    assert len(explanations) == len(classifications) == 2
+    units = [(tags,), (void, tags)] + [(c, tags) for c in classifications]
+    units += [(e, tags, next(o for s, p, o in graphs[e] if p == FK.classification)) for e in explanations]
+    for names in units:
+        conforms, report = validate(unit(*names))
+        assert conforms, (names, report)
+    assert not validate(unit(explanations[0]))[0]

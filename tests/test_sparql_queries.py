@@ -27,6 +27,7 @@ from test_sparql_support import (
 )
 
 from filtag_kg import sparql
+from filtag_kg.rdf import DEFAULT_BASE_IRI, Minter
 
 DOG = "n02084071"
 
@@ -87,8 +88,26 @@ def test_filters_for_dog_count_every_breed(store: sparql.Source) -> None:
     assert got_filters(rows) == want
     # both models, and filters tagged with several breeds
     assert {k[0] for k in want} == {SPEC_A, SPEC_B} and max(v[0] for v in want.values()) >= 2
-    # best matches first
-    assert [r["tags"] for r in rows] == sorted((r["tags"] for r in rows), reverse=True)
+    # most selective first: the share of the filter's tags (under the setting) that fall under dog
+    all_of: Counter = Counter(
+        (spec, t["layer"], int(t["filter"]), setting_label(t)) for spec, t in all_tags()
+    )
+    for r in rows:
+        key = (r["model"], r["layer"], r["filter"], r["setting"])
+        assert r["filterTags"] == all_of[key]
+        assert float(r["selectivity"]) == pytest.approx(r["tags"] / all_of[key])
+    got = [float(r["selectivity"]) for r in rows]
+    assert got == sorted(got, reverse=True) and min(got) < 1.0
+    # the resources themselves, not just their names: filter, layer, model and the tagging run
+    m = Minter(DEFAULT_BASE_IRI)
+    for r in rows[:5]:
+        spec = r["model"]
+        weights = profile(kg().run_a if spec == SPEC_A else kg().run_b)["model"]["weights_sha256"]
+        model_iri = m.model(spec, weights)
+        assert (r["modelIri"], r["layerIri"], r["filterIri"]) == (
+            model_iri, m.layer(model_iri, r["layer"]), m.filter(model_iri, r["layer"], r["filter"])
+        )
+        assert "/run/" in r["run"]
 
 
 def test_filters_for_concept_accepts_wnid_name_and_lemma(store: sparql.Source) -> None:
@@ -436,3 +455,35 @@ def test_a_merged_turtle_export_gives_the_tag_answers_of_its_run() -> None:
         assert canonical(sparql.query(turtle, name, wordnet=wordnet(), **params)) == canonical(
             sparql.query(quads, name, wordnet=wordnet(), **params)
         ), name
+
+
+@pytest.fixture(scope="module")
+def plain_store() -> Any:
+    """Both exports in an Oxigraph store, queried without the library's dataset settings."""
+    import pyoxigraph as ox
+
+    st = ox.Store()
+    for path in (kg().nq_a, kg().nq_b):
+        st.load(path=str(path), format=ox.RdfFormat.N_QUADS)
+    return st
+
+
+@pytest.mark.parametrize(("name", "params"), CALLS, ids=[c[0] for c in CALLS])
+def test_each_query_answers_alike_with_and_without_a_union_default_graph(
+    plain_store: Any, name: str, params: dict[str, Any]
+) -> None:
+    """The query text as a user pastes it into any store: Jena TDB and the SPARQL default have
+    an empty default graph, Oxigraph and Fuseki may make it the union of the named graphs."""
+    import pyoxigraph as ox
+
+    from filtag_kg.sparql.params import bind_params
+    from filtag_kg.sparql.store import _ox_term
+
+    info = sparql.find_query(name)
+    subs = {ox.Variable(k): _ox_term(v) for k, v in bind_params(info, params, wordnet=wordnet()).items()}
+    got = {}
+    for union in (False, True):
+        res = plain_store.query(info.text, substitutions=subs or None, use_default_graph_as_union=union)
+        got[union] = Counter(tuple(None if t is None else t.value for t in row) for row in res)
+    assert got[False] == got[True]
+    assert sum(got[False].values()) == len(sparql.query(plain_store, name, wordnet=wordnet(), **params)) > 0

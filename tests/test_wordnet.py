@@ -763,3 +763,39 @@ def test_shipped_slice_is_what_the_script_builds(tmp_path):
     out = tmp_path / "slice.json.gz"
     mod.write(mod.build(str(DEBIAN), []), out)
     assert out.read_bytes() == wnsource.slice_path().read_bytes()
+
+
+# -- the Collaborative Interlingual Index map ------------------------------------------------
+
+
+def test_ili_resource_is_checked_built_and_used_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A genuine CILI map (dog.n.01 = i46360) becomes the shipped noun map, byte-stable, and the
+    export links synsets to the ILI without being given a map; a copy that numbers nouns by
+    WordNet 3.0 offset order (dog.n.01 = i10816, as the copy read for this edition did) is refused."""
+    import gzip
+
+    from filtag_kg.rdf.rundata import read_run
+    from filtag_kg.rdf.synthetic import write_synthetic_run
+    from filtag_kg.rdf.tag_graph import Context
+    from filtag_kg.wordnet import ili
+
+    genuine = tmp_path / "ili-map-pwn30.tab"
+    genuine.write_text("i1\t00001740-a\ni35545\t02083346-n\ni46360\t02084071-n\ni9999\t00001740-r\n")
+    out = tmp_path / "nouns.tsv.gz"
+    assert ili.build_ili_resource(genuine, out) == 2
+    first = out.read_bytes()
+    assert ili.build_ili_resource(genuine, out) == 2 and out.read_bytes() == first
+    assert gzip.decompress(first).decode() == "n02083346\ti35545\nn02084071\ti46360\n"
+    assert ili.load_ili_resource(out) == {"n02083346": "i35545", "n02084071": "i46360"}
+    renumbered = tmp_path / "renumbered.tab"
+    renumbered.write_text("i10816\t02084071-n\ni46360\t08548924-n\n")
+    with pytest.raises(ili.IliMapError, match="i10816"):
+        ili.build_ili_resource(renumbered, tmp_path / "bad.tsv.gz")
+    assert ili.load_ili_resource(tmp_path / "absent.tsv.gz") == {}
+    # the export's default: the shipped map
+    monkeypatch.setattr(ili, "ILI_RESOURCE", out)
+    run = write_synthetic_run(tmp_path / "run", layers=[("conv1", 4)], classes=[("n02085620", "Chihuahua")])
+    ctx = Context(read_run(run), base_iri="https://example.org/kg/", wordnet=load_wordnet(source="slice"))
+    assert ctx.ili["n02084071"] == "i46360"

@@ -12,6 +12,7 @@ __all__ = [
     "BaseIriError",
     "ExplanationFileError",
     "ExportFormatError",
+    "LicenseIriError",
     "RdfExportError",
     "RunFolderError",
     "UnrepresentableLiteralError",
@@ -28,6 +29,10 @@ class ExportFormatError(RdfExportError, ValueError):
 
 class BaseIriError(RdfExportError, ValueError):
     """A ``--base-iri`` is not an absolute IRI that data IRIs can be minted under."""
+
+
+class LicenseIriError(RdfExportError, ValueError):
+    """An ``export --license`` value is not an absolute IRI."""
 
 
 class RunFolderError(RdfExportError, DataError):

@@ -1,19 +1,21 @@
-"""One named graph per image explanation, encoded fast from ``explanations.jsonl``.
+"""One named graph per image explanation, encoded fast from the run's explanations.
 
-Each line of ``explanations.jsonl`` (one image under one tagging setting,
-perhaps perturbed) becomes the named graph ``E`` = the explanation's IRI::
+Each explanation record (one image under one tagging setting, perhaps perturbed,
+perhaps Grad-CAM weighted) becomes the named graph ``E`` = the explanation's IRI::
 
     E a fk:ImageExplanation, eo:LocalExplanation ; prov:wasGeneratedBy R/explanations ;
-      fk:setting S ; fk:image I ; fk:imagePath "…" ; fk:imageIndex 0 ;
-      fk:trueConcept C ; fk:modelTopConcept C ; fk:predictedConcept C ;
-      fk:lastLayerPredictedConcept C ; [fk:weighting "gradcam"] ; [fk:perturbation E/perturbation] ;
-      fk:hasModelPrediction E/model-prediction/1 … ; fk:hasActiveFilter E/active/{layer}/{f} … ;
-      fk:hasVote E/vote/{class} … ; fk:hasLastLayerVote E/last-layer-vote/{class} … .
-    I a fk:Image ; fk:sha256 "…" .
+      fk:classification C ; fk:setting S ; fk:predictedConcept C1 ; fk:lastLayerPredictedConcept C1 ;
+      [fk:weighting "gradcam"] ;
+      fk:hasActiveFilter E/active/{layer}/{f} … ; fk:hasVote E/vote/{class} … ;
+      fk:hasLastLayerVote E/last-layer-vote/{class} … .
     E/active/{layer}/{f} a fk:ActiveFilter ; fk:filter F ; fk:activation 0.41 ; fk:rank 1 ; [fk:weight 0.2] .
-    E/vote/{class} a fk:Vote ; fk:concept C ; fk:voteScore 12.0 ; fk:voteCount 12 .
-    E/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:concept C ; fk:probability p ;
-      fk:classLabel "…" .
+    E/vote/{class} a fk:Vote ; fk:voteConcept C1 ; fk:voteScore 12.0 ; fk:voteCount 12 .
+    E/last-layer-vote/{class} a fk:LastLayerVote ; fk:lastLayerVoteConcept C1 ; fk:voteScore 3.0 .
+
+What the model itself said about the image (its top-5, the true class, the image
+and its path) does not depend on the setting, so it is stated once per image
+(variant), in the classification graph ``C`` (:meth:`ExplanationEncoder.classify`),
+written before the first explanation that links to it.
 
 The encoder is the export's hot loop (hundreds of triples per line, millions
 of lines), so it renders N-Triples text directly with pre-rendered
@@ -31,10 +33,11 @@ from typing import Any
 from . import terms as T
 from .errors import ExplanationFileError
 from .mint import segment
+from .rundata import iter_explanation_records
 from .tag_graph import Context
 from .vocab import EO, FK, PROV, RDF
 
-__all__ = ["ExplanationEncoder", "iter_explanation_graphs", "read_explanation_lines"]
+__all__ = ["ExplanationEncoder", "iter_explanation_graphs", "read_explanation_lines", "relative_path"]
 
 
 def _p(term: Any) -> str:
@@ -51,6 +54,9 @@ _C_ACTIVE = _p(FK.ActiveFilter)
 _C_VOTE = _p(FK.Vote)
 _C_LAST_VOTE = _p(FK.LastLayerVote)
 _C_PRED = _p(FK.ModelPrediction)
+_C_CLASSIFICATION = _p(FK.ImageClassification)
+_CLASSIFICATION = _p(FK.classification)
+_PRED_CONCEPT = _p(FK.predictionConcept)
 _C_PERT = _p(FK.Perturbation)
 _GENERATED = _p(PROV.wasGeneratedBy)
 _SETTING = _p(FK.setting)
@@ -72,7 +78,8 @@ _HAS_ACTIVE = _p(FK.hasActiveFilter)
 _HAS_VOTE = _p(FK.hasVote)
 _HAS_LAST = _p(FK.hasLastLayerVote)
 _FILTER = _p(FK.filter)
-_CONCEPT = _p(FK.concept)
+_VOTE_CONCEPT = _p(FK.voteConcept)
+_LAST_VOTE_CONCEPT = _p(FK.lastLayerVoteConcept)
 _ACTIVATION = _p(FK.activation)
 _RANK = _p(FK.rank)
 _WEIGHT = _p(FK.weight)
@@ -93,9 +100,8 @@ def _dbl(x: Any) -> str | None:
 
 #: Predicates of an explanation node in the order its lines sort in (checked by a test).
 E_PREDICATE_ORDER = (
-    "type", "wasGeneratedBy", "hasActiveFilter", "hasLastLayerVote", "hasModelPrediction", "hasVote",
-    "image", "imageIndex", "imagePath", "lastLayerPredictedConcept", "modelTopConcept", "perturbation",
-    "predictedConcept", "setting", "trueConcept", "weighting",
+    "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasLastLayerVote", "hasVote",
+    "lastLayerPredictedConcept", "predictedConcept", "setting", "weighting",
 )
 
 
@@ -122,6 +128,11 @@ class ExplanationEncoder:
         self._x = T.iri(ctx.explanation_run_iri)
         self._filters: dict[str, dict[int, str]] = {}
         self._segments: dict[str, str] = {}
+        # classification graphs written so far: one per image variant, whatever the settings
+        self._classified: set[str] = set()
+        meta = ctx.data.explanations_meta or {}
+        ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+        self._root: str | None = str(ds["root"]) if ds.get("root") else None
 
     def _filter(self, layer: str, index: int) -> str:
         by_index = self._filters.get(layer)
@@ -133,11 +144,89 @@ class ExplanationEncoder:
             self.ctx.filter_seen(layer, index)
         return got
 
+    def classify(self, rec: dict[str, Any]) -> tuple[str, str, int] | None:
+        """The model's classification of the record's image as ``(graph IRI, text, line count)``,
+        or ``None`` when an earlier record of the same image (variant) already gave it.
+
+        The graph ``C`` holds what does not depend on the tagging setting or the vote
+        weighting, stated once per image variant::
+
+            C a fk:ImageClassification ; fk:image I ; fk:imagePath "…" ; fk:imageIndex 0 ;
+              fk:trueConcept C1 ; fk:modelTopConcept C2 ; fk:hasModelPrediction C/model-prediction/1 … ;
+              [fk:perturbation C/perturbation] .
+            I a fk:Image ; fk:sha256 "…" .
+            C/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:predictionConcept C2 ;
+              fk:probability p ; fk:classLabel "…" .
+        """
+        ctx, mint = self.ctx, self.mint
+        concept = ctx.concept
+        index = rec["index"]
+        pert = rec.get("perturbation") or None
+        c_iri = mint.classification(ctx.run_iri, index, pert)
+        if c_iri in self._classified:
+            return None
+        self._classified.add(c_iri)
+        c = f"<{c_iri}>"
+        end = f" {c} .\n" if self.graphs else _END
+        lines = [f"{c} {_A} {_C_CLASSIFICATION}{end}"]
+        add = lines.append
+        for r, pred in enumerate(rec.get("model_top") or (), 1):
+            label = pred.get("label")
+            cc = concept(str(pred["class_id"]), None if label is None else str(label))
+            if r == 1:
+                add(f"{c} {_TOP} {cc}{end}")
+            m = f"<{mint.model_prediction(c_iri, r)}>"
+            add(f"{c} {_HAS_PRED} {m}{end}")
+            add(f"{m} {_A} {_C_PRED}{end}")
+            if label is not None:
+                add(f"{m} {_CLASS_LABEL} {T.string(str(label))}{end}")
+            add(f"{m} {_PRED_CONCEPT} {cc}{end}")
+            prob = pred.get("prob")
+            lit = _dbl(prob) if prob is not None else None
+            if lit:
+                add(f"{m} {_PROB} {lit}{end}")
+            add(f'{m} {_RANK} "{r}"^^{_INTEGER}{end}')
+        if pert:
+            pn = f"<{mint.perturbation(c_iri)}>"
+            add(f"{c} {_PERT} {pn}{end}")
+            add(f"{pn} {_A} {_C_PERT}{end}")
+            if pert.get("kind") is not None:
+                add(f"{pn} {_PERT_KIND} {T.string(str(pert['kind']))}{end}")
+            lit = T.double(pert.get("param"))
+            if lit:
+                add(f"{pn} {_PERT_PARAM} {lit}{end}")
+            if isinstance(pert.get("seed"), int) and not isinstance(pert.get("seed"), bool):
+                add(f'{pn} {_SEED} "{int(pert["seed"])}"^^{_INTEGER}{end}')
+        sha = rec.get("sha256")
+        if sha:
+            img = f"<{mint.image(str(sha))}>"
+            add(f"{c} {_IMAGE} {img}{end}")
+            add(f"{img} {_A} {_C_IMAGE}{end}")
+            add(f"{img} {_SHA} {T.string(str(sha).lower())}{end}")
+        if isinstance(index, int) and not isinstance(index, bool):
+            add(f'{c} {_IMAGE_INDEX} "{index}"^^{_INTEGER}{end}')
+        path = rec.get("image")
+        if path is not None:
+            add(f"{c} {_IMAGE_PATH} {T.string(self._path(str(path)))}{end}")
+        cid = rec.get("true_class")
+        if cid is not None:
+            add(f"{c} {_TRUE} {concept(str(cid))}{end}")
+        unique = sorted(set(lines))
+        return c_iri, "".join(unique), len(unique)
+
+    def _path(self, path: str) -> str:
+        """The image path to publish: relative to the dataset root unless absolute paths were asked for."""
+        if self.ctx.absolute_paths:
+            return path
+        return relative_path(path, self._root)
+
     def encode(self, rec: dict[str, Any]) -> tuple[str, str, int]:
         """One explanation record as ``(graph IRI, text, line count)``.
 
         The text holds unique, sorted lines, each ending in ``" <E> .\\n"``
-        (N-Quads, ``E`` the graph IRI) or ``" .\\n"`` (N-Triples).
+        (N-Quads, ``E`` the graph IRI) or ``" .\\n"`` (N-Triples). What the model
+        itself said about the image is in its classification graph (:meth:`classify`),
+        which ``E`` links with ``fk:classification``.
 
         Raises:
             KeyError, TypeError, ValueError: the record lacks a field or has
@@ -154,7 +243,7 @@ class ExplanationEncoder:
         index = rec["index"]
         e_iri = mint.explanation(ctx.run_iri, index, method, param, pert, weighting)
         e = f"<{e_iri}>"
-        cut = len(e) - 1  # every other subject of the graph but the image is "<E/...>": sort on "/..."
+        cut = len(e) - 1  # every other subject of the graph is "<E/...>": sort on "/..."
         end = f" {e} .\n" if self.graphs else _END
         ctx.explained_settings.add((method, param))
         # subject key ("/active/...>") -> its lines in predicate order, and how many
@@ -162,32 +251,6 @@ class ExplanationEncoder:
         n = 0
         # subject key -> (predicate linking E to it, its rendered IRI)
         links: dict[str, tuple[str, str]] = {}
-
-        # the model's top predictions: type, classLabel, concept, probability, rank
-        top_concept = None
-        for r, pred in enumerate(rec.get("model_top") or (), 1):
-            label = pred.get("label")
-            c = concept(str(pred["class_id"]), None if label is None else str(label))
-            if r == 1:
-                top_concept = c
-            m = f"<{mint.model_prediction(e_iri, r)}>"
-            text = f"{m} {_A} {_C_PRED}{end}"
-            lines = 3
-            if label is not None:
-                text += f"{m} {_CLASS_LABEL} {T.string(str(label))}{end}"
-                lines += 1
-            text += f"{m} {_CONCEPT} {c}{end}"
-            prob = pred.get("prob")
-            lit = _dbl(prob) if prob is not None else None
-            if lit:
-                text += f"{m} {_PROB} {lit}{end}"
-                lines += 1
-            key = m[cut:]
-            if key in blocks:
-                n -= blocks[key].count("\n")
-            blocks[key] = f'{text}{m} {_RANK} "{r}"^^{_INTEGER}{end}'
-            links[key] = (_HAS_PRED, m)
-            n += lines
 
         # active filters: type, activation, filter, rank, weight
         prefix = mint.active_filter_prefix(e_iri)
@@ -250,12 +313,12 @@ class ExplanationEncoder:
                 sc = float(sc)
             if k is not None and sc is not None and sc - sc == 0.0:
                 text = (
-                    f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+                    f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_VOTE_CONCEPT} {c}{end}"
                     f'{v_iri} {_COUNT} "{int(k)}"^^{_INTEGER}{end}{v_iri} {_SCORE} "{sc!r}"^^{_DOUBLE}{end}'
                 )
                 lines = 4
             else:
-                text = f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+                text = f"{v_iri} {_A} {_C_VOTE}{end}{v_iri} {_VOTE_CONCEPT} {c}{end}"
                 lines = 2
                 if k is not None:
                     text += f'{v_iri} {_COUNT} "{int(k)}"^^{_INTEGER}{end}'
@@ -274,7 +337,7 @@ class ExplanationEncoder:
                 seg = segments[cid] = segment(cid)
             v_iri = f"{lvp}{seg}>"
             c = concepts.get(cid) or concept(cid)
-            text = f"{v_iri} {_A} {_C_LAST_VOTE}{end}{v_iri} {_CONCEPT} {c}{end}"
+            text = f"{v_iri} {_A} {_C_LAST_VOTE}{end}{v_iri} {_LAST_VOTE_CONCEPT} {c}{end}"
             lines = 2
             if sc is not None:
                 sc = float(sc)
@@ -286,71 +349,54 @@ class ExplanationEncoder:
             links[key] = (_HAS_LAST, v_iri)
             n += lines
 
-        # the perturbation: type, perturbationKind, perturbationParameter, seed
-        p_iri = None
-        if pert:
-            p_iri = f"<{mint.perturbation(e_iri)}>"
-            text = f"{p_iri} {_A} {_C_PERT}{end}"
-            n += 1
-            if pert.get("kind") is not None:
-                text += f"{p_iri} {_PERT_KIND} {T.string(str(pert['kind']))}{end}"
-                n += 1
-            lit = T.double(pert.get("param"))
-            if lit:
-                text += f"{p_iri} {_PERT_PARAM} {lit}{end}"
-                n += 1
-            if isinstance(pert.get("seed"), int) and not isinstance(pert.get("seed"), bool):
-                text += f'{p_iri} {_SEED} "{int(pert["seed"])}"^^{_INTEGER}{end}'
-                n += 1
-            blocks[p_iri[cut:]] = text
-
         # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
         # the sorted subject keys, whose groups ("/active/" < "/last-layer-vote/" <
         # "/model-prediction/" < "/vote/") are in the order of their predicates
         keys = sorted(blocks)
-        out = [f"{e} {_A} {_C_LOCAL}{end}{e} {_A} {_C_EXPL}{end}{e} {_GENERATED} {self._x}{end}"]
-        n += 3
+        c_iri = mint.classification(ctx.run_iri, index, pert)
+        out = [
+            f"{e} {_A} {_C_LOCAL}{end}{e} {_A} {_C_EXPL}{end}{e} {_GENERATED} {self._x}{end}"
+            f"{e} {_CLASSIFICATION} <{c_iri}>{end}"
+        ]
+        n += 4
         for k in keys:
             link = links.get(k)
             if link is not None:
                 out.append(f"{e} {link[0]} {link[1]}{end}")
         n += len(links)
-        sha = rec.get("sha256")
-        img = None
-        if sha:
-            img = f"<{mint.image(str(sha))}>"
-            out.append(f"{e} {_IMAGE} {img}{end}")
-            n += 3  # with the image's own two lines
         tail = []
-        if isinstance(index, int) and not isinstance(index, bool):
-            tail.append(f'{e} {_IMAGE_INDEX} "{index}"^^{_INTEGER}{end}')
-        path = rec.get("image")
-        if path is not None:
-            tail.append(f"{e} {_IMAGE_PATH} {T.string(str(path))}{end}")
         cid = rec.get("prediction_last_layer")
         if cid is not None:
             tail.append(f"{e} {_PRED_LAST} {concept(str(cid))}{end}")
-        if top_concept:
-            tail.append(f"{e} {_TOP} {top_concept}{end}")
-        if p_iri:
-            tail.append(f"{e} {_PERT} {p_iri}{end}")
         cid = rec.get("prediction")
         if cid is not None:
             tail.append(f"{e} {_PRED} {concept(str(cid))}{end}")
         tail.append(f"{e} {_SETTING} {ctx.setting(method, param)}{end}")
-        cid = rec.get("true_class")
-        if cid is not None:
-            tail.append(f"{e} {_TRUE} {concept(str(cid))}{end}")
         if weighting:
             tail.append(f"{e} {_WEIGHTING} {T.string(str(weighting))}{end}")
         n += len(tail)
         out += tail
-        # the image ("<B image/...>") sorts before every "<B run/...>" subject of the graph
-        parts = [f"{img} {_A} {_C_IMAGE}{end}{img} {_SHA} {T.string(str(sha).lower())}{end}"] if img else []
-        parts += [blocks[k] for k in keys]
-        blocks_text = "".join(parts)
         # E's key ">" sorts after every "/..." key: E's lines come last
-        return e_iri, blocks_text + "".join(out), n
+        return e_iri, "".join(blocks[k] for k in keys) + "".join(out), n
+
+
+def relative_path(path: str, root: str | None) -> str:
+    """``path`` relative to the dataset ``root`` when it lies below it, else its file name.
+
+    A relative path stays as it is; no machine-local prefix is ever returned.
+
+    Example:
+        >>> relative_path("/data/val/n01/a.jpg", "/data/val"), relative_path("/tmp/x/b.jpg", "/data")
+        ('n01/a.jpg', 'b.jpg')
+    """
+    p = path.replace("\\", "/")
+    if not p.startswith("/") and not (len(p) > 2 and p[1] == ":"):
+        return path
+    if root:
+        r = root.replace("\\", "/").rstrip("/") + "/"
+        if p.startswith(r) and len(p) > len(r):
+            return p[len(r):]
+    return p.rstrip("/").rsplit("/", 1)[-1] or path
 
 
 def read_explanation_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -378,23 +424,25 @@ def read_explanation_lines(path: str | Path) -> Iterator[tuple[int, dict[str, An
         raise ExplanationFileError(f"cannot read {p}: {exc}") from None
 
 
-def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tuple[str, str, int]]:
-    """Encode every line of the run's ``explanations.jsonl`` (none if it has none), streamed.
+def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tuple[str, str, int, bool]]:
+    """Encode every explanation of the run (none if it has none), streamed.
 
-    Yields ``(graph IRI, N-Triples text, triple count)`` per line (see :meth:`ExplanationEncoder.encode`).
+    Yields ``(graph IRI, text, triple count, is_explanation)``: for each record
+    first the image's classification graph (the first time that image variant
+    occurs; ``is_explanation`` false), then its explanation graph (see
+    :meth:`ExplanationEncoder.encode`).
 
     Raises:
         ExplanationFileError: a line is malformed (file, line and field named).
     """
     path = ctx.data.explanations_path
-    if path is None:
-        return
     enc = ExplanationEncoder(ctx, graphs=graphs)
-    from .rundata import explanation_records  # either stored form (explanations_io)
-
-    for n, rec in explanation_records(path):
+    for n, rec in iter_explanation_records(ctx.data):
         try:
-            yield enc.encode(rec)
+            got = enc.classify(rec)
+            if got is not None:
+                yield (*got, False)
+            yield (*enc.encode(rec), True)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
             raise ExplanationFileError(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._io import atomic_open, make_temp
-from .errors import ExportFormatError, UnrepresentableLiteralError
+from .errors import ExportFormatError, LicenseIriError, UnrepresentableLiteralError
 from .mint import DEFAULT_BASE_IRI, check_base_iri
 from .nquads import ExportStats, write_nquads
 from .rundata import read_run
@@ -28,7 +28,15 @@ from .vocab import PREFIXES
 if TYPE_CHECKING:
     from ..wordnet import WordNet
 
-__all__ = ["FORMATS", "ExportFormat", "export_run", "export_run_stats", "format_of"]
+__all__ = [
+    "FORMATS",
+    "ExportFormat",
+    "check_license_iri",
+    "export_run",
+    "export_run_stats",
+    "format_of",
+    "is_local_base_iri",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,38 @@ FORMATS: dict[str, ExportFormat] = {
 _NOT_XML = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
 
 
+def check_license_iri(iri: str) -> str:
+    """Validate the IRI given to ``export --license``.
+
+    Raises:
+        LicenseIriError: it is not an absolute IRI.
+
+    Example:
+        >>> check_license_iri("https://creativecommons.org/licenses/by/4.0/")
+        'https://creativecommons.org/licenses/by/4.0/'
+    """
+    if not isinstance(iri, str) or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:\S", iri) or re.search(
+        r"[\x00-\x20<>\"{}|\\^`]", iri
+    ):
+        raise LicenseIriError(
+            f"bad licence IRI {iri!r}; give an absolute IRI such as "
+            "https://creativecommons.org/licenses/by/4.0/ (--license)"
+        )
+    return iri
+
+
+def is_local_base_iri(base_iri: str) -> bool:
+    """Whether a base IRI names this machine (``localhost``, ``127.x``, ``[::1]``): not persistent.
+
+    Example:
+        >>> is_local_base_iri("http://localhost:8000/filtag-kg/"), is_local_base_iri("https://example.org/kg/")
+        (True, False)
+    """
+    m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)", base_iri)
+    host = (m.group(1) if m else "").lower()
+    return host in ("localhost", "[::1]", "0.0.0.0") or host.endswith(".localhost") or host.startswith("127.")
+
+
 def format_of(fmt: str) -> ExportFormat:
     """The :class:`ExportFormat` of a name.
 
@@ -83,6 +123,9 @@ def export_run(
     wordnet: WordNet | None = None,
     ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
     explanations: bool = True,
+    absolute_paths: bool = False,
+    materialize: bool = False,
+    license: str | None = None,
 ) -> Path:
     """Export a run folder's knowledge graph to one RDF file, atomically.
 
@@ -96,6 +139,11 @@ def export_run(
         wordnet: WordNet 3.0 source; ``None`` loads the default.
         ili_map: CILI's ``ili-map-pwn30.tab`` for links to the Interlingual Index.
         explanations: include the explanation graphs (when the run has them).
+        absolute_paths: publish dataset roots and image paths as given (machine-local);
+            by default images are named by content hash and path relative to the dataset root.
+        materialize: also write the ``fk:represents`` triples an OWL RL reasoner would
+            infer with ``ontology/filtag.ttl`` (for stores that do not reason).
+        license: IRI of the licence of the data (``dcterms:license`` in the VoID).
 
     Returns:
         The path written.
@@ -113,7 +161,7 @@ def export_run(
     """
     return export_run_stats(
         run_dir, fmt=fmt, out=out, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map,
-        explanations=explanations,
+        explanations=explanations, absolute_paths=absolute_paths, materialize=materialize, license=license,
     ).path  # type: ignore[return-value]
 
 
@@ -126,17 +174,25 @@ def export_run_stats(
     wordnet: WordNet | None = None,
     ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
     explanations: bool = True,
+    absolute_paths: bool = False,
+    materialize: bool = False,
+    license: str | None = None,
 ) -> ExportStats:
     """Like :func:`export_run`, returning the counts written (for the CLI's summary)."""
     f = format_of(fmt)
     check_base_iri(base_iri)
+    if license is not None:
+        check_license_iri(license)
     data = read_run(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"kg.{f.extension}"
-    kwargs = {"base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations}
+    kwargs = {
+        "base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations,
+        "absolute_paths": absolute_paths, "materialize": materialize, "license": license,
+    }
     if f.name in ("nq", "nt"):
         with atomic_open(path, "wb") as fh:
             stats = write_nquads(data, fh, graphs=f.name == "nq", **kwargs)
-        return replace(stats, path=path)
+        return replace(stats, path=path, explanations_pending=_pending(data))
     # everything else: stream N-Quads to a temporary file, let Oxigraph convert it
     fd, tmp = make_temp(path, suffix=".nq")  # recognisable: the next export removes a killed one's
     try:
@@ -147,7 +203,16 @@ def export_run_stats(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return replace(stats, path=path, format=f.name)
+    return replace(stats, path=path, format=f.name, explanations_pending=_pending(data))
+
+
+def _pending(data: Any) -> int | None:
+    """Images done by the unfinished explanation pass of the run, ``None`` if there is none."""
+    state = data.explanations_pending
+    if state is None:
+        return None
+    done = state.get("done")
+    return int(done) if isinstance(done, int) and not isinstance(done, bool) else 0
 
 
 def _convert(src: Path, out: IO[bytes], f: ExportFormat) -> None:

@@ -34,9 +34,13 @@ Layout under the base ``B`` (``{…}`` = one encoded segment)::
       R/abstract-tag/{layer}/{filter}/{setting}/{wnid}
       R/class-explanation/{setting}/{class}
       R/explanations                              the explanation activity
+      R/classification/{index}[/{perturbation}]   the model's classification of an image (C)
+        C/model-prediction/{rank}  C/perturbation
       R/explanation/{index}/{setting}[/{perturbation}][/{weighting}]   (E)
         E/active/{layer}/{filter}  E/vote/{class}  E/last-layer-vote/{class}
-        E/model-prediction/{rank}  E/perturbation
+
+    R is the tagging run: its hash covers the profile and the tags
+    (``tags.tsv``), so retagging a profile gives new IRIs and graph names.
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ def check_base_iri(base_iri: str) -> str:
     if re.search(r"%(?![0-9A-Fa-f]{2})", base_iri):
         raise BaseIriError(f"bad base IRI {base_iri!r}: '%' must start a %XX escape; {hint}")
     return base_iri if base_iri.endswith(("/", ":")) else base_iri + "/"
+
+
+def _perturbation_segment(p: dict[str, Any]) -> str:
+    return segment(f"{p.get('kind', '')}-{p.get('param', '')}-{p.get('seed', '')}")
 
 
 def _model_slug(spec: str) -> str:
@@ -261,6 +269,18 @@ class Minter:
         return f"{run_iri}/explanations"
 
     @staticmethod
+    def classification(run_iri: str, index: int | str, perturbation: dict[str, Any] | None = None) -> str:
+        """``R/classification/{index}[/{kind}-{param}-{seed}]``: the model's classification of one
+        image (variant), shared by the image's explanations under every setting and weighting.
+
+        Also the name of its named graph.
+        """
+        iri = f"{run_iri}/classification/{segment(str(index))}"
+        if perturbation:
+            iri += "/" + _perturbation_segment(perturbation)
+        return iri
+
+    @staticmethod
     def explanation(
         run_iri: str,
         index: int | str,
@@ -275,8 +295,7 @@ class Minter:
         """
         iri = f"{run_iri}/explanation/{segment(str(index))}/{segment(setting_key(method, param))}"
         if perturbation:
-            p = perturbation
-            iri += "/" + segment(f"{p.get('kind', '')}-{p.get('param', '')}-{p.get('seed', '')}")
+            iri += "/" + _perturbation_segment(perturbation)
         if weighting:
             iri += "/" + segment(str(weighting))
         return iri
@@ -311,14 +330,14 @@ class Minter:
         return f"{explanation_iri}/last-layer-vote/"
 
     @staticmethod
-    def model_prediction(explanation_iri: str, rank: int) -> str:
-        """``E/model-prediction/{rank}``."""
-        return f"{explanation_iri}/model-prediction/{int(rank)}"
+    def model_prediction(classification_iri: str, rank: int) -> str:
+        """``C/model-prediction/{rank}``."""
+        return f"{classification_iri}/model-prediction/{int(rank)}"
 
     @staticmethod
-    def perturbation(explanation_iri: str) -> str:
-        """``E/perturbation``."""
-        return f"{explanation_iri}/perturbation"
+    def perturbation(classification_iri: str) -> str:
+        """``C/perturbation``."""
+        return f"{classification_iri}/perturbation"
 
     # -- public WordNet IRIs ----------------------------------------------------------
     @staticmethod

@@ -2,8 +2,10 @@
 
 :class:`RunGraphs` yields the export's named graphs one at a time:
 
-1. one graph per line of ``explanations.jsonl``, in file order (the file is
-   read line by line; nothing of an explanation is kept once it is written);
+1. one graph per explanation record, in file order, each preceded (the
+   first time its image occurs) by the image's classification graph (the file
+   is read line by line; of an explanation only its classification's name is
+   kept once it is written);
 2. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
 3. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
@@ -49,6 +51,7 @@ class RunGraphs:
         ili_map: CILI's ``ili-map-pwn30.tab`` (or a wnid -> ILI id mapping)
             for ``skos:exactMatch`` links to the Interlingual Index.
         explanations: include the explanation graphs (when the run has them).
+        absolute_paths, materialize, license: see :class:`~.tag_graph.Context`.
         graphs: end each line with its graph's name (N-Quads text); ``False``
             gives N-Triples text.
 
@@ -66,6 +69,9 @@ class RunGraphs:
         ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
         explanations: bool = True,
         graphs: bool = True,
+        absolute_paths: bool = False,
+        materialize: bool = False,
+        license: str | None = None,
     ) -> None:
         from .mint import check_base_iri
 
@@ -73,14 +79,20 @@ class RunGraphs:
         data = run if isinstance(run, RunData) else read_run(run)
         if not explanations and data.explanations_path is not None:
             data = replace(data, explanations_path=None)
-        self.ctx = Context(data, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map)
+        self.ctx = Context(
+            data, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map, absolute_paths=absolute_paths,
+            materialize=materialize, license=license,
+        )
         self.stats = GraphStats()
         self.graphs = graphs
 
     def __iter__(self) -> Iterator[tuple[str, str, int]]:
         stats = self.stats
-        for graph, text, count in iter_explanation_graphs(self.ctx, graphs=self.graphs):
-            stats.explanations += 1
+        for graph, text, count, is_explanation in iter_explanation_graphs(self.ctx, graphs=self.graphs):
+            if is_explanation:
+                stats.explanations += 1
+            else:
+                stats.classifications += 1
             stats.explanation_triples += count
             yield graph, text, count
         tags = tag_graph_triples(self.ctx)
@@ -110,6 +122,8 @@ class ExportStats:
         explanations: explanation graphs.
         run_iri: the run's IRI (root resource of the export).
         tag_graph: the tag graph's name.
+        explanations_pending: images done by an unfinished explanation pass whose
+            partial results were exported (``None``: no pass was unfinished).
     """
 
     path: Path | None
@@ -120,6 +134,7 @@ class ExportStats:
     explanations: int
     run_iri: str
     tag_graph: str
+    explanations_pending: int | None = None
 
 
 def write_nquads(
@@ -131,6 +146,9 @@ def write_nquads(
     ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
     explanations: bool = True,
     graphs: bool = True,
+    absolute_paths: bool = False,
+    materialize: bool = False,
+    license: str | None = None,
 ) -> ExportStats:
     """Stream a run's export as N-Quads (or N-Triples) into a file.
 
@@ -143,7 +161,8 @@ def write_nquads(
         run: a run folder or its :class:`~.rundata.RunData`.
         out: a binary file, or a text file (written through its binary
             buffer when it has one), opened for writing.
-        base_iri, wordnet, ili_map, explanations: see :class:`RunGraphs`.
+        base_iri, wordnet, ili_map, explanations, absolute_paths, materialize, license:
+            see :class:`RunGraphs`.
         graphs: ``True`` writes N-Quads; ``False`` writes N-Triples (all
             graphs merged; a triple found in several explanation graphs,
             such as an image's SHA-256, then appears once per graph).
@@ -156,7 +175,8 @@ def write_nquads(
         ...     write_nquads("runs/vgg16", fh, base_iri="https://example.org/kg/")
     """
     stream = RunGraphs(
-        run, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map, explanations=explanations, graphs=graphs
+        run, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map, explanations=explanations, graphs=graphs,
+        absolute_paths=absolute_paths, materialize=materialize, license=license,
     )
     write = _binary_writer(out)
     lines = 0

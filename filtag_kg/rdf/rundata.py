@@ -29,6 +29,7 @@ __all__ = [
     "ClassRecord",
     "LayerRecord",
     "RunData",
+    "iter_explanation_records",
     "read_ili_map",
     "read_run",
 ]
@@ -41,6 +42,7 @@ ABSTRACT_TSV = "abstract_tags.tsv"
 CLASS_LINKS_TSV = "class_links.tsv"
 EXPLANATIONS_JSONL = "explanations.jsonl"
 EXPLANATIONS_JSON = "explanations.json"
+EXPLANATIONS_STATE = "explanations.state.json"
 
 KIND_PROFILE = "profile"
 KIND_IMPORT = "import"
@@ -106,11 +108,15 @@ class RunData:
         started_at, finished_at: ISO times of the run, if known.
         software: package name -> version.
         parameters: run options as ``name -> scalar``.
-        identity: what identifies the run (hashed into its IRI).
+        identity: what identifies the run (hashed into its IRI): the profile and
+            the tagging (the SHA-256 of ``tags.tsv``), so a retag is a new run IRI.
+        tags_sha256: SHA-256 of ``tags.tsv``.
         import_info: ``import.json`` of an imported run.
         explanations_meta: ``explanations.json``, if present.
         explanations_path: the explanations, if present: the ``explanations.parquet`` folder or
             ``explanations.jsonl`` (read them with :func:`explanation_records`).
+        explanations_pending: ``explanations.state.json`` of an unfinished
+            explanation pass, if present (the export is then partial).
     """
 
     run_dir: Path
@@ -132,6 +138,8 @@ class RunData:
     import_info: dict[str, Any] | None = None
     explanations_meta: dict[str, Any] | None = None
     explanations_path: Path | None = None
+    explanations_pending: dict[str, Any] | None = None
+    tags_sha256: str | None = None
 
     @property
     def spec(self) -> str:
@@ -266,6 +274,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
         abstract=_read_abstract(run),
         links=_read_links(run),
     )
+    data.tags_sha256 = _file_sha256(run / TAGS_TSV)
     tags_json = run / TAGS_JSON
     if tags_json.is_file():
         doc = _read_json(tags_json)
@@ -280,8 +289,12 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
         _add_profile(data, _read_json(profile_json), profile_json)
     elif import_json.is_file():
         _add_import(data, _read_json(import_json))
-    else:
-        data.identity = {"tags_sha256": _file_sha256(run / TAGS_TSV)}
+    # a tagging is its own run: retagging a profile (another k) mints new IRIs and graph names
+    data.identity = (
+        {"tags_sha256": data.tags_sha256}
+        if data.identity is None
+        else {**data.identity, "tags_sha256": data.tags_sha256}
+    )
 
     meta_path, lines_path = run / EXPLANATIONS_JSON, run / EXPLANATIONS_JSONL
     if meta_path.is_file():
@@ -294,6 +307,10 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
     if form is not None:
         data.explanations_path = run / EXPLANATIONS_DIR if form == FORMAT_PARQUET else lines_path
         _check_explained_model(data)
+    state_path = run / EXPLANATIONS_STATE
+    if state_path.is_file():
+        state = _read_json(state_path)
+        data.explanations_pending = state if isinstance(state, dict) else {}
     return data
 
 
@@ -320,6 +337,20 @@ def explanation_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
     from .explanation_graph import read_explanation_lines
 
     yield from read_explanation_lines(p)
+
+
+def iter_explanation_records(data: RunData) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each explanation of the run, streamed; none if it has none.
+
+    The one place the export reads explanations from, so that a change of
+    their storage changes this function only.
+
+    Raises:
+        ExplanationFileError: a record is unreadable (file and line named).
+    """
+    if data.explanations_path is None:
+        return iter(())
+    return explanation_records(data.explanations_path)
 
 
 def _add_profile(data: RunData, meta: Any, path: Path) -> None:
@@ -417,23 +448,12 @@ def read_ili_map(path: str | os.PathLike[str]) -> dict[str, str]:
     Raises:
         RunFolderError: the file is unreadable or a line is malformed.
     """
-    p = Path(path)
-    out: dict[str, str] = {}
+    from ..wordnet.ili import IliMapError, parse_ili_map
+
     try:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split("\t")
-                if len(parts) < 2 or not parts[0].startswith("i"):
-                    raise RunFolderError(f"{p}:{n}: expected 'iNNN<TAB>XXXXXXXX-n', got {line[:60]!r}")
-                ili, key = parts[0], parts[1]
-                if key.endswith("-n") and len(key) == 10 and key[:8].isdigit():
-                    out[f"n{key[:8]}"] = ili
-    except OSError as exc:
-        raise RunFolderError(f"cannot read ILI map {str(p)!r}: {exc.strerror or exc}") from None
-    return out
+        return parse_ili_map(path)
+    except IliMapError as exc:
+        raise RunFolderError(str(exc)) from None
 
 
 def finite(x: float) -> bool:

@@ -15,17 +15,20 @@ What the tag graph holds, per run:
   and the dataset, with start and end times, software versions, options and
   tagging settings (``mls:HyperParameterSetting``, e.g. top-k with k = 3);
 * each tag twice: ``filter fk:taggedWith concept`` (one hop for queries) and
-  a qualified ``fk:Tag`` with score, rank, share, setting and run; per setting
-  and class a ``fk:ClassExplanation`` (an ``eo:GlobalExplanation``);
+  a qualified ``fk:Tag`` (``fk:tagConcept``) with score, rank, share, setting and
+  run; per setting and class a ``fk:ClassExplanation`` (an ``eo:GlobalExplanation``);
+  with ``materialize``, ``filter fk:represents C`` for every C at or above a tag;
 * abstract tags (common hypernyms) with their coverage counts;
 * concepts: WordNet synsets with wnid, synset name, lemmas as labels,
-  definition, ``skos:broader`` up to ``entity.n.01`` and ``skos:exactMatch``
-  to public WordNet IRIs; classes without a synset as plain SKOS concepts.
+  definition, ``skos:broader`` up to ``entity.n.01``, ``rdfs:seeAlso`` Princeton's
+  WordNet 3.0 look-up IRI and ``skos:exactMatch`` the Interlingual Index (with an
+  ILI map); classes without a synset as plain SKOS concepts.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +71,13 @@ class Context:
         wordnet: WordNet 3.0 source for concept labels, definitions and
             hypernyms; ``None`` loads the default (:func:`~filtag_kg.wordnet.load_wordnet`).
         ili_map: CILI's ``ili-map-pwn30.tab`` (path) or a wnid -> ILI id
-            mapping; adds ``skos:exactMatch`` links to the ILI.
+            mapping; adds ``skos:exactMatch`` links to the ILI. ``None``: the map
+            shipped in the package (:data:`~filtag_kg.wordnet.ili.ILI_RESOURCE`), if any.
+        absolute_paths: keep dataset roots and image paths as given (machine-local);
+            by default only paths relative to the dataset root are written.
+        materialize: also write ``filter fk:represents concept`` for every concept
+            at or above a tag's concept (what the ontology's axioms entail).
+        license: IRI of the licence of the export (``dcterms:license`` in the VoID).
     """
 
     def __init__(
@@ -78,16 +87,27 @@ class Context:
         base_iri: str,
         wordnet: WordNet | None = None,
         ili_map: str | os.PathLike[str] | Mapping[str, str] | None = None,
+        absolute_paths: bool = False,
+        materialize: bool = False,
+        license: str | None = None,
     ) -> None:
         self.data = data
+        #: write machine-local paths (dataset roots, image paths as given) instead of relative ones
+        self.absolute_paths = absolute_paths
+        #: write the fk:represents triples an OWL RL reasoner would infer
+        self.materialize = materialize
+        #: IRI of the export's licence (dcterms:license of the VoID description)
+        self.license = license
         self.mint = Minter(base_iri)
         if wordnet is None:
             from ..wordnet import load_wordnet
 
             wordnet = load_wordnet()
         self.wordnet = wordnet
-        if ili_map is None:
-            self.ili: Mapping[str, str] = {}
+        if ili_map is None:  # the map shipped with the package, if it ships one
+            from ..wordnet.ili import load_ili_resource
+
+            self.ili: Mapping[str, str] = load_ili_resource()
         elif isinstance(ili_map, (str, os.PathLike)):
             self.ili = read_ili_map(ili_map)
         else:
@@ -235,6 +255,8 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     what = "imported FilTag tags" if data.kind == "import" else "FilTag tagging"
     add((run, LABEL, T.string(f"{what} of {data.spec}")))
     add((run, _p(FK.taggedModel), model))
+    if data.tags_sha256:
+        add((run, _p(FK.tagsSha256), T.string(data.tags_sha256)))
     add((run, _p(PROV.used), model))
     for prop, value in ((PROV.startedAtTime, data.started_at), (PROV.endedAtTime, data.finished_at)):
         lit = T.date_time(value)
@@ -266,7 +288,8 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     if data.import_info:
         info = data.import_info
         if info.get("source_file"):
-            add((run, _p(FK.sourceFile), T.string(str(info["source_file"]))))
+            src = str(info["source_file"])
+            add((run, _p(FK.sourceFile), T.string(src if ctx.absolute_paths else _file_name(src))))
         if info.get("source_sha256"):
             add((run, _p(FK.sourceSha256), T.string(str(info["source_sha256"]))))
     for method, param in ctx.settings:
@@ -286,11 +309,15 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     # -- tags ---------------------------------------------------------------------------
     images = {c.id: c.images for c in data.classes}
     p_tagged, p_has_tag, c_tag, p_filter = _p(FK.taggedWith), _p(FK.hasTag), _p(FK.Tag), _p(FK.filter)
-    p_concept, p_setting, p_generated = _p(FK.concept), _p(FK.setting), _p(PROV.wasGeneratedBy)
+    p_concept, p_setting, p_generated = _p(FK.tagConcept), _p(FK.setting), _p(PROV.wasGeneratedBy)
     p_score, p_share, p_rank, p_images = _p(FK.score), _p(FK.share), _p(FK.rank), _p(FK.imageCount)
     c_class_expl, c_global = _p(FK.ClassExplanation), _p(EO.GlobalExplanation)
     filter_iris: dict[tuple[str, int], str] = {}
     class_explanations: set[str] = set()
+    # tags per filter and setting: each tag carries its filter's count, the denominator of the
+    # selectivity filters-for-concept ranks by (a join over the filter's other tags is slow)
+    per_filter = Counter((t.layer, t.filter, t.method, t.param) for t in data.tags)
+    p_count = _p(FK.filterTagCount)
     for tag in data.tags:
         key = (tag.layer, tag.filter)
         f = filter_iris.get(key)
@@ -316,6 +343,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
             add((t, p_share, lit))
         if tag.rank:
             add((t, p_rank, T.integer(tag.rank)))
+        add((t, p_count, T.integer(per_filter[(tag.layer, tag.filter, tag.method, tag.param)])))
         ce = T.iri(mint.class_explanation(ctx.run_iri, tag.method, tag.param, tag.class_id))
         add((ce, p_has_tag, t))
         if ce in class_explanations:
@@ -326,7 +354,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
             (ce, A, c_class_expl),
             (ce, A, c_global),
             (ce, LABEL, T.string(f"filters tagged {tag.label} ({setting_label})")),
-            (ce, p_concept, c),
+            (ce, _p(FK.explainedConcept), c),
             (ce, p_setting, s),
             (ce, p_generated, run),
         )
@@ -342,7 +370,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
         add((f, _p(FK.hasAbstractTag), a))
         add((a, A, _p(FK.AbstractTag)))
         add((a, _p(FK.filter), f))
-        add((a, _p(FK.concept), c))
+        add((a, _p(FK.abstractConcept), c))
         add((a, _p(FK.setting), ctx.setting(row.method, row.param)))
         add((a, _p(FK.coverCount), T.integer(row.cover)))
         add((a, _p(FK.linkedTagCount), T.integer(row.linked_tags)))
@@ -357,8 +385,38 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
         _explanation_run_triples(ctx, add)
 
     # -- concepts ------------------------------------------------------------------------
-    _concept_triples(ctx, add, extra_synsets=[r.wnid for r in data.abstract])
+    broader = _concept_triples(ctx, add, extra_synsets=[r.wnid for r in data.abstract])
+    if ctx.materialize:
+        _represents_triples(out, broader)
     return sorted(set(out))
+
+
+def _file_name(path: str) -> str:
+    """The last component of a path (either separator), the path itself if it has none."""
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def _represents_triples(out: list[Triple], broader: Mapping[str, list[str]]) -> None:
+    """Add ``filter fk:represents C`` for each concept C at or above a concept the filter is tagged with.
+
+    Exactly what an OWL RL reasoner derives from the ontology's axioms
+    (``fk:taggedWith`` ⊑ ``fk:represents``, ``fk:represents`` ⊒ ``fk:taggedWith`` ∘
+    ``skos:broaderTransitive``, ``skos:broader`` ⊑ ``skos:broaderTransitive``, transitive),
+    for stores that do not reason.
+    """
+    p_tagged, p_rep = _p(FK.taggedWith), _p(FK.represents)
+    above: dict[str, set[str]] = {}
+
+    def closure(c: str) -> set[str]:
+        got = above.get(c)
+        if got is None:
+            got = above[c] = {c}
+            for parent in broader.get(c, ()):
+                got |= closure(parent)
+        return got
+
+    for f, c in {(s, o) for s, p, o in out if p == p_tagged}:
+        out.extend((f, p_rep, x) for x in closure(c))
 
 
 def _dataset_triples(ctx: Context, record: Mapping[str, Any], add: Any) -> str:
@@ -367,8 +425,10 @@ def _dataset_triples(ctx: Context, record: Mapping[str, Any], add: Any) -> str:
         add((ds, A, _p(t)))
     root = record.get("root")
     if root is not None:
-        add((ds, LABEL, T.string(str(root))))
-        add((ds, _p(FK.datasetRoot), T.string(str(root))))
+        # the root is a machine-local path: by default only its last component names the dataset
+        add((ds, LABEL, T.string(str(root) if ctx.absolute_paths else _file_name(str(root)))))
+        if ctx.absolute_paths:
+            add((ds, _p(FK.datasetRoot), T.string(str(root))))
     if record.get("source"):
         add((ds, _p(FK.datasetSource), T.string(str(record["source"]))))
     add((ds, _p(FK.datasetFingerprint), T.string(str(record["fingerprint"]))))
@@ -419,8 +479,13 @@ def _explanation_run_triples(ctx: Context, add: Any) -> None:
         add((x, _p(FK.hasSetting), ctx.setting(method, param)))
 
 
-def _concept_triples(ctx: Context, add: Any, *, extra_synsets: Iterable[str]) -> None:
-    """Describe every concept used, and the WordNet hierarchy above the synsets."""
+def _concept_triples(ctx: Context, add: Any, *, extra_synsets: Iterable[str]) -> dict[str, list[str]]:
+    """Describe every concept used, and the WordNet hierarchy above the synsets.
+
+    Returns:
+        The ``skos:broader`` links written, as rendered concept IRI -> its parents' IRIs.
+    """
+    broader: dict[str, list[str]] = {}
     mint, wn = ctx.mint, ctx.wordnet
     for cid, label in list(ctx.labels.items()):
         ctx.concept(cid, label)
@@ -458,7 +523,8 @@ def _concept_triples(ctx: Context, add: Any, *, extra_synsets: Iterable[str]) ->
         add((c, A, _p(FK.Synset)))
         add((c, _p(FK.wnid), T.string(wnid)))
         add((c, _p(SKOS.inScheme), scheme))
-        add((c, _p(SKOS.exactMatch), T.iri(mint.princeton_wn30(wnid))))
+        # Princeton's pwn30 route is a look-up alias (it redirects to the 3.1 synset), not an identity
+        add((c, _p(RDFS.seeAlso), T.iri(mint.princeton_wn30(wnid))))
         if wnid in ctx.ili:
             add((c, _p(SKOS.exactMatch), T.iri(mint.ili(ctx.ili[wnid]))))
         info = wn.find(wnid) if wn is not None else None
@@ -480,12 +546,15 @@ def _concept_triples(ctx: Context, add: Any, *, extra_synsets: Iterable[str]) ->
             parent = wn.find(name)
             if parent is None:
                 continue
-            add((c, _p(SKOS.broader), T.iri(mint.synset(parent.wnid))))
+            p_iri = T.iri(mint.synset(parent.wnid))
+            add((c, _p(SKOS.broader), p_iri))
+            broader.setdefault(c, []).append(p_iri)
             todo.append(parent.wnid)
     if described:
         add((scheme, A, _p(SKOS.ConceptScheme)))
         add((scheme, LABEL, T.string("WordNet 3.0 noun synsets")))
         add((scheme, _p(RDFS.seeAlso), T.iri("https://wordnet.princeton.edu/")))
+    return broader
 
 
 class GraphStats:
@@ -498,6 +567,7 @@ class GraphStats:
         self.tag_classes = 0
         self.explanation_triples = 0
         self.explanations = 0
+        self.classifications = 0
 
     def count_tag_graph(self, triples: list[Triple]) -> None:
         """Record the size of the (deduplicated) tag graph."""
@@ -530,11 +600,16 @@ def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
     add((kg, _p(VOID.triples), T.integer(stats.triples)))
     add((kg, _p(VOID.uriSpace), T.string(mint.base)))
     add((kg, _p(VOID.rootResource), T.iri(ctx.run_iri)))
+    if ctx.license:
+        add((kg, _p(DCTERMS.license), T.iri(ctx.license)))
     for vocab in (FK._NS, SKOS, PROV, MLS, NNO, EO, VOID, DCAT, DCTERMS):
         add((kg, _p(VOID.vocabulary), T.iri(str(vocab))))
     add((kg, _p(VOID.subset), tg))
     add((tg, A, _p(FK.TagGraph)))
     add((tg, A, _p(VOID.Dataset)))
+    # the tagging that asserts the tag graph's triples (fk:taggedWith among them), so that a query
+    # tells two taggings in one store apart: GRAPH ?g { ?f fk:taggedWith ?c } ?g prov:wasGeneratedBy ?r
+    add((tg, _p(PROV.wasGeneratedBy), T.iri(ctx.run_iri)))
     add((tg, _p(VOID.triples), T.integer(stats.tag_triples)))
     add((tg, _p(VOID.entities), T.integer(stats.tag_subjects)))
     add((tg, _p(VOID.distinctSubjects), T.integer(stats.tag_subjects)))
@@ -547,4 +622,6 @@ def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
         add((es, A, _p(VOID.Dataset)))
         add((es, _p(VOID.triples), T.integer(stats.explanation_triples)))
         add((es, _p(FK.explanationCount), T.integer(stats.explanations)))
+        add((es, _p(FK.classificationCount), T.integer(stats.classifications)))
+        add((es, _p(FK.explanationPassComplete), T.boolean(ctx.data.explanations_pending is None)))
     return sorted(set(out))

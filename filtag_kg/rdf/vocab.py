@@ -43,7 +43,7 @@ ONTOLOGY_IRI = "https://w3id.org/filtag-kg/ontology"
 #: Namespace of every term of :class:`FK`.
 FK_NAMESPACE = ONTOLOGY_IRI + "#"
 #: Version of ``ontology/filtag.ttl``; its ``owl:versionIRI`` ends with it.
-ONTOLOGY_VERSION = "0.1.0"
+ONTOLOGY_VERSION = "0.2.0"
 ONTOLOGY_VERSION_IRI = f"{ONTOLOGY_IRI}/{ONTOLOGY_VERSION}"
 
 #: ML-Schema (W3C ML Schema Community Group).
@@ -85,6 +85,7 @@ class FK(DefinedNamespace):
     ExplanationRun: URIRef  # The activity that explained single images with a run's tags.
     ImageExplanation: URIRef  # The explanation of one image under one setting (local).
     Image: URIRef  # An image file, identified by the SHA-256 of its bytes.
+    ImageClassification: URIRef  # The model's classification of one image (variant); its own graph.
     ModelPrediction: URIRef  # One entry of the model's own top predictions for an image.
     ActiveFilter: URIRef  # A filter an image activated, with its value and rank.
     Vote: URIRef  # The votes one concept received in an explanation, over all layers.
@@ -108,7 +109,15 @@ class FK(DefinedNamespace):
     taggedWith: URIRef  # A concept a filter is tagged with (one hop; details on its fk:Tag).
     hasTag: URIRef  # A qualified tag of a filter or of a class explanation.
     filter: URIRef  # The filter a tag, abstract tag or active filter is about.
-    concept: URIRef  # The concept a tag, abstract tag, vote, prediction or class explanation is about.
+    concept: URIRef  # General: what a qualified node is about (use a subproperty below).
+    tagConcept: URIRef  # The concept a tag tags its filter with.
+    abstractConcept: URIRef  # The common hypernym an abstract tag stands for.
+    explainedConcept: URIRef  # The concept a class explanation explains.
+    voteConcept: URIRef  # The concept a vote (over all layers) is for.
+    lastLayerVoteConcept: URIRef  # The concept a last-layer vote is for.
+    predictionConcept: URIRef  # The concept a model prediction names.
+    represents: URIRef  # A concept a filter is tagged with, or any hypernym of one (inferred).
+    classification: URIRef  # The model's classification of the image an explanation explains.
     setting: URIRef  # The tagging setting a tag, abstract tag or explanation was made with.
     method: URIRef  # The selection method of a tagging setting.
     hasAbstractTag: URIRef  # A qualified abstract tag of a filter.
@@ -147,6 +156,7 @@ class FK(DefinedNamespace):
     score: URIRef  # The class's mean scaled value of the filter (the tag's strength).
     rank: URIRef  # Position by value, 1 = most active (tags, active filters, predictions).
     share: URIRef  # The tag's score divided by the filter's summed score over all classes.
+    filterTagCount: URIRef  # How many tags the tag's filter has under the tag's setting.
     parameter: URIRef  # The numeric parameter of a tagging setting (k or q).
     coverCount: URIRef  # How many of the filter's distinct tag synsets an abstract tag covers.
     linkedTagCount: URIRef  # How many distinct linked tag synsets the filter has.
@@ -180,6 +190,9 @@ class FK(DefinedNamespace):
     perturbationParameter: URIRef  # The strength of the perturbation (sigma or share).
     seed: URIRef  # The random seed of the perturbation.
     explanationCount: URIRef  # How many explanation graphs an explanation set holds.
+    classificationCount: URIRef  # How many image classification graphs an explanation set holds.
+    explanationPassComplete: URIRef  # False when the export was made from an unfinished explanation pass.
+    tagsSha256: URIRef  # SHA-256 of the tagging's tags.tsv: what tells two taggings of one profile apart.
 
 
 #: Prefixes written in Turtle and TriG exports.

@@ -17,12 +17,12 @@ module can parse::
     #   filtag-kg query filters-for-concept --store kg-store --param concept=dog.n.01
 
 ``Graphs:`` says which graphs of an export the query reads: ``tags`` (only the
-tag graphs: model, filters, tags, concepts) or ``all`` (the default: the
-tag graphs and the explanation graphs). Either way the query is written
-against the default graph; the library runs a ``tags`` query with the tag
-graphs as default graph, so that a store of millions of explanation quads is
-not scanned, and any other dataset holding the tag graphs (the union of all
-graphs, say) gives the same answers.
+tag graphs: model, filters, tags, concepts) or ``all`` (the default: also the
+classification and explanation graphs). The library's queries name their
+graphs (``GRAPH ?g { ... }``), so they answer alike whether the default graph
+is empty (the SPARQL default, Jena TDB) or the union of the named graphs; the
+library still runs a ``tags`` query with the tag graphs as default graph,
+which matters only for a query of your own written against the default graph.
 
 A parameter line is ``NAME TYPE required|optional DESCRIPTION e.g. EXAMPLE``;
 NAME is a variable of the query's SELECT clause, which is bound to the value

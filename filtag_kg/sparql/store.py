@@ -384,7 +384,25 @@ def open_source(
     mem = ox.Store()
     for g in graphs:
         _read_into(mem, Path(g), bulk=None)
+        _name_default_graph(mem, Path(g))
     return Source(mem, description="files " + ", ".join(str(g) for g in graphs))
+
+
+def _name_default_graph(store: Any, path: Path) -> None:
+    """Move the triples a file put in the default graph into a named graph (the file's URI).
+
+    A format without named graphs (a merged Turtle export, say) fills the default graph,
+    which the library's queries never read: they name their graphs (``GRAPH ?g``), so
+    that they run on stores whose default graph is not the union of the named graphs.
+    """
+    import pyoxigraph as ox
+
+    default = list(store.quads_for_pattern(None, None, None, ox.DefaultGraph()))
+    if not default:
+        return
+    name = ox.NamedNode(path.resolve().as_uri())
+    store.extend([ox.Quad(q.subject, q.predicate, q.object, name) for q in default])
+    store.clear_graph(ox.DefaultGraph())
 
 
 def as_source(obj: Any) -> Source:
@@ -497,10 +515,10 @@ def run_query(source: Source, info: QueryInfo, bindings: Mapping[str, Term]) -> 
 
     The default graph is the union of all graphs (Oxigraph's
     ``use_default_graph_as_union``; for rdflib, a ``Dataset`` with
-    ``default_union``), so the library's queries see the tag graph and every
-    explanation graph together. A query whose header says ``Graphs: tags``
-    runs on Oxigraph with the union of the tag graphs as default graph: the
-    same answers, without scanning the explanation graphs.
+    ``default_union``), for queries of your own written against the default
+    graph; the library's queries name their graphs and need neither. A query
+    whose header says ``Graphs: tags`` runs on Oxigraph with the union of the
+    tag graphs as default graph.
 
     Raises:
         QuerySyntaxError: the text does not parse (message and position of the parser).
@@ -521,8 +539,8 @@ def tag_graphs(store: Any) -> list[Any] | None:
     named graph, plus the default graph if it holds data (a merged Turtle
     export, say); ``None`` (use the union of all graphs) if there is none.
     Restricting the default graph this way keeps a query that reads tags from
-    touching the explanation graphs, whose votes use the same properties
-    (``fk:concept``) and outnumber the tags by orders of magnitude.
+    touching the explanation graphs, which outnumber the tags by orders of
+    magnitude.
     """
     import pyoxigraph as ox
 
