@@ -420,13 +420,14 @@ def test_concept_pages_read_tags_from_the_tag_graphs(run_dir: Path) -> None:
     )
     layer = next(s.quads_for_pattern(None, P(FK + "layerName"), None, None)).subject
     setting = next(s.quads_for_pattern(real_tag, P(FK + "setting"), None, None)).object
-    run = next(s.quads_for_pattern(real_tag, P("http://www.w3.org/ns/prov#wasGeneratedBy"), None, None)).object
+    generated_by = P("http://www.w3.org/ns/prov#wasGeneratedBy")
+    run = next(s.quads_for_pattern(real_tag, generated_by, None, None)).object
     explanation = next(g for g in s.named_graphs() if "/explanation/" in g.value)
     fake_tag, fake_filter = P(BASE + "impostor/tag"), P(BASE + "impostor/filter")
     for sub, pred, obj in [
         (fake_tag, FK + "tagConcept", concept), (fake_tag, FK + "filter", fake_filter),
         (fake_tag, FK + "filterTagCount", ox.Literal("1", datatype=P("http://www.w3.org/2001/XMLSchema#integer"))),
-        (fake_tag, "http://www.w3.org/ns/prov#wasGeneratedBy", run),
+        (fake_tag, generated_by.value, run),
         (fake_tag, FK + "setting", setting), (fake_filter, FK + "hasTag", fake_tag),
         (fake_filter, FK + "filterIndex", ox.Literal("31337", datatype=P("http://www.w3.org/2001/XMLSchema#integer"))),
         (fake_filter, FK + "inLayer", layer),
