@@ -47,7 +47,8 @@ def test_explain_refreshes_the_runs_graph(
     store = tmp_path / "store"
     code, _, err = cli(capsys, "load", str(run / "kg.trig"), "--store", str(store))
     assert code == 0 and "warning" not in err, err
-    image = str(next((image_dir / "n02085620").iterdir()))
+    # images are named by their path below the dataset root (no machine-local paths)
+    image = next((image_dir / "n02085620").iterdir()).relative_to(image_dir).as_posix()
     code, out, err = cli(capsys, "query", "explain-image", "--store", str(store), "--param",
                          f"image={image}", "--format", "csv")
     assert code == 0, err
@@ -160,7 +161,7 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_graph(
 ) -> None:
     import filtag_kg.rdf.export as export
 
-    run = make_run(capsys, image_dir, tmp_path / "run")
+    run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
     before = (run / "kg.trig").read_bytes()
     real = export.write_nquads
 
@@ -170,7 +171,7 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_graph(
 
     monkeypatch.setattr(export, "write_nquads", fill_disk)
     for fmt in ("trig", "nq"):
-        code, out, err = cli(capsys, "export", str(run), "--format", fmt)
+        code, out, err = cli(capsys, "export", str(run), "--format", fmt, "--base-iri", BASE)
         assert code == 2 and err.startswith("filtag-kg: error: no space left") and err.count("\n") == 1
         assert "Traceback" not in err
     assert (run / "kg.trig").read_bytes() == before

@@ -19,6 +19,7 @@ import pytest
 from conftest import cli_env, write_images
 from test_publish import StubStore
 
+from filtag_kg.rdf.vocab import ONTOLOGY_VERSION_IRI
 from filtag_kg.serve import _first_keyword, _negotiate
 
 FK = "https://w3id.org/filtag-kg/ontology#"
@@ -274,7 +275,7 @@ def test_dereferencing_with_content_negotiation(server: str, run_dir: Path) -> N
         (void + "sparqlEndpoint", "http://localhost:8000/filtag-kg/sparql"),
         (void + "dataDump", "http://localhost:8000/filtag-kg/dumps/kg.trig"),
         (dct + "license", "https://creativecommons.org/licenses/by/4.0/"),
-        (dct + "conformsTo", "https://w3id.org/filtag-kg/ontology/0.1.0"),
+        (dct + "conformsTo", ONTOLOGY_VERSION_IRI),
         ("http://www.w3.org/ns/prov#wasGeneratedBy", root),
     }
     assert http(server + "/filtag-kg/dumps/kg.trig")[2] == (run_dir / "kg.trig").read_bytes()
