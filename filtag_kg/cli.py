@@ -681,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI",
                    help=f"where IRIs are minted (default {DEFAULT_BASE_IRI}, for local use)")
     p.add_argument("--ili-map", metavar="FILE",
-                   help="CILI's ili-map-pwn30.tab, to also link concepts to the Interlingual Index")
+                   help="CILI's ili-map-pwn30.tab for the links to the Interlingual Index (default: "
+                   "the map shipped with the package, every WordNet 3.0 noun)")
     p.add_argument("--no-explanations", action="store_true", help="the tag graph only")
     p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
     p.add_argument("--absolute-paths", action="store_true",

@@ -799,3 +799,39 @@ def test_ili_resource_is_checked_built_and_used_by_default(
     run = write_synthetic_run(tmp_path / "run", layers=[("conv1", 4)], classes=[("n02085620", "Chihuahua")])
     ctx = Context(read_run(run), base_iri="https://example.org/kg/", wordnet=load_wordnet(source="slice"))
     assert ctx.ili["n02084071"] == "i46360"
+
+
+def test_shipped_ili_map_gives_the_published_ids() -> None:
+    """The shipped noun map covers WordNet 3.0's 82,115 nouns with CILI's noun ids, and agrees
+    with the ids published outside this package (entity, person, dog, cat, tree)."""
+    from filtag_kg.wordnet import ili
+
+    shipped = ili.load_ili_resource()
+    assert len(shipped) == 82115
+    assert {w: shipped[w] for w in ili.ILI_CHECKS} == {
+        "n00001740": "i35545", "n00007846": "i35562", "n02084071": "i46360",
+        "n02121620": "i46593", "n13104059": "i105570",
+    }
+    numbers = sorted(int(i[1:]) for i in shipped.values())
+    assert numbers == list(range(35545, 117660))  # one id each, CILI's whole noun range
+
+
+def test_ili_map_derived_from_wordnet_equals_the_shipped_one(tmp_path: Path) -> None:
+    """CILI's numbering applied to a WordNet 3.0 data.noun gives exactly the shipped map; a
+    database with another noun count is refused."""
+    from filtag_kg.wordnet import ili
+
+    home = next((Path(d) for d in (os.environ.get("WNHOME", ""), "/usr/share/wordnet")
+                 if d and (Path(d) / "data.noun").is_file()), None)
+    if home is None:
+        pytest.skip("no WordNet 3.0 database installed (apt-get install wordnet-base)")
+    derived = ili.derive_noun_ili_map(home)
+    assert derived == ili.load_ili_resource()
+    out = tmp_path / "nouns.tsv.gz"
+    assert ili.build_ili_resource(derived, out) == 82115
+    assert out.read_bytes() == ili.ILI_RESOURCE.read_bytes()  # byte-identical rebuild
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "data.noun").write_bytes(b"  header line\n00001740 03 n 01 entity 0 000 | x\n")
+    with pytest.raises(ili.IliMapError, match="82115"):
+        ili.derive_noun_ili_map(short)
