@@ -272,7 +272,8 @@ def test_base_iri_and_without_explanations(run: Path, tmp_path: Path) -> None:
     assert stats.explanations == 0 and stats.explanation_triples == 0
     quads = quads_oxigraph(tmp_path / "kg.nq", "nq")
     vocabularies = ("http://www.w3.org/", "https://w3id.org/", "https://purl.org/", "http://rdfs.org/",
-                    "http://purl.org/", "http://wordnet-rdf.princeton.edu/", "https://wordnet.princeton.edu/")
+                    "http://purl.org/", "http://wordnet-rdf.princeton.edu/", "https://wordnet.princeton.edu/",
+                    "http://globalwordnet.org/ili/")
     for s, _, o, g in quads:
         assert str(s).startswith("https://example.org/kg/") and str(g).startswith("https://example.org/kg/")
         if isinstance(o, URIRef):
