@@ -349,3 +349,34 @@ def test_load_query_and_queries_commands(
     assert code == 0 and "filters-for-concept" in stdout
     msg = _error(capsys, "query", "no-such-query", "--graph", str(out / "kg.trig"))
     assert "no-such-query" in msg
+
+
+def _all_parsers(parser: argparse.ArgumentParser, name: str = "filtag-kg") -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, nested ones (``wordnet show``) included."""
+    found = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found += _all_parsers(sub, f"{name} {sub_name}")
+    return found
+
+
+def test_every_command_help_has_an_example_and_described_arguments() -> None:
+    for name, p in _all_parsers(build_parser())[1:]:
+        assert "example" in p.format_help(), f"`{name} --help` shows no example"
+        for action in p._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"`{name}`: positional {action.metavar or action.dest} has no help"
+
+
+def test_option_typo_suggests_the_closest_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--model", "m", "--data", "d", "--out", "o", "--kk", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("usage: filtag-kg run ")
+    assert "--kk: did you mean --k?" in err
+    with pytest.raises(SystemExit):
+        main(["wordnet", "show", "dog.n.01", "--jsn"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: filtag-kg wordnet show ") and "did you mean --json?" in err
