@@ -351,7 +351,9 @@ def test_load_query_and_queries_commands(
     assert "no-such-query" in msg
 
 
-def _all_parsers(parser: argparse.ArgumentParser, name: str = "filtag-kg") -> list[tuple[str, argparse.ArgumentParser]]:
+def _all_parsers(
+    parser: argparse.ArgumentParser, name: str = "filtag-kg"
+) -> list[tuple[str, argparse.ArgumentParser]]:
     """Every command's parser, nested ones (``wordnet show``) included."""
     found = [(name, parser)]
     for action in parser._actions:
