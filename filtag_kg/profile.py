@@ -472,12 +472,12 @@ def profile_dataset(
     """
     opts = options or ProfileOptions()
     dist = distributed.current()
-    run = ensure_writable_dir(run_dir)
-    ckpt = run / CHECKPOINT
-    device = resolve_device(opts.device, dist)
+    device = resolve_device(opts.device, dist)  # a missing device fails before any folder exists
     autocast_dtype(opts.amp)
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
+    run = ensure_writable_dir(run_dir)
+    ckpt = run / CHECKPOINT
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
     example = first_good_image(imageset, dataset)
     engine = Engine.build(

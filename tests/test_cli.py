@@ -382,3 +382,13 @@ def test_option_typo_suggests_the_closest_option(capsys: pytest.CaptureFixture[s
         main(["wordnet", "show", "dog.n.01", "--jsn"])
     err = capsys.readouterr().err
     assert err.startswith("usage: filtag-kg wordnet show ") and "did you mean --json?" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_fails_before_creating_the_output_folder(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "new-run"
+    msg = _error(capsys, "run", *TINY, "--device", "cuda", "--data", str(image_dir), "--out", str(out))
+    assert "CUDA is not available" in msg and "--device cpu" in msg
+    assert not out.exists()
