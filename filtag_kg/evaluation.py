@@ -32,6 +32,24 @@ def ranked_classes(votes: dict[str, float], class_order: dict[str, int]) -> list
     return sorted(votes, key=lambda c: (-votes[c], class_order.get(c, len(class_order)), c))
 
 
+def explains_model(record: dict[str, Any], prediction_field: str = "prediction") -> bool:
+    """Whether an explanation record predicts the model's top-1 class (it is faithful).
+
+    This is the one definition of "misexplained" (its negation) that the
+    evaluation's fidelity, the demo's summary, the report's choice of pages and
+    the ``misexplained-images`` query share: an explanation without a
+    prediction (no active filter carried a tag, ``prediction`` is null) does
+    not explain the model, so it counts as misexplained.
+
+    Args:
+        record: one line of ``explanations.jsonl``.
+        prediction_field: ``prediction`` (all layers) or ``prediction_last_layer``.
+    """
+    top = record["model_top"][0]["class_id"] if record.get("model_top") else None
+    pred = record.get(prediction_field)
+    return pred is not None and pred == top
+
+
 def _perturbation_key(p: dict[str, Any] | None) -> str:
     return "none" if not p else f"{p['kind']}:{p['param']:g}"
 
@@ -95,7 +113,7 @@ def evaluate_records(
             s = g[scope]
             ranking = ranked_classes(rec[votes_field], order)
             pred = rec[pred_field]
-            s["fidelity"] += int(pred is not None and pred == model_top1)
+            s["fidelity"] += int(explains_model(rec, pred_field))
             for n in TOP_N:
                 s[f"model_top1_in_top{n}"] += int(model_top1 in ranking[:n])
             if true is not None:
@@ -175,6 +193,7 @@ def evaluate_records(
             s = g[scope]
             counts = {
                 "fidelity": s["fidelity"],
+                "misexplained": g["images"] - s["fidelity"],
                 "explanation_correct": s["explanation_correct"],
                 **{f"model_top1_in_top{n}": s[f"model_top1_in_top{n}"] for n in TOP_N},
             }

@@ -243,6 +243,7 @@ def test_evaluation_counts_by_hand() -> None:
     s = clean["all_layers"]
     assert s["counts"] == {
         "fidelity": 1,
+        "misexplained": 2,  # image 2's explanation has no prediction: misexplained too
         "explanation_correct": 2,
         "model_top1_in_top1": 1,
         "model_top1_in_top3": 2,
@@ -399,3 +400,31 @@ def test_batch_votes_equal_a_per_image_loop(setting: TagSetting) -> None:
         np.testing.assert_allclose(weighted[b]["votes_last"], layer_votes, rtol=1e-12)
     if setting.method == "above-average":
         assert len(plain[2]["active"][1]) == 0
+
+
+def test_misexplained_counts_agree_and_include_explanations_without_prediction(
+    tiny_run: tuple[Path, Path],
+) -> None:
+    """evaluate, the report's page choice and the misexplained-images query count the same images."""
+    from filtag_kg import sparql
+    from filtag_kg.evaluation import evaluate_run, explains_model
+    from filtag_kg.rdf import export_run_stats
+    from filtag_kg.report.explanation_pages import ExplanationPages
+
+    run, held = tiny_run
+    options = ExplainOptions(progress=False, settings=[TagSetting("top-k", 2)])
+    explain_dataset(run, image_folder(held), options)
+    lines = (run / "explanations.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    first = 0
+    recs[first].update(votes={}, prediction=None)  # no active filter carried a tag
+    (run / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    counts = evaluate_run(run)["groups"][0]["all_layers"]["counts"]
+    misexplained = sum(not explains_model(r) for r in recs)
+    assert counts["misexplained"] == len(recs) - counts["fidelity"] == misexplained
+    assert ExplanationPages._misexplained([recs[first]])
+    graph = export_run_stats(run)
+    with sparql.open_source(graphs=[graph.path]) as source:
+        rows = sparql.query(source, "misexplained-images").dicts()
+    assert len(rows) == counts["misexplained"]
+    assert recs[first]["image"] in {r["image"] for r in rows}

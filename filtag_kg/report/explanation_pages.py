@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..evaluation import explains_model
 from ..tagging import Tag
 from . import charts
 from .context import SiteContext, facts_list, pct
@@ -64,13 +65,7 @@ class ExplanationPages(SiteContext):
 
     @staticmethod
     def _misexplained(group: list[dict[str, Any]]) -> bool:
-        for r in group:
-            if r.get("perturbation"):
-                continue
-            top = (r.get("model_top") or [{}])[0].get("class_id")
-            if r.get("prediction") != top:
-                return True
-        return False
+        return any(not explains_model(r) for r in group if not r.get("perturbation"))
 
     def choose_explanations(self, max_images: int, max_misexplained: int) -> None:
         """Pass 1: which images get a page: the first ``max_images``, then up to
