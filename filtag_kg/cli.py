@@ -815,6 +815,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Path arguments main() checks before a command runs, so that a mistyped path fails in a
+#: fraction of a second instead of after importing torch, nltk or rdflib: dest -> (what, fix).
+_PATH_ARGS = {
+    "run_dir": ("run folder", "give the folder `filtag-kg run` (or profile, import-filtag) wrote"),
+    "data": ("data folder", "pass --data DIR with one subfolder per class"),
+    "explain_data": ("data folder", "pass --explain-data DIR with one subfolder per class"),
+    "file_list": ("file list", "pass --file-list FILE with one 'PATH<TAB>CLASS' per line"),
+    "weights_file": ("weights file", "pass --weights-file PATH of a saved state dict"),
+    "classes": ("class list", "pass --classes FILE with one class per line"),
+    "synset_map": ("synset map", "pass --synset-map FILE (TSV or JSON)"),
+    "ili_map": ("ILI map", "pass --ili-map FILE (CILI's ili-map-pwn30.tab)"),
+    "images": ("image file", None),
+    "file": ("tag file", None),
+    "files": ("RDF file", None),
+    "graph": ("RDF file", None),
+    "source": ("run folder or RDF file", None),
+}
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Raise a :class:`FiltagError` naming the first input path of ``args`` that does not exist."""
+    for dest, (what, fix) in _PATH_ARGS.items():
+        value = getattr(args, dest, None)
+        for path in [value] if isinstance(value, str) else value or []:
+            if not os.path.exists(path):
+                raise FiltagError(f"{what} {path} does not exist" + (f"; {fix}" if fix else ""))
+
+
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the (sub)command that ``args`` came from, e.g. ``wordnet show``'s."""
     while True:
@@ -851,12 +879,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = _command_parser(parser, args)
         command.error(_unrecognized(command, extra))
     try:
+        _check_paths(args)
         return int(args.func(args) or 0)
     except FiltagError as exc:
-        from .profile import Interrupted
-
         print(f"filtag-kg: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 2
+        # only a pass of profile/explain raises Interrupted: never import torch just to check
+        profile = sys.modules.get(f"{__package__}.profile")
+        return 130 if profile is not None and isinstance(exc, profile.Interrupted) else 2
     except KeyboardInterrupt:
         print("filtag-kg: interrupted", file=sys.stderr)
         return 130

@@ -121,6 +121,8 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], image_dir: Path
     msg = _error(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(blocker / "sub"))
     assert "cannot write" in msg and "--out" in msg
     msg = _error(capsys, "tag", str(tmp_path / "nothing-here"))
+    assert "run folder" in msg and "nothing-here" in msg and "does not exist" in msg
+    msg = _error(capsys, "tag", str(tmp_path))
     assert "holds no profile" in msg
 
 
@@ -392,3 +394,28 @@ def test_missing_cuda_fails_before_creating_the_output_folder(
     msg = _error(capsys, "run", *TINY, "--device", "cuda", "--data", str(image_dir), "--out", str(out))
     assert "CUDA is not available" in msg and "--device cpu" in msg
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "nosuch.trig", "--store", "st"],
+        ["tag", "no-run"],
+        ["explain", "no-run", "--data", "imgs"],
+        ["export", "no-run"],
+        ["report", "no-run"],
+        ["run", "--model", "vgg16", "--data", "no-data", "--out", "o"],
+        ["run", "--model", "vgg16", "--weights-file", "no.pth", "--data", ".", "--out", "o"],
+        ["import-filtag", "no-tags.txt", "--model", "vgg16", "--layer", "features.28", "--out", "o"],
+    ],
+)
+def test_a_missing_input_fails_before_heavy_imports(tmp_path: Path, argv: list[str]) -> None:
+    """A mistyped path is reported without importing torch, nltk or rdflib (so in well under a second)."""
+    code = (
+        "import sys; from filtag_kg.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, sorted(m for m in ('torch', 'nltk', 'rdflib') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env=cli_env())
+    assert res.stdout.split("\n")[0] == "2 []", (res.stdout, res.stderr)
+    assert "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
