@@ -781,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
         "import-filtag", help="import a tag file written by the original FilTag code",
         description="Read a tag file of the original FilTag code (first line 'filter tags k=1', "
         "then 'INDEX:[' label ', ...]' per filter) and write the usual tags.tsv. ImageNet names "
-        "shared by two classes (crane, maillot) are reported, never guessed.",
+        "shared by two classes (crane, maillot) are reported, never guessed; under top-k, one is "
+        "resolved by elimination once its other class already tags its k filters.",
         epilog="example: filtag-kg import-filtag tags_k1.txt --model vgg16 --layer features.28 "
         "--out runs/imported",
     )
