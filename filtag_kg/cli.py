@@ -632,8 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="DIR", help="an Oxigraph store (see `filtag-kg load`)")
     p.add_argument("--graph", nargs="+", metavar="FILE", help="or query these export files directly")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
-    p.add_argument("--format", choices=["table", "csv", "tsv", "json"], default="table",
-                   help="json is the SPARQL 1.1 JSON results format")
+    p.add_argument("--format", choices=["table", "csv", "tsv", "json", "plain-tsv"], default="table",
+                   help="csv: plain values; tsv: SPARQL TSV (terms as <IRI>, \"literal\"^^type); "
+                   "plain-tsv: plain values, tab-separated; json: SPARQL 1.1 JSON results")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("queries", help="list the query library with purposes and parameters",

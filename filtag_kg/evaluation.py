@@ -246,12 +246,14 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     run = Path(run_dir)
     if not (run / "profile.json").is_file():
         raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")
-    class_ids = [c["id"] for c in read_json(run / "profile.json")["classes"]]
+    classes = read_json(run / "profile.json")["classes"]
+    class_ids = [c["id"] for c in classes]
     with atomic_open(run / PERTURBATION_EFFECTS) as fh:
         doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)
     if not doc["perturbations"]:
         (run / PERTURBATION_EFFECTS).unlink()
-    doc = {"format": "filtag-kg evaluation", "format_version": 1, **doc}
+    labels = {c["id"]: c["label"] for c in classes if c.get("label") and c["label"] != c["id"]}
+    doc = {"format": "filtag-kg evaluation", "format_version": 1, **doc, "labels": labels}
     write_json(run / EVALUATION, doc)
     return doc
 
@@ -261,7 +263,15 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
-    """The evaluation as a readable table (shares with their counts)."""
+    """The evaluation as a readable table (shares with their counts).
+
+    Classes are shown as ``wnid (label)`` where ``doc["labels"]`` knows a label.
+    """
+    labels = doc.get("labels") or {}
+
+    def name(class_id: str) -> str:
+        return f"{class_id} ({labels[class_id]})" if class_id in labels else class_id
+
     lines = [
         f"{'setting':<18} {'perturbation':<16} {'layers':<6} {'images':>6}  {'fidelity':>15}  "
         f"{'top1':>6} {'top3':>6} {'top5':>6}  {'expl acc':>8} {'model acc':>9}"
@@ -281,13 +291,15 @@ def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
         lines.append(
             f"{p['perturbation']} ({p['method']} {p['param']}): model flipped on {p['model_flips']}/"
             f"{p['images']}, explanation on {p['explanation_flips']}/{p['images']}; gaining: "
-            + ", ".join(f"{c['class_id']} +{c['votes']:g}" for c in p["concepts_gaining"])
+            + ", ".join(f"{name(c['class_id'])} +{c['votes']:g}" for c in p["concepts_gaining"])
             + "; losing: "
-            + ", ".join(f"{c['class_id']} -{c['votes']:g}" for c in p["concepts_losing"])
+            + ", ".join(f"{name(c['class_id'])} -{c['votes']:g}" for c in p["concepts_losing"])
         )
     if by_class:
         lines.append("class-level explanations (most voted concepts over each class's images):")
         for c in doc["by_class"]:
-            concepts = ", ".join(f"{t['class_id']} ({t['votes']:g})" for t in c["top_concepts"])
-            lines.append(f"  {c['method']} {c['param']} {c['class_id']} ({c['images']} images): {concepts}")
+            concepts = ", ".join(f"{name(t['class_id'])}: {t['votes']:g}" for t in c["top_concepts"])
+            lines.append(
+                f"  {c['method']} {c['param']} {name(c['class_id'])}, {c['images']} images: {concepts}"
+            )
     return "\n".join(lines)

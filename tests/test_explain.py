@@ -308,6 +308,7 @@ def test_explain_cli_single_images_and_by_class(
     assert main(["evaluate", str(run), "--by-class"]) == 0
     out = capsys.readouterr().out
     assert "class-level explanations" in out and "top-k 2" in out
+    assert "n02085620 (Chihuahua)" in out  # labels beside wnids
     assert main(["explain", str(run), "--k", "99", str(files[0])]) == 2
     assert "exceeds the width" in capsys.readouterr().err
 
