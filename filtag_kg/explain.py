@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -487,17 +486,10 @@ def explain_dataset(
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     sink = _Sink(run, offset, dist)
     local_skipped: list[tuple[int, dict[str, str]]] = []
-    from tqdm.auto import tqdm
+    from ._progress import progress
 
-    bar = tqdm(
-        total=n,
-        initial=done,
-        unit="img",
-        desc="explain",
-        disable=None if opts.progress and dist.main else True,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = progress(total=n, initial=done, unit="img", desc="explain", enabled=opts.progress and dist.main,
+                   leave=True)
     module = engine.module
     variants: list[Perturbation | None] = [None, *perturbs]
     t0 = time.perf_counter()

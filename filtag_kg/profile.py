@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -571,14 +570,11 @@ def profile_dataset(
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
         local_skipped.clear()
 
-    from tqdm.auto import tqdm
+    from ._progress import progress
 
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=n, initial=done, unit="img", desc="profile",
-        disable=None if opts.progress and dist.main else True,
-        file=sys.stderr, dynamic_ncols=True,
-    )
+    bar = progress(total=n, initial=done, unit="img", desc="profile", enabled=opts.progress and dist.main,
+                   leave=True)
 
     def state_now() -> dict[str, Any]:
         return {

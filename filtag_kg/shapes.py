@@ -294,16 +294,10 @@ def make_shapes_dataset(
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     root = Path(root)
-    from tqdm import tqdm
+    from ._progress import progress as progress_bar
 
-    bar = tqdm(
-        total=per_class * len(SHAPE_CLASSES),
-        desc="generating shapes",
-        unit="img",
-        file=sys.stderr,
-        disable=not progress,
-        leave=False,
-    )
+    bar = progress_bar(total=per_class * len(SHAPE_CLASSES), desc="generating shapes", unit="img",
+                       enabled=progress)
     with bar:
         for class_index, (wnid, label) in enumerate(SHAPE_CLASSES):
             folder = root / wnid
@@ -521,7 +515,7 @@ def train_shapes_net(
         evaluation), ``torch_version`` and
         ``classes`` (the output order, :data:`SHAPES_OUTPUT_WNIDS`).
     """
-    from tqdm import tqdm
+    from ._progress import progress as progress_bar
 
     seed = _check_seed(seed)
     if epochs < 1:
@@ -549,14 +543,8 @@ def train_shapes_net(
         loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         loss_history: list[float] = []
         model.train()
-        bar = tqdm(
-            total=epochs * steps_per_epoch,
-            desc="training shapes net",
-            unit="step",
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-        )
+        bar = progress_bar(total=epochs * steps_per_epoch, desc="training shapes net", unit="step",
+                           enabled=progress)
         with bar:
             for epoch in range(epochs):
                 order = torch.randperm(len(x_train), generator=gen)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,17 +112,10 @@ class ExplanationPages(SiteContext):
         batch: list[list[dict[str, Any]]] = []
         done: set[Any] = set()
         self.chosen_order = sorted(self.chosen, key=lambda i: (str(type(i)), i))
-        from tqdm.auto import tqdm
+        from .._progress import progress
 
-        with tqdm(
-            total=len(self.chosen),
-            desc="report: explanation pages",
-            unit="page",
-            disable=None if self.progress else True,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            leave=False,
-        ) as pbar:
+        with progress(total=len(self.chosen), desc="report: explanation pages", unit="page",
+                      enabled=self.progress) as pbar:
             for idx, lines in self._groups():
                 if len(done) == len(self.chosen):
                     break
