@@ -511,8 +511,9 @@ def train_shapes_net(
         ``train_accuracy``, ``heldout_accuracy`` (``None`` without ``heldout_dir``),
         ``train_images``, ``heldout_images``, ``epochs``, ``batch_size``, ``lr``,
         ``weight_decay``, ``label_smoothing``, ``seed``, ``loss_history`` (mean
-        training loss per epoch), ``seconds`` (wall time of loading + training +
-        evaluation), ``torch_version`` and
+        training loss per epoch), ``steps`` (optimisation steps), ``seconds`` (wall
+        time of loading + training + evaluation), ``cpu_seconds`` (the process's
+        CPU time for the same, which a busy machine does not inflate), ``torch_version`` and
         ``classes`` (the output order, :data:`SHAPES_OUTPUT_WNIDS`).
     """
     from ._progress import progress as progress_bar
@@ -524,7 +525,7 @@ def train_shapes_net(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     x_train, y_train = _load_image_folder(Path(train_dir))
     held = _load_image_folder(Path(heldout_dir)) if heldout_dir is not None else None
 
@@ -577,7 +578,9 @@ def train_shapes_net(
         "label_smoothing": label_smoothing,
         "seed": seed,
         "loss_history": loss_history,
+        "steps": epochs * steps_per_epoch,
         "seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "torch_version": torch.__version__,
         "classes": list(SHAPES_OUTPUT_WNIDS),
     }
