@@ -832,7 +832,6 @@ _PATH_ARGS = {
     "file": ("tag file", None),
     "files": ("RDF file", None),
     "graph": ("RDF file", None),
-    "source": ("run folder or RDF file", None),
 }
 
 
