@@ -586,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", help="step 1: the class profile of each filter (the only expensive step)",
         description="Run the model over the images once and store, per layer, each class's "
         "mean min-max scaled filter values (profile.npz + profile.json).",
+        epilog="examples:\n  filtag-kg profile --model vgg16 --weights DEFAULT --data ~/imagenet/train "
+        "--out runs/vgg16 --device cuda\n"
+        "  filtag-kg tag runs/vgg16 --k 1 --k 3    # then tag as often as you like\n"
+        "After a crash, rerun the same command with --resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_options(p)
     _data_options(p)
@@ -656,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
         "top-1 is in the explanation's top-1/3/5, and both accuracies against the true class; "
         "with counts. Perturbed copies: prediction flips and concepts gaining or losing votes. "
         "Writes RUN_DIR/evaluation.json.",
+        epilog="examples:\n  filtag-kg evaluate runs/vgg16\n"
+        "  filtag-kg evaluate runs/vgg16 --by-class --top-concepts 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with explanations")
     p.add_argument("--by-class", action="store_true",
@@ -704,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
         "large N-Quads files use the bulk loader.",
         epilog="example: filtag-kg load runs/vgg16/kg.trig --store kg-store",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="export files to load (kg.trig, kg.nq, ...; format from the extension)")
     p.add_argument("--store", required=True, metavar="DIR", help="store folder (created)")
     b = p.add_mutually_exclusive_group()
     b.add_argument("--bulk", dest="bulk", action="store_true", default=None, help="force the bulk loader")
@@ -719,12 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
         "a concept accepts a wnid, a synset name (dog.n.01) or a lemma (dog).",
         epilog="example: filtag-kg query filters-for-concept --store kg-store --param concept=dog.n.01",
     )
-    p.add_argument("name", metavar="NAME|FILE.rq")
+    p.add_argument("name", metavar="NAME|FILE.rq",
+                   help="a library query name (see `filtag-kg queries`) or a SPARQL file")
     p.add_argument("--store", metavar="DIR", help="an Oxigraph store (see `filtag-kg load`)")
     p.add_argument("--graph", nargs="+", metavar="FILE", help="or query these export files directly")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
-    p.add_argument("--format", choices=["table", "csv", "tsv", "json"], default="table",
-                   help="json is the SPARQL 1.1 JSON results format")
+    p.add_argument("--format", choices=["table", "csv", "tsv", "json", "plain-tsv"], default="table",
+                   help="csv: plain values; tsv: SPARQL TSV (terms as <IRI>, \"literal\"^^type); "
+                   "plain-tsv: plain values, tab-separated; json: SPARQL 1.1 JSON results")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("queries", help="list the query library with purposes and parameters",
@@ -772,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  filtag-kg publish kg.nq --endpoint http://host:3030/ds/data --auth admin:secret",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", metavar="RUN_DIR|FILE")
+    p.add_argument("source", metavar="RUN_DIR|FILE",
+                   help="a run folder (exported on the fly) or an RDF file with named graphs")
     p.add_argument("--endpoint", required=True, metavar="URL", help="the Graph Store Protocol URL")
     p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic credentials")
     p.add_argument("--base-iri", default=DEFAULT_BASE_IRI, metavar="IRI", help="when exporting a run folder")
@@ -853,23 +865,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="filtag-kg links ImageNet wnids (n02084071 = dog.n.01) to WordNet 3.0. "
         "Sources, in order: nltk's corpus, a database folder ($WNHOME, /usr/share/wordnet), "
         "the bundled slice covering ImageNet-1k and the demo classes.",
+        epilog="examples:\n  filtag-kg wordnet status\n"
+        "  filtag-kg wordnet install --from /usr/share/wordnet\n"
+        "  filtag-kg wordnet show dog.n.01",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     wsub = p.add_subparsers(dest="wordnet_command", metavar="ACTION", required=True)
     w = wsub.add_parser("status", help="which WordNet source is active and what it covers",
-                        description="Say which WordNet source is active and what it covers.")
+                        description="Say which WordNet source is active and what it covers.",
+                        epilog="example: filtag-kg wordnet status --json")
     w.add_argument("--wordnet-dir", metavar="DIR", help="check this database folder")
     w.add_argument("--source", choices=["auto", "nltk", "wordnet-dir", "slice"])
     w.add_argument("--json", action="store_true", help="machine-readable output")
     w = wsub.add_parser("install", help="prepare nltk's WordNet data (download or local copy)",
                         description="Make nltk's WordNet 3.0 corpus available: download it when "
-                        "online, or copy a local database folder (--from) when not.")
+                        "online, or copy a local database folder (--from) when not.",
+                        epilog="example: filtag-kg wordnet install --from /usr/share/wordnet")
     w.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="a local WordNet 3.0 database (e.g. /usr/share/wordnet)")
     w.add_argument("--target", metavar="DIR", help="nltk data folder to install into")
     w = wsub.add_parser("show", help="a synset's lemmas, definition and hypernym paths",
                         description="Print a synset by wnid (n02084071), offset (02084071-n) or "
                         "name (dog.n.01).", epilog="example: filtag-kg wordnet show n02085620")
-    w.add_argument("key", metavar="WNID|SYNSET")
+    w.add_argument("key", metavar="WNID|SYNSET",
+                   help="a wnid (n02085620), an offset (02085620-n) or a synset name (dog.n.01)")
     w.add_argument("--wordnet-dir", metavar="DIR", help="use this database folder")
     w.add_argument("--source", choices=["auto", "nltk", "wordnet-dir", "slice"])
     w.add_argument("--json", action="store_true", help="machine-readable output")
@@ -879,11 +898,12 @@ def build_parser() -> argparse.ArgumentParser:
         "import-filtag", help="import a tag file written by the original FilTag code",
         description="Read a tag file of the original FilTag code (first line 'filter tags k=1', "
         "then 'INDEX:[' label ', ...]' per filter) and write the usual tags.tsv. ImageNet names "
-        "shared by two classes (crane, maillot) are reported, never guessed.",
+        "shared by two classes (crane, maillot) are reported, never guessed; under top-k, one is "
+        "resolved by elimination once its other class already tags its k filters.",
         epilog="example: filtag-kg import-filtag tags_k1.txt --model vgg16 --layer features.28 "
         "--out runs/imported",
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the original code's tag file (e.g. tags_k1.txt)")
     p.add_argument("--model", required=True, help="the model the tags belong to (recorded)")
     p.add_argument("--layer", required=True, help="the layer's module path, e.g. features.28")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder (created)")
@@ -899,6 +919,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a synthetic dataset of plane shapes (classes are WordNet synsets), "
         "train a small CNN on it (cached), profile and tag it, and print a summary. Offline, "
         "CPU, under two minutes.",
+        epilog="examples:\n  filtag-kg demo\n"
+        "  filtag-kg demo --out /tmp/demo --cache-dir /tmp/filtag-cache --quiet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="filtag-demo", metavar="DIR",
                    help="run folder (default ./filtag-demo)")
@@ -910,6 +933,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Path arguments main() checks before a command runs, so that a mistyped path fails in a
+#: fraction of a second instead of after importing torch, nltk or rdflib: dest -> (what, fix).
+_PATH_ARGS = {
+    "run_dir": ("run folder", "give the folder `filtag-kg run` (or profile, import-filtag) wrote"),
+    "data": ("data folder", "pass --data DIR with one subfolder per class"),
+    "explain_data": ("data folder", "pass --explain-data DIR with one subfolder per class"),
+    "file_list": ("file list", "pass --file-list FILE with one 'PATH<TAB>CLASS' per line"),
+    "weights_file": ("weights file", "pass --weights-file PATH of a saved state dict"),
+    "classes": ("class list", "pass --classes FILE with one class per line"),
+    "synset_map": ("synset map", "pass --synset-map FILE (TSV or JSON)"),
+    "ili_map": ("ILI map", "pass --ili-map FILE (CILI's ili-map-pwn30.tab)"),
+    "images": ("image file", None),
+    "file": ("tag file", None),
+    "files": ("RDF file", None),
+    "graph": ("RDF file", None),
+}
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Raise a :class:`FiltagError` naming the first input path of ``args`` that does not exist."""
+    for dest, (what, fix) in _PATH_ARGS.items():
+        value = getattr(args, dest, None)
+        for path in [value] if isinstance(value, str) else value or []:
+            if not os.path.exists(path):
+                raise FiltagError(f"{what} {path} does not exist" + (f"; {fix}" if fix else ""))
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` came from, e.g. ``wordnet show``'s."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, action.dest, None) if action is not None else None
+        if action is None or name not in action.choices:
+            return parser
+        parser = action.choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """The error for arguments ``parser`` does not know, suggesting the closest option of each."""
+    import difflib
+
+    known = sorted(o for o in parser._option_string_actions if o.startswith("--"))
+    hints = []
+    for arg in extra:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + ("".join(f"\n  {h}" for h in hints))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``filtag-kg`` and ``python -m filtag_kg``; returns the exit code."""
     parser = build_parser()
@@ -919,14 +993,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain" and not any(e.startswith("-") for e in extra):
         args.images += extra  # image files may follow options: explain RUN --k 1 a.jpg b.jpg
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = _command_parser(parser, args)
+        command.error(_unrecognized(command, extra))
     try:
+        _check_paths(args)
         return int(args.func(args) or 0)
     except FiltagError as exc:
-        from .profile import Interrupted
-
         print(f"filtag-kg: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 2
+        # only a pass of profile/explain raises Interrupted: never import torch just to check
+        profile = sys.modules.get(f"{__package__}.profile")
+        return 130 if profile is not None and isinstance(exc, profile.Interrupted) else 2
     except KeyboardInterrupt:
         print("filtag-kg: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .models import ClassInfo, load_model
 from .pipeline import RunResult, run, summarize
@@ -103,6 +104,7 @@ def run_demo(
         f"{metrics.get('heldout_images', '?')} images ({'cached' if cached else 'trained now'}; "
         f"weights {weights})"
     )
+    echo(f"training: {_training_line(metrics)}{' (when it was cached)' if cached else ''}")
     echo("")
     echo(summarize(result.profile, [t for t in result.tags if t.param == "1"], max_filters=10))
     echo("")
@@ -122,6 +124,16 @@ def run_demo(
     echo(f"report: {site.index.resolve()} ({site.total_pages} pages; open it in a browser)")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _training_line(metrics: dict[str, Any]) -> str:
+    """How long training took, in wall and CPU seconds and steps (what a slower machine scales)."""
+    parts = [f"{metrics['seconds']:.1f} s"]
+    if metrics.get("cpu_seconds") is not None:
+        parts.append(f"{metrics['cpu_seconds']:.1f} s CPU")
+    if metrics.get("steps") is not None:
+        parts.append(f"{metrics['steps']} steps of {metrics.get('batch_size', '?')} images")
+    return ", ".join(parts) + f", {metrics.get('epochs', '?')} epochs"
 
 
 def _abstract_lines(run_dir: str | os.PathLike[str], limit: int = 8) -> str:

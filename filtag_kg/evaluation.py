@@ -32,6 +32,24 @@ def ranked_classes(votes: dict[str, float], class_order: dict[str, int]) -> list
     return sorted(votes, key=lambda c: (-votes[c], class_order.get(c, len(class_order)), c))
 
 
+def explains_model(record: dict[str, Any], prediction_field: str = "prediction") -> bool:
+    """Whether an explanation record predicts the model's top-1 class (it is faithful).
+
+    This is the one definition of "misexplained" (its negation) that the
+    evaluation's fidelity, the demo's summary, the report's choice of pages and
+    the ``misexplained-images`` query share: an explanation without a
+    prediction (no active filter carried a tag, ``prediction`` is null) does
+    not explain the model, so it counts as misexplained.
+
+    Args:
+        record: one line of ``explanations.jsonl``.
+        prediction_field: ``prediction`` (all layers) or ``prediction_last_layer``.
+    """
+    top = record["model_top"][0]["class_id"] if record.get("model_top") else None
+    pred = record.get(prediction_field)
+    return pred is not None and pred == top
+
+
 def _perturbation_key(p: dict[str, Any] | None) -> str:
     return "none" if not p else f"{p['kind']}:{p['param']:g}"
 
@@ -95,7 +113,7 @@ def evaluate_records(
             s = g[scope]
             ranking = ranked_classes(rec[votes_field], order)
             pred = rec[pred_field]
-            s["fidelity"] += int(pred is not None and pred == model_top1)
+            s["fidelity"] += int(explains_model(rec, pred_field))
             for n in TOP_N:
                 s[f"model_top1_in_top{n}"] += int(model_top1 in ranking[:n])
             if true is not None:
@@ -175,6 +193,7 @@ def evaluate_records(
             s = g[scope]
             counts = {
                 "fidelity": s["fidelity"],
+                "misexplained": g["images"] - s["fidelity"],
                 "explanation_correct": s["explanation_correct"],
                 **{f"model_top1_in_top{n}": s[f"model_top1_in_top{n}"] for n in TOP_N},
             }
@@ -227,7 +246,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     run = Path(run_dir)
     if not (run / "profile.json").is_file():
         raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")
-    class_ids = [c["id"] for c in read_json(run / "profile.json")["classes"]]
+    classes = read_json(run / "profile.json")["classes"]
+    class_ids = [c["id"] for c in classes]
     with atomic_open(run / PERTURBATION_EFFECTS) as fh:
         doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)
     if not doc["perturbations"]:
@@ -235,8 +255,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     from .runfolder import partial_explanations
 
     cut = partial_explanations(run)  # an interrupted pass: say that only part was evaluated
+    labels = {c["id"]: c["label"] for c in classes if c.get("label") and c["label"] != c["id"]}
     doc = {"format": "filtag-kg evaluation", "format_version": 1,
-           "explanation_pass": {"complete": cut is None, **(cut or {})}, **doc}
+           "explanation_pass": {"complete": cut is None, **(cut or {})}, **doc, "labels": labels}
     write_json(run / EVALUATION, doc)
     return doc
 
@@ -246,7 +267,15 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
-    """The evaluation as a readable table (shares with their counts)."""
+    """The evaluation as a readable table (shares with their counts).
+
+    Classes are shown as ``wnid (label)`` where ``doc["labels"]`` knows a label.
+    """
+    labels = doc.get("labels") or {}
+
+    def name(class_id: str) -> str:
+        return f"{class_id} ({labels[class_id]})" if class_id in labels else class_id
+
     lines = [
         f"{'setting':<18} {'perturbation':<16} {'layers':<6} {'images':>6}  {'fidelity':>15}  "
         f"{'top1':>6} {'top3':>6} {'top5':>6}  {'expl acc':>8} {'model acc':>9}"
@@ -266,13 +295,15 @@ def format_table(doc: dict[str, Any], *, by_class: bool = False) -> str:
         lines.append(
             f"{p['perturbation']} ({p['method']} {p['param']}): model flipped on {p['model_flips']}/"
             f"{p['images']}, explanation on {p['explanation_flips']}/{p['images']}; gaining: "
-            + ", ".join(f"{c['class_id']} +{c['votes']:g}" for c in p["concepts_gaining"])
+            + ", ".join(f"{name(c['class_id'])} +{c['votes']:g}" for c in p["concepts_gaining"])
             + "; losing: "
-            + ", ".join(f"{c['class_id']} -{c['votes']:g}" for c in p["concepts_losing"])
+            + ", ".join(f"{name(c['class_id'])} -{c['votes']:g}" for c in p["concepts_losing"])
         )
     if by_class:
         lines.append("class-level explanations (most voted concepts over each class's images):")
         for c in doc["by_class"]:
-            concepts = ", ".join(f"{t['class_id']} ({t['votes']:g})" for t in c["top_concepts"])
-            lines.append(f"  {c['method']} {c['param']} {c['class_id']} ({c['images']} images): {concepts}")
+            concepts = ", ".join(f"{name(t['class_id'])}: {t['votes']:g}" for t in c["top_concepts"])
+            lines.append(
+                f"  {c['method']} {c['param']} {name(c['class_id'])}, {c['images']} images: {concepts}"
+            )
     return "\n".join(lines)

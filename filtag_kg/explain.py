@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -702,17 +701,10 @@ def explain_dataset(
                  "model_labels": model_labels}
     sink = _Sink(run, form, committed, dist, names_doc)
     local_skipped: list[tuple[int, dict[str, str]]] = []
-    from tqdm.auto import tqdm
+    from ._progress import progress
 
-    bar = tqdm(
-        total=n,
-        initial=done,
-        unit="img",
-        desc="explain",
-        disable=None if opts.progress and dist.main else True,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = progress(total=n, initial=done, unit="img", desc="explain", enabled=opts.progress and dist.main,
+                   leave=True)
     module = engine.module
     variants: list[Perturbation | None] = [None, *perturbs]
     t0 = time.perf_counter()

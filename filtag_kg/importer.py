@@ -24,6 +24,14 @@ class-index order of the line when it leaves exactly one candidate (e.g.
 ``crane`` between ``prairie_chicken`` (83) and ``bustard`` (138) can only be
 the bird, 134), and ``on_problem="keep"`` keeps unresolved tags with the
 name as class id, unlinked.
+
+Resolution by elimination needs no option, as it is a deduction: under top-k
+``K`` every class tags exactly ``K`` filters of the layer, so once a class is
+seen ``K`` times in the file (by a unique name or a resolved one), no other
+occurrence can be it. In the public VGG16 ``k=1`` example the ``crane`` on line
+374 is the bird by class order, so the lone ``crane`` on line 426 can only be
+the machine. A file that misses lines never makes this wrong (only classes
+already seen ``K`` times are ruled out).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +105,8 @@ class LabelProblem:
         kind: ``"ambiguous"`` (several classes have this label) or
             ``"unknown"`` (no class has it).
         candidates: wnids of the classes with this label.
-        resolved: the wnid chosen by class order, or ``None``.
+        resolved: the wnid chosen by class order or elimination, or ``None``.
+        resolved_by: ``"class order"`` or ``"elimination"`` (``None`` when unresolved).
     """
 
     line: int
@@ -106,13 +115,15 @@ class LabelProblem:
     kind: str
     candidates: tuple[str, ...] = ()
     resolved: str | None = None
+    resolved_by: str | None = None
 
     def describe(self) -> str:
         """One line for the user."""
         where = f"line {self.line} (filter {self.filter})"
         if self.kind == "unknown":
             return f"{where}: {self.name!r} is not an ImageNet-1k class name"
-        return f"{where}: {self.name!r} is ambiguous: {' or '.join(self.candidates)}"
+        text = f"{where}: {self.name!r} is ambiguous: {' or '.join(self.candidates)}"
+        return text + (f"; resolved to {self.resolved} by {self.resolved_by}" if self.resolved else "")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -123,6 +134,7 @@ class LabelProblem:
             "kind": self.kind,
             "candidates": list(self.candidates),
             "resolved": self.resolved,
+            "resolved_by": self.resolved_by,
         }
 
 
@@ -204,6 +216,32 @@ def _feasible(cands: list[list[int]]) -> list[list[int]]:
     return [[v for v in c if lo[i] <= v <= hi[i]] for i, c in enumerate(cands)]
 
 
+def _eliminate(problems: list[LabelProblem], tags: list[Tag], k: int) -> list[LabelProblem]:
+    """Resolve ambiguous names whose other candidates already tag ``k`` filters (top-k ``k``).
+
+    Repeats until nothing changes, as one resolution can settle another. A
+    class already on the same line is ruled out too (a line lists a class once).
+    """
+    seen: dict[str, int] = {}
+    for t in tags:
+        seen[t.class_id] = seen.get(t.class_id, 0) + 1
+    on_line = {(t.filter, t.class_id) for t in tags}
+    problems = list(problems)
+    changed = True
+    while changed:
+        changed = False
+        for i, prob in enumerate(problems):
+            if prob.kind != "ambiguous" or prob.resolved is not None:
+                continue
+            left = [w for w in prob.candidates if seen.get(w, 0) < k and (prob.filter, w) not in on_line]
+            if len(left) == 1:
+                problems[i] = replace(prob, resolved=left[0], resolved_by="elimination")
+                seen[left[0]] = seen.get(left[0], 0) + 1
+                on_line.add((prob.filter, left[0]))
+                changed = True
+    return problems
+
+
 def parse_filtag_file(
     path: str | os.PathLike[str],
     *,
@@ -248,7 +286,7 @@ def parse_filtag_file(
     by_label = imagenet_by_label()
     by_wnid = {c.wnid: c for c in imagenet1k_classes()}
     seen: dict[int, int] = {}
-    tags: list[Tag] = []
+    lines_read: list[tuple[int, list[tuple[str, str | int]]]] = []  # per line: (name, wnid | problem #)
     problems: list[LabelProblem] = []
     for idx in range(first + 1, len(lines)):
         text = lines[idx]
@@ -268,38 +306,41 @@ def parse_filtag_file(
             else:
                 cands.append([c.index for c in by_label.get(name, [])])
         feasible = _feasible(cands) if resolve_by_order else cands
-        used: set[str] = set()
+        entries = []
         for name, cand, feas in zip(names, cands, feasible):
-            cid: str | None = None
             if len(cand) == 1:
-                cid = imagenet1k_classes()[cand[0]].wnid
-            else:
-                kind = "unknown" if not cand else "ambiguous"
-                wnids = tuple(imagenet1k_classes()[i].wnid for i in cand)
-                resolved = None
-                if kind == "ambiguous" and resolve_by_order and len(feas) == 1:
-                    resolved = imagenet1k_classes()[feas[0]].wnid
-                problems.append(LabelProblem(number, filt, name, kind, wnids, resolved))
-                cid = resolved
-                if cid is None and on_problem == "keep":
-                    cid = name
+                entries.append((name, imagenet1k_classes()[cand[0]].wnid))
+                continue
+            kind = "unknown" if not cand else "ambiguous"
+            wnids = tuple(imagenet1k_classes()[i].wnid for i in cand)
+            resolved = None
+            if kind == "ambiguous" and resolve_by_order and len(feas) == 1:
+                resolved = imagenet1k_classes()[feas[0]].wnid
+            entries.append((name, len(problems)))
+            problems.append(LabelProblem(number, filt, name, kind, wnids, resolved,
+                                         "class order" if resolved else None))
+        lines_read.append((filt, entries))
+
+    def tag(filt: int, cid: str, name: str) -> Tag:
+        label = by_wnid[cid].label if cid in by_wnid else name
+        return Tag(method=method, param=param, layer=layer, filter=filt, class_id=cid, label=label,
+                   score=math.nan, rank=0, share=math.nan)
+
+    if method == TOP_K:  # every class tags exactly k filters: rule out classes seen k times
+        definite = [tag(f, e, n) for f, es in lines_read for n, e in es if isinstance(e, str)]
+        definite += [tag(pr.filter, pr.resolved, pr.name) for pr in problems if pr.resolved is not None]
+        problems = _eliminate(problems, definite, int(param))
+    tags: list[Tag] = []
+    for filt, entries in lines_read:
+        used: set[str] = set()
+        for name, entry in entries:
+            cid = entry if isinstance(entry, str) else problems[entry].resolved
+            if cid is None and on_problem == "keep":
+                cid = name
             if cid is None or cid in used:
                 continue
             used.add(cid)
-            label = by_wnid[cid].label if cid in by_wnid else name
-            tags.append(
-                Tag(
-                    method=method,
-                    param=param,
-                    layer=layer,
-                    filter=filt,
-                    class_id=cid,
-                    label=label,
-                    score=math.nan,
-                    rank=0,
-                    share=math.nan,
-                )
-            )
+            tags.append(tag(filt, cid, name))
     result = ImportResult(tags=tags, method=method, param=param, filters=len(seen), problems=problems)
     if on_problem == "error" and result.unresolved:
         raise AmbiguousLabelError(str(p), result.unresolved)

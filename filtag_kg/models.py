@@ -153,22 +153,71 @@ def read_class_file(path: str | Path) -> list[ClassInfo]:
     return out
 
 
+_EXPECTED_WEIGHTS = "--weights-file expects a state dict, as saved by torch.save(model.state_dict(), PATH)"
+_DATA_GLOBALS = ("collections ", "torch._utils ", "torch ", "builtins ", "__builtin__ ", "_codecs ", "numpy")
+"""Pickle globals a state dict may name (containers, tensor rebuilders, storages, dtypes)."""
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89HDF", "an HDF5 file (Keras?)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x80", "a pickle (a legacy torch.save or a plain pickle) that is not a plain state dict"),
+)
+
+
+def _describe_weights_file(path: Path) -> str | None:
+    """What a file that is not a loadable state dict holds, found without unpickling it.
+
+    A ``torch.save`` zip holds its pickle in ``*/data.pkl``: the classes it names
+    (read from the pickle's opcodes, never executed) tell a whole pickled model
+    from a state dict; a TorchScript archive holds ``*/constants.pkl`` and code.
+    Returns ``None`` for a ``torch.save`` file that names only data classes.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                    return "a TorchScript archive (pass it as --model FILE, without --weights-file)"
+                pkl = next((n for n in names if n.endswith("/data.pkl")), None)
+                if pkl is None:
+                    return "a zip archive that is no PyTorch file"
+                classes = [
+                    str(arg).replace(" ", ".")
+                    for op, arg, _ in pickletools.genops(zf.read(pkl))
+                    if op.name == "GLOBAL" and not str(arg).startswith(_DATA_GLOBALS)
+                ]
+            if classes:
+                return (f"a whole pickled object ({classes[0]}), not a state dict (where that model is "
+                        "built, save model.state_dict() instead)")
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if not head:
+        return "empty"
+    return next((what for magic, what in _MAGIC if head.startswith(magic)), "not a PyTorch file")
+
+
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    what = _describe_weights_file(path)
+    if what is not None and what.startswith("a TorchScript"):  # torch.load would hand it to torch.jit
+        raise WeightsError(f"weights file {path} is {what}; {_EXPECTED_WEIGHTS}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"weights file {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise WeightsError(
-            f"cannot read weights file {path} as a PyTorch state dict ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]})"
-        ) from None
+    except Exception:  # noqa: BLE001 - any unpickling failure is a bad file
+        what = what or "a torch.save file that cannot be read as tensors"
+        raise WeightsError(f"weights file {path} is {what}; {_EXPECTED_WEIGHTS}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors; {_EXPECTED_WEIGHTS}")
     # checkpoints saved from DataParallel / DDP prefix every key with "module."
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -476,12 +475,12 @@ def profile_dataset(
     """
     opts = options or ProfileOptions()
     dist = distributed.current()
-    run = ensure_writable_dir(run_dir)
-    ckpt = run / CHECKPOINT
-    device = resolve_device(opts.device, dist)
+    device = resolve_device(opts.device, dist)  # a missing device fails before any folder exists
     autocast_dtype(opts.amp)
     if opts.batch_size < 1:
         raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
+    run = ensure_writable_dir(run_dir)
+    ckpt = run / CHECKPOINT
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), max_pixels=imageset.max_pixels)
     example = first_good_image(imageset, dataset)
     engine = Engine.build(
@@ -590,14 +589,11 @@ def profile_dataset(
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
         local_skipped.clear()
 
-    from tqdm.auto import tqdm
+    from ._progress import progress
 
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=n, initial=done, unit="img", desc="profile",
-        disable=None if opts.progress and dist.main else True,
-        file=sys.stderr, dynamic_ncols=True,
-    )
+    bar = progress(total=n, initial=done, unit="img", desc="profile", enabled=opts.progress and dist.main,
+                   leave=True)
 
     def state_now() -> dict[str, Any]:
         return {

@@ -121,6 +121,8 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], image_dir: Path
     msg = _error(capsys, "run", *TINY, "--data", str(image_dir), "--out", str(blocker / "sub"))
     assert "cannot write" in msg and "--out" in msg
     msg = _error(capsys, "tag", str(tmp_path / "nothing-here"))
+    assert "run folder" in msg and "nothing-here" in msg and "does not exist" in msg
+    msg = _error(capsys, "tag", str(tmp_path))
     assert "holds no profile" in msg
 
 
@@ -349,3 +351,71 @@ def test_load_query_and_queries_commands(
     assert code == 0 and "filters-for-concept" in stdout
     msg = _error(capsys, "query", "no-such-query", "--graph", str(out / "kg.trig"))
     assert "no-such-query" in msg
+
+
+def _all_parsers(
+    parser: argparse.ArgumentParser, name: str = "filtag-kg"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, nested ones (``wordnet show``) included."""
+    found = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found += _all_parsers(sub, f"{name} {sub_name}")
+    return found
+
+
+def test_every_command_help_has_an_example_and_described_arguments() -> None:
+    for name, p in _all_parsers(build_parser())[1:]:
+        assert "example" in p.format_help(), f"`{name} --help` shows no example"
+        for action in p._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"`{name}`: positional {action.metavar or action.dest} has no help"
+
+
+def test_option_typo_suggests_the_closest_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--model", "m", "--data", "d", "--out", "o", "--kk", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("usage: filtag-kg run ")
+    assert "--kk: did you mean --k?" in err
+    with pytest.raises(SystemExit):
+        main(["wordnet", "show", "dog.n.01", "--jsn"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: filtag-kg wordnet show ") and "did you mean --json?" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_fails_before_creating_the_output_folder(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "new-run"
+    msg = _error(capsys, "run", *TINY, "--device", "cuda", "--data", str(image_dir), "--out", str(out))
+    assert "CUDA is not available" in msg and "--device cpu" in msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "nosuch.trig", "--store", "st"],
+        ["tag", "no-run"],
+        ["explain", "no-run", "--data", "imgs"],
+        ["export", "no-run"],
+        ["report", "no-run"],
+        ["run", "--model", "vgg16", "--data", "no-data", "--out", "o"],
+        ["run", "--model", "vgg16", "--weights-file", "no.pth", "--data", ".", "--out", "o"],
+        ["import-filtag", "no-tags.txt", "--model", "vgg16", "--layer", "features.28", "--out", "o"],
+    ],
+)
+def test_a_missing_input_fails_before_heavy_imports(tmp_path: Path, argv: list[str]) -> None:
+    """A mistyped path is reported without importing torch, nltk or rdflib (so in well under a second)."""
+    code = (
+        "import sys; from filtag_kg.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, sorted(m for m in ('torch', 'nltk', 'rdflib') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env=cli_env())
+    assert res.stdout.split("\n")[0] == "2 []", (res.stdout, res.stderr)
+    assert "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
                       echo=lines.append, sizes=SMALL)
     text = "\n".join(lines)
     assert "trained now" in text and "held-out accuracy" in text
+    assert "training: " in text and "s CPU, 2 steps of 64 images, 1 epochs" in text  # 120 images / 64
     for name in ("profile.json", "profile.npz", "tags.tsv", "tags.json", "abstract_tags.tsv",
                  "evaluation.json", "kg.trig"):
         assert (tmp_path / "out" / name).is_file(), name

@@ -327,6 +327,7 @@ def test_evaluation_counts_by_hand() -> None:
     s = clean["all_layers"]
     assert s["counts"] == {
         "fidelity": 1,
+        "misexplained": 2,  # image 2's explanation has no prediction: misexplained too
         "explanation_correct": 2,
         "model_top1_in_top1": 1,
         "model_top1_in_top3": 2,
@@ -391,6 +392,7 @@ def test_explain_cli_single_images_and_by_class(
     assert main(["evaluate", str(run), "--by-class"]) == 0
     out = capsys.readouterr().out
     assert "class-level explanations" in out and "top-k 2" in out
+    assert "n02085620 (Chihuahua)" in out  # labels beside wnids
     assert main(["explain", str(run), "--k", "99", str(files[0])]) == 2
     assert "exceeds the width" in capsys.readouterr().err
     assert (run / "explanations.parquet").is_dir() and not (run / "explanations.jsonl").exists()
@@ -563,3 +565,31 @@ def test_host_worker_is_bounded_and_reports_errors() -> None:
         w.drain()
     w.close()
     assert not w._thread.is_alive()
+
+
+def test_misexplained_counts_agree_and_include_explanations_without_prediction(
+    tiny_run: tuple[Path, Path],
+) -> None:
+    """evaluate, the report's page choice and the misexplained-images query count the same images."""
+    from filtag_kg import sparql
+    from filtag_kg.evaluation import evaluate_run, explains_model
+    from filtag_kg.rdf import export_run_stats
+    from filtag_kg.report.explanation_pages import ExplanationPages
+
+    run, held = tiny_run
+    options = ExplainOptions(progress=False, settings=[TagSetting("top-k", 2)])
+    explain_dataset(run, image_folder(held), options)
+    lines = (run / "explanations.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    first = 0
+    recs[first].update(votes={}, prediction=None)  # no active filter carried a tag
+    (run / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    counts = evaluate_run(run)["groups"][0]["all_layers"]["counts"]
+    misexplained = sum(not explains_model(r) for r in recs)
+    assert counts["misexplained"] == len(recs) - counts["fidelity"] == misexplained
+    assert ExplanationPages._misexplained([recs[first]])
+    graph = export_run_stats(run)
+    with sparql.open_source(graphs=[graph.path]) as source:
+        rows = sparql.query(source, "misexplained-images").dicts()
+    assert len(rows) == counts["misexplained"]
+    assert recs[first]["image"] in {r["image"] for r in rows}

@@ -126,8 +126,8 @@ def test_ambiguous_names_are_all_reported_not_guessed(write):
 
 
 def test_resolve_by_order_uses_the_class_order_of_each_line(write):
-    path = write(AMBIGUOUS)
-    with pytest.raises(AmbiguousLabelError) as err:  # line 5 has no neighbours
+    path = write(AMBIGUOUS.replace("k=1", "k=2"))
+    with pytest.raises(AmbiguousLabelError) as err:  # line 5 has no neighbours; k=2: no elimination
         parse_filtag_file(path, layer="l", resolve_by_order=True)
     assert [(p.line, p.name) for p in err.value.problems] == [(5, "crane")]
     res = parse_filtag_file(path, layer="l", resolve_by_order=True, on_problem="keep")
@@ -140,6 +140,32 @@ def test_resolve_by_order_uses_the_class_order_of_each_line(write):
     assert by_filter[411][2:4] == ["n03710637", "n03710721"]
     assert by_filter[424] == ["crane"]  # kept unlinked, by name
     assert [p.resolved for p in res.problems] == ["n02012849", "n03710637", "n03710721", None]
+
+
+def test_k1_resolves_the_lone_crane_by_elimination(write, tmp_path):
+    """Under k=1 each class tags one filter: with the bird crane placed by class order (line 2),
+    the lone crane of line 5 can only be the machine; the summary says how each was resolved."""
+    res = parse_filtag_file(write(AMBIGUOUS), layer="l", resolve_by_order=True)
+    assert [(p.line, p.resolved, p.resolved_by) for p in res.problems] == [
+        (2, "n02012849", "class order"),
+        (3, "n03710637", "class order"),
+        (3, "n03710721", "class order"),
+        (5, "n03126707", "elimination"),
+    ]
+    assert [(t.filter, t.class_id) for t in res.tags if t.label == "crane"] == [
+        (372, "n02012849"), (424, "n03126707")
+    ]
+    assert res.problems[3].describe().endswith("resolved to n03126707 by elimination")
+    # without a resolution by order both cranes are alike: nothing to eliminate, nothing guessed
+    with pytest.raises(AmbiguousLabelError):
+        parse_filtag_file(write(AMBIGUOUS), layer="l")
+    # a crane whose other class is named by wnid elsewhere is settled by elimination alone
+    res = parse_filtag_file(write("filter tags k=1\n7:[' n02012849 ']\n9:[' crane ']\n"), layer="l")
+    assert [(t.filter, t.class_id) for t in res.tags] == [(7, "n02012849"), (9, "n03126707")]
+    out = tmp_path / "imp"
+    import_filtag(write(AMBIGUOUS), model="vgg16", layer="l", out_dir=out, resolve_by_order=True)
+    doc = json.loads((out / "import.json").read_text())
+    assert [p["resolved_by"] for p in doc["problems"]] == ["class order"] * 3 + ["elimination"]
 
 
 def test_unknown_names_are_problems(write):

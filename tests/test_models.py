@@ -165,3 +165,23 @@ def test_class_list_must_fit_the_models_outputs(
     assert code == 2 and err.count("\n") == 1
     assert "class list has 4 classes but the model has 3 outputs" in err
     assert not (tmp_path / "run" / "profile.json").exists()
+
+
+def test_weights_file_that_is_no_state_dict_says_what_it_is(tmp_path: Path) -> None:
+    """A whole pickled model, a TorchScript archive or another file is named as such, with what
+    --weights-file expects; torch's own message (and its advice to load unsafely) is not quoted."""
+    model = build_tiny()
+    torch.save(model, tmp_path / "whole.pt")
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 16, 16)), tmp_path / "scripted.pt")
+    (tmp_path / "notes.txt").write_text("not weights")
+    expected = {
+        "whole.pt": "a whole pickled object (tiny_models.TinyNet)",
+        "scripted.pt": "a TorchScript archive (pass it as --model FILE",
+        "notes.txt": "is not a PyTorch file",
+    }
+    for name, what in expected.items():
+        with pytest.raises(WeightsError) as exc:
+            load_model("tiny_models:build_tiny", weights_file=tmp_path / name)
+        msg = str(exc.value)
+        assert what in msg and "torch.save(model.state_dict(), PATH)" in msg, msg
+        assert "weights_only" not in msg and "trust" not in msg.lower(), msg

@@ -464,3 +464,13 @@ def test_importing_the_package_loads_no_engine() -> None:
         [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_plain_tsv_has_the_plain_values_of_csv(store: sparql.Source) -> None:
+    result = sparql.query(store, "concepts-of-filter", layer="features.0", filter=3, model=SPEC_A)
+    header, *rows = sparql.format_result(result, "plain-tsv").rstrip("\n").split("\n")
+    assert header.split("\t") == list(result.columns)
+    want = [["" if t is None else t.value for t in row] for row in result.rows]
+    assert [r.split("\t") for r in rows] == want
+    odd = sparql.Result(("x", "y"), ((sparql.Term.literal("a\tb\nc\\d"), sparql.Term.iri("http://e/x")),))
+    assert sparql.format_result(odd, "plain-tsv") == "x\ty\na\\tb\\nc\\\\d\thttp://e/x\n"

@@ -22,6 +22,7 @@ from filtag_kg.errors import DataError, FiltagError, UnknownSynsetError
 from filtag_kg.imagenet import imagenet1k_classes
 from filtag_kg.tagging import Tag, read_tags_tsv, write_tags_tsv
 from filtag_kg.wordnet import (
+    MIN_ABSTRACT_DEPTH,
     SHAPE_CLASSES,
     Hierarchy,
     WordNetSourceError,
@@ -596,13 +597,14 @@ def _toy_hierarchy():
 
 def test_definition_on_a_hand_made_diamond():
     h = _toy_hierarchy()
-    got = h.common_hypernyms(["x", "y", "z"])
+    got = h.common_hypernyms(["x", "y", "z"], min_depth=0)
     assert [(a.synset, a.cover, a.covered) for a in got] == [
         ("A", 2, ("x", "y")), ("B", 2, ("x", "z"))
     ]
-    closed = h.common_hypernyms(["x", "y", "z"], closed=True)
+    closed = h.common_hypernyms(["x", "y", "z"], closed=True, min_depth=0)
     assert [(a.synset, a.cover) for a in closed] == [("root", 3), ("A", 2), ("B", 2)]
-    assert [a.synset for a in h.common_hypernyms(["y", "z"])] == ["root"]
+    assert [a.synset for a in h.common_hypernyms(["y", "z"], min_depth=0)] == ["root"]
+    assert h.common_hypernyms(["y", "z"], min_depth=1) == []  # only the root unites them
     assert h.at_level("x", 1) == {"A", "B"}
     assert h.at_level("root", 3) == {"root"}
     with pytest.raises(UnknownSynsetError, match="'w'"):
@@ -835,3 +837,26 @@ def test_ili_map_derived_from_wordnet_equals_the_shipped_one(tmp_path: Path) -> 
     (short / "data.noun").write_bytes(b"  header line\n00001740 03 n 01 entity 0 000 | x\n")
     with pytest.raises(ili.IliMapError, match="82115"):
         ili.derive_noun_ili_map(short)
+
+
+def test_top_of_wordnet_is_never_an_abstract_tag(tmp_path, slice_wn):
+    """chiton and soccer ball meet only at whole.n.02 (depth 3): no abstract tag, and the report
+    counts the filter; brass instruments on another filter keep theirs."""
+    chiton, soccer_ball = "n01955084", "n04254680"
+    assert [a.synset for a in abstract_filter_tags([chiton, soccer_ball], wordnet=slice_wn)] == []
+    top = slice_wn.synset("whole.n.02").name
+    h = Hierarchy.build([chiton, soccer_ball], wordnet=slice_wn)
+    names = [slice_wn.synset(w).name for w in (chiton, soccer_ball)]
+    assert [a.synset for a in h.common_hypernyms(names, min_depth=0)] == [top]
+    assert h.depth(top) == MIN_ABSTRACT_DEPTH - 1
+    run = tmp_path / "run"
+    write_tags_tsv(run / "tags.tsv", [
+        _tag(0, chiton, "chiton"), _tag(0, soccer_ball, "soccer_ball"),
+        _tag(1, CORNET, "cornet"), _tag(1, TROMBONE, "trombone"),
+    ])
+    report = write_abstractions(run, wordnet=slice_wn)
+    assert report.filters == 1 and report.too_general == 1
+    assert "1 filter(s) have no abstract tag" in report.summary()
+    summary = json.loads((run / "abstract.json").read_text())
+    assert summary["filters_too_general"] == 1 and summary["settings"]["min_depth"] == MIN_ABSTRACT_DEPTH
+    assert "whole.n.02" not in (run / "abstract_tags.tsv").read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,19 +32,10 @@ def pct(x: Any) -> str:
 
 
 def progress_bar(items: Iterable[Any], *, total: int | None, desc: str, enabled: bool) -> Iterator[Any]:
-    """``items`` with a progress bar on stderr (when ``enabled`` and stderr is a terminal)."""
-    from tqdm.auto import tqdm
+    """``items`` with a progress bar on stderr when ``enabled`` (log lines off a terminal)."""
+    from .._progress import progress
 
-    yield from tqdm(
-        items,
-        total=total,
-        desc=desc,
-        unit="page",
-        disable=None if enabled else True,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    yield from progress(items, total=total, desc=desc, unit="page", enabled=enabled)
 
 
 def facts_list(items: list[tuple[str, str]]) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..evaluation import explains_model
 from ..tagging import Tag
 from . import charts
 from .context import SiteContext, facts_list, pct
@@ -76,13 +76,7 @@ class ExplanationPages(SiteContext):
 
     @staticmethod
     def _misexplained(group: list[dict[str, Any]]) -> bool:
-        for r in group:
-            if r.get("perturbation"):
-                continue
-            top = (r.get("model_top") or [{}])[0].get("class_id")
-            if r.get("prediction") != top:
-                return True
-        return False
+        return any(not explains_model(r) for r in group if not r.get("perturbation"))
 
     def choose_explanations(self, max_images: int, max_misexplained: int) -> None:
         """Pass 1: which images get a page: the first ``max_images``, then up to
@@ -130,17 +124,10 @@ class ExplanationPages(SiteContext):
         batch: list[list[dict[str, Any]]] = []
         done: set[Any] = set()
         self.chosen_order = sorted(self.chosen, key=lambda i: (str(type(i)), i))
-        from tqdm.auto import tqdm
+        from .._progress import progress
 
-        with tqdm(
-            total=len(self.chosen),
-            desc="report: explanation pages",
-            unit="page",
-            disable=None if self.progress else True,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            leave=False,
-        ) as pbar:
+        with progress(total=len(self.chosen), desc="report: explanation pages", unit="page",
+                      enabled=self.progress) as pbar:
             for idx, lines in self._groups():
                 if len(done) == len(self.chosen):
                     break

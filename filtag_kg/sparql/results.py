@@ -9,6 +9,9 @@ in one way:
 * ``csv``: the SPARQL 1.1 Query Results CSV format (plain values, CRLF lines);
 * ``tsv``: the SPARQL 1.1 Query Results TSV format (terms in N-Triples syntax,
   lossless);
+* ``plain-tsv``: plain values like ``csv``, tab-separated with a bare header,
+  for ``cut``/``awk`` and spreadsheets (tab, newline and backslash inside a
+  value are written ``\t``, ``\n``, ``\\``);
 * ``json``: the SPARQL 1.1 Query Results JSON format.
 
 Nothing here imports pyoxigraph or rdflib.
@@ -57,6 +60,7 @@ FORMATS: dict[str, str] = {
     "csv": "SPARQL 1.1 Query Results CSV (plain values)",
     "tsv": "SPARQL 1.1 Query Results TSV (terms in N-Triples syntax)",
     "json": "SPARQL 1.1 Query Results JSON",
+    "plain-tsv": "plain values like csv, tab-separated (for cut, awk, spreadsheets)",
 }
 
 #: Prefixes the table format abbreviates IRIs with.
@@ -208,7 +212,7 @@ def format_result(result: Result, fmt: str = "table", *, max_width: int = 60) ->
 
     Args:
         result: the answer.
-        fmt: ``table``, ``csv``, ``tsv`` or ``json`` (see :data:`FORMATS`).
+        fmt: ``table``, ``csv``, ``tsv``, ``plain-tsv`` or ``json`` (see :data:`FORMATS`).
         max_width: longest cell of the table format; longer cells lose their middle to ``…``.
 
     Returns:
@@ -224,6 +228,8 @@ def format_result(result: Result, fmt: str = "table", *, max_width: int = 60) ->
         return _csv(result)
     if f == "tsv":
         return _tsv(result)
+    if f == "plain-tsv":
+        return _plain_tsv(result)
     if f == "json":
         return _json(result)
     raise ResultFormatError(f"unknown result format {fmt!r}; use one of {', '.join(FORMATS)} (--format)")
@@ -297,6 +303,17 @@ def _tsv(result: Result) -> str:
         return "?_askResult\n" + ("true" if result.boolean else "false") + "\n"
     lines = ["\t".join(f"?{c}" for c in result.columns)]
     lines += ["\t".join("" if t is None else t.n3() for t in row) for row in result.rows]
+    return "\n".join(lines) + "\n"
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _plain_tsv(result: Result) -> str:
+    if result.boolean is not None:
+        return "_askResult\n" + ("true" if result.boolean else "false") + "\n"
+    lines = ["\t".join(result.columns)]
+    lines += ["\t".join(_plain(t).translate(_TSV_ESCAPES) for t in row) for row in result.rows]
     return "\n".join(lines) + "\n"
 
 

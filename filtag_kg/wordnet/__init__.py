@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .hierarchy import (
     DEFAULT_ROOTS,
+    MIN_ABSTRACT_DEPTH,
     AbstractionError,
     AbstractionReport,
     AbstractTag,
@@ -54,6 +55,7 @@ from .source import (
 
 __all__ = [
     "DEFAULT_ROOTS",
+    "MIN_ABSTRACT_DEPTH",
     "ROOT_SYNSET",
     "SHAPE_CLASSES",
     "SOURCES",

@@ -20,6 +20,12 @@ instance-hypernym edges, up to ``entity.n.01``):
   covers strictly more tags than each of its candidates below it, i.e. the
   most specific concept for each distinct covered set. For tabby, tiger_cat
   and beagle this adds ``carnivore.n.01`` (3) above ``domestic_cat.n.01`` (2).
+* **Too general to tell.** Abstract tags at depth below
+  :data:`MIN_ABSTRACT_DEPTH` (4) are never emitted: the top levels of WordNet
+  (``entity``, ``physical_entity``, ``abstraction``, ``object``, ``attribute``,
+  ``whole``, ``shape``, ...) unite almost anything, so ``whole.n.02`` for chiton
+  and soccer ball tells a reader nothing. A filter whose only common hypernyms
+  are that general has no abstract tag; the report counts such filters.
 * **Depth** is the length of the shortest hypernym path to ``entity.n.01``
   (nltk's ``min_depth``). **Level d** of a synset is the set of synsets at
   position ``d`` (0 = root) on its hypernym paths.
@@ -54,6 +60,7 @@ __all__ = [
     "AbstractionError",
     "DEFAULT_ROOTS",
     "HISTOGRAM_COLUMNS",
+    "MIN_ABSTRACT_DEPTH",
     "OTHER",
     "UNLINKED",
     "AbstractTag",
@@ -96,6 +103,12 @@ HISTOGRAM_COLUMNS = (
     "method", "param", "layer", "bucket", "wnid", "lemma", "depth", "tags", "filters", "share",
 )
 CLASS_LINK_COLUMNS = ("class_id", "label", "synset", "wnid", "how", "senses", "candidates", "reason")
+
+
+MIN_ABSTRACT_DEPTH = 4
+"""Shallowest depth of an emitted abstract tag: ``whole.n.02`` (3) and everything above
+it (``entity`` 0, ``physical_entity``/``abstraction`` 1, ``object``/``attribute`` 2,
+``shape`` 3) are too general; ``artifact``, ``living_thing`` (4) and below are kept."""
 
 
 def hypernym_graph(synsets: Iterable[str], *, wordnet: WordNet | None = None) -> nx.DiGraph:
@@ -223,7 +236,8 @@ class Hierarchy:
         return frozenset(found) if found else frozenset({name})
 
     def common_hypernyms(
-        self, synsets: Iterable[str], *, min_cover: int = 2, closed: bool = False
+        self, synsets: Iterable[str], *, min_cover: int = 2, closed: bool = False,
+        min_depth: int = MIN_ABSTRACT_DEPTH,
     ) -> list[AbstractTag]:
         """Most specific common hypernyms of a set of tag synsets (module docstring).
 
@@ -231,6 +245,7 @@ class Hierarchy:
             synsets: the tag synsets (repeats are counted once).
             min_cover: how many tags a concept must cover (>= 1; default 2).
             closed: also report broader concepts that cover more tags.
+            min_depth: drop abstract tags shallower than this (0 keeps all).
 
         Returns:
             Abstract tags sorted by cover (largest first), then depth
@@ -264,6 +279,7 @@ class Hierarchy:
                 covered=tuple(sorted(cand[s])),
             )
             for s in keep
+            if nodes[s]["depth"] >= min_depth
         ]
         out.sort(key=lambda a: (-a.cover, -a.depth, a.synset))
         return out
@@ -328,6 +344,7 @@ def abstract_tags(
     hierarchy: Hierarchy,
     min_cover: int = 2,
     closed: bool = False,
+    min_depth: int = MIN_ABSTRACT_DEPTH,
 ) -> list[FilterAbstraction]:
     """Abstract tags of every filter in ``tags`` (grouped by setting, layer, filter).
 
@@ -337,6 +354,7 @@ def abstract_tags(
         hierarchy: a hierarchy over all linked synsets.
         min_cover: see :meth:`Hierarchy.common_hypernyms`.
         closed: see :meth:`Hierarchy.common_hypernyms`.
+        min_depth: see :meth:`Hierarchy.common_hypernyms`.
 
     Returns:
         Filters in order of first appearance, each filter's abstractions
@@ -349,7 +367,7 @@ def abstract_tags(
         linked = {s for s in syn_of.values() if s}
         if len(linked) < min_cover:
             continue
-        for a in hierarchy.common_hypernyms(linked, min_cover=min_cover, closed=closed):
+        for a in hierarchy.common_hypernyms(linked, min_cover=min_cover, closed=closed, min_depth=min_depth):
             cov = set(a.covered)
             out.append(
                 FilterAbstraction(
@@ -473,6 +491,8 @@ class AbstractionReport:
     abstract_rows: int
     histogram_rows: int
     settings: dict[str, Any] = field(default_factory=dict)
+    too_general: int = 0
+    """Filters whose common hypernyms all lie above :data:`MIN_ABSTRACT_DEPTH` (so none is emitted)."""
 
     def summary(self) -> str:
         """A few lines for the CLI."""
@@ -481,6 +501,11 @@ class AbstractionReport:
             f"linked {len(m.linked)}/{len(m.links)} classes (WordNet source: {m.source})",
             f"{self.abstract_rows} abstract tags on {self.filters} filters",
         ]
+        if self.too_general:
+            lines.append(
+                f"  {self.too_general} filter(s) have no abstract tag: their tags meet only at the "
+                f"top of WordNet (depth < {MIN_ABSTRACT_DEPTH}: entity, object, whole, abstraction, ...)"
+            )
         lines += [f"  {line}" for line in m.report()]
         lines += [f"wrote {p}" for p in self.files.values()]
         return "\n".join(lines)
@@ -582,6 +607,7 @@ def write_abstractions(
     settings = {
         "min_cover": min_cover,
         "closed": closed,
+        "min_depth": MIN_ABSTRACT_DEPTH,
         "histogram": {"depth": depth} if depth is not None else {
             "roots": [wn.synset(r).name for r in (roots or DEFAULT_ROOTS)]
         },
@@ -589,6 +615,9 @@ def write_abstractions(
         "synset_map": str(synset_map) if isinstance(synset_map, (str, os.PathLike)) else None,
     }
     n_filters = len({(f.method, f.param, f.layer, f.filter) for f in abstractions})
+    any_depth = abstract_tags(tags, mapping=mapping, hierarchy=hierarchy, min_cover=min_cover, closed=closed,
+                              min_depth=0)
+    too_general = len({(f.method, f.param, f.layer, f.filter) for f in any_depth}) - n_filters
     write_json(
         files["summary"],
         {
@@ -604,6 +633,7 @@ def write_abstractions(
                 for v in mapping.unlinked
             ],
             "filters_with_abstractions": n_filters,
+            "filters_too_general": too_general,
             "abstract_tags": len(abstractions),
             "histogram_rows": len(hist),
         },
@@ -616,4 +646,5 @@ def write_abstractions(
         abstract_rows=len(abstractions),
         histogram_rows=len(hist),
         settings=settings,
+        too_general=too_general,
     )
