@@ -6,7 +6,8 @@ model's top-1), how often the model's top-1 is among the explanation's
 top-1/3/5 voted classes, and the explanation's and the model's accuracy
 against the true class where it is known. Every share comes with its counts.
 
-Reads ``explanations.jsonl`` as a stream; needs no model and no torch.
+Reads the explanations (``explanations.parquet/`` or ``explanations.jsonl``) as a stream;
+needs no model and no torch.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def evaluate_records(
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> dict[str, Any]:
-    """Evaluate ``RUN_DIR/explanations.jsonl``; write ``evaluation.json`` (and the
+    """Evaluate the run's explanations; write ``evaluation.json`` (and the
     per-image perturbation effects, when there are perturbations).
 
     Raises:

@@ -7,11 +7,14 @@ most votes over all layers (ties: the class that comes first in the profile),
 and, as in the reference, also over the last layer alone. The model's own
 top-5 is recorded beside it.
 
-The pass streams ``explanations.jsonl`` (one JSON object per image and
-setting, perturbed copies after their clean image), so memory does not grow
-with the number of images, and resumes exactly like the profile pass: a state
-file records how many images and bytes are final; on ``--resume`` the file is
-cut back to that point and the pass continues.
+The pass streams its rows (one per image and setting, perturbed copies after
+their clean image) into ``explanations.parquet/`` (one Parquet part per
+checkpoint; see :mod:`filtag_kg.explanations_io`), or ``explanations.jsonl`` with
+``jsonl=True``, so memory does not grow with the number of images. The host-side
+work of a batch (active filters, votes, rows, writing) runs on a bounded writer
+thread while the next batch's forward pass runs. It resumes exactly like the
+profile pass: a state file records what is final; on ``--resume`` everything
+after that point is dropped and the pass continues.
 """
 
 from __future__ import annotations
@@ -601,7 +604,8 @@ def explain_dataset(
     profile: Profile | None = None,
     loaded: Any = None,
 ) -> dict[str, Any]:
-    """Explain every image of ``imageset`` with the run's tags; write ``explanations.jsonl``.
+    """Explain every image of ``imageset`` with the run's tags; write ``explanations.parquet/``
+    (or ``explanations.jsonl``).
 
     Args:
         run_dir: a run folder with a profile.
