@@ -27,6 +27,7 @@ get 4xx answers; every answer carries ``Access-Control-Allow-Origin: *``.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
@@ -935,13 +936,25 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+#: CPU niceness of a worker while it runs a slow query (the lowest priority on Linux).
+SLOW_NICENESS = 19
+
+
+def _lower_priority(pid: int) -> None:
+    """Give process ``pid`` the lowest CPU priority, where the platform allows it."""
+    with contextlib.suppress(AttributeError, OSError):  # no setpriority (Windows), or refused
+        os.setpriority(os.PRIO_PROCESS, pid, SLOW_NICENESS)
+
+
 class _QueryPool:
     """Worker processes that run queries; one past the time limit is killed and replaced.
 
     A query that runs longer than ``fast_s`` is slow; at most ``max_slow`` slow queries
     hold workers at once (``None``: no such limit), so the other workers stay free for
     cheap queries. A further slow query is stopped at once with 503 instead of holding a
-    worker until the time limit.
+    worker until the time limit. A slow query's worker drops to the lowest CPU priority
+    (:data:`SLOW_NICENESS`) for the rest of the query, so slow queries cannot starve
+    cheap ones of CPU either, and is replaced when it is done.
     """
 
     def __init__(
@@ -1002,6 +1015,12 @@ class _QueryPool:
                     else:
                         busy, counted = False, True
                         self.slow += 1
+                if not busy:
+                    # the rest of a slow query runs at the lowest CPU priority, so on a
+                    # small machine it takes only the CPU that cheap queries and pages
+                    # leave; the worker is replaced afterwards (a priority cannot be raised
+                    # again without privileges)
+                    _lower_priority(proc.pid)
                 if busy:
                     self._replace(proc)
                     raise _Reply(
@@ -1012,7 +1031,10 @@ class _QueryPool:
                     )
             if done or conn.poll(self.timeout_s - self.fast_s):
                 reply = conn.recv()
-                self.idle.put((proc, conn))
+                if counted:
+                    self._replace(proc)  # it runs at the lowest priority now
+                else:
+                    self.idle.put((proc, conn))
                 return reply
         except (EOFError, OSError):
             # the worker died with the query: a crash, not a time-out (a query nested

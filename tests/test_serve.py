@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -14,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import cli_env, write_images
@@ -724,3 +726,53 @@ def test_base_iri_comes_from_the_store(run_dir: Path, tmp_path: Path) -> None:
         assert status.startswith("200") and layer.encode() in body
     finally:
         app.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no process priorities on this platform")
+def test_a_slow_query_runs_at_the_lowest_cpu_priority(run_dir: Path) -> None:
+    """Once a query counts as slow, its worker drops to the lowest CPU priority (so on a small
+    machine it cannot starve cheap queries of CPU), and is replaced when it is done."""
+    import threading
+
+    from filtag_kg.serve import SLOW_NICENESS, Options, make_app
+
+    app = make_app(load_store(run_dir, "store-nice"), Options(base_iri=BASE, timeout_s=3, fast_s=0.3),
+                   workers=2)
+    try:
+        before = {p.pid for p in app.pool.workers}
+        slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+        answers: list[Any] = []
+        t = threading.Thread(target=lambda: answers.append(_reply_of(app.pool.run, slow)))
+        t.start()
+        deadline, niced = time.monotonic() + 2.5, set()
+        while t.is_alive() and time.monotonic() < deadline and not niced:
+            niced = {pid for pid in before if _priority(pid) == SLOW_NICENESS}
+            time.sleep(0.05)
+        t.join()
+        assert len(niced) == 1  # the slow query's worker, and only it
+        assert answers and "time limit" in answers[0]
+        after = {p.pid for p in app.pool.workers}
+        assert niced.isdisjoint(after) and len(after) == 2  # replaced, the pool at full size
+        assert all(_priority(pid) == 0 for pid in after)
+        # a cheap query keeps its worker at normal priority and in the pool
+        assert app.pool.run("ASK {}")[0]
+        assert {p.pid for p in app.pool.workers} == after
+    finally:
+        app.close()
+
+
+def _priority(pid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return None
+
+
+def _reply_of(run: Any, text: str) -> str:
+    from filtag_kg.serve import _Reply
+
+    try:
+        run(text)
+    except _Reply as exc:
+        return exc.text
+    return "answered"
