@@ -192,7 +192,7 @@ def export_run_stats(
     if f.name in ("nq", "nt"):
         with atomic_open(path, "wb") as fh:
             stats = write_nquads(data, fh, graphs=f.name == "nq", **kwargs)
-        return replace(stats, path=path, explanations_pending=_pending(data))
+        return replace(stats, path=path, explanations_pending=data.explanations_pending)
     # everything else: stream N-Quads to a temporary file, let Oxigraph convert it
     fd, tmp = make_temp(path, suffix=".nq")  # recognisable: the next export removes a killed one's
     try:
@@ -203,16 +203,7 @@ def export_run_stats(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return replace(stats, path=path, format=f.name, explanations_pending=_pending(data))
-
-
-def _pending(data: Any) -> int | None:
-    """Images done by the unfinished explanation pass of the run, ``None`` if there is none."""
-    state = data.explanations_pending
-    if state is None:
-        return None
-    done = state.get("done")
-    return int(done) if isinstance(done, int) and not isinstance(done, bool) else 0
+    return replace(stats, path=path, format=f.name, explanations_pending=data.explanations_pending)
 
 
 def _convert(src: Path, out: IO[bytes], f: ExportFormat) -> None:

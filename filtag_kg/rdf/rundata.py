@@ -42,7 +42,6 @@ ABSTRACT_TSV = "abstract_tags.tsv"
 CLASS_LINKS_TSV = "class_links.tsv"
 EXPLANATIONS_JSONL = "explanations.jsonl"
 EXPLANATIONS_JSON = "explanations.json"
-EXPLANATIONS_STATE = "explanations.state.json"
 
 KIND_PROFILE = "profile"
 KIND_IMPORT = "import"
@@ -115,8 +114,8 @@ class RunData:
         explanations_meta: ``explanations.json``, if present.
         explanations_path: the explanations, if present: the ``explanations.parquet`` folder or
             ``explanations.jsonl`` (read them with :func:`explanation_records`).
-        explanations_pending: ``explanations.state.json`` of an unfinished
-            explanation pass, if present (the export is then partial).
+        explanations_pending: images done by an unfinished explanation pass, if
+            there is one (``explanations.state.json``; the export is then partial).
     """
 
     run_dir: Path
@@ -138,7 +137,7 @@ class RunData:
     import_info: dict[str, Any] | None = None
     explanations_meta: dict[str, Any] | None = None
     explanations_path: Path | None = None
-    explanations_pending: dict[str, Any] | None = None
+    explanations_pending: int | None = None
     tags_sha256: str | None = None
 
     @property
@@ -307,10 +306,10 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
     if form is not None:
         data.explanations_path = run / EXPLANATIONS_DIR if form == FORMAT_PARQUET else lines_path
         _check_explained_model(data)
-    state_path = run / EXPLANATIONS_STATE
-    if state_path.is_file():
-        state = _read_json(state_path)
-        data.explanations_pending = state if isinstance(state, dict) else {}
+    from ..runfolder import partial_explanations
+
+    cut = partial_explanations(run)
+    data.explanations_pending = None if cut is None else cut["done"]
     return data
 
 
