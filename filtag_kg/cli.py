@@ -423,10 +423,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if missing:
         raise FiltagError(f"dump file {missing[0]} does not exist")
     _warn_if_stale(args.dumps)
-    from .sparql.store import check_complete
-
-    check_complete(args.store)  # a store whose load was cut off is not served as if whole
-
     def ready(url: str) -> None:
         print(f"serving {args.store} at {url} (base IRI {options.base_iri}); Ctrl-C stops", flush=True)
 

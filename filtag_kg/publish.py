@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import ipaddress
 import os
 import threading
 import time
@@ -170,22 +169,6 @@ def check_endpoint(endpoint: str) -> urllib.parse.SplitResult:
             "give the store's Graph Store URL without it: publish adds ?graph= per graph"
         )
     return parts
-
-
-def is_local_iri(iri: str) -> bool:
-    """Whether an IRI points to this machine (``localhost``, a loopback or unspecified
-    address): such IRIs mean nothing to anyone reading a public store."""
-    try:
-        host = urllib.parse.urlsplit(iri).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_unspecified
 
 
 def state_path(source: str | os.PathLike[str]) -> Path:
@@ -378,7 +361,9 @@ def publish(
         else:
             graphs = _file_graphs(src)
             local = [iri for iri, _, _ in graphs if iri] + _uri_spaces(graphs)
-        bad = next((iri for iri in local if is_local_iri(iri)), None)
+        from .rdf.export import is_local_base_iri
+
+        bad = next((iri for iri in local if is_local_base_iri(iri)), None)
         if bad is not None and not allow_local_base:
             raise PublishError(
                 f"the graphs' IRIs are on this machine ({bad}): nobody else can follow them. "

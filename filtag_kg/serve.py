@@ -1010,18 +1010,9 @@ class _QueryPool:
             done = conn.poll(self.fast_s)
             if not done and self.max_slow is not None:
                 with self.lock:
-                    if self.slow >= self.max_slow:
-                        busy = True
-                    else:
-                        busy, counted = False, True
-                        self.slow += 1
-                if not busy:
-                    # the rest of a slow query runs at the lowest CPU priority, so on a
-                    # small machine it takes only the CPU that cheap queries and pages
-                    # leave; the worker is replaced afterwards (a priority cannot be raised
-                    # again without privileges)
-                    _lower_priority(proc.pid)
-                if busy:
+                    counted = self.slow < self.max_slow
+                    self.slow += counted
+                if not counted:
                     self._replace(proc)
                     raise _Reply(
                         "503 Service Unavailable",
@@ -1029,6 +1020,11 @@ class _QueryPool:
                         f"{self.fast_s:g} s; try again later",
                         [("Retry-After", str(int(self.timeout_s) + 1))],
                     )
+                # the rest of a slow query runs at the lowest CPU priority, so on a small
+                # machine it takes only the CPU that cheap queries and pages leave; the
+                # worker is replaced afterwards (a priority cannot be raised again without
+                # privileges)
+                _lower_priority(proc.pid)
             if done or conn.poll(self.timeout_s - self.fast_s):
                 reply = conn.recv()
                 if counted:
@@ -1109,14 +1105,18 @@ def open_store(store_dir: str | os.PathLike[str]) -> Any:
 
     Raises:
         ServeError: the folder is not an Oxigraph store.
+        StoreError: the store's last load was cut off (it is not served as if whole).
     """
     import pyoxigraph as ox
+
+    from .sparql.store import check_complete
 
     p = Path(store_dir)
     if not p.is_dir():
         raise ServeError(
             f"store {store_dir} does not exist; create it with `filtag-kg load FILE --store {store_dir}`"
         )
+    check_complete(p)
     try:
         return ox.Store.read_only(str(p))
     except OSError as exc:
@@ -1165,15 +1165,9 @@ def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: in
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ServeError(f"--allow-service {url!r} is not an http(s) URL, e.g. https://query.wikidata.org/sparql")
     if options.license is not None:
-        try:
-            import pyoxigraph as ox
+        from .rdf.export import check_license_iri
 
-            ox.NamedNode(options.license)
-        except ValueError:
-            raise ServeError(
-                f"--license {options.license!r} is not an absolute IRI, e.g. "
-                "https://creativecommons.org/licenses/by/4.0/"
-            ) from None
+        check_license_iri(options.license)  # the same rule as export's --license
     return App(store, options, str(store_dir), workers)
 
 

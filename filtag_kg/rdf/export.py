@@ -11,8 +11,10 @@ get every graph merged into one.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,15 +91,24 @@ def check_license_iri(iri: str) -> str:
 
 
 def is_local_base_iri(base_iri: str) -> bool:
-    """Whether a base IRI names this machine (``localhost``, ``127.x``, ``[::1]``): not persistent.
+    """Whether an IRI names this machine (``localhost``, a loopback or unspecified address,
+    ``127.x``, ``[::1]``): such IRIs are not persistent and mean nothing in a public store.
 
     Example:
         >>> is_local_base_iri("http://localhost:8000/filtag-kg/"), is_local_base_iri("https://example.org/kg/")
         (True, False)
     """
-    m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)", base_iri)
-    host = (m.group(1) if m else "").lower()
-    return host in ("localhost", "[::1]", "0.0.0.0") or host.endswith(".localhost") or host.startswith("127.")
+    try:
+        host = (urllib.parse.urlsplit(base_iri).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def format_of(fmt: str) -> ExportFormat:
