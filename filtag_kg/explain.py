@@ -192,11 +192,6 @@ class TagIndex:
         return cls(list(settings), inc)
 
 
-def _ranked_votes(votes: np.ndarray) -> np.ndarray:
-    """Class indices by votes, most first; ties by class order."""
-    return np.argsort(-votes, kind="stable")
-
-
 _FEW = 8  # up to this many active filters per layer, repeated argmax beats a sort
 
 
@@ -285,7 +280,6 @@ def explain_batch_arrays(
     layer_names: Sequence[str],
     *,
     weights: Sequence[np.ndarray] | None = None,
-    orders: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The explanations of a batch of images as whole-batch arrays (see :func:`explain_batch`).
 
@@ -302,8 +296,7 @@ def explain_batch_arrays(
     votes = counts if weights is None else np.zeros((n_images, n_classes))
     last_v = last_c = counts
     for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        order = None if orders is None else orders[li]
-        cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), order, setting, name)
+        cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), None, setting, name)
         rows = np.repeat(np.arange(n_images), lengths)
         c = _segment_votes(inc, rows, cols, lengths, None)
         counts += c
@@ -324,7 +317,6 @@ def explain_batch(
     layer_names: Sequence[str],
     *,
     weights: Sequence[np.ndarray] | None = None,
-    orders: Sequence[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """The explanations of a batch of images from their per-layer filter values.
 
@@ -339,14 +331,13 @@ def explain_batch(
         setting: the selection rule (the same as the tagging's).
         layer_names: names of the layers, for messages.
         weights: per layer, an optional [B, F] weight for each filter's votes.
-        orders: per layer, ``order_filters`` of ``values`` when already computed.
 
     Returns:
         Per image: ``active`` (per layer: indices in rank order), ``votes`` /
         ``counts`` ([C] arrays over all layers), ``votes_last`` /
         ``counts_last`` (last layer alone).
     """
-    arr = explain_batch_arrays(values, incidence, setting, layer_names, weights=weights, orders=orders)
+    arr = explain_batch_arrays(values, incidence, setting, layer_names, weights=weights)
     splits = [np.split(cols, np.cumsum(lengths)[:-1]) for cols, lengths in arr["active"]]
     return [
         {"active": [per_layer[b] for per_layer in splits], "votes": arr["votes"][b],
@@ -432,12 +423,6 @@ def explain_values(
         [np.asarray(v)[None] for v in values], incidence, setting, layer_names,
         weights=None if weights is None else [np.asarray(w)[None] for w in weights],
     )[0]
-
-
-def _prediction(votes: np.ndarray, class_ids: Sequence[str]) -> str | None:
-    if votes.size == 0 or votes.max() <= 0:
-        return None
-    return class_ids[int(_ranked_votes(votes)[0])]
 
 
 class _Sink:

@@ -235,11 +235,12 @@ def partial_explanations(run_dir: str | os.PathLike[str]) -> dict[str, int] | No
     try:
         state = read_json(state_path)
     except (OSError, ValueError):
-        return {"done": 0, "total": 0}
-    total = 0
-    with contextlib.suppress(Exception):
-        total = int(state.get("total") or 0)
-    return {"done": int(state.get("done", 0)), "total": total}
+        state = None
+    out = {"done": 0, "total": 0}
+    for key in out:  # an unreadable or odd state file still says that the pass was cut off
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            out[key] = int(state.get(key) or 0)  # type: ignore[union-attr]
+    return out
 
 
 __all__ = [

@@ -561,9 +561,12 @@ def write_abstractions(
     mapping = map_tag_classes(tags, wordnet=wn, synset_map=synset_map, first_sense=first_sense)
     linked = sorted({s for s in (mapping.synset_of(t.class_id) for t in tags) if s})
     hierarchy = Hierarchy.build(linked, wordnet=wn)
-    abstractions = abstract_tags(
-        tags, mapping=mapping, hierarchy=hierarchy, min_cover=min_cover, closed=closed
+    # computed once at any depth: the depth cut is a filter on the result, and the filters
+    # it leaves without an abstraction are counted below
+    any_depth = abstract_tags(
+        tags, mapping=mapping, hierarchy=hierarchy, min_cover=min_cover, closed=closed, min_depth=0
     )
+    abstractions = [f for f in any_depth if f.abstract.depth >= MIN_ABSTRACT_DEPTH]
     hist = layer_histograms(
         tags, mapping=mapping, hierarchy=hierarchy, wordnet=wn, depth=depth, roots=roots
     )
@@ -615,8 +618,6 @@ def write_abstractions(
         "synset_map": str(synset_map) if isinstance(synset_map, (str, os.PathLike)) else None,
     }
     n_filters = len({(f.method, f.param, f.layer, f.filter) for f in abstractions})
-    any_depth = abstract_tags(tags, mapping=mapping, hierarchy=hierarchy, min_cover=min_cover, closed=closed,
-                              min_depth=0)
     too_general = len({(f.method, f.param, f.layer, f.filter) for f in any_depth}) - n_filters
     write_json(
         files["summary"],
