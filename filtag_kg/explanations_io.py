@@ -501,37 +501,36 @@ def explanations_format(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _batches(folder: str | os.PathLike[str], batch_size: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in order."""
+    _pa()
+    import pyarrow.parquet as pq
+
+    for path in part_files(folder):
+        f = pq.ParquetFile(path)
+        names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
+        for batch in f.iter_batches(batch_size=batch_size):
+            yield batch, names
+
+
 def iter_parquet_records(
     folder: str | os.PathLike[str], *, batch_size: int = 1024
 ) -> Iterator[dict[str, Any]]:
     """The records of an ``explanations.parquet`` folder, streamed batch by batch."""
-    _pa()
-    import pyarrow.parquet as pq
-
-    for path in part_files(folder):
-        f = pq.ParquetFile(path)
-        names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
-        for batch in f.iter_batches(batch_size=batch_size):
-            yield from records_from_batch(batch, names)
+    for batch, names in _batches(folder, batch_size):
+        yield from records_from_batch(batch, names)
 
 
 def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024) -> Iterator[tuple[Any, Any]]:
     """``(index, decode)`` per row of an ``explanations.parquet`` folder, where ``decode()``
-    gives the row's record: readers that skip most rows (the report) decode only the rest."""
-    _pa()
+    gives the row's record: readers that skip most rows (the report) decode only the batches
+    they look into, each batch once."""
     import functools
 
-    import pyarrow.parquet as pq
-
-    def decode(batch: Any, row: int, names: dict[str, Any]) -> dict[str, Any]:
-        return next(records_from_batch(batch.slice(row, 1), names))
-
-    for path in part_files(folder):
-        f = pq.ParquetFile(path)
-        names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
-        for batch in f.iter_batches(batch_size=batch_size):
-            for row, index in enumerate(batch.column("index").to_pylist()):
-                yield index, functools.partial(decode, batch, row, names)
+    for batch, names in _batches(folder, batch_size):
+        records = functools.cache(lambda b=batch, n=names: list(records_from_batch(b, n)))
+        for row, index in enumerate(batch.column("index").to_pylist()):
+            yield index, functools.partial(lambda r, row: r()[row], records, row)
 
 
 def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
