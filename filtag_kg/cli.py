@@ -208,7 +208,9 @@ def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str)
 
     record_export(run_dir, path, fmt=fmt, base_iri=args.base_iri, wordnet_dir=args.wordnet_dir,
                   ili_map=getattr(args, "ili_map", None),
-                  explanations=not getattr(args, "no_explanations", False))
+                  explanations=not getattr(args, "no_explanations", False),
+                  absolute_paths=getattr(args, "absolute_paths", False),
+                  materialize=getattr(args, "materialize", False), license=getattr(args, "license", None))
 
 
 def _refresh_graph(run_dir: str) -> list[str]:

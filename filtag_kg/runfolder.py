@@ -117,6 +117,9 @@ def record_export(
     wordnet_dir: str | None = None,
     ili_map: str | None = None,
     explanations: bool = True,
+    absolute_paths: bool = False,
+    materialize: bool = False,
+    license: str | None = None,
 ) -> None:
     """Note how an export in the run folder (``RUN/kg.<ext>``) was made, to refresh it alike.
 
@@ -133,7 +136,8 @@ def record_export(
         "file": out.name, "export_format": fmt, "base_iri": base_iri,
         "wordnet_dir": str(Path(wordnet_dir).absolute()) if wordnet_dir else None,
         "ili_map": str(Path(ili_map).absolute()) if ili_map else None,
-        "explanations": explanations,
+        "explanations": explanations, "absolute_paths": absolute_paths,
+        "materialize": materialize, "license": license,
     }
     write_json(run / EXPORT_RECORD, doc)
 
@@ -167,6 +171,11 @@ def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None 
             cmd += f" {opt} {rec[key]}"
     if rec.get("explanations") is False:
         cmd += " --no-explanations"
+    for opt, key in (("--absolute-paths", "absolute_paths"), ("--materialize", "materialize")):
+        if rec.get(key):
+            cmd += f" {opt}"
+    if rec.get("license"):
+        cmd += f" --license {rec['license']}"
     return cmd
 
 
@@ -187,7 +196,8 @@ def refresh_exports(run_dir: str | os.PathLike[str]) -> list[Any]:
         export_run_stats(
             run_dir, fmt=r["export_format"], out=Path(run_dir) / name, base_iri=r["base_iri"],
             wordnet=load_wordnet(wordnet_dir=r.get("wordnet_dir")), ili_map=r.get("ili_map"),
-            explanations=r.get("explanations", True),
+            explanations=r.get("explanations", True), absolute_paths=bool(r.get("absolute_paths")),
+            materialize=bool(r.get("materialize")), license=r.get("license"),
         )
         for name, r in recs.items()
     ]

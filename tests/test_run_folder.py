@@ -228,6 +228,23 @@ def test_retag_and_new_explanations_refresh_what_was_made_from_them(
     assert (run / "evaluation.json").stat().st_mtime >= (run / "explanations.json").stat().st_mtime
 
 
+def test_a_refreshed_export_keeps_every_option_it_was_made_with(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    """`tag` rewrites RUN/kg.nq as `export` made it: licence, materialized triples and all."""
+    run = make_run(capsys, image_dir, tmp_path / "run", "--base-iri", BASE)
+    licence = "https://creativecommons.org/licenses/by/4.0/"
+    code, _, err = cli(capsys, "export", str(run), "--format", "nq", "--base-iri", BASE,
+                       "--license", licence, "--materialize")
+    assert code == 0, err
+    made = (run / "kg.nq").read_text(encoding="utf-8")
+    assert licence in made and "#represents>" in made
+    code, out, err = cli(capsys, "tag", str(run), "--k", "2", "--quiet")
+    assert code == 0 and "knowledge graph refreshed: kg.nq" in out, err
+    again = (run / "kg.nq").read_text(encoding="utf-8")
+    assert again != made and licence in again and "#represents>" in again
+
+
 def test_a_name_that_is_not_utf8_never_aborts_a_run(
     capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
 ) -> None:
