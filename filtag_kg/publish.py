@@ -378,13 +378,15 @@ def publish(
     before = dict(done)
     report = PublishReport(key, state_file=path)
     sender = _Sender(parts, headers, retries, backoff_s, timeout_s)
-    bar = _bar(progress, len(graphs) if isinstance(graphs, list) else None)
+    from ._progress import progress as progress_bar
+
+    bar = progress_bar(total=len(graphs) if isinstance(graphs, list) else None, desc="publish",
+                       unit=" graphs", enabled=progress)
     try:
         _send_all(graphs, sender, report, done, resend, jobs, bar)
     finally:
         report.retries = sender.retry_count
-        if bar is not None:
-            bar.close()
+        bar.close()
         if path is not None and done != before:
             try:
                 _write_state(path, key, done)
@@ -404,20 +406,6 @@ def _uri_spaces(graphs: list[tuple[str | None, bytes, int]]) -> list[str]:
             out.append(body[start + len(needle) : end].decode("utf-8", "replace"))
             start = body.find(needle, end)
     return out
-
-
-def _bar(progress: bool, total: int | None) -> Any:
-    """A progress bar on stderr (graphs, with triples, retries and failures beside it);
-    updated every 10 s when stderr is not a terminal, so logs do not fill up."""
-    if not progress:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    tty = sys.stderr.isatty()
-    every = 0.5 if tty else 10.0
-    return tqdm(total=total, unit=" graphs", desc="publish", file=sys.stderr, mininterval=every)
 
 
 def _send_all(
@@ -454,9 +442,8 @@ def _send_all(
                         f"stopped after {give_up} graphs in a row failed; the graphs after them were "
                         "not sent: run again to send what failed and the rest"
                     )
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(triples=report.triples, retries=sender.retry_count, failed=len(report.failed))
+            bar.update(1)
+            bar.set_postfix(triples=report.triples, retries=sender.retry_count, failed=len(report.failed))
 
     pending: set[Future[None]] = set()
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="publish") as pool:
