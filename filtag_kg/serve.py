@@ -1056,17 +1056,6 @@ class _QueryPool:
                 proc.kill()
 
 
-def _prefixes() -> dict[str, str]:
-    """The prefixes of Turtle and TriG answers: the vocabularies of :mod:`filtag_kg.rdf.vocab`."""
-    from .rdf import vocab
-
-    out = {"fk": vocab.FK_NAMESPACE}
-    for name in ("RDF", "RDFS", "OWL", "XSD", "SKOS", "PROV", "DCTERMS", "DCAT", "VOID", "MLS"):
-        ns = getattr(vocab, name)
-        out[name.lower()] = str(ns._NS) if isinstance(ns, type) else str(ns)
-    return out
-
-
 def _serialize_triples(triples: Iterable[Any], fmt: str) -> bytes:
     """Triples in a Turtle (with ``@prefix`` lines), N-Triples, JSON-LD, RDF/XML, TriG or
     N-Quads document (the last two: the triples as the default graph). RDF/XML is XML 1.0,
@@ -1081,7 +1070,9 @@ def _serialize_triples(triples: Iterable[Any], fmt: str) -> bytes:
     if fmt in ("TRIG", "N_QUADS"):
         triples = [ox.Quad(t.subject, t.predicate, t.object, ox.DefaultGraph()) for t in triples]
     if fmt in ("TURTLE", "TRIG"):
-        return ox.serialize(triples, format=fmt_, prefixes=_prefixes()) or b""
+        from .rdf.vocab import PREFIXES  # the exports' own prefixes
+
+        return ox.serialize(triples, format=fmt_, prefixes=PREFIXES) or b""
     data = ox.serialize(triples, format=fmt_) or b""
     # a raw carriage return would be read back as a newline (XML end-of-line handling);
     # it can only come from a literal, and the reference keeps it (formatting uses \n, \t)
