@@ -650,8 +650,8 @@ def explain_dataset(
     out_path = run / (EXPLANATIONS if form == FORMAT_JSONL else EXPLANATIONS_DIR)
     state_path = run / STATE
     dist.barrier()
-    if opts.restart and dist.main:
-        _remove_outputs(run, state_path)
+    if opts.restart and dist.main:  # the rows go with the new pass below
+        state_path.unlink(missing_ok=True)
     dist.barrier()
     done, committed, skipped, started = 0, 0, [], _now()
     if state_path.exists():
@@ -676,7 +676,7 @@ def explain_dataset(
             if meta.get("fingerprint") == fingerprint:
                 return meta  # already finished
         if dist.main:  # a new pass: the other form's rows would be stale
-            _remove_outputs(run, None)
+            _remove_outputs(run)
     dist.barrier()
 
     n = len(dataset)
@@ -871,14 +871,11 @@ def interleave(blocks: Sequence[Any]) -> Any:
     return table.take(pa.array(perm)).combine_chunks().to_batches()[0]
 
 
-def _remove_outputs(run: Path, state_path: Path | None) -> None:
-    """Delete the explanation rows of either form (and the state file, when given)."""
+def _remove_outputs(run: Path) -> None:
+    """Delete the explanation rows of either form."""
     import shutil
 
-    for p in (state_path, run / EXPLANATIONS):
-        if p is not None:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+    (run / EXPLANATIONS).unlink(missing_ok=True)
     shutil.rmtree(run / EXPLANATIONS_DIR, ignore_errors=True)
 
 
