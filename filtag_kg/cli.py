@@ -225,6 +225,15 @@ def _refresh_graph(run_dir: str) -> list[str]:
     return names
 
 
+def _warn_if_untagged(run_dir: str) -> None:
+    """Warn when the run's explanations vote with a setting its tags no longer hold."""
+    from .runfolder import untagged_explanation_settings
+
+    why = untagged_explanation_settings(run_dir)
+    if why:
+        _warn(why)
+
+
 def _warn_if_stale(files: Sequence[str]) -> None:
     from .runfolder import stale_reason
 
@@ -302,6 +311,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     tags = write_tags(args.run_dir, profile, settings)
     if not args.quiet:
         print(summarize(profile, tags))
+    _warn_if_untagged(args.run_dir)
     print(_outputs(Path(args.run_dir), ["tags.tsv", "tags.json", *_refresh_graph(args.run_dir)]))
     return 0
 
@@ -378,6 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _warn(f"the explanation pass in {args.run_dir} was interrupted after {part['done']}{of} images; "
               f"this evaluates only those (recorded in evaluation.json): finish the pass with "
               f"`filtag-kg explain {args.run_dir} --resume` and the same options, then evaluate again")
+    _warn_if_untagged(args.run_dir)
     doc = evaluate_run(args.run_dir, top_concepts=args.top_concepts)
     print(format_table(doc, by_class=args.by_class))
     print(_outputs(Path(args.run_dir), ["evaluation.json", "perturbation_effects.jsonl"]))
@@ -404,6 +415,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         _warn(f"{args.run_dir} holds an unfinished explanation pass ({s.explanations_pending} images "
               f"explained so far): the export is partial and its VoID says so; finish the pass with "
               f"`filtag-kg explain {args.run_dir} --resume`, then export again")
+    if not args.no_explanations:
+        _warn_if_untagged(args.run_dir)
     print(f"wrote {s.path}: {s.quads} statements ({s.tag_triples} in the tag graph), "
           f"{s.explanations} explanation graphs")
     return 0

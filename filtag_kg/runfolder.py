@@ -10,6 +10,8 @@
   reader of an export in a run folder that it is older than the run's files, and
   how to refresh it.
 * :func:`partial_explanations` says when an explanation pass was cut off.
+* :func:`untagged_explanation_settings` says when the explanations vote with a
+  tagging setting that ``tags.json`` no longer holds (a ``tag`` after ``explain``).
 """
 
 from __future__ import annotations
@@ -253,8 +255,43 @@ def partial_explanations(run_dir: str | os.PathLike[str]) -> dict[str, int] | No
     return out
 
 
+def untagged_explanation_settings(run_dir: str | os.PathLike[str]) -> str | None:
+    """Why the run's explanations no longer fit its tags, or ``None``.
+
+    An explanation votes with the tags of the setting it was made with (recorded in
+    ``explanations.json``). After ``tag`` rewrote ``tags.json`` without that setting,
+    the graph would show those votes beside other tags, and the evaluation would
+    describe a tagging that is gone. The answer names the settings and the command
+    that explains again with the current ones.
+    """
+    run = Path(run_dir)
+    meta_path, tags_path = run / "explanations.json", run / "tags.json"
+    if not (meta_path.is_file() and tags_path.is_file()):
+        return None
+    try:
+        made = [str(s) for s in read_json(meta_path)["fingerprint"]["settings"]]
+        tagged = [s["method"] if s.get("param") is None else f"{s['method']} {s['param']:g}"
+                  for s in read_json(tags_path)["settings"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    gone = [s for s in made if s not in tagged]
+    if not gone:
+        return None
+    opts = " ".join(_setting_option(s) for s in tagged)
+    return (f"the explanations in {run} vote with {', '.join(gone)} tags, which tags.json no longer "
+            f"holds (it has {', '.join(tagged) or 'none'}); explain again with "
+            f"`filtag-kg explain {run} --data DIR {opts}`, or tag with that setting too")
+
+
+def _setting_option(setting: str) -> str:
+    """The ``filtag-kg`` option that selects a setting written as ``str(TagSetting)``."""
+    method, _, param = setting.partition(" ")
+    flag = {"top-k": "--k", "top-percent": "--percent", "above-average": "--above-average"}
+    return f"{flag.get(method, '--' + method)} {param}".strip()
+
+
 __all__ = [
     "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
     "export_records", "partial_explanations", "record_export", "refresh_command", "refresh_exports",
-    "stale_reason",
+    "stale_reason", "untagged_explanation_settings",
 ]

@@ -276,3 +276,26 @@ def test_report_links_to_the_iris_of_the_runs_own_graph(
     assert code == 0, err
     index = (run / "report" / "index.html").read_text(encoding="utf-8")
     assert BASE in index and "http://localhost:8000/filtag-kg/" not in index
+
+
+def test_retagging_without_the_explanations_setting_says_they_are_stale(
+    capsys: pytest.CaptureFixture[str], image_dir: Path, tmp_path: Path
+) -> None:
+    """Explanations vote with the tags of their own setting; after `tag --k 2` replaced the
+    k = 1 tags, the graph would show k = 1 votes beside k = 2 tags: every reader says so."""
+    run = make_run(capsys, image_dir, tmp_path / "run", "--explain-data", str(image_dir), "--base-iri", BASE)
+    code, out, err = cli(capsys, "tag", str(run), "--k", "2", "--quiet")
+    assert code == 0, err
+    assert "explanations" in err and "top-k 1" in err and "explain" in err and "--k 2" in err, err
+    export = ("export", str(run), "--base-iri", BASE, "--out", str(tmp_path / "g.nq"))
+    for argv in (("evaluate", str(run)), export):
+        code, _, err = cli(capsys, *argv)
+        assert code == 0 and "top-k 1" in err and "tags.json" in err, (argv, err)
+    # explaining again with the new setting ends it
+    code, out, err = cli(capsys, "explain", str(run), "--data", str(image_dir), "--k", "2", "--quiet")
+    assert code == 0 and "top-k 1" not in err, err
+    code, _, err = cli(capsys, "evaluate", str(run))
+    assert code == 0 and "tags.json" not in err, err
+    # tagging with both settings keeps the k = 1 explanations valid: no warning
+    code, _, err = cli(capsys, "tag", str(run), "--k", "1", "--k", "2", "--quiet")
+    assert code == 0 and "stale" not in err and "top-k" not in err, err
