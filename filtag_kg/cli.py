@@ -539,6 +539,19 @@ def cmd_import_filtag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sentences(args: argparse.Namespace) -> int:
+    """sentences generated from a run's votes, tags and WordNet links."""
+    import json
+
+    from .sentences import run_sentences
+    from .wordnet import load_wordnet
+
+    for s in run_sentences(args.run_dir, kinds=args.kind or ["image", "filter", "class"],
+                           wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), limit=args.limit):
+        print(json.dumps(s.as_dict(), ensure_ascii=False) if args.json else s.text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """the embedded offline default."""
     from .demo import run_demo
@@ -911,6 +924,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-unresolved", action="store_true",
                    help="keep unresolvable names as unlinked tags instead of failing")
     p.set_defaults(func=cmd_import_filtag)
+
+    p = sub.add_parser(
+        "sentences", help="short English sentences from a run's votes, tags and WordNet links",
+        description="Print generated sentences: per explained image (prediction, layers, the "
+        "concepts its active filters vote for), per tagged filter (its class distribution) and "
+        "per class (the concepts its images vote for). Groups of classes are named at the level "
+        "a reader uses (README: Sentences).",
+        epilog="examples:\n  filtag-kg sentences runs/vgg16 --kind image --limit 5\n"
+        "  filtag-kg sentences runs/vgg16 --kind filter --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a profiled and tagged run folder")
+    p.add_argument("--kind", action="append", choices=["image", "filter", "class"],
+                   help="which sentences (repeatable; default all three)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N image sentences")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: text, template, generator version, concepts")
+    p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.set_defaults(func=cmd_sentences)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline offline on a synthetic shapes dataset",
