@@ -210,7 +210,8 @@ def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str)
                   ili_map=getattr(args, "ili_map", None),
                   explanations=not getattr(args, "no_explanations", False),
                   absolute_paths=getattr(args, "absolute_paths", False),
-                  materialize=getattr(args, "materialize", False), license=getattr(args, "license", None))
+                  materialize=getattr(args, "materialize", False), license=getattr(args, "license", None),
+                  sentences=getattr(args, "sentences", False))
 
 
 def _refresh_graph(run_dir: str) -> list[str]:
@@ -397,7 +398,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.run_dir, fmt=args.format, out=args.out, base_iri=args.base_iri,
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations, absolute_paths=args.absolute_paths,
-        materialize=args.materialize, license=args.license,
+        materialize=args.materialize, license=args.license, sentences=args.sentences,
     )
     _record_export(args, args.run_dir, s.path, args.format)
     if s.explanations_pending is not None and not args.no_explanations:
@@ -715,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", metavar="IRI",
                    help="licence of the data, as dcterms:license in the VoID (e.g. "
                    "https://creativecommons.org/licenses/by/4.0/)")
+    p.add_argument("--sentences", action="store_true",
+                   help="also write generated English sentences (fk:sentence) on the explanations, "
+                   "filters and class explanations (filtag-kg sentences shows them)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -120,6 +120,7 @@ def record_export(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    sentences: bool = False,
 ) -> None:
     """Note how an export in the run folder (``RUN/kg.<ext>``) was made, to refresh it alike.
 
@@ -137,7 +138,7 @@ def record_export(
         "wordnet_dir": str(Path(wordnet_dir).absolute()) if wordnet_dir else None,
         "ili_map": str(Path(ili_map).absolute()) if ili_map else None,
         "explanations": explanations, "absolute_paths": absolute_paths,
-        "materialize": materialize, "license": license,
+        "materialize": materialize, "license": license, "sentences": sentences,
     }
     write_json(run / EXPORT_RECORD, doc)
 
@@ -171,7 +172,8 @@ def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None 
             cmd += f" {opt} {rec[key]}"
     if rec.get("explanations") is False:
         cmd += " --no-explanations"
-    for opt, key in (("--absolute-paths", "absolute_paths"), ("--materialize", "materialize")):
+    for opt, key in (("--absolute-paths", "absolute_paths"), ("--materialize", "materialize"),
+                     ("--sentences", "sentences")):
         if rec.get(key):
             cmd += f" {opt}"
     if rec.get("license"):
@@ -198,6 +200,7 @@ def refresh_exports(run_dir: str | os.PathLike[str]) -> list[Any]:
             wordnet=load_wordnet(wordnet_dir=r.get("wordnet_dir")), ili_map=r.get("ili_map"),
             explanations=r.get("explanations", True), absolute_paths=bool(r.get("absolute_paths")),
             materialize=bool(r.get("materialize")), license=r.get("license"),
+            sentences=bool(r.get("sentences")),
         )
         for name, r in recs.items()
     ]

@@ -264,6 +264,11 @@ class Minter:
         return f"{run_iri}/class-explanation/{segment(setting_key(method, param))}/{segment(class_id)}"
 
     @staticmethod
+    def sentence_generation(run_iri: str) -> str:
+        """``R/sentences``: the generation of the run's sentences (:mod:`filtag_kg.sentences`)."""
+        return f"{run_iri}/sentences"
+
+    @staticmethod
     def explanation_run(run_iri: str) -> str:
         """``R/explanations``: the activity that explained images with the run's tags."""
         return f"{run_iri}/explanations"
