@@ -29,7 +29,7 @@ def main(db: str) -> None:
             if lex.startswith("1:") and int(count) > 0:
                 rows.add((int(offset), lemma, int(count)))
     with gzip.GzipFile(OUT, "wb", mtime=0) as fh:
-        fh.write("offset\tlemma\tcount\n".encode())
+        fh.write(b"offset\tlemma\tcount\n")
         for offset, lemma, count in sorted(rows):
             fh.write(f"{offset:08d}\t{lemma}\t{count}\n".encode())
     print(f"{len(rows)} noun senses with a tag count > 0 -> {OUT}")
