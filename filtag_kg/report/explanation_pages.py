@@ -159,7 +159,7 @@ class ExplanationPages(SiteContext):
         paths = [str(g[0].get("image")) for g in groups]
         views = [self.image_view(p) for p in paths]
         plans: list[dict[int, tuple[list[int], list[int], str | None]]] = []
-        phrase_plans: list[dict[int, tuple[int, list[int]]]] = []
+        phrase_plans: list[dict[int, tuple[int, list[int], list[float]]]] = []
         wanted: list[dict[int, set[int]]] = []
         for g in groups:
             rec = self._maps_record(g)
@@ -174,7 +174,7 @@ class ExplanationPages(SiteContext):
                 voters = [f for f, _, tags in act if any(t.class_id == pred for t in tags)]
                 plan[li] = (top, voters, pred)
                 want[li] = set(top) | set(voters)
-            phrases: dict[int, tuple[int, list[int]]] = {}
+            phrases: dict[int, tuple[int, list[int], list[float]]] = {}
             if self.sentences is not None:  # the filters behind each concept the sentence names
                 prim = self._primary(g)
                 for n, p in enumerate(self.sentences.image(prim).phrases):
@@ -209,11 +209,12 @@ class ExplanationPages(SiteContext):
                         save_jpeg(overlay(thumb, heat_of([lm.get(f)])), self.out / rel)
                         files[(li, f)] = rel
                         self.heatmaps += 1
-                for n, (li, fs) in phrase_plans[i].items():
+                for n, (li, fs, ws) in phrase_plans[i].items():
                     lm = got.get(i, {}).get(li)
-                    if lm is not None:
+                    if lm is not None:  # weighted by each filter's vote weight (gradcam), else a mean
                         rel = f"maps/x/{key}/{li}-phrase{n}.jpg"
-                        save_jpeg(overlay(thumb, heat_of([lm.get(f) for f in fs])), self.out / rel)
+                        heat = heat_of([lm.get(f) * w for f, w in zip(fs, ws)])
+                        save_jpeg(overlay(thumb, heat), self.out / rel)
                         files[(-1, f"phrase{n}")] = rel
                         self.heatmaps += 1
             self._explanation_page(g, self.chosen[idx], files, plans[i])

@@ -53,17 +53,19 @@ class SentenceView:
 
 def phrase_voters(
     ctx: SentenceContext, rec: Mapping[str, Any], phrase: Phrase, layers: Sequence[str]
-) -> tuple[int, list[int]] | None:
+) -> tuple[int, list[int], list[float]] | None:
     """The layer (its index in ``layers``) holding most of the active filters whose tags
-    voted for the phrase's classes (ties: the later layer), and those filters."""
+    voted for the phrase's classes (ties: the later layer), those filters, and their vote
+    weights (the Grad-CAM weights of a ``--weighting gradcam`` record, else 1)."""
     setting = (str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param")))
     members = set(phrase.members)
-    best: tuple[int, list[int]] | None = None
+    best: tuple[int, list[int], list[float]] | None = None
     for li, layer in enumerate(layers):
-        fs = [int(r["filter"]) for r in (rec.get("active_filters") or {}).get(layer, [])
-              if members.intersection(ctx.tags.get((*setting, layer, int(r["filter"])), ()))]
-        if fs and (best is None or len(fs) >= len(best[1])):
-            best = (li, fs)
+        rows = [r for r in (rec.get("active_filters") or {}).get(layer, [])
+                if members.intersection(ctx.tags.get((*setting, layer, int(r["filter"])), ()))]
+        if rows and (best is None or len(rows) >= len(best[1])):
+            weights = [1.0 if r.get("weight") is None else float(r["weight"]) for r in rows]
+            best = (li, [int(r["filter"]) for r in rows], weights)
     return best
 
 
