@@ -94,3 +94,28 @@ def test_sentence_renders_in_chromium(site: tuple[Path, ReportSummary], tmp_path
     assert shown == _text(_SENTENCE.search(text).group(1))
     phrases = int(next(m for m in messages if m.startswith("FILTAG-PHRASES ")).split()[1])
     assert phrases == len(re.findall(r'class="phrase"', text)) > 0
+
+
+def test_phrase_voters_pick_the_layer_with_most_voters_and_their_gradcam_weights(
+    tmp_path: Path, wordnet  # noqa: F811
+) -> None:
+    from filtag_kg.rdf.synthetic import write_synthetic_run
+    from filtag_kg.report.sentence_view import phrase_voters
+
+    run = write_synthetic_run(tmp_path / "run", layers=[("a", 6), ("b", 6)], classes=5, images=6, k=2,
+                              weighting="gradcam")
+    ctx = SentenceContext.from_run(run, wordnet=wordnet)
+    checked = 0
+    for rec in read_explanations(run):
+        for p in image_sentence(ctx, rec).phrases:
+            li, fs, ws = phrase_voters(ctx, rec, p, ["a", "b"])
+            per_layer = {}
+            for layer in ("a", "b"):
+                per_layer[layer] = {
+                    r["filter"]: r["weight"] for r in rec["active_filters"][layer]
+                    if set(p.members) & set(ctx.tags.get(("top-k", "2", layer, r["filter"]), ()))
+                }
+            layer = "b" if len(per_layer["b"]) >= len(per_layer["a"]) else "a"
+            assert ["a", "b"][li] == layer and dict(zip(fs, ws)) == pytest.approx(per_layer[layer])
+            checked += 1
+    assert checked
