@@ -553,6 +553,27 @@ def cmd_sentences(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    """human labels of filters: import, export a sheet, agreement with the tags."""
+    import json
+
+    from . import labels
+    from .wordnet import load_wordnet
+
+    if args.labels_command == "export":
+        print(f"wrote {labels.export_sheet(args.run_dir, args.out)}")
+        return 0
+    wn = load_wordnet(wordnet_dir=args.wordnet_dir)
+    if args.labels_command == "import":
+        print(labels.import_labels(args.file, args.run_dir, wordnet=wn).summary())
+        _refresh_graph(args.run_dir)
+    else:
+        report = labels.agreement(args.run_dir, setting=args.setting, wordnet=wn)
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) if args.json
+              else labels.format_agreement(report))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """the embedded offline default."""
     from .demo import run_demo
@@ -947,6 +968,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per line: text, template, generator version, concepts")
     p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
     p.set_defaults(func=cmd_sentences)
+
+    p = sub.add_parser(
+        "labels", help="human labels of filters: import, export an annotation sheet, agreement",
+        description="Human labels of filters, kept apart from the machine tags. A label file is a "
+        "CSV with the columns run,layer,filter,label,annotator,time (free-text labels, normalised "
+        "to WordNet; an unknown or ambiguous label is kept as text and reported).",
+        epilog="examples:\n  filtag-kg labels export runs/vgg16\n"
+        "  filtag-kg labels import sheet.csv runs/vgg16\n  filtag-kg labels agree runs/vgg16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lsub = p.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    w = lsub.add_parser("import", help="read a filled label CSV into RUN_DIR/human_labels.tsv",
+                        description="Read human labels (CSV: run,layer,filter,label,annotator,time) "
+                        "into RUN_DIR/human_labels.tsv, each normalised to a WordNet synset.",
+                        epilog="example: filtag-kg labels import sheet.csv runs/vgg16")
+    w.add_argument("file", metavar="FILE", help="the label CSV")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="the run the labels are for")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    w = lsub.add_parser("export", help="write an annotation sheet (one row per tagged filter)",
+                        description="Write RUN_DIR/label_sheet.csv: per tagged filter its tags, abstract "
+                        "tags and top images, with empty label, annotator and time columns to fill.",
+                        epilog="example: filtag-kg labels export runs/vgg16 --out sheet.csv")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="a tagged run folder")
+    w.add_argument("--out", metavar="FILE", help="where to write the sheet (default RUN_DIR/label_sheet.csv)")
+    w = lsub.add_parser("agree", help="how often human labels name a tag, abstract tag or hypernym",
+                        description="Per filter and overall: whether each human label is a machine "
+                        "tag, an abstract tag or a hypernym of a tag, or none of them.",
+                        epilog="example: filtag-kg labels agree runs/vgg16 --setting 'top-k 1'")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="a run with imported labels")
+    w.add_argument("--setting", help="the tagging setting to compare with (default: the first)")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline offline on a synthetic shapes dataset",
