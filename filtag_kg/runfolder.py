@@ -38,7 +38,7 @@ RUN_ARTIFACTS = (
 #: the files an export reads: an export older than one of them is stale
 EXPORT_INPUTS = (
     "profile.json", "tags.tsv", "tags.json", "abstract_tags.tsv", "class_links.tsv", "import.json",
-    "explanations*",
+    "explanations*", "human_labels.tsv",
 )
 
 

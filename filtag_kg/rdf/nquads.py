@@ -112,6 +112,12 @@ class RunGraphs:
         stats.count_tag_graph(tags)
         g = self.ctx.tag_graph_iri
         yield g, _text(tags, g if self.graphs else None), len(tags)
+        from .label_graph import label_graph_triples
+
+        labels = label_graph_triples(self.ctx)  # people's labels: their own graph, never tags
+        if labels:
+            g = self.ctx.mint.labels_graph(self.ctx.run_iri)
+            yield g, _text(labels, g if self.graphs else None), len(labels)
         void = void_triples(self.ctx, stats)
         g = self.ctx.void_graph_iri
         yield g, _text(void, g if self.graphs else None), len(void)

@@ -95,6 +95,7 @@ class FK(DefinedNamespace):
     TagGraph: URIRef  # The named graph holding a run's model, tags, concepts and provenance.
     ExplanationSet: URIRef  # The explanation graphs of a run, described as one VoID subset.
     SentenceGeneration: URIRef  # The activity that wrote sentences from the graph by fixed templates.
+    HumanLabel: URIRef  # A person's free-text label of a filter, normalised to WordNet; never a tag.
 
     # -- individuals -------------------------------------------------------------
     TopK: URIRef  # Selection method: the k most active filters of a layer.
@@ -142,6 +143,8 @@ class FK(DefinedNamespace):
     hasLastLayerVote: URIRef  # The votes of one concept from the last layer alone.
     perturbation: URIRef  # The perturbation applied to the image before it was explained.
     sentenceGeneratedBy: URIRef  # The sentence generation that wrote the resource's fk:sentence.
+    labelConcept: URIRef  # The WordNet synset a human label was normalised to.
+    labelledFilter: URIRef  # The filter a human label is about.
 
     # -- datatype properties -----------------------------------------------------
     modelSpec: URIRef  # How the model was specified (torchvision name, factory or file).
@@ -197,6 +200,8 @@ class FK(DefinedNamespace):
     sentence: URIRef  # A short English sentence generated from the graph about this resource.
     sentenceTemplate: URIRef  # The template id the resource's sentence was written with.
     generatorVersion: URIRef  # The version of the sentence generator.
+    labelText: URIRef  # A human label as its annotator typed it.
+    labelStatus: URIRef  # Whether a human label was linked to WordNet (linked, ambiguous, unknown).
     tagsSha256: URIRef  # SHA-256 of the tagging's tags.tsv: what tells two taggings of one profile apart.
 
 
