@@ -32,6 +32,7 @@ RUN_ARTIFACTS = (
     "class_links.tsv", "import.json",
     "explanations*",  # .jsonl, .json, .state.json, parts and any other storage of the pass
     "evaluation.json", "perturbation_effects.jsonl",
+    "human_labels.tsv", "label_sheet.csv",  # people's labels of the old run's filters
     "kg.*", EXPORT_RECORD,
     "report",
 )

@@ -163,3 +163,22 @@ def test_labels_cli(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert sum(doc["counts"].values()) == 1
     assert main(["labels", "agree", str(run), "--setting", "top-k 9"]) == 2
     assert "unknown setting" in capsys.readouterr().err
+
+
+def test_labels_belong_to_their_run_and_go_with_it(run: Path, tmp_path: Path) -> None:
+    import os
+    import time
+
+    from filtag_kg.rdf import export_run
+    from filtag_kg.runfolder import clear_run, stale_reason
+
+    kg = export_run(run, fmt="nq", wordnet=wordnet())
+    for p in run.rglob("*"):  # everything made a minute ago, the export half a minute ago
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    os.utime(kg, (time.time() - 30, time.time() - 30))
+    assert stale_reason(kg) is None
+    first = next(iter(_tags(run)))
+    import_labels(_fill(run, tmp_path / "s.csv", {first: "violin"}), run, wordnet=wordnet())
+    assert "than human_labels.tsv of its run" in (stale_reason(kg) or "")  # the export lacks the label
+    assert "human_labels.tsv" in {p.name for p in clear_run(run)}  # --overwrite: labels of the old run
+    assert not (run / LABELS_FILE).exists()
