@@ -35,6 +35,9 @@ def test_labels_are_their_own_resources_in_their_own_graph(tmp_path: Path) -> No
     assert len(who) == 2
     linked = {s for s, p, o, _ in quads if p == FK.labelStatus and o == Literal("linked")}
     assert len(linked) == sum(1 for lab in labels if lab.resolution.status == "linked") == 4
+    void = next(s for s, p, o, _ in quads if p == RDF.type and o == FK.KnowledgeGraph)
+    counted = next(int(o) for s, p, o, _ in quads if s == void and str(p).endswith("void#triples"))
+    assert counted == sum(1 for q in quads if not str(q[3]).endswith("/kg/void"))  # labels counted
     g = union(quads)
     ok, text = validate(g)
     assert ok, text

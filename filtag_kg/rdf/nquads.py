@@ -116,6 +116,7 @@ class RunGraphs:
 
         labels = label_graph_triples(self.ctx)  # people's labels: their own graph, never tags
         if labels:
+            stats.label_triples = len(labels)
             g = self.ctx.mint.labels_graph(self.ctx.run_iri)
             yield g, _text(labels, g if self.graphs else None), len(labels)
         void = void_triples(self.ctx, stats)
