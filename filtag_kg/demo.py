@@ -158,7 +158,8 @@ def _sentence_lines(run_dir: str | os.PathLike[str], wordnet: Any, count: int = 
         if len(good) >= count and bad:
             break
     chosen = (good[:1] + bad[:1] + good[1:] + bad[1:])[:count]
-    return "\n".join(f"  {rec.get('image')}: {image_sentence(ctx, rec).text}" for rec in chosen)
+    return "\n".join(f"  {'/'.join(Path(str(rec.get('image'))).parts[-2:])}: {image_sentence(ctx, rec).text}"
+                     for rec in chosen)
 
 
 def _abstract_lines(run_dir: str | os.PathLike[str], limit: int = 8) -> str:
