@@ -119,3 +119,15 @@ def test_phrase_voters_pick_the_layer_with_most_voters_and_their_gradcam_weights
             assert ["a", "b"][li] == layer and dict(zip(fs, ws)) == pytest.approx(per_layer[layer])
             checked += 1
     assert checked
+
+
+def test_label_sheet_lists_the_top_images_of_a_profile_with_them(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    import csv
+
+    from filtag_kg.labels import export_sheet
+
+    with open(export_sheet(tiny_run, tmp_path / "sheet.csv"), encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    tops = [r["top_images"].split("; ") for r in rows if r["top_images"]]
+    assert rows and len(tops) == len(rows)  # profiled with top_images=3: every tagged filter has them
+    assert all(1 <= len(t) <= 3 and all(p.endswith(".png") for p in t) for t in tops)
