@@ -414,7 +414,7 @@ def image_sentence(ctx: SentenceContext, rec: Mapping[str, Any]) -> Sentence:
     if top:
         cid = top[0]["class_id"]
         named.append(cid)
-        head = f"Predicted {ctx.label(cid)} ({_pct(float(top[0]['prob']))})"
+        head = f"Predicted {ctx.label(cid)} ({_pct(float(top[0].get('prob') or 0.0))})"
         if pred is None:
             head += "."
         elif pred == cid:
