@@ -210,7 +210,8 @@ def _record_export(args: argparse.Namespace, run_dir: str, path: Path, fmt: str)
                   ili_map=getattr(args, "ili_map", None),
                   explanations=not getattr(args, "no_explanations", False),
                   absolute_paths=getattr(args, "absolute_paths", False),
-                  materialize=getattr(args, "materialize", False), license=getattr(args, "license", None))
+                  materialize=getattr(args, "materialize", False), license=getattr(args, "license", None),
+                  sentences=getattr(args, "sentences", False))
 
 
 def _refresh_graph(run_dir: str) -> list[str]:
@@ -408,7 +409,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.run_dir, fmt=args.format, out=args.out, base_iri=args.base_iri,
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations, absolute_paths=args.absolute_paths,
-        materialize=args.materialize, license=args.license,
+        materialize=args.materialize, license=args.license, sentences=args.sentences,
     )
     _record_export(args, args.run_dir, s.path, args.format)
     if s.explanations_pending is not None and not args.no_explanations:
@@ -549,6 +550,40 @@ def cmd_import_filtag(args: argparse.Namespace) -> int:
     for prob in result.problems:
         print(f"  {prob.describe()}")
     print(_outputs(Path(args.out), ["tags.tsv", "import.json"]))
+    return 0
+
+
+def cmd_sentences(args: argparse.Namespace) -> int:
+    """sentences generated from a run's votes, tags and WordNet links."""
+    import json
+
+    from .sentences import run_sentences
+    from .wordnet import load_wordnet
+
+    for s in run_sentences(args.run_dir, kinds=args.kind or ["image", "filter", "class"],
+                           wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), limit=args.limit):
+        print(json.dumps(s.as_dict(), ensure_ascii=False) if args.json else s.text)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    """human labels of filters: import, export a sheet, agreement with the tags."""
+    import json
+
+    from . import labels
+    from .wordnet import load_wordnet
+
+    if args.labels_command == "export":
+        print(f"wrote {labels.export_sheet(args.run_dir, args.out)}")
+        return 0
+    wn = load_wordnet(wordnet_dir=args.wordnet_dir)
+    if args.labels_command == "import":
+        print(labels.import_labels(args.file, args.run_dir, wordnet=wn).summary())
+        _refresh_graph(args.run_dir)
+    else:
+        report = labels.agreement(args.run_dir, setting=args.setting, wordnet=wn)
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) if args.json
+              else labels.format_agreement(report))
     return 0
 
 
@@ -715,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", metavar="IRI",
                    help="licence of the data, as dcterms:license in the VoID (e.g. "
                    "https://creativecommons.org/licenses/by/4.0/)")
+    p.add_argument("--sentences", action="store_true",
+                   help="also write generated English sentences (fk:sentence) on the explanations, "
+                   "filters and class explanations (filtag-kg sentences shows them)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -924,6 +962,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-unresolved", action="store_true",
                    help="keep unresolvable names as unlinked tags instead of failing")
     p.set_defaults(func=cmd_import_filtag)
+
+    p = sub.add_parser(
+        "sentences", help="short English sentences from a run's votes, tags and WordNet links",
+        description="Print generated sentences: per explained image (prediction, layers, the "
+        "concepts its active filters vote for), per tagged filter (its class distribution) and "
+        "per class (the concepts its images vote for). Groups of classes are named at the level "
+        "a reader uses (README: Sentences).",
+        epilog="examples:\n  filtag-kg sentences runs/vgg16 --kind image --limit 5\n"
+        "  filtag-kg sentences runs/vgg16 --kind filter --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a profiled and tagged run folder")
+    p.add_argument("--kind", action="append", choices=["image", "filter", "class"],
+                   help="which sentences (repeatable; default all three)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N image sentences")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: text, template, generator version, concepts")
+    p.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.set_defaults(func=cmd_sentences)
+
+    p = sub.add_parser(
+        "labels", help="human labels of filters: import, export an annotation sheet, agreement",
+        description="Human labels of filters, kept apart from the machine tags. A label file is a "
+        "CSV with the columns run,layer,filter,label,annotator,time (free-text labels, normalised "
+        "to WordNet; an unknown or ambiguous label is kept as text and reported).",
+        epilog="examples:\n  filtag-kg labels export runs/vgg16\n"
+        "  filtag-kg labels import sheet.csv runs/vgg16\n  filtag-kg labels agree runs/vgg16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lsub = p.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    w = lsub.add_parser("import", help="read a filled label CSV into RUN_DIR/human_labels.tsv",
+                        description="Read human labels (CSV: run,layer,filter,label,annotator,time) "
+                        "into RUN_DIR/human_labels.tsv, each normalised to a WordNet synset.",
+                        epilog="example: filtag-kg labels import sheet.csv runs/vgg16")
+    w.add_argument("file", metavar="FILE", help="the label CSV")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="the run the labels are for")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    w = lsub.add_parser("export", help="write an annotation sheet (one row per tagged filter)",
+                        description="Write RUN_DIR/label_sheet.csv: per tagged filter its tags, abstract "
+                        "tags and top images, with empty label, annotator and time columns to fill.",
+                        epilog="example: filtag-kg labels export runs/vgg16 --out sheet.csv")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="a tagged run folder")
+    w.add_argument("--out", metavar="FILE", help="where to write the sheet (default RUN_DIR/label_sheet.csv)")
+    w = lsub.add_parser("agree", help="how often human labels name a tag, abstract tag or hypernym",
+                        description="Per filter and overall: whether each human label is a machine "
+                        "tag, an abstract tag or a hypernym of a tag, or none of them.",
+                        epilog="example: filtag-kg labels agree runs/vgg16 --setting 'top-k 1'")
+    w.add_argument("run_dir", metavar="RUN_DIR", help="a run with imported labels")
+    w.add_argument("--setting", help="the tagging setting to compare with (default: the first)")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w.add_argument("--wordnet-dir", metavar="DIR", help="a WordNet 3.0 database folder to use")
+    p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline offline on a synthetic shapes dataset",

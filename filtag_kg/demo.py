@@ -114,6 +114,12 @@ def run_demo(
     echo(f"explanations of the {evaluation['groups'][0]['images']} held-out images:")
     echo(format_table(evaluation))
     echo("")
+    echo("in words (filtag-kg sentences):")
+    echo(_sentence_lines(out, load_wordnet()))
+    from .labels import export_sheet
+
+    echo(f"label sheet for people to fill in (filtag-kg labels import): {export_sheet(out)}")
+    echo("")
     echo(report.summary().splitlines()[0])
     echo(f"knowledge graph {graph.path.name}: {graph.quads} statements, {graph.explanations} "
          "explanation graphs (see ontology/README.md)")
@@ -134,6 +140,26 @@ def _training_line(metrics: dict[str, Any]) -> str:
     if metrics.get("steps") is not None:
         parts.append(f"{metrics['steps']} steps of {metrics.get('batch_size', '?')} images")
     return ", ".join(parts) + f", {metrics.get('epochs', '?')} epochs"
+
+
+def _sentence_lines(run_dir: str | os.PathLike[str], wordnet: Any, count: int = 2) -> str:
+    """Example sentences: the first held-out image the votes explain, and the first they do not
+    (or the next one)."""
+    from .evaluation import explains_model
+    from .explain import read_explanations
+    from .sentences import SentenceContext, image_sentence
+
+    ctx = SentenceContext.from_run(run_dir, wordnet=wordnet)
+    good, bad = [], []
+    for rec in read_explanations(run_dir):
+        if rec.get("perturbation") or rec.get("weighting") or rec.get("param") != "1":
+            continue
+        (good if explains_model(rec) else bad).append(rec)
+        if len(good) >= count and bad:
+            break
+    chosen = (good[:1] + bad[:1] + good[1:] + bad[1:])[:count]
+    return "\n".join(f"  {'/'.join(Path(str(rec.get('image'))).parts[-2:])}: {image_sentence(ctx, rec).text}"
+                     for rec in chosen)
 
 
 def _abstract_lines(run_dir: str | os.PathLike[str], limit: int = 8) -> str:

@@ -34,13 +34,14 @@ RUN_ARTIFACTS = (
     "class_links.tsv", "import.json",
     "explanations*",  # .jsonl, .json, .state.json, parts and any other storage of the pass
     "evaluation.json", "perturbation_effects.jsonl",
+    "human_labels.tsv", "label_sheet.csv",  # people's labels of the old run's filters
     "kg.*", EXPORT_RECORD,
     "report",
 )
 #: the files an export reads: an export older than one of them is stale
 EXPORT_INPUTS = (
     "profile.json", "tags.tsv", "tags.json", "abstract_tags.tsv", "class_links.tsv", "import.json",
-    "explanations*",
+    "explanations*", "human_labels.tsv",
 )
 
 
@@ -122,6 +123,7 @@ def record_export(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    sentences: bool = False,
 ) -> None:
     """Note how an export in the run folder (``RUN/kg.<ext>``) was made, to refresh it alike.
 
@@ -139,7 +141,7 @@ def record_export(
         "wordnet_dir": str(Path(wordnet_dir).absolute()) if wordnet_dir else None,
         "ili_map": str(Path(ili_map).absolute()) if ili_map else None,
         "explanations": explanations, "absolute_paths": absolute_paths,
-        "materialize": materialize, "license": license,
+        "materialize": materialize, "license": license, "sentences": sentences,
     }
     write_json(run / EXPORT_RECORD, doc)
 
@@ -173,7 +175,8 @@ def refresh_command(run_dir: str | os.PathLike[str], rec: dict[str, Any] | None 
             cmd += f" {opt} {rec[key]}"
     if rec.get("explanations") is False:
         cmd += " --no-explanations"
-    for opt, key in (("--absolute-paths", "absolute_paths"), ("--materialize", "materialize")):
+    for opt, key in (("--absolute-paths", "absolute_paths"), ("--materialize", "materialize"),
+                     ("--sentences", "sentences")):
         if rec.get(key):
             cmd += f" {opt}"
     if rec.get("license"):
@@ -200,6 +203,7 @@ def refresh_exports(run_dir: str | os.PathLike[str]) -> list[Any]:
             wordnet=load_wordnet(wordnet_dir=r.get("wordnet_dir")), ili_map=r.get("ili_map"),
             explanations=r.get("explanations", True), absolute_paths=bool(r.get("absolute_paths")),
             materialize=bool(r.get("materialize")), license=r.get("license"),
+            sentences=bool(r.get("sentences")),
         )
         for name, r in recs.items()
     ]

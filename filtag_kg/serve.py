@@ -619,7 +619,10 @@ class App:
             return self._query_table("Tags and abstract tags", "concepts-of-filter", bound)
         if (str(FK.Concept) in types or str(FK.Synset) in types) and wnid in value:
             title = "Filters that represent it (counting hyponyms)"
-            return self._query_table(title, "filters-for-concept", {"concept": value[wnid]})
+            return self._query_table(title, "filters-for-concept", {"concept": value[wnid]}) + (
+                self._query_table("Images explained by it (votes for it and its hyponyms)",
+                                  "images-for-concept", {"concept": value[wnid]})
+            )
         return ""
 
     def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:

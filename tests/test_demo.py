@@ -28,6 +28,9 @@ def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
     # top-k 1: one tag per class and layer
     assert sum(r["param"] == "1" for r in rows) == 10 * len(result.profile.layers)
     assert "linked 10/10 classes" in text
+    said = text.split("in words (filtag-kg sentences):\n", 1)[1].splitlines()[:2]
+    assert len(said) == 2 and all(": Predicted " in s for s in said)
+    assert (tmp_path / "out" / "label_sheet.csv").is_file() and "label sheet" in text
     lines.clear()
     run_demo(out=tmp_path / "out2", cache_dir=tmp_path / "cache", progress=False, echo=lines.append,
              sizes=SMALL)

@@ -410,6 +410,8 @@ CALLS = [
     ("untagged-filters", {}),
     ("misexplained-images", {}),
     ("shared-concepts", {"model1": SPEC_A, "model2": SPEC_B}),
+    ("images-for-concept", {"concept": DOG}),
+    ("label-disagreements", {}),
 ]
 LIST_COLUMNS = {"matched", "under", "tagged", "where1", "where2"}
 

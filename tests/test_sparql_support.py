@@ -63,6 +63,7 @@ def kg() -> KG:
     root = Path(tempfile.mkdtemp(prefix="filtag-sparql-"))
     atexit.register(shutil.rmtree, root, True)
     a = make_run(root / "a", images=12, spec=SPEC_A)
+    add_human_labels(a)
     b = make_run(root / "b", images=0, spec=SPEC_B, layers=LAYERS_B, seed=1)
     wn = wordnet()
     nq_a = export_run(a, fmt="nq", wordnet=wn)
@@ -72,6 +73,26 @@ def kg() -> KG:
     store = root / "store"
     sparql.load([nq_a, nq_b], store)
     return KG(a, b, nq_a, nq_b, trig_a, ttl_a, store)
+
+
+def add_human_labels(run: Path) -> None:
+    """Label a few filters of the run as people might: agreeing, disagreeing and unknown labels."""
+    from filtag_kg.labels import LABEL_COLUMNS, import_labels
+
+    rows = tags(run)
+    dog_breeds = {"n02085620", "n02085936", "n02086240"}
+    dog = next(r for r in rows if r["class_id"] in dog_breeds)
+    other = next(r for r in rows if r["class_id"] == "n04536866")  # tagged violin
+    unrelated = next(r for r in rows if r["class_id"] not in dog_breeds | {"n04536866"})
+    labels = [(dog, "dogs"), (other, "a musical instrument"), (other, "toy dog"), (unrelated, "violin"),
+              (unrelated, "blorptastic")]
+    path = run / "labels-in.csv"
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(LABEL_COLUMNS)
+        for i, (r, text) in enumerate(labels):
+            w.writerow(["", r["layer"], r["filter"], text, f"ann{i % 2}", "2026-01-02T03:04:05Z"])
+    import_labels(path, run, wordnet=wordnet())
 
 
 def tags(run: Path) -> list[dict[str, str]]:

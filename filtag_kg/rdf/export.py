@@ -137,6 +137,7 @@ def export_run(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    sentences: bool = False,
 ) -> Path:
     """Export a run folder's knowledge graph to one RDF file, atomically.
 
@@ -155,6 +156,8 @@ def export_run(
         materialize: also write the ``fk:represents`` triples an OWL RL reasoner would
             infer with ``ontology/filtag.ttl`` (for stores that do not reason).
         license: IRI of the licence of the data (``dcterms:license`` in the VoID).
+        sentences: also write the generated sentences (``fk:sentence``, :mod:`filtag_kg.sentences`)
+            on the explanations, filters and class explanations (needs ``profile.json``).
 
     Returns:
         The path written.
@@ -173,6 +176,7 @@ def export_run(
     return export_run_stats(
         run_dir, fmt=fmt, out=out, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map,
         explanations=explanations, absolute_paths=absolute_paths, materialize=materialize, license=license,
+        sentences=sentences,
     ).path  # type: ignore[return-value]
 
 
@@ -188,6 +192,7 @@ def export_run_stats(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    sentences: bool = False,
 ) -> ExportStats:
     """Like :func:`export_run`, returning the counts written (for the CLI's summary)."""
     f = format_of(fmt)
@@ -199,6 +204,7 @@ def export_run_stats(
     kwargs = {
         "base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations,
         "absolute_paths": absolute_paths, "materialize": materialize, "license": license,
+        "sentences": sentences,
     }
     if f.name in ("nq", "nt"):
         with atomic_open(path, "wb") as fh:

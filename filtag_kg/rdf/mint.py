@@ -264,6 +264,26 @@ class Minter:
         return f"{run_iri}/class-explanation/{segment(setting_key(method, param))}/{segment(class_id)}"
 
     @staticmethod
+    def labels_graph(run_iri: str) -> str:
+        """``R/kg/labels``: name of the named graph with the human labels of the run's filters."""
+        return f"{run_iri}/kg/labels"
+
+    @staticmethod
+    def human_label(run_iri: str, layer: str, index: int, annotator: str, text: str, time: str) -> str:
+        """``R/human-label/{layer}/{filter}/{hash of annotator, text, time}``."""
+        return (f"{run_iri}/human-label/{segment(layer)}/{index}/"
+                f"{content_hash([annotator, text, time])}")
+
+    def annotator(self, name: str) -> str:
+        """``B annotator/{name}``: a person (or team) who labelled filters."""
+        return f"{self.base}annotator/{segment(name)}"
+
+    @staticmethod
+    def sentence_generation(run_iri: str) -> str:
+        """``R/sentences``: the generation of the run's sentences (:mod:`filtag_kg.sentences`)."""
+        return f"{run_iri}/sentences"
+
+    @staticmethod
     def explanation_run(run_iri: str) -> str:
         """``R/explanations``: the activity that explained images with the run's tags."""
         return f"{run_iri}/explanations"

@@ -52,6 +52,7 @@ class RunGraphs:
             for ``skos:exactMatch`` links to the Interlingual Index.
         explanations: include the explanation graphs (when the run has them).
         absolute_paths, materialize, license: see :class:`~.tag_graph.Context`.
+        sentences: also write the generated sentences (:mod:`.sentence_graph`).
         graphs: end each line with its graph's name (N-Quads text); ``False``
             gives N-Triples text.
 
@@ -72,6 +73,7 @@ class RunGraphs:
         absolute_paths: bool = False,
         materialize: bool = False,
         license: str | None = None,
+        sentences: bool = False,
     ) -> None:
         from .mint import check_base_iri
 
@@ -85,20 +87,38 @@ class RunGraphs:
         )
         self.stats = GraphStats()
         self.graphs = graphs
+        self.sentences = sentences
 
     def __iter__(self) -> Iterator[tuple[str, str, int]]:
         stats = self.stats
+        sentences = None
+        if self.sentences:
+            from .sentence_graph import SentenceTriples
+
+            sentences = SentenceTriples(self.ctx)
         for graph, text, count, is_explanation in iter_explanation_graphs(self.ctx, graphs=self.graphs):
             if is_explanation:
+                if sentences is not None:  # E's sentence lines follow E's own (E's lines come last)
+                    more, k = sentences.explanation(graph, graphs=self.graphs)
+                    text, count = text + more, count + k
                 stats.explanations += 1
             else:
                 stats.classifications += 1
             stats.explanation_triples += count
             yield graph, text, count
         tags = tag_graph_triples(self.ctx)
+        if sentences is not None:
+            tags = sorted(set(tags).union(sentences.tag_graph_triples()))
         stats.count_tag_graph(tags)
         g = self.ctx.tag_graph_iri
         yield g, _text(tags, g if self.graphs else None), len(tags)
+        from .label_graph import label_graph_triples
+
+        labels = label_graph_triples(self.ctx)  # people's labels: their own graph, never tags
+        if labels:
+            stats.label_triples = len(labels)
+            g = self.ctx.mint.labels_graph(self.ctx.run_iri)
+            yield g, _text(labels, g if self.graphs else None), len(labels)
         void = void_triples(self.ctx, stats)
         g = self.ctx.void_graph_iri
         yield g, _text(void, g if self.graphs else None), len(void)
@@ -149,6 +169,7 @@ def write_nquads(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    sentences: bool = False,
 ) -> ExportStats:
     """Stream a run's export as N-Quads (or N-Triples) into a file.
 
@@ -161,8 +182,8 @@ def write_nquads(
         run: a run folder or its :class:`~.rundata.RunData`.
         out: a binary file, or a text file (written through its binary
             buffer when it has one), opened for writing.
-        base_iri, wordnet, ili_map, explanations, absolute_paths, materialize, license:
-            see :class:`RunGraphs`.
+        base_iri, wordnet, ili_map, explanations, absolute_paths, materialize, license,
+            sentences: see :class:`RunGraphs`.
         graphs: ``True`` writes N-Quads; ``False`` writes N-Triples (all
             graphs merged; a triple found in several explanation graphs,
             such as an image's SHA-256, then appears once per graph).
@@ -176,7 +197,7 @@ def write_nquads(
     """
     stream = RunGraphs(
         run, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map, explanations=explanations, graphs=graphs,
-        absolute_paths=absolute_paths, materialize=materialize, license=license,
+        absolute_paths=absolute_paths, materialize=materialize, license=license, sentences=sentences,
     )
     write = _binary_writer(out)
     lines = 0

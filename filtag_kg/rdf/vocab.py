@@ -94,6 +94,8 @@ class FK(DefinedNamespace):
     KnowledgeGraph: URIRef  # An export of one run: its tag graph and its explanation graphs.
     TagGraph: URIRef  # The named graph holding a run's model, tags, concepts and provenance.
     ExplanationSet: URIRef  # The explanation graphs of a run, described as one VoID subset.
+    SentenceGeneration: URIRef  # The activity that wrote sentences from the graph by fixed templates.
+    HumanLabel: URIRef  # A person's free-text label of a filter, normalised to WordNet; never a tag.
 
     # -- individuals -------------------------------------------------------------
     TopK: URIRef  # Selection method: the k most active filters of a layer.
@@ -140,6 +142,9 @@ class FK(DefinedNamespace):
     hasVote: URIRef  # The votes of one concept over all layers.
     hasLastLayerVote: URIRef  # The votes of one concept from the last layer alone.
     perturbation: URIRef  # The perturbation applied to the image before it was explained.
+    sentenceGeneratedBy: URIRef  # The sentence generation that wrote the resource's fk:sentence.
+    labelConcept: URIRef  # The WordNet synset a human label was normalised to.
+    labelledFilter: URIRef  # The filter a human label is about.
 
     # -- datatype properties -----------------------------------------------------
     modelSpec: URIRef  # How the model was specified (torchvision name, factory or file).
@@ -192,6 +197,11 @@ class FK(DefinedNamespace):
     explanationCount: URIRef  # How many explanation graphs an explanation set holds.
     classificationCount: URIRef  # How many image classification graphs an explanation set holds.
     explanationPassComplete: URIRef  # False when the export was made from an unfinished explanation pass.
+    sentence: URIRef  # A short English sentence generated from the graph about this resource.
+    sentenceTemplate: URIRef  # The template id the resource's sentence was written with.
+    generatorVersion: URIRef  # The version of the sentence generator.
+    labelText: URIRef  # A human label as its annotator typed it.
+    labelStatus: URIRef  # Whether a human label was linked to WordNet (linked, ambiguous, unknown).
     tagsSha256: URIRef  # SHA-256 of the tagging's tags.tsv: what tells two taggings of one profile apart.
 
 

@@ -36,6 +36,11 @@ class ConceptPages(SiteContext):
                         ", ".join(f"{esc(self.name(cid))} <code>{esc(cid)}</code>" for cid in c.class_ids),
                     )
                 )
+            said = [self.sentences.classes[cid] for cid in c.class_ids
+                    if self.sentences is not None and cid in self.sentences.classes]
+            if said:
+                facts.append(("its images", "<br>".join(
+                    f'<span class="sentence" lang="en">{esc(s.text)}</span>' for s in said)))
             if c.parents:
                 facts.append(
                     (

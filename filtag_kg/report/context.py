@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..tagging import Tag
 from .heatmaps import HeatmapError, ImageViews, MapEngine, save_jpeg, thumbnail
 from .htmlkit import Page, esc, file_key
 from .runview import ConceptIndex, RunView, Setting
+from .sentence_view import SentenceView
 
 if TYPE_CHECKING:
     from ..wordnet import WordNet
@@ -91,6 +93,7 @@ class SiteContext:
                 self.notes.append(f"no WordNet source ({exc}); concepts are the classes alone")
                 wordnet = None
         self.concepts = ConceptIndex.build(view, wordnet)
+        self._wordnet = wordnet  # for the sentences (built on first use)
         self.notes += self.concepts.notes
         meta = view.profile_meta
         pre = None
@@ -123,6 +126,13 @@ class SiteContext:
         self.chosen_order: list[Any] = []  # the indices in page order (for previous / next links)
         self.explained_images = 0
         self.summaries: list[dict[str, Any]] = []
+
+    @functools.cached_property
+    def sentences(self) -> SentenceView | None:
+        """The run's generated sentences (``None``: no WordNet source or no ``profile.json``)."""
+        if self._wordnet is None:
+            return None
+        return SentenceView.build(self.view.data.run_dir, self._wordnet)
 
     # -- paths ---------------------------------------------------------------------------
     def layer_page(self, layer: str) -> str:

@@ -16,6 +16,7 @@ from .context import SiteContext, facts_list, pct
 from .heatmaps import heat_of, overlay, save_jpeg, thumbnail
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
 from .runview import setting_text
+from .sentence_view import phrase_voters, sentence_html
 
 # the index at the start of a line as ``explain`` writes it: ``{"index": 12, ...``
 _INDEX = re.compile(r'\{"index": ?(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
@@ -158,6 +159,7 @@ class ExplanationPages(SiteContext):
         paths = [str(g[0].get("image")) for g in groups]
         views = [self.image_view(p) for p in paths]
         plans: list[dict[int, tuple[list[int], list[int], str | None]]] = []
+        phrase_plans: list[dict[int, tuple[int, list[int], list[float]]]] = []
         wanted: list[dict[int, set[int]]] = []
         for g in groups:
             rec = self._maps_record(g)
@@ -172,6 +174,15 @@ class ExplanationPages(SiteContext):
                 voters = [f for f, _, tags in act if any(t.class_id == pred for t in tags)]
                 plan[li] = (top, voters, pred)
                 want[li] = set(top) | set(voters)
+            phrases: dict[int, tuple[int, list[int], list[float]]] = {}
+            if self.sentences is not None:  # the filters behind each concept the sentence names
+                prim = self._primary(g)
+                for n, p in enumerate(self.sentences.image(prim).phrases):
+                    got_v = phrase_voters(self.sentences.ctx, prim, p, self.view.layer_names)
+                    if got_v is not None:
+                        phrases[n] = got_v
+                        want.setdefault(got_v[0], set()).update(got_v[1])
+            phrase_plans.append(phrases)
             plans.append(plan)
             wanted.append(want)
         ok = [i for i, v in enumerate(views) if v is not None]
@@ -197,6 +208,14 @@ class ExplanationPages(SiteContext):
                         rel = f"maps/x/{key}/{li}-{f}.jpg"
                         save_jpeg(overlay(thumb, heat_of([lm.get(f)])), self.out / rel)
                         files[(li, f)] = rel
+                        self.heatmaps += 1
+                for n, (li, fs, ws) in phrase_plans[i].items():
+                    lm = got.get(i, {}).get(li)
+                    if lm is not None:  # weighted by each filter's vote weight (gradcam), else a mean
+                        rel = f"maps/x/{key}/{li}-phrase{n}.jpg"
+                        heat = heat_of([lm.get(f) * w for f, w in zip(fs, ws)])
+                        save_jpeg(overlay(thumb, heat), self.out / rel)
+                        files[(-1, f"phrase{n}")] = rel
                         self.heatmaps += 1
             self._explanation_page(g, self.chosen[idx], files, plans[i])
 
@@ -247,6 +266,15 @@ class ExplanationPages(SiteContext):
         if nav:
             page.add(f"<p>{' · '.join(nav)}</p>")
         page.add(f'<div class="gallery">{left}<div class="wide">{facts_list(facts)}{preds}</div></div>')
+        if self.sentences is not None:
+            sentence = self.sentences.image(rec0)
+            maps = {n: files[(-1, f"phrase{n}")] for n in range(len(sentence.phrases))
+                    if (-1, f"phrase{n}") in files}
+            figs = [self.figure(page, rel, f"filters voting for {esc(sentence.phrases[n].head)}",
+                                width=self.thumb_size, alt=f"heatmap: {sentence.phrases[n].head}")
+                    for n, rel in maps.items()]
+            page.add("<h2>In words</h2>", sentence_html(page, sentence, maps),
+                     '<div class="gallery">' + "".join(figs) + "</div>" if figs else "")
 
         panels = []
         for rec in group[:6]:

@@ -247,6 +247,8 @@ dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 .muted, .note { color: var(--muted); }
 .note { font-size: .9rem; }
+.sentence { font-style: italic; }
+a.phrase { font-weight: 600; }
 .rdf { font-size: .8rem; color: var(--muted); overflow-wrap: anywhere; }
 .rdf a.iri { color: var(--muted); }
 .bar { display: inline-block; width: 7rem; height: .7rem; background: var(--soft);

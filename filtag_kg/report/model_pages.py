@@ -112,6 +112,9 @@ class LayerFilterPages(SiteContext):
                         f"{fmt_num(math.log2(max(2, len(view.data.classes))))}: all alike)</span>",
                     )
                 )
+            said = self.sentences.filters.get((layer, f)) if self.sentences is not None else None
+            if said is not None:
+                facts.append(("in words", f'<span class="sentence" lang="en">{esc(said.text)}</span>'))
             facts.append(("RDF", rdf_link(self.mint.filter(self.model_iri, layer, f), text="filter")))
             page.add(facts_list(facts), f"<p>{' · '.join(nav)}</p>" if nav else "")
             tops = self.filter_top.get((layer, f), [])
