@@ -397,7 +397,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.run_dir, fmt=args.format, out=args.out, base_iri=args.base_iri,
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations, absolute_paths=args.absolute_paths,
-        materialize=args.materialize, license=args.license,
+        materialize=args.materialize, license=args.license, jobs=args.jobs,
     )
     _record_export(args, args.run_dir, s.path, args.format)
     if s.explanations_pending is not None and not args.no_explanations:
@@ -702,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", metavar="IRI",
                    help="licence of the data, as dcterms:license in the VoID (e.g. "
                    "https://creativecommons.org/licenses/by/4.0/)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="processes encoding the explanation graphs (default 1); the output is "
+                   "byte-identical for any N")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

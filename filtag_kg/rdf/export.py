@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._io import atomic_open, make_temp
-from .errors import ExportFormatError, LicenseIriError, UnrepresentableLiteralError
+from .errors import ExportFormatError, LicenseIriError, RdfExportError, UnrepresentableLiteralError
 from .mint import DEFAULT_BASE_IRI, check_base_iri
 from .nquads import ExportStats, write_nquads
 from .rundata import read_run
@@ -33,12 +33,28 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "ExportFormat",
+    "ExportJobsError",
     "check_license_iri",
     "export_run",
     "export_run_stats",
     "format_of",
     "is_local_base_iri",
 ]
+
+
+class ExportJobsError(RdfExportError, ValueError):
+    """``export --jobs`` is not a positive number of processes."""
+
+
+def check_jobs(jobs: int) -> int:
+    """Validate the number of processes of ``export --jobs``.
+
+    Raises:
+        ExportJobsError: it is not an integer >= 1.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ExportJobsError(f"bad number of processes {jobs!r}; give --jobs 1 or more (--jobs)")
+    return jobs
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ def export_run(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Export a run folder's knowledge graph to one RDF file, atomically.
 
@@ -155,12 +172,15 @@ def export_run(
         materialize: also write the ``fk:represents`` triples an OWL RL reasoner would
             infer with ``ontology/filtag.ttl`` (for stores that do not reason).
         license: IRI of the licence of the data (``dcterms:license`` in the VoID).
+        jobs: processes encoding the explanation graphs; the file is byte-identical for any
+            number (see :func:`~.nquads.write_nquads`).
 
     Returns:
         The path written.
 
     Raises:
         ExportFormatError: unknown format.
+        ExportJobsError: ``jobs`` < 1.
         BaseIriError: unusable base IRI.
         RunFolderError: no ``tags.tsv``, or an unreadable file in the run.
         UnrepresentableLiteralError: RDF/XML asked for text with control characters.
@@ -173,6 +193,7 @@ def export_run(
     return export_run_stats(
         run_dir, fmt=fmt, out=out, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map,
         explanations=explanations, absolute_paths=absolute_paths, materialize=materialize, license=license,
+        jobs=jobs,
     ).path  # type: ignore[return-value]
 
 
@@ -188,9 +209,11 @@ def export_run_stats(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    jobs: int = 1,
 ) -> ExportStats:
     """Like :func:`export_run`, returning the counts written (for the CLI's summary)."""
     f = format_of(fmt)
+    check_jobs(jobs)
     check_base_iri(base_iri)
     if license is not None:
         check_license_iri(license)
@@ -198,7 +221,7 @@ def export_run_stats(
     path = Path(out) if out is not None else Path(run_dir) / f"kg.{f.extension}"
     kwargs = {
         "base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations,
-        "absolute_paths": absolute_paths, "materialize": materialize, "license": license,
+        "absolute_paths": absolute_paths, "materialize": materialize, "license": license, "jobs": jobs,
     }
     if f.name in ("nq", "nt"):
         with atomic_open(path, "wb") as fh:

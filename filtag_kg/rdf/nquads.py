@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .explanation_graph import iter_explanation_graphs
+from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
 from .tag_graph import Context, GraphStats, tag_graph_triples, void_triples
@@ -95,11 +95,34 @@ class RunGraphs:
                 stats.classifications += 1
             stats.explanation_triples += count
             yield graph, text, count
+        yield from self._closing()
+
+
+    def blocks(self, *, jobs: int = 1) -> Iterator[tuple[list[bytes | memoryview], int]]:
+        """The same lines as iterating, as UTF-8 pieces to write, a batch of explanations at a time.
+
+        The export's route: ``jobs`` processes encode the explanations
+        (:func:`~.explanation_graph.iter_encoded_batches`); the bytes are the
+        same for every ``jobs``. Yields ``(pieces, line count)``.
+        """
+        stats = self.stats
+        merger = BatchMerger(self.ctx)
+        for batch in iter_encoded_batches(self.ctx, graphs=self.graphs, jobs=jobs):
+            pieces, lines, kept = merger.merge(batch)
+            stats.explanations += batch.explanations
+            stats.classifications += kept
+            stats.explanation_triples += lines
+            yield pieces, lines
+        for _graph, text, count in self._closing():
+            yield [text.encode("utf-8")], count
+
+    def _closing(self) -> Iterator[tuple[str, str, int]]:
+        """The tag graph, then the VoID graph (with the counts of everything before it)."""
         tags = tag_graph_triples(self.ctx)
-        stats.count_tag_graph(tags)
+        self.stats.count_tag_graph(tags)
         g = self.ctx.tag_graph_iri
         yield g, _text(tags, g if self.graphs else None), len(tags)
-        void = void_triples(self.ctx, stats)
+        void = void_triples(self.ctx, self.stats)
         g = self.ctx.void_graph_iri
         yield g, _text(void, g if self.graphs else None), len(void)
 
@@ -149,6 +172,7 @@ def write_nquads(
     absolute_paths: bool = False,
     materialize: bool = False,
     license: str | None = None,
+    jobs: int = 1,
 ) -> ExportStats:
     """Stream a run's export as N-Quads (or N-Triples) into a file.
 
@@ -166,6 +190,8 @@ def write_nquads(
         graphs: ``True`` writes N-Quads; ``False`` writes N-Triples (all
             graphs merged; a triple found in several explanation graphs,
             such as an image's SHA-256, then appears once per graph).
+        jobs: processes encoding the explanation graphs (forked workers; this
+            process reads and writes). The bytes written are the same for any ``jobs``.
 
     Returns:
         The counts written.
@@ -180,8 +206,9 @@ def write_nquads(
     )
     write = _binary_writer(out)
     lines = 0
-    for _graph, text, count in stream:
-        write(text)
+    for pieces, count in stream.blocks(jobs=jobs):
+        for piece in pieces:
+            write(piece)
         lines += count
     s = stream.stats
     return ExportStats(
@@ -196,18 +223,16 @@ def write_nquads(
     )
 
 
-def _binary_writer(out: IO[bytes] | IO[str]) -> Callable[[str], object]:
-    """A function writing text as UTF-8 to ``out`` (through the binary buffer of a text file)."""
+def _binary_writer(out: IO[bytes] | IO[str]) -> Callable[[bytes | memoryview], object]:
+    """A function writing UTF-8 bytes to ``out`` (through the binary buffer of a text file)."""
     if isinstance(out, io.TextIOBase):
         buffer = getattr(out, "buffer", None)
         if buffer is None:  # e.g. io.StringIO
-            return out.write
+
+            def write_text(data: bytes | memoryview) -> object:
+                return out.write(bytes(data).decode("utf-8"))
+
+            return write_text
         out.flush()
-        raw = buffer.write
-    else:
-        raw = out.write  # type: ignore[assignment]
-
-    def write(text: str) -> object:
-        return raw(text.encode("utf-8"))
-
-    return write
+        return buffer.write
+    return out.write  # type: ignore[return-value]
