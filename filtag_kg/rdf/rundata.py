@@ -369,16 +369,17 @@ class RowBatch:
             yield n, rec
 
 
-def explanation_batches(path: str | os.PathLike[str], *, rows: int = BATCH_ROWS) -> Iterator[RowBatch]:
+def explanation_batches(path: str | os.PathLike[str], *, rows: int | None = None) -> Iterator[RowBatch]:
     """The explanations of ``RunData.explanations_path`` as :class:`RowBatch` es of up to ``rows``
-    rows, streamed: the rows of an ``explanations.parquet`` folder, or the lines of
-    ``explanations.jsonl``. The one reader of explanations for the export.
+    (default :data:`BATCH_ROWS`) rows, streamed: the rows of an ``explanations.parquet`` folder,
+    or the lines of ``explanations.jsonl``. The one reader of explanations for the export.
 
     Raises:
         ExplanationFileError: the file is unreadable.
     """
     from .errors import ExplanationFileError
 
+    rows = rows or BATCH_ROWS
     p = Path(path)
     if p.is_dir():
         from ..explanations_io import iter_parquet_batches
