@@ -26,6 +26,9 @@ concepts, settings).
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -515,6 +518,7 @@ class EncodedBatch:
 
     Attributes:
         data: the text, UTF-8.
+        size: its length in bytes.
         lines: its line count.
         explanations: explanation graphs in it.
         classifications: ``(start byte, end byte, graph IRI, line count)`` per classification graph.
@@ -522,9 +526,12 @@ class EncodedBatch:
         settings: tagging settings first referenced, in order.
         explained: the settings explanations were made under.
         filters: ``(layer, filter)`` first referenced.
+        spill: set by a worker process: the file that holds ``data`` instead (``data`` is then empty,
+            so that the text does not travel through a pipe; the writer copies it in the kernel).
     """
 
     data: bytes
+    size: int = 0
     lines: int = 0
     explanations: int = 0
     classifications: list[tuple[int, int, str, int]] = field(default_factory=list)
@@ -532,6 +539,7 @@ class EncodedBatch:
     settings: list[tuple[str, str]] = field(default_factory=list)
     explained: list[tuple[str, str]] = field(default_factory=list)
     filters: list[tuple[str, int]] = field(default_factory=list)
+    spill: str | None = None
 
 
 def encode_batch(enc: ExplanationEncoder, batch: RowBatch) -> EncodedBatch:
@@ -579,7 +587,7 @@ def encode_batch(enc: ExplanationEncoder, batch: RowBatch) -> EncodedBatch:
             offsets.append(pos)
         spans = [(offsets[2 * i], offsets[2 * i + 1], iri, k) for i, (_, _, iri, k) in enumerate(spans)]
     return EncodedBatch(
-        data=data, lines=lines, explanations=rows, classifications=spans,
+        data=data, size=len(data), lines=lines, explanations=rows, classifications=spans,
         concepts=[(cid, ctx.labels.get(cid)) for cid in list(ctx.concepts)[n_concepts:]],
         settings=list(ctx.settings[n_settings:]),
         explained=sorted(ctx.explained_settings - explained),
@@ -599,8 +607,9 @@ class BatchMerger:
         self.ctx = ctx
         self.seen = SeenVariants(ctx.run_iri)
 
-    def merge(self, batch: EncodedBatch) -> tuple[list[bytes | memoryview], int, int]:
-        """The batch's bytes to write (as pieces), their line count, and its classification graphs kept."""
+    def merge(self, batch: EncodedBatch) -> tuple[list[tuple[int, int]], int, int]:
+        """The byte ranges of the batch's text to write, their line count, and the batch's
+        classification graphs kept."""
         ctx = self.ctx
         for cid, label in batch.concepts:
             ctx.concept(cid, label)
@@ -609,33 +618,40 @@ class BatchMerger:
         ctx.explained_settings.update(batch.explained)
         for layer, index in batch.filters:
             ctx.filter_seen(layer, index)
-        pieces: list[bytes | memoryview] = []
-        view = memoryview(batch.data)
+        ranges: list[tuple[int, int]] = []
         at, lines, kept = 0, batch.lines, 0
         for start, end, iri, count in batch.classifications:
             if iri in self.seen:
-                pieces.append(view[at:start])
+                if start > at:
+                    ranges.append((at, start))
                 at = end
                 lines -= count
             else:
                 self.seen.add(iri)
                 kept += 1
-        pieces.append(view[at:] if at else batch.data)
-        return pieces, lines, kept
+        if batch.size > at:
+            ranges.append((at, batch.size))
+        return ranges, lines, kept
 
 
-_WORKER: ExplanationEncoder | None = None
+_WORKER: tuple[ExplanationEncoder, str] | None = None
 
 
-def _start_worker(ctx: Context, graphs: bool) -> None:
+def _start_worker(ctx: Context, graphs: bool, spill_dir: str) -> None:
     global _WORKER
-    _WORKER = ExplanationEncoder(ctx, graphs=graphs)
+    _WORKER = (ExplanationEncoder(ctx, graphs=graphs), spill_dir)
 
 
 def _encode_in_worker(batch: RowBatch) -> EncodedBatch:
     if _WORKER is None:  # pragma: no cover - the pool's initializer sets it
         raise RuntimeError("export worker not started")
-    return encode_batch(_WORKER, batch)
+    enc, spill_dir = _WORKER
+    got = encode_batch(enc, batch)
+    got.spill = os.path.join(spill_dir, f"{batch.first:012d}.nq")
+    with open(got.spill, "wb") as fh:
+        fh.write(got.data)
+    got.data = b""
+    return got
 
 
 def iter_encoded_batches(ctx: Context, *, graphs: bool = True, jobs: int = 1) -> Iterator[EncodedBatch]:
@@ -661,7 +677,8 @@ def iter_encoded_batches(ctx: Context, *, graphs: bool = True, jobs: int = 1) ->
             yield encode_batch(enc, b)
         return
     # fork: the workers inherit the context (WordNet, labels, caches) without pickling it
-    pool = multiprocessing.get_context("fork").Pool(jobs, _start_worker, (ctx, graphs))
+    spill_dir = tempfile.mkdtemp(prefix="filtag-kg-export-")
+    pool = multiprocessing.get_context("fork").Pool(jobs, _start_worker, (ctx, graphs, spill_dir))
     try:
         pending: deque[Any] = deque()
         for b in batches:
@@ -673,3 +690,4 @@ def iter_encoded_batches(ctx: Context, *, graphs: bool = True, jobs: int = 1) ->
     finally:
         pool.terminate()
         pool.join()
+        shutil.rmtree(spill_dir, ignore_errors=True)

@@ -17,12 +17,14 @@ explanation graph at a time plus the tag graph, whatever the number of images.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
@@ -98,23 +100,32 @@ class RunGraphs:
         yield from self._closing()
 
 
-    def blocks(self, *, jobs: int = 1) -> Iterator[tuple[list[bytes | memoryview], int]]:
-        """The same lines as iterating, as UTF-8 pieces to write, a batch of explanations at a time.
+    def blocks(self, *, jobs: int = 1) -> Iterator[tuple[bytes | str, list[tuple[int, int]], int]]:
+        """The same lines as iterating, as UTF-8 byte ranges to write, a batch of explanations at a time.
 
         The export's route: ``jobs`` processes encode the explanations
         (:func:`~.explanation_graph.iter_encoded_batches`); the bytes are the
-        same for every ``jobs``. Yields ``(pieces, line count)``.
+        same for every ``jobs``. Yields ``(source, ranges, line count)``:
+        write the ``(start, end)`` byte ranges of ``source``, bytes or a
+        file a worker wrote (deleted once the next block is asked for).
         """
         stats = self.stats
         merger = BatchMerger(self.ctx)
-        for batch in iter_encoded_batches(self.ctx, graphs=self.graphs, jobs=jobs):
-            pieces, lines, kept = merger.merge(batch)
-            stats.explanations += batch.explanations
-            stats.classifications += kept
-            stats.explanation_triples += lines
-            yield pieces, lines
+        with contextlib.closing(iter_encoded_batches(self.ctx, graphs=self.graphs, jobs=jobs)) as batches:
+            for batch in batches:
+                ranges, lines, kept = merger.merge(batch)
+                stats.explanations += batch.explanations
+                stats.classifications += kept
+                stats.explanation_triples += lines
+                try:
+                    yield (batch.spill or batch.data), ranges, lines
+                finally:
+                    if batch.spill:
+                        with contextlib.suppress(OSError):
+                            os.unlink(batch.spill)
         for _graph, text, count in self._closing():
-            yield [text.encode("utf-8")], count
+            data = text.encode("utf-8")
+            yield data, [(0, len(data))], count
 
     def _closing(self) -> Iterator[tuple[str, str, int]]:
         """The tag graph, then the VoID graph (with the counts of everything before it)."""
@@ -205,10 +216,15 @@ def write_nquads(
         absolute_paths=absolute_paths, materialize=materialize, license=license,
     )
     write = _binary_writer(out)
+    copy = _file_copier(out, write)
     lines = 0
-    for pieces, count in stream.blocks(jobs=jobs):
-        for piece in pieces:
-            write(piece)
+    for source, ranges, count in stream.blocks(jobs=jobs):
+        if isinstance(source, bytes):
+            view = memoryview(source)
+            for start, end in ranges:
+                write(view[start:end])
+        else:
+            copy(source, ranges)
         lines += count
     s = stream.stats
     return ExportStats(
@@ -221,6 +237,36 @@ def write_nquads(
         run_iri=stream.ctx.run_iri,
         tag_graph=stream.ctx.tag_graph_iri,
     )
+
+
+def _file_copier(
+    out: IO[bytes] | IO[str], write: Callable[[bytes | memoryview], object]
+) -> Callable[[str, list[tuple[int, int]]], None]:
+    """A function appending byte ranges of a file to ``out``: copied in the kernel
+    (``sendfile``) when ``out`` is a regular file, else read and written."""
+    target: Any = getattr(out, "buffer", out) if isinstance(out, io.TextIOBase) else out
+    try:
+        fd = target.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode) and hasattr(os, "sendfile")
+    except (AttributeError, OSError, ValueError):
+        regular = False
+
+    def copy(path: str, ranges: list[tuple[int, int]]) -> None:
+        with open(path, "rb") as src:
+            if not regular:
+                for start, end in ranges:
+                    src.seek(start)
+                    write(src.read(end - start))
+                return
+            target.flush()  # what was written through the buffer goes first
+            for start, end in ranges:
+                while start < end:
+                    n = os.sendfile(fd, src.fileno(), start, end - start)
+                    if n <= 0:
+                        raise OSError(f"{path} ended early; the export is incomplete")
+                    start += n
+
+    return copy
 
 
 def _binary_writer(out: IO[bytes] | IO[str]) -> Callable[[bytes | memoryview], object]:
