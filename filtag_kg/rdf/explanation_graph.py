@@ -20,7 +20,11 @@ written before the first explanation that links to it.
 The encoder is the export's hot loop (hundreds of triples per line, millions
 of lines), so it renders N-Triples text directly with pre-rendered
 predicates and caches every IRI that repeats across lines (filters,
-concepts, settings).
+concepts, settings). :meth:`ExplanationEncoder.classify` and
+:meth:`ExplanationEncoder.encode` are the one place that lists an explanation's
+triples; the export runs them a batch of rows at a time (:func:`encode_batch`),
+in worker processes with ``--jobs`` (:func:`iter_encoded_batches`), and joins
+the batches with :class:`BatchMerger`.
 """
 
 from __future__ import annotations

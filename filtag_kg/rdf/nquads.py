@@ -3,16 +3,19 @@
 :class:`RunGraphs` yields the export's named graphs one at a time:
 
 1. one graph per explanation record, in file order, each preceded (the
-   first time its image occurs) by the image's classification graph (the file
-   is read line by line; of an explanation only its classification's name is
-   kept once it is written);
+   first time its image occurs) by the image's classification graph (the rows
+   are read a batch at a time; of an image variant only one bit, "its
+   classification was written", is kept: :class:`~.explanation_graph.SeenVariants`);
 2. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
 3. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
 
 Within a graph, triples are deduplicated and sorted, so writing the same run
-twice gives byte-identical N-Quads and N-Triples. Memory holds one
-explanation graph at a time plus the tag graph, whatever the number of images.
+twice gives byte-identical N-Quads and N-Triples. Memory holds a few batches of
+explanation graphs at a time plus the tag graph, whatever the number of images.
+:func:`write_nquads` with ``jobs`` > 1 has worker processes encode the batches
+(:func:`~.explanation_graph.iter_encoded_batches`) and appends their text in row
+order, so the bytes do not depend on ``jobs``.
 """
 
 from __future__ import annotations
