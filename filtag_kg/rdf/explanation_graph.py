@@ -196,6 +196,7 @@ class ExplanationEncoder:
         self._segments: dict[str, str] = {}
         # classification graphs written so far: one per image variant, whatever the settings
         self._classified: SeenVariants | set[str] = SeenVariants(ctx.run_iri)
+        self._label_literals: dict[str, str] = {}
         #: filters referenced for the first time (by this encoder), for :func:`encode_batch`
         self.new_filters: list[tuple[str, int]] = []
         meta = ctx.data.explanations_meta or {}
@@ -239,16 +240,24 @@ class ExplanationEncoder:
         end = f" {c} .\n" if self.graphs else _END
         lines = [f"{c} {_A} {_C_CLASSIFICATION}{end}"]
         add = lines.append
+        label_literals = self._label_literals
         for r, pred in enumerate(rec.get("model_top") or (), 1):
             label = pred.get("label")
-            cc = concept(str(pred["class_id"]), None if label is None else str(label))
+            if label is not None:
+                label = str(label)
+            cc = concept(str(pred["class_id"]), label)
             if r == 1:
                 add(f"{c} {_TOP} {cc}{end}")
             m = f"<{mint.model_prediction(c_iri, r)}>"
             add(f"{c} {_HAS_PRED} {m}{end}")
             add(f"{m} {_A} {_C_PRED}{end}")
             if label is not None:
-                add(f"{m} {_CLASS_LABEL} {T.string(str(label))}{end}")
+                lit = label_literals.get(label)
+                if lit is None:
+                    lit = T.string(label)
+                    if len(label_literals) < 100_000:  # the model's class labels, a few thousand
+                        label_literals[label] = lit
+                add(f"{m} {_CLASS_LABEL} {lit}{end}")
             add(f"{m} {_PRED_CONCEPT} {cc}{end}")
             prob = pred.get("prob")
             lit = _dbl(prob) if prob is not None else None
