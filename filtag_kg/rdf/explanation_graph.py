@@ -555,10 +555,13 @@ class EncodedBatch:
     spill: str | None = None
 
 
-def encode_batch(enc: ExplanationEncoder, batch: RowBatch) -> EncodedBatch:
+def encode_batch(enc: ExplanationEncoder, batch: RowBatch, *, spill: str | None = None) -> EncodedBatch:
     """Encode one batch of rows (:meth:`ExplanationEncoder.classify` + :meth:`~ExplanationEncoder.encode`
     per row), as the same text as :func:`iter_explanation_graphs` except that a classification
     graph is repeated when an earlier batch already gave it (see :class:`BatchMerger`).
+
+    Args:
+        spill: write the text to this file instead of keeping it (:attr:`EncodedBatch.spill`).
 
     Raises:
         ExplanationFileError: a row is malformed (file, row and field named).
@@ -567,7 +570,7 @@ def encode_batch(enc: ExplanationEncoder, batch: RowBatch) -> EncodedBatch:
     n_concepts, n_settings, explained = len(ctx.concepts), len(ctx.settings), set(ctx.explained_settings)
     enc.new_filters = []
     seen, enc._classified = enc._classified, set()  # this batch's variants; the merge sees all
-    texts: list[str] = []
+    pieces: list[bytes] = []
     spans: list[tuple[int, int, str, int]] = []
     at = lines = rows = 0
     try:
@@ -579,32 +582,30 @@ def encode_batch(enc: ExplanationEncoder, batch: RowBatch) -> EncodedBatch:
                 raise _bad_record(batch.path, n, exc) from None
             if got is not None:
                 iri, ctext, ccount = got
-                spans.append((at, at + len(ctext), iri, ccount))
-                texts.append(ctext)
-                at += len(ctext)
+                data = ctext.encode("utf-8")
+                spans.append((at, at + len(data), iri, ccount))
+                pieces.append(data)
+                at += len(data)
                 lines += ccount
-            texts.append(text)
-            at += len(text)
+            data = text.encode("utf-8")
+            pieces.append(data)
+            at += len(data)
             lines += count
             rows += 1
     finally:
         enc._classified = seen
-    joined = "".join(texts)
-    data = joined.encode("utf-8")
-    if len(data) != len(joined) and spans:  # non-ASCII text: character offsets -> byte offsets
-        cuts = [c for start, end, _, _ in spans for c in (start, end)]
-        offsets, prev, pos = [], 0, 0
-        for c in cuts:
-            pos += len(joined[prev:c].encode("utf-8"))
-            prev = c
-            offsets.append(pos)
-        spans = [(offsets[2 * i], offsets[2 * i + 1], iri, k) for i, (_, _, iri, k) in enumerate(spans)]
+    if spill is not None:
+        with open(spill, "wb") as fh:
+            fh.writelines(pieces)
+        data = b""
+    else:
+        data = b"".join(pieces)
     return EncodedBatch(
-        data=data, size=len(data), lines=lines, explanations=rows, classifications=spans,
+        data=data, size=at, lines=lines, explanations=rows, classifications=spans,
         concepts=[(cid, ctx.labels.get(cid)) for cid in list(ctx.concepts)[n_concepts:]],
         settings=list(ctx.settings[n_settings:]),
         explained=sorted(ctx.explained_settings - explained),
-        filters=enc.new_filters,
+        filters=enc.new_filters, spill=spill,
     )
 
 
@@ -659,12 +660,7 @@ def _encode_in_worker(batch: RowBatch) -> EncodedBatch:
     if _WORKER is None:  # pragma: no cover - the pool's initializer sets it
         raise RuntimeError("export worker not started")
     enc, spill_dir = _WORKER
-    got = encode_batch(enc, batch)
-    got.spill = os.path.join(spill_dir, f"{batch.first:012d}.nq")
-    with open(got.spill, "wb") as fh:
-        fh.write(got.data)
-    got.data = b""
-    return got
+    return encode_batch(enc, batch, spill=os.path.join(spill_dir, f"{batch.first:012d}.nq"))
 
 
 def iter_encoded_batches(ctx: Context, *, graphs: bool = True, jobs: int = 1) -> Iterator[EncodedBatch]:
