@@ -410,6 +410,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         wordnet=load_wordnet(wordnet_dir=args.wordnet_dir), ili_map=args.ili_map,
         explanations=not args.no_explanations, absolute_paths=args.absolute_paths,
         materialize=args.materialize, license=args.license, sentences=args.sentences,
+        jobs=args.jobs,
     )
     _record_export(args, args.run_dir, s.path, args.format)
     if s.explanations_pending is not None and not args.no_explanations:
@@ -753,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", action="store_true",
                    help="also write generated English sentences (fk:sentence) on the explanations, "
                    "filters and class explanations (filtag-kg sentences shows them)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="processes encoding the explanation graphs (default 1); the output is "
+                   "byte-identical for any N")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -573,3 +573,12 @@ __all__ = [
     "records_from_batch",
     "row_schema",
 ]
+
+
+def iter_parquet_batches(
+    folder: str | os.PathLike[str], *, batch_size: int = 1024
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in row
+    order, undecoded: for readers that hand whole batches to other processes (the export's
+    ``--jobs``) and decode them there with :func:`records_from_batch`."""
+    yield from _batches(folder, batch_size)

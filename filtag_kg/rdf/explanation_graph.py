@@ -20,24 +20,43 @@ written before the first explanation that links to it.
 The encoder is the export's hot loop (hundreds of triples per line, millions
 of lines), so it renders N-Triples text directly with pre-rendered
 predicates and caches every IRI that repeats across lines (filters,
-concepts, settings).
+concepts, settings). :meth:`ExplanationEncoder.classify` and
+:meth:`ExplanationEncoder.encode` are the one place that lists an explanation's
+triples; the export runs them a batch of rows at a time (:func:`encode_batch`),
+in worker processes with ``--jobs`` (:func:`iter_encoded_batches`), and joins
+the batches with :class:`BatchMerger`.
 """
 
 from __future__ import annotations
 
-import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import terms as T
 from .errors import ExplanationFileError
 from .mint import segment
-from .rundata import iter_explanation_records
+from .rundata import RowBatch, explanation_batches, explanation_records, iter_explanation_records
 from .tag_graph import Context
 from .vocab import EO, FK, PROV, RDF
 
-__all__ = ["ExplanationEncoder", "iter_explanation_graphs", "read_explanation_lines", "relative_path"]
+__all__ = [
+    "BatchMerger",
+    "EncodedBatch",
+    "ExplanationEncoder",
+    "SeenVariants",
+    "encode_batch",
+    "iter_encoded_batches",
+    "iter_explanation_graphs",
+    "read_explanation_lines",
+    "relative_path",
+]
 
 
 def _p(term: Any) -> str:
@@ -98,6 +117,53 @@ def _dbl(x: Any) -> str | None:
     return f'"{v!r}"^^{_DOUBLE}' if v - v == 0.0 else None
 
 
+class SeenVariants:
+    """The image variants whose classification graph was written, in memory flat in their number.
+
+    An image variant is named by its classification IRI ``R/classification/{index}[/{variant}]``;
+    for a plain decimal index (every explanation pass writes one) it is one bit at the index in
+    a bit set per variant (125 KiB per million images), any other IRI is kept as it is.
+    Supports ``in`` and :meth:`add`, like the ``set`` it replaces.
+    """
+
+    def __init__(self, run_iri: str) -> None:
+        self._prefix = f"{run_iri}/classification/"
+        self._bits: dict[str, bytearray] = {}
+        self._other: set[str] = set()
+
+    def _slot(self, iri: str) -> tuple[bytearray, int, int] | None:
+        if not iri.startswith(self._prefix):
+            return None
+        index, _, variant = iri[len(self._prefix):].partition("/")
+        # canonical decimal numbers only (so one index has one slot), below 10**8 (a bit set <= 12 MiB)
+        plain = index.isascii() and index.isdigit() and len(index) <= 8
+        if not plain or (index[0] == "0" and index != "0"):
+            return None
+        i = int(index)
+        bits = self._bits.get(variant)
+        if bits is None:
+            bits = self._bits[variant] = bytearray()
+        return bits, i >> 3, 1 << (i & 7)
+
+    def __contains__(self, iri: object) -> bool:
+        slot = self._slot(iri) if isinstance(iri, str) else None
+        if slot is None:
+            return iri in self._other
+        bits, byte, mask = slot
+        return byte < len(bits) and bool(bits[byte] & mask)
+
+    def add(self, iri: str) -> None:
+        """Mark the variant named ``iri`` as written."""
+        slot = self._slot(iri)
+        if slot is None:
+            self._other.add(iri)
+            return
+        bits, byte, mask = slot
+        if byte >= len(bits):
+            bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))  # grow geometrically
+        bits[byte] |= mask
+
+
 #: Predicates of an explanation node in the order its lines sort in (checked by a test).
 E_PREDICATE_ORDER = (
     "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasLastLayerVote", "hasVote",
@@ -129,7 +195,10 @@ class ExplanationEncoder:
         self._filters: dict[str, dict[int, str]] = {}
         self._segments: dict[str, str] = {}
         # classification graphs written so far: one per image variant, whatever the settings
-        self._classified: set[str] = set()
+        self._classified: SeenVariants | set[str] = SeenVariants(ctx.run_iri)
+        self._label_literals: dict[str, str] = {}
+        #: filters referenced for the first time (by this encoder), for :func:`encode_batch`
+        self.new_filters: list[tuple[str, int]] = []
         meta = ctx.data.explanations_meta or {}
         ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
         self._root: str | None = str(ds["root"]) if ds.get("root") else None
@@ -142,6 +211,7 @@ class ExplanationEncoder:
         if got is None:
             got = by_index[index] = T.iri(self.mint.filter(self.ctx.model_iri, layer, index))
             self.ctx.filter_seen(layer, index)
+            self.new_filters.append((layer, index))
         return got
 
     def classify(self, rec: dict[str, Any]) -> tuple[str, str, int] | None:
@@ -170,16 +240,24 @@ class ExplanationEncoder:
         end = f" {c} .\n" if self.graphs else _END
         lines = [f"{c} {_A} {_C_CLASSIFICATION}{end}"]
         add = lines.append
+        label_literals = self._label_literals
         for r, pred in enumerate(rec.get("model_top") or (), 1):
             label = pred.get("label")
-            cc = concept(str(pred["class_id"]), None if label is None else str(label))
+            if label is not None:
+                label = str(label)
+            cc = concept(str(pred["class_id"]), label)
             if r == 1:
                 add(f"{c} {_TOP} {cc}{end}")
             m = f"<{mint.model_prediction(c_iri, r)}>"
             add(f"{c} {_HAS_PRED} {m}{end}")
             add(f"{m} {_A} {_C_PRED}{end}")
             if label is not None:
-                add(f"{m} {_CLASS_LABEL} {T.string(str(label))}{end}")
+                lit = label_literals.get(label)
+                if lit is None:
+                    lit = T.string(label)
+                    if len(label_literals) < 100_000:  # the model's class labels, a few thousand
+                        label_literals[label] = lit
+                add(f"{m} {_CLASS_LABEL} {lit}{end}")
             add(f"{m} {_PRED_CONCEPT} {cc}{end}")
             prob = pred.get("prob")
             lit = _dbl(prob) if prob is not None else None
@@ -405,32 +483,27 @@ def read_explanation_lines(path: str | Path) -> Iterator[tuple[int, dict[str, An
     Raises:
         ExplanationFileError: a line is not a JSON object (file and line named).
     """
-    p = Path(path)
-    try:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as exc:
-                    raise ExplanationFileError(
-                        f"{p}:{n}: not valid JSON ({exc}); regenerate it with `filtag-kg explain`"
-                    ) from None
-                if not isinstance(rec, dict):
-                    raise ExplanationFileError(f"{p}:{n}: expected a JSON object per line; regenerate it")
-                yield n, rec
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExplanationFileError(f"cannot read {p}: {exc}") from None
+    return explanation_records(path)
+
+
+def _bad_record(path: Any, n: int, exc: Exception) -> ExplanationFileError:
+    what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+    return ExplanationFileError(
+        f"{path}:{n}: not an explanation record ({what}); regenerate it with `filtag-kg explain`"
+    )
+
+
+_RECORD_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
 
 
 def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tuple[str, str, int, bool]]:
-    """Encode every explanation of the run (none if it has none), streamed.
+    """Encode every explanation of the run (none if it has none), streamed, graph by graph.
 
     Yields ``(graph IRI, text, triple count, is_explanation)``: for each record
     first the image's classification graph (the first time that image variant
     occurs; ``is_explanation`` false), then its explanation graph (see
-    :meth:`ExplanationEncoder.encode`).
+    :meth:`ExplanationEncoder.encode`). :func:`iter_encoded_batches` gives the
+    same lines a batch of rows at a time (the export's route).
 
     Raises:
         ExplanationFileError: a line is malformed (file, line and field named).
@@ -443,8 +516,187 @@ def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tu
             if got is not None:
                 yield (*got, False)
             yield (*enc.encode(rec), True)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-            raise ExplanationFileError(
-                f"{path}:{n}: not an explanation record ({what}); regenerate it with `filtag-kg explain`"
-            ) from None
+        except _RECORD_ERRORS as exc:
+            raise _bad_record(path, n, exc) from None
+
+
+@dataclass
+class EncodedBatch:
+    """The graphs of one :class:`~.rundata.RowBatch` as UTF-8 text, and what they registered.
+
+    ``data`` holds, per row in order, the row's classification graph (when the
+    row is the first of its image variant within the batch) and its explanation
+    graph. Another batch may already have given a variant's classification:
+    :class:`BatchMerger` drops such repeats, using ``classifications``.
+
+    Attributes:
+        data: the text, UTF-8.
+        size: its length in bytes.
+        lines: its line count.
+        explanations: explanation graphs in it.
+        classifications: ``(start byte, end byte, graph IRI, line count)`` per classification graph.
+        concepts: ``(class id, label)`` of the concepts first referenced, in order.
+        settings: tagging settings first referenced, in order.
+        explained: the settings explanations were made under.
+        filters: ``(layer, filter)`` first referenced.
+        spill: set by a worker process: the file that holds ``data`` instead (``data`` is then empty,
+            so that the text does not travel through a pipe; the writer copies it in the kernel).
+    """
+
+    data: bytes
+    size: int = 0
+    lines: int = 0
+    explanations: int = 0
+    classifications: list[tuple[int, int, str, int]] = field(default_factory=list)
+    concepts: list[tuple[str, str | None]] = field(default_factory=list)
+    settings: list[tuple[str, str]] = field(default_factory=list)
+    explained: list[tuple[str, str]] = field(default_factory=list)
+    filters: list[tuple[str, int]] = field(default_factory=list)
+    spill: str | None = None
+
+
+def encode_batch(enc: ExplanationEncoder, batch: RowBatch, *, spill: str | None = None) -> EncodedBatch:
+    """Encode one batch of rows (:meth:`ExplanationEncoder.classify` + :meth:`~ExplanationEncoder.encode`
+    per row), as the same text as :func:`iter_explanation_graphs` except that a classification
+    graph is repeated when an earlier batch already gave it (see :class:`BatchMerger`).
+
+    Args:
+        spill: write the text to this file instead of keeping it (:attr:`EncodedBatch.spill`).
+
+    Raises:
+        ExplanationFileError: a row is malformed (file, row and field named).
+    """
+    ctx = enc.ctx
+    n_concepts, n_settings, explained = len(ctx.concepts), len(ctx.settings), set(ctx.explained_settings)
+    enc.new_filters = []
+    seen, enc._classified = enc._classified, set()  # this batch's variants; the merge sees all
+    pieces: list[bytes] = []
+    spans: list[tuple[int, int, str, int]] = []
+    at = lines = rows = 0
+    try:
+        for n, rec in batch.records():
+            try:
+                got = enc.classify(rec)
+                _, text, count = enc.encode(rec)
+            except _RECORD_ERRORS as exc:
+                raise _bad_record(batch.path, n, exc) from None
+            if got is not None:
+                iri, ctext, ccount = got
+                data = ctext.encode("utf-8")
+                spans.append((at, at + len(data), iri, ccount))
+                pieces.append(data)
+                at += len(data)
+                lines += ccount
+            data = text.encode("utf-8")
+            pieces.append(data)
+            at += len(data)
+            lines += count
+            rows += 1
+    finally:
+        enc._classified = seen
+    if spill is not None:
+        with open(spill, "wb") as fh:
+            fh.writelines(pieces)
+        data = b""
+    else:
+        data = b"".join(pieces)
+    return EncodedBatch(
+        data=data, size=at, lines=lines, explanations=rows, classifications=spans,
+        concepts=[(cid, ctx.labels.get(cid)) for cid in list(ctx.concepts)[n_concepts:]],
+        settings=list(ctx.settings[n_settings:]),
+        explained=sorted(ctx.explained_settings - explained),
+        filters=enc.new_filters, spill=spill,
+    )
+
+
+class BatchMerger:
+    """Joins :class:`EncodedBatch` es, in row order, into the export's explanation graphs.
+
+    Drops a classification graph an earlier batch gave, and registers in the
+    export's context what each batch referenced (in the order a single pass
+    would have), so the result does not depend on how many processes encoded.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.seen = SeenVariants(ctx.run_iri)
+
+    def merge(self, batch: EncodedBatch) -> tuple[list[tuple[int, int]], int, int]:
+        """The byte ranges of the batch's text to write, their line count, and the batch's
+        classification graphs kept."""
+        ctx = self.ctx
+        for cid, label in batch.concepts:
+            ctx.concept(cid, label)
+        for method, param in batch.settings:
+            ctx.setting(method, param)
+        ctx.explained_settings.update(batch.explained)
+        for layer, index in batch.filters:
+            ctx.filter_seen(layer, index)
+        ranges: list[tuple[int, int]] = []
+        at, lines, kept = 0, batch.lines, 0
+        for start, end, iri, count in batch.classifications:
+            if iri in self.seen:
+                if start > at:
+                    ranges.append((at, start))
+                at = end
+                lines -= count
+            else:
+                self.seen.add(iri)
+                kept += 1
+        if batch.size > at:
+            ranges.append((at, batch.size))
+        return ranges, lines, kept
+
+
+_WORKER: tuple[ExplanationEncoder, str] | None = None
+
+
+def _start_worker(ctx: Context, graphs: bool, spill_dir: str) -> None:
+    global _WORKER
+    _WORKER = (ExplanationEncoder(ctx, graphs=graphs), spill_dir)
+
+
+def _encode_in_worker(batch: RowBatch) -> EncodedBatch:
+    if _WORKER is None:  # pragma: no cover - the pool's initializer sets it
+        raise RuntimeError("export worker not started")
+    enc, spill_dir = _WORKER
+    return encode_batch(enc, batch, spill=os.path.join(spill_dir, f"{batch.first:012d}.nq"))
+
+
+def iter_encoded_batches(ctx: Context, *, graphs: bool = True, jobs: int = 1) -> Iterator[EncodedBatch]:
+    """Encode every explanation of the run a :class:`~.rundata.RowBatch` at a time, in row order.
+
+    With ``jobs`` > 1, that many worker processes (forked, so they share the
+    context as it is now) encode the batches while this process reads the next
+    ones; at most ``2 * jobs`` batches are in flight, so memory does not grow
+    with the number of rows. Merge the results with :class:`BatchMerger`: the
+    merged text is the same for every ``jobs``. Where processes cannot be
+    forked (Windows), the batches are encoded here.
+
+    Raises:
+        ExplanationFileError: a row is malformed (file, row and field named).
+    """
+    path = ctx.data.explanations_path
+    if path is None:
+        return
+    batches = explanation_batches(path)
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        enc = ExplanationEncoder(ctx, graphs=graphs)
+        for b in batches:
+            yield encode_batch(enc, b)
+        return
+    # fork: the workers inherit the context (WordNet, labels, caches) without pickling it
+    spill_dir = tempfile.mkdtemp(prefix="filtag-kg-export-")
+    pool = multiprocessing.get_context("fork").Pool(jobs, _start_worker, (ctx, graphs, spill_dir))
+    try:
+        pending: deque[Any] = deque()
+        for b in batches:
+            pending.append(pool.apply_async(_encode_in_worker, (b,)))
+            if len(pending) >= 2 * jobs:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+    finally:
+        pool.terminate()
+        pool.join()
+        shutil.rmtree(spill_dir, ignore_errors=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._io import atomic_open, make_temp
-from .errors import ExportFormatError, LicenseIriError, UnrepresentableLiteralError
+from .errors import ExportFormatError, LicenseIriError, RdfExportError, UnrepresentableLiteralError
 from .mint import DEFAULT_BASE_IRI, check_base_iri
 from .nquads import ExportStats, write_nquads
 from .rundata import read_run
@@ -33,12 +33,28 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "ExportFormat",
+    "ExportJobsError",
     "check_license_iri",
     "export_run",
     "export_run_stats",
     "format_of",
     "is_local_base_iri",
 ]
+
+
+class ExportJobsError(RdfExportError, ValueError):
+    """``export --jobs`` is not a positive number of processes."""
+
+
+def check_jobs(jobs: int) -> int:
+    """Validate the number of processes of ``export --jobs``.
+
+    Raises:
+        ExportJobsError: it is not an integer >= 1.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ExportJobsError(f"bad number of processes {jobs!r}; give --jobs 1 or more (--jobs)")
+    return jobs
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ def export_run(
     materialize: bool = False,
     license: str | None = None,
     sentences: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Export a run folder's knowledge graph to one RDF file, atomically.
 
@@ -158,12 +175,15 @@ def export_run(
         license: IRI of the licence of the data (``dcterms:license`` in the VoID).
         sentences: also write the generated sentences (``fk:sentence``, :mod:`filtag_kg.sentences`)
             on the explanations, filters and class explanations (needs ``profile.json``).
+        jobs: processes encoding the explanation graphs; the file is byte-identical for any
+            number (see :func:`~.nquads.write_nquads`).
 
     Returns:
         The path written.
 
     Raises:
         ExportFormatError: unknown format.
+        ExportJobsError: ``jobs`` < 1.
         BaseIriError: unusable base IRI.
         RunFolderError: no ``tags.tsv``, or an unreadable file in the run.
         UnrepresentableLiteralError: RDF/XML asked for text with control characters.
@@ -176,7 +196,7 @@ def export_run(
     return export_run_stats(
         run_dir, fmt=fmt, out=out, base_iri=base_iri, wordnet=wordnet, ili_map=ili_map,
         explanations=explanations, absolute_paths=absolute_paths, materialize=materialize, license=license,
-        sentences=sentences,
+        sentences=sentences, jobs=jobs,
     ).path  # type: ignore[return-value]
 
 
@@ -193,9 +213,11 @@ def export_run_stats(
     materialize: bool = False,
     license: str | None = None,
     sentences: bool = False,
+    jobs: int = 1,
 ) -> ExportStats:
     """Like :func:`export_run`, returning the counts written (for the CLI's summary)."""
     f = format_of(fmt)
+    check_jobs(jobs)
     check_base_iri(base_iri)
     if license is not None:
         check_license_iri(license)
@@ -204,7 +226,7 @@ def export_run_stats(
     kwargs = {
         "base_iri": base_iri, "wordnet": wordnet, "ili_map": ili_map, "explanations": explanations,
         "absolute_paths": absolute_paths, "materialize": materialize, "license": license,
-        "sentences": sentences,
+        "sentences": sentences, "jobs": jobs,
     }
     if f.name in ("nq", "nt"):
         with atomic_open(path, "wb") as fh:

@@ -3,34 +3,40 @@
 :class:`RunGraphs` yields the export's named graphs one at a time:
 
 1. one graph per explanation record, in file order, each preceded (the
-   first time its image occurs) by the image's classification graph (the file
-   is read line by line; of an explanation only its classification's name is
-   kept once it is written);
+   first time its image occurs) by the image's classification graph (the rows
+   are read a batch at a time; of an image variant only one bit, "its
+   classification was written", is kept: :class:`~.explanation_graph.SeenVariants`);
 2. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
 3. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
 
 Within a graph, triples are deduplicated and sorted, so writing the same run
-twice gives byte-identical N-Quads and N-Triples. Memory holds one
-explanation graph at a time plus the tag graph, whatever the number of images.
+twice gives byte-identical N-Quads and N-Triples. Memory holds a few batches of
+explanation graphs at a time plus the tag graph, whatever the number of images.
+:func:`write_nquads` with ``jobs`` > 1 has worker processes encode the batches
+(:func:`~.explanation_graph.iter_encoded_batches`) and appends their text in row
+order, so the bytes do not depend on ``jobs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
-from .explanation_graph import iter_explanation_graphs
+from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
 from .tag_graph import Context, GraphStats, tag_graph_triples, void_triples
 
 if TYPE_CHECKING:
     from ..wordnet import WordNet
+    from .sentence_graph import SentenceTriples
 
 __all__ = ["ExportStats", "RunGraphs", "write_nquads"]
 
@@ -106,6 +112,46 @@ class RunGraphs:
                 stats.classifications += 1
             stats.explanation_triples += count
             yield graph, text, count
+        yield from self._closing(sentences)
+
+    def blocks(self, *, jobs: int = 1) -> Iterator[tuple[bytes | str, list[tuple[int, int]], int]]:
+        """The same lines as iterating, as UTF-8 byte ranges to write, a batch of explanations at a time.
+
+        The export's route: ``jobs`` processes encode the explanations
+        (:func:`~.explanation_graph.iter_encoded_batches`); the bytes are the
+        same for every ``jobs``. Yields ``(source, ranges, line count)``:
+        write the ``(start, end)`` byte ranges of ``source``, bytes or a
+        file a worker wrote (deleted once the next block is asked for).
+        With sentences, the explanations are encoded in this process, graph by
+        graph (the sentences are added in step with the records).
+        """
+        if self.sentences:
+            for _graph, text, count in self:
+                data = text.encode("utf-8")
+                yield data, [(0, len(data))], count
+            return
+        stats = self.stats
+        merger = BatchMerger(self.ctx)
+        with contextlib.closing(iter_encoded_batches(self.ctx, graphs=self.graphs, jobs=jobs)) as batches:
+            for batch in batches:
+                ranges, lines, kept = merger.merge(batch)
+                stats.explanations += batch.explanations
+                stats.classifications += kept
+                stats.explanation_triples += lines
+                try:
+                    yield (batch.spill or batch.data), ranges, lines
+                finally:
+                    if batch.spill:
+                        with contextlib.suppress(OSError):
+                            os.unlink(batch.spill)
+        for _graph, text, count in self._closing():
+            data = text.encode("utf-8")
+            yield data, [(0, len(data))], count
+
+    def _closing(self, sentences: SentenceTriples | None = None) -> Iterator[tuple[str, str, int]]:
+        """The tag graph (with the sentences' part of it), the human labels' graph when
+        there are labels, then the VoID graph (with the counts of everything before it)."""
+        stats = self.stats
         tags = tag_graph_triples(self.ctx)
         if sentences is not None:
             tags = sorted(set(tags).union(sentences.tag_graph_triples()))
@@ -170,6 +216,7 @@ def write_nquads(
     materialize: bool = False,
     license: str | None = None,
     sentences: bool = False,
+    jobs: int = 1,
 ) -> ExportStats:
     """Stream a run's export as N-Quads (or N-Triples) into a file.
 
@@ -187,6 +234,8 @@ def write_nquads(
         graphs: ``True`` writes N-Quads; ``False`` writes N-Triples (all
             graphs merged; a triple found in several explanation graphs,
             such as an image's SHA-256, then appears once per graph).
+        jobs: processes encoding the explanation graphs (forked workers; this
+            process reads and writes). The bytes written are the same for any ``jobs``.
 
     Returns:
         The counts written.
@@ -200,9 +249,15 @@ def write_nquads(
         absolute_paths=absolute_paths, materialize=materialize, license=license, sentences=sentences,
     )
     write = _binary_writer(out)
+    copy = _file_copier(out, write)
     lines = 0
-    for _graph, text, count in stream:
-        write(text)
+    for source, ranges, count in stream.blocks(jobs=jobs):
+        if isinstance(source, bytes):
+            view = memoryview(source)
+            for start, end in ranges:
+                write(view[start:end])
+        else:
+            copy(source, ranges)
         lines += count
     s = stream.stats
     return ExportStats(
@@ -217,18 +272,46 @@ def write_nquads(
     )
 
 
-def _binary_writer(out: IO[bytes] | IO[str]) -> Callable[[str], object]:
-    """A function writing text as UTF-8 to ``out`` (through the binary buffer of a text file)."""
+def _file_copier(
+    out: IO[bytes] | IO[str], write: Callable[[bytes | memoryview], object]
+) -> Callable[[str, list[tuple[int, int]]], None]:
+    """A function appending byte ranges of a file to ``out``: copied in the kernel
+    (``sendfile``) when ``out`` is a regular file, else read and written."""
+    target: Any = getattr(out, "buffer", out) if isinstance(out, io.TextIOBase) else out
+    try:
+        fd = target.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode) and hasattr(os, "sendfile")
+    except (AttributeError, OSError, ValueError):
+        regular = False
+
+    def copy(path: str, ranges: list[tuple[int, int]]) -> None:
+        with open(path, "rb") as src:
+            if not regular:
+                for start, end in ranges:
+                    src.seek(start)
+                    write(src.read(end - start))
+                return
+            target.flush()  # what was written through the buffer goes first
+            for start, end in ranges:
+                while start < end:
+                    n = os.sendfile(fd, src.fileno(), start, end - start)
+                    if n <= 0:
+                        raise OSError(f"{path} ended early; the export is incomplete")
+                    start += n
+
+    return copy
+
+
+def _binary_writer(out: IO[bytes] | IO[str]) -> Callable[[bytes | memoryview], object]:
+    """A function writing UTF-8 bytes to ``out`` (through the binary buffer of a text file)."""
     if isinstance(out, io.TextIOBase):
         buffer = getattr(out, "buffer", None)
         if buffer is None:  # e.g. io.StringIO
-            return out.write
+
+            def write_text(data: bytes | memoryview) -> object:
+                return out.write(bytes(data).decode("utf-8"))
+
+            return write_text
         out.flush()
-        raw = buffer.write
-    else:
-        raw = out.write  # type: ignore[assignment]
-
-    def write(text: str) -> object:
-        return raw(text.encode("utf-8"))
-
-    return write
+        return buffer.write
+    return out.write  # type: ignore[return-value]

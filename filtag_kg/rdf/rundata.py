@@ -28,7 +28,9 @@ __all__ = [
     "AbstractRow",
     "ClassRecord",
     "LayerRecord",
+    "RowBatch",
     "RunData",
+    "explanation_batches",
     "iter_explanation_records",
     "read_ili_map",
     "read_run",
@@ -313,6 +315,99 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunData:
     return data
 
 
+#: Rows per :class:`RowBatch`: the unit of work of the export's encoder (and of ``--jobs``).
+BATCH_ROWS = 128
+
+
+@dataclass
+class RowBatch:
+    """Consecutive explanation rows, not yet decoded: small and picklable, so the export can
+    hand it to another process and decode it there (:meth:`records`).
+
+    Attributes:
+        path: the file or folder the rows come from (named in errors).
+        first: the row (Parquet) or line (JSON Lines) number of the first row, from 1.
+        batch: the rows as an Arrow record batch (Parquet), with ``names`` its shared names.
+        lines: the lines of ``explanations.jsonl`` (blank ones included, so numbers stay right).
+    """
+
+    path: str
+    first: int
+    batch: Any = None
+    names: dict[str, Any] | None = None
+    lines: list[str] | None = None
+
+    def records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(row or line number, record)`` of each row.
+
+        Raises:
+            ExplanationFileError: a row cannot be decoded or a line is not a JSON object.
+        """
+        from .errors import ExplanationFileError
+
+        if self.lines is None:
+            from ..explanations_io import records_from_batch
+
+            try:
+                yield from enumerate(records_from_batch(self.batch, self.names or {}), start=self.first)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise ExplanationFileError(
+                    f"cannot read {self.path}: {exc}; regenerate it with `filtag-kg explain`"
+                ) from None
+            return
+        for n, line in enumerate(self.lines, start=self.first):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                raise ExplanationFileError(
+                    f"{self.path}:{n}: not valid JSON ({exc}); regenerate it with `filtag-kg explain`"
+                ) from None
+            if not isinstance(rec, dict):
+                raise ExplanationFileError(f"{self.path}:{n}: expected a JSON object per line; regenerate it")
+            yield n, rec
+
+
+def explanation_batches(path: str | os.PathLike[str], *, rows: int | None = None) -> Iterator[RowBatch]:
+    """The explanations of ``RunData.explanations_path`` as :class:`RowBatch` es of up to ``rows``
+    (default :data:`BATCH_ROWS`) rows, streamed: the rows of an ``explanations.parquet`` folder,
+    or the lines of ``explanations.jsonl``. The one reader of explanations for the export.
+
+    Raises:
+        ExplanationFileError: the file is unreadable.
+    """
+    from .errors import ExplanationFileError
+
+    rows = rows or BATCH_ROWS
+    p = Path(path)
+    if p.is_dir():
+        from ..explanations_io import iter_parquet_batches
+
+        first = 1
+        try:
+            for batch, names in iter_parquet_batches(p, batch_size=rows):
+                yield RowBatch(str(p), first, batch=batch, names=names)
+                first += batch.num_rows
+        except (OSError, ValueError, KeyError) as exc:
+            raise ExplanationFileError(
+                f"cannot read {p}: {exc}; regenerate it with `filtag-kg explain`"
+            ) from None
+        return
+    try:
+        with open(p, encoding="utf-8") as fh:
+            first, lines = 1, []
+            for line in fh:
+                lines.append(line)
+                if len(lines) >= rows:
+                    yield RowBatch(str(p), first, lines=lines)
+                    first, lines = first + len(lines), []
+            if lines:
+                yield RowBatch(str(p), first, lines=lines)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExplanationFileError(f"cannot read {p}: {exc}") from None
+
+
 def explanation_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(row number, record)`` for each explanation of ``RunData.explanations_path``, streamed:
     the rows of an ``explanations.parquet`` folder, or the lines of ``explanations.jsonl``.
@@ -320,22 +415,8 @@ def explanation_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
     Raises:
         ExplanationFileError: the file is unreadable or a line is not a JSON object.
     """
-    p = Path(path)
-    if p.is_dir():
-        from ..explanations_io import iter_parquet_records
-
-        try:
-            yield from enumerate(iter_parquet_records(p), start=1)
-        except (OSError, ValueError, KeyError) as exc:
-            from .errors import ExplanationFileError
-
-            raise ExplanationFileError(
-                f"cannot read {p}: {exc}; regenerate it with `filtag-kg explain`"
-            ) from None
-        return
-    from .explanation_graph import read_explanation_lines
-
-    yield from read_explanation_lines(p)
+    for b in explanation_batches(path):
+        yield from b.records()
 
 
 def iter_explanation_records(data: RunData) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,8 +1,9 @@
 """Synthetic run folders in the exact file formats of a real run, for tests and benchmarks.
 
 :func:`write_synthetic_run` writes ``profile.json``, ``tags.tsv`` and, if
-asked, ``explanations.json`` + ``explanations.jsonl`` (streamed, so millions
-of images need no memory) for a model of any shape, by default VGG16's 13
+asked, ``explanations.json`` + the explanations (``explanations.jsonl``, or with
+``form="parquet"`` the columnar ``explanations.parquet/`` a real pass writes by default;
+both streamed, so millions of images need no memory) for a model of any shape, by default VGG16's 13
 conv layers over the first ImageNet-1k classes. No model is run: tags and
 explanations follow FilTag's rules on random filter values, which is all the
 export cares about.
@@ -15,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def write_synthetic_run(
     weighting: str | None = None,
     perturbation: dict[str, Any] | None = None,
     image_name: str | Callable[[int], str] = "img {i:06d}.jpg",
+    form: str = "jsonl",
 ) -> Path:
     """Write a synthetic run folder and return it.
 
@@ -62,6 +64,8 @@ def write_synthetic_run(
         weighting: ``"gradcam"`` adds a weight to every active filter.
         perturbation: a perturbation record added to every explanation.
         image_name: format of image paths, with ``{i}`` the image index, or a function of it.
+        form: ``"jsonl"`` (``explanations.jsonl``) or ``"parquet"`` (``explanations.parquet/``,
+            the same records as an explanation pass stores them: values as float32).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -110,8 +114,11 @@ def write_synthetic_run(
         return run
 
     last = layers[-1][0]
+    if form not in ("jsonl", "parquet"):
+        raise ValueError(f"form must be 'jsonl' or 'parquet', not {form!r}")
     meta = {
-        "format": "filtag-kg explanations", "format_version": 1, "file": "explanations.jsonl",
+        "format": "filtag-kg explanations", "format_version": 1,
+        "file": "explanations.jsonl" if form == "jsonl" else "explanations.parquet",
         "settings": [{"method": "top-k", "param": k}],
         "perturbations": [perturbation] if perturbation else [],
         "weighting": weighting, "model": model, "layers": [n for n, _ in layers],
@@ -121,12 +128,75 @@ def write_synthetic_run(
         "started_at": "2026-01-03T00:00:00+00:00", "finished_at": "2026-01-03T01:00:00+00:00",
     }
     (run / "explanations.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    records = (
+        _explanation(rng, i, cls, layers, tagged, last, k, weighting, perturbation, image_name)
+        for i in range(images)
+    )
+    if form == "parquet":
+        _write_parquet(run, records, [n for n, _ in layers], cls, images)
+        return run
     with open(run / "explanations.jsonl", "w", encoding="utf-8") as fh:
-        for i in range(images):
-            fh.write(json.dumps(_explanation(rng, i, cls, layers, tagged, last, k, weighting, perturbation,
-                                             image_name), ensure_ascii=False))
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False))
             fh.write("\n")
     return run
+
+
+def _write_parquet(
+    run: Path, records: Iterator[dict[str, Any]], layers: list[str], cls: list[tuple[str, str]], images: int,
+    *, rows_per_part: int = 10_000,
+) -> None:
+    """Store explanation records as ``explanations.parquet/`` parts, column by column."""
+    import pyarrow as pa
+
+    from ..explanations_io import EXPLANATIONS_DIR, ParquetParts, names_metadata, row_schema
+
+    ids = [c for c, _ in cls]
+    col = {c: j for j, c in enumerate(ids)}
+    schema = row_schema("float32")
+    parts = ParquetParts(run / EXPLANATIONS_DIR, 0, names_metadata(layers, ids, ids, [lab for _, lab in cls]))
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        rows: dict[str, list[Any]] = {f.name: [] for f in schema}
+        for rec in batch:
+            act = rec["active_filters"]
+            flat = [r for name in layers for r in act.get(name, ())]
+            weighted = rec["weighting"] is not None
+            pert = rec["perturbation"] or {}
+            votes, counts, last = rec["votes"], rec["vote_counts"], rec["votes_last_layer"]
+            for key, value in (
+                ("index", rec["index"]), ("image", rec["image"]), ("sha256", rec["sha256"]),
+                ("true_class", rec["true_class"]),
+                ("top_class", [col[t["class_id"]] for t in rec["model_top"]]),
+                ("top_prob", [t["prob"] for t in rec["model_top"]]),
+                ("method", rec["method"]), ("param", rec["param"]),
+                ("layer_active", [len(act.get(name, ())) for name in layers]),
+                ("filter", [r["filter"] for r in flat]), ("value", [r["value"] for r in flat]),
+                ("weight", [r["weight"] for r in flat] if weighted else None),
+                ("vote_class", [col[c] for c in counts]), ("vote_count", list(counts.values())),
+                ("vote", [votes[c] for c in counts] if weighted else None),
+                ("last_class", [col[c] for c in last]),
+                ("last_count", None if weighted else [round(v) for v in last.values()]),
+                ("last_vote", list(last.values()) if weighted else None),
+                ("prediction", None if rec["prediction"] is None else col[rec["prediction"]]),
+                ("prediction_last_layer",
+                 None if rec["prediction_last_layer"] is None else col[rec["prediction_last_layer"]]),
+                ("perturb_kind", pert.get("kind")), ("perturb_param", pert.get("param")),
+                ("perturb_seed", pert.get("seed")), ("weighting", rec["weighting"]),
+            ):
+                rows[key].append(value)
+        arrays = [pa.array(rows[f.name], type=f.type) for f in schema]
+        parts.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
+        parts.commit()
+        batch.clear()
+
+    for rec in records:
+        batch.append(rec)
+        if len(batch) >= rows_per_part:
+            flush()
+    if batch:
+        flush()
 
 
 def _fingerprint(name: str, seed: int) -> str:
