@@ -86,3 +86,15 @@ def test_sentences_are_opt_in_and_need_a_profile(tmp_path: Path) -> None:
     (run / "profile.json").unlink()
     with pytest.raises(SentenceError, match="profile.json"):
         export_run(run, fmt="nq", out=tmp_path / "s.nq", wordnet=wordnet(), sentences=True)
+
+
+def test_sentences_with_jobs_give_the_same_bytes(exported: tuple[Path, set], tmp_path: Path) -> None:
+    """``--jobs`` encodes in worker processes, sentences are added in step with the records:
+    the file with sentences must not depend on the number of processes."""
+    run, _ = exported
+    one = export_run(run, fmt="nq", out=tmp_path / "one.nq", wordnet=wordnet(), sentences=True)
+    two = export_run(run, fmt="nq", out=tmp_path / "two.nq", wordnet=wordnet(), sentences=True, jobs=2)
+    from filtag_kg.rdf.vocab import FK
+
+    assert f"<{FK.sentence}>".encode() in one.read_bytes()
+    assert two.read_bytes() == one.read_bytes()
