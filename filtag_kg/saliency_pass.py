@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ._io import ensure_writable_dir, read_json, sha256_file, write_json
-from .errors import FiltagError
+from ._io import ensure_writable_dir, sha256_file, write_json
 from .saliency import IgosOptions, SagOptions, SaliencyError
+from .saliency_io import SALIENCY_DIR, SALIENCY_JSON, read_saliency
 from .tagging import TagSetting
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "region_concepts",
 ]
 
-SALIENCY_DIR = "saliency"
-SALIENCY_JSON = "saliency.json"
 
 
 @dataclass
@@ -312,14 +310,3 @@ def explain_saliency(
     }
     write_json(out_dir / SALIENCY_JSON, doc)
     return doc
-
-
-def read_saliency(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``RUN/saliency/saliency.json`` as written by :func:`explain_saliency`, or ``None``."""
-    path = Path(run_dir) / SALIENCY_DIR / SALIENCY_JSON
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except ValueError as exc:
-        raise FiltagError(f"{path} is not valid JSON ({exc}); run filtag-kg sag again") from None

@@ -410,6 +410,7 @@ CALLS = [
     ("untagged-filters", {}),
     ("misexplained-images", {}),
     ("shared-concepts", {"model1": SPEC_A, "model2": SPEC_B}),
+    ("multiple-explanations", {}),
 ]
 LIST_COLUMNS = {"matched", "under", "tagged", "where1", "where2"}
 

@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING
 from .explanation_graph import iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
+from .saliency_graph import iter_saliency_graphs
 from .tag_graph import Context, GraphStats, tag_graph_triples, void_triples
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class RunGraphs:
                 stats.explanations += 1
             else:
                 stats.classifications += 1
+            stats.explanation_triples += count
+            yield graph, text, count
+        for graph, text, count in iter_saliency_graphs(self.ctx, graphs=self.graphs):  # before the tag graph
             stats.explanation_triples += count
             yield graph, text, count
         tags = tag_graph_triples(self.ctx)
