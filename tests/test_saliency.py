@@ -59,7 +59,7 @@ def _ref_step(model, x, b, t, d, n, o):
         return (d - a * gd).clamp(0, 1), (n - a * gn).clamp(0, 1)
 
 
-def test_igos_step_batched_equals_a_per_image_loop() -> None:
+def test_igos_step_batched_equals_a_per_image_loop(device: str) -> None:
     model = build_tiny()
     x = _inputs(3)
     b = S.blur_baseline(x)
@@ -68,8 +68,10 @@ def test_igos_step_batched_equals_a_per_image_loop() -> None:
     g = torch.Generator().manual_seed(1)
     d = torch.rand((3, 4, 4), generator=g)
     n = torch.rand((3, 4, 4), generator=g)
-    score = S.class_probability(model)
-    bd, bn = S.igos_step(score, x, b, t, d, n, o)
+    dev = torch.device(device)
+    score = S.class_probability(build_tiny().to(dev))
+    bd, bn = S.igos_step(score, x.to(dev), b.to(dev), t.to(dev), d.to(dev), n.to(dev), o)
+    bd, bn = bd.cpu(), bn.cpu()
     for i in range(3):
         rd, rn = _ref_step(model, x[i], b[i], int(t[i]), d[i], n[i], o)
         assert torch.allclose(bd[i], rd, atol=1e-5), i
