@@ -46,7 +46,9 @@ def test_saliency_pages_draw_every_node_and_edge(site: tuple[Path, dict]) -> Non
         assert "/sag/" in html  # the SAG's RDF IRI
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
+)
 def test_saliency_pages_render_in_headless_chromium(site: tuple[Path, dict], tmp_path: Path) -> None:
     from PIL import Image
 
