@@ -412,6 +412,7 @@ CALLS = [
     ("shared-concepts", {"model1": SPEC_A, "model2": SPEC_B}),
     ("images-for-concept", {"concept": DOG}),
     ("label-disagreements", {}),
+    ("multiple-explanations", {}),
 ]
 LIST_COLUMNS = {"matched", "under", "tagged", "where1", "where2"}
 

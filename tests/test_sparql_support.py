@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saliency_support import write_saliency_fixture
 from test_rdf_support import make_run, wordnet
 
 from filtag_kg.explain import read_explanations
@@ -64,6 +65,7 @@ def kg() -> KG:
     atexit.register(shutil.rmtree, root, True)
     a = make_run(root / "a", images=12, spec=SPEC_A)
     add_human_labels(a)
+    write_saliency_fixture(a)  # SAGs for multiple-explanations
     b = make_run(root / "b", images=0, spec=SPEC_B, layers=LAYERS_B, seed=1)
     wn = wordnet()
     nq_a = export_run(a, fmt="nq", wordnet=wn)

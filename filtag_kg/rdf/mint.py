@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -358,6 +359,32 @@ class Minter:
     def perturbation(classification_iri: str) -> str:
         """``C/perturbation``."""
         return f"{classification_iri}/perturbation"
+
+    # -- structured attention graphs (docs/saliency-method.md) --------------------------
+    @staticmethod
+    def sag(run_iri: str, sha256: str) -> str:
+        """``R/sag/{sha256-16}``: the SAG of one image (by content), also its graph's name."""
+        return f"{run_iri}/sag/{segment(sha256[:16].lower())}"
+
+    @staticmethod
+    def region_set(sag_iri: str, patches: Sequence[int]) -> str:
+        """``G/region/{p1-p2-...}`` (patches ascending)."""
+        return f"{sag_iri}/region/{'-'.join(str(int(p)) for p in sorted(patches)) or 'none'}"
+
+    @classmethod
+    def region_removal(cls, sag_iri: str, parent: Sequence[int], removed: int) -> str:
+        """``G/region/{parent}/minus/{patch}``: the edge removing one patch."""
+        return f"{cls.region_set(sag_iri, parent)}/minus/{int(removed)}"
+
+    @staticmethod
+    def region_vote(region_iri: str, class_id: str) -> str:
+        """``G/region/{patches}/vote/{class}``."""
+        return f"{region_iri}/vote/{segment(class_id)}"
+
+    @staticmethod
+    def saliency_map(sag_iri: str) -> str:
+        """``G/igos``: the iGOS++ heatmap made with the SAG."""
+        return f"{sag_iri}/igos"
 
     # -- public WordNet IRIs ----------------------------------------------------------
     @staticmethod

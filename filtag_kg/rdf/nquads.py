@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
+from .saliency_graph import iter_saliency_graphs
 from .tag_graph import Context, GraphStats, tag_graph_triples, void_triples
 
 if TYPE_CHECKING:
@@ -149,9 +150,14 @@ class RunGraphs:
             yield data, [(0, len(data))], count
 
     def _closing(self, sentences: SentenceTriples | None = None) -> Iterator[tuple[str, str, int]]:
-        """The tag graph (with the sentences' part of it), the human labels' graph when
-        there are labels, then the VoID graph (with the counts of everything before it)."""
+        """The structured attention graphs (``filtag-kg sag``), the tag graph (with the
+        sentences' part of it), the human labels' graph when there are labels, then the
+        VoID graph (with the counts of everything before it)."""
         stats = self.stats
+        # the SAG graphs of the run's saliency pass: before the tag graph, which describes their filters
+        for graph, text, count in iter_saliency_graphs(self.ctx, graphs=self.graphs):
+            stats.explanation_triples += count
+            yield graph, text, count
         tags = tag_graph_triples(self.ctx)
         if sentences is not None:
             tags = sorted(set(tags).union(sentences.tag_graph_triples()))

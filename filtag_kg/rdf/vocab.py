@@ -203,6 +203,37 @@ class FK(DefinedNamespace):
     labelText: URIRef  # A human label as its annotator typed it.
     labelStatus: URIRef  # Whether a human label was linked to WordNet (linked, ambiguous, unknown).
     tagsSha256: URIRef  # SHA-256 of the tagging's tags.tsv: what tells two taggings of one profile apart.
+    # structured attention graphs and iGOS++ heatmaps (docs/saliency-method.md)
+    StructuredAttentionGraph: URIRef  # A SAG of one image: minimal sufficient patch sets and their removals.
+    RegionSet: URIRef  # Image patches shown to the model (the rest blurred), with a probability.
+    MinimalSufficientExplanation: URIRef  # A sufficient region set whose one-patch removals are not: a root.
+    RegionRemoval: URIRef  # An edge of a SAG: the region set left after removing one patch.
+    RegionVote: URIRef  # Votes for one concept of the tagged filters active inside a root's region.
+    SaliencyMap: URIRef  # An iGOS++ heatmap at mask resolution (1: most salient).
+    sagImage: URIRef  # The image a structured attention graph explains.
+    sagConcept: URIRef  # The class a SAG explains (the model's prediction on the whole image).
+    hasRegionSet: URIRef  # A node (region set) of a structured attention graph.
+    hasRoot: URIRef  # A root of a SAG: one of its diverse minimal sufficient explanations.
+    childRegionSet: URIRef  # A region set with one patch fewer, shown below this one in the graph.
+    hasRegionRemoval: URIRef  # An edge of the structured attention graph, with the patch it removes.
+    removalParent: URIRef  # The region set a patch is removed from.
+    removalChild: URIRef  # The region set left after the patch is removed.
+    regionFilter: URIRef  # A tagged filter active inside a root's region.
+    hasRegionVote: URIRef  # The votes per concept of the filters active inside the region.
+    regionVoteConcept: URIRef  # The concept the votes of a region vote are for.
+    relatedExplanation: URIRef  # A FilTag explanation of the same image in the same run.
+    hasSaliencyMap: URIRef  # The iGOS++ heatmap made for the same image and class.
+    gridSize: URIRef  # Patches per side of the grid a structured attention graph cuts the image into.
+    fullProbability: URIRef  # The probability of the explained class on the whole image.
+    baselineProbability: URIRef  # The probability of the explained class on the blurred image.
+    minimalExplanationCount: URIRef  # How many minimal sufficient explanations the search found.
+    patch: URIRef  # A patch of a region set, numbered row-major from 0 on the graph's grid.
+    patchCount: URIRef  # How many patches a region set shows.
+    regionProbability: URIRef  # The explained class's probability with only the region's patches shown.
+    removedPatch: URIRef  # The patch a region removal takes away.
+    regionVoteCount: URIRef  # The number of votes of a concept inside a region (tags of the active filters).
+    maskSize: URIRef  # The side of a saliency map's mask in cells.
+    saliencyValues: URIRef  # The saliency map's values, row-major, separated by spaces, each in [0, 1].
 
 
 #: Prefixes written in Turtle and TriG exports.

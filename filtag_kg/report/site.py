@@ -44,6 +44,7 @@ from .htmlkit import CSS
 from .model_pages import LayerFilterPages
 from .overview import OverviewPage
 from .runview import RunView
+from .saliency_pages import SaliencyPages
 
 if TYPE_CHECKING:
     from ..wordnet import WordNet
@@ -63,6 +64,7 @@ MANAGED = (
     "charts",
     "images",
     "maps",
+    "saliency",
 )
 
 
@@ -218,6 +220,7 @@ def write_report(
     site.write_layer_pages()
     site.write_concept_pages()
     site.write_explanation_pages(heatmaps_per_layer)
+    site.write_saliency_pages()
     if site.bad_images:
         path, why = next(iter(site.bad_images.items()))
         site.notes.append(
@@ -291,5 +294,5 @@ def _prepare_out(out: Path, run: Path) -> Path:
     return ensure_writable_dir(out)
 
 
-class _Site(LayerFilterPages, ConceptPages, ExplanationPages, OverviewPage):
+class _Site(LayerFilterPages, ConceptPages, ExplanationPages, SaliencyPages, OverviewPage):
     """All pages of one report."""
