@@ -33,7 +33,7 @@ held-out images agree with the network's top-1 prediction for 51 % / 73 %
 (top-k 1, all layers / last layer) and 77 % / 81 % (top-k 3).
 
 These figures depend on the draw of data and initialisation far more than on
-the recipe: over seeds 0-2 (one thread) they spread by 10-25 points. Means
+the recipe: over seeds 0-2 they spread by 10-25 points. Means
 [ranges] over seeds 0-2 of the four figures (top-k 1 all / last, top-k 3
 all / last):
 
@@ -42,14 +42,18 @@ all / last):
 * v3 (32 pixels, last layer 10 wide): 50 [41-57] / 55 [46-63] / 77 [77-78] /
   90 [89-91];
 * v2 (48 pixels, 10 wide, 2.3 times the compute): 53 [39-66] / 64 [54-74] /
-  68 [62-76] / 89 [82-95]; its seed 0 (66 / 74 / 76 / 95, two threads) was the best of the
+  68 [62-76] / 89 [82-95]; its seed 0 (66 / 74 / 76 / 95) was the best of the
   three draws on every figure.
+
+(Seeds 1 and 2 trained on one thread, and so did this recipe's seed 0 in the
+mean: 49 / 69 / 82 / 83; v2's and v3's seed 0 on two, as the demo does.)
 
 A training step on 32-pixel images takes 0.39 of the time of one on 48-pixel
 images (12 vs 30 ms for 64 images on two threads; (32/48)^2 = 0.44 of the
 arithmetic), which keeps a fresh demo within two minutes on a 2-core machine
 half as fast as the one it was tuned on; widening the last layer (on 2 x 2
-pixels) costs nothing measurable. Tried and not kept (seeds 0-2 unless noted):
+pixels) costs nothing measurable (a step took 0.95 of the time of a step of the
+10-wide net, interleaved on a busy machine). Tried and not kept (seeds 0-2 unless noted):
 no outlines (55 / 62 / 72 / 84), no weight decay on batch-norm and bias
 parameters (49 / 57 / 74 / 87; with the 16-wide layer 60 / 64 / 74 / 84),
 thicker outlines (seed 0: 52 / 58 / 69 / 85), a 4 x 4 last layer (seed 0:
