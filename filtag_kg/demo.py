@@ -40,6 +40,7 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     sizes: dict[str, int] | None = None,
+    seed: int = 0,
 ) -> RunResult:
     """Generate (or reuse) the shapes data and network, profile, tag and summarise.
 
@@ -50,6 +51,8 @@ def run_demo(
         echo: where the summary lines go (``print`` in the CLI).
         sizes: smaller ``train_per_class`` / ``heldout_per_class`` / ``epochs`` for
             quick checks (the defaults make the real demo).
+        seed: seed of the dataset and the training run (0 is the demo; others show
+            how much the figures owe to the draw, see ``benchmarks/bench_demo.py``).
 
     Returns:
         The run's profile and tags (also written to ``out``).
@@ -69,7 +72,8 @@ def run_demo(
     t0 = time.perf_counter()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     before = {p: p.stat().st_mtime_ns for p in cache.glob("shapes-*/weights.pt")}
-    _, metrics, data_root = load_or_train_shapes_net(cache, progress=progress, **(sizes or {}))
+    _, metrics, data_root = load_or_train_shapes_net(cache, seed=seed, progress=progress,
+                                                       **(sizes or {}))
     weights = data_root.parent / "weights.pt"
     cached = before.get(weights) == weights.stat().st_mtime_ns
     label = dict(SHAPE_CLASSES)

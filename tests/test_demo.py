@@ -36,3 +36,16 @@ def test_demo_runs_offline_and_reuses_its_cache(tmp_path: Path) -> None:
              sizes=SMALL)
     assert "(cached;" in "\n".join(lines)
     assert (tmp_path / "out2" / "report" / "index.html").is_file()
+
+
+def test_demo_seed_draws_another_dataset_and_training_run(tmp_path: Path) -> None:
+    """``seed`` (default 0, the demo's) lets benchmarks/bench_demo.py measure how much the
+    fidelity figures owe to the draw; each seed has its own cache entry."""
+    import json
+
+    run_demo(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None,
+             sizes=SMALL, seed=1)
+    (entry,) = (tmp_path / "cache").glob("shapes-*")
+    assert "-seed1" in entry.name
+    assert json.loads((entry / "training.json").read_text())["metrics"]["seed"] == 1
+    assert (tmp_path / "out" / "evaluation.json").is_file()

@@ -215,6 +215,9 @@ def test_shapes_net_shapes_and_layer_patterns():
         "features.15",
     ]
     assert ShapesNet(widths=(8, 16)).classifier[0].in_features == 16
+    # More last-layer filters than classes: with exactly one per class, 2-4 classes shared
+    # their strongest filter (last-layer top-k 1 fidelity 54 % vs 66 %, mean of seeds 0-2).
+    assert names["features.15"].out_channels > 10
     with pytest.raises(ValueError):
         ShapesNet(widths=(8,))
 
