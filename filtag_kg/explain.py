@@ -47,7 +47,7 @@ from .explanations_io import (
     iter_explanations,
 )
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .tagging import TagSetting, order_filters, tag_layer
+from .tagging import TagSetting, tag_layer
 
 EXPLANATIONS = EXPLANATIONS_JSONL
 STATE = "explanations.state.json"
@@ -192,85 +192,195 @@ class TagIndex:
         return cls(list(settings), inc)
 
 
-_FEW = 8  # up to this many active filters per layer, repeated argmax beats a sort
+@dataclass
+class Explained:
+    """The explanations of one batch under one setting, compact and on the host.
+
+    Computed by :func:`explain_tensors` where the filter values are (on the device),
+    so the host receives only what the rows hold: the active filters (no [B, F]
+    matrix) and the nonzero votes as sparse (class, count) pairs (no [B, C] matrix).
+
+    Attributes:
+        filters: the active filters of all images one after the other: per image,
+            layer by layer, each layer's in rank order (index within its layer).
+        values / weights: their values (and gradcam weights, else ``None``), float64.
+        lengths: [B, L] how many active filters each image has per layer.
+        count_offsets, count_classes, counts: per image ``counts[count_offsets[b]:
+            count_offsets[b + 1]]`` votes (unweighted) for classes ``count_classes[...]``
+            (profile order), nonzero ones only, classes ascending.
+        votes: weighted only: the weighted votes at the same (image, class) pairs.
+        last_offsets, last_classes, last: the last layer's nonzero counts (or, weighted,
+            nonzero weighted votes) in the same sparse form.
+        prediction / prediction_last: per image the class index with most votes (ties:
+            the lowest index), -1 where no class has a vote.
+    """
+
+    filters: np.ndarray
+    values: np.ndarray
+    weights: np.ndarray | None
+    lengths: np.ndarray
+    count_offsets: np.ndarray
+    count_classes: np.ndarray
+    counts: np.ndarray
+    votes: np.ndarray | None
+    last_offsets: np.ndarray
+    last_classes: np.ndarray
+    last: np.ndarray
+    prediction: np.ndarray
+    prediction_last: np.ndarray
 
 
-def _top_n(values: np.ndarray, n: int) -> np.ndarray:
-    """[B, n]: each row's n largest values' indices, largest first, ties by the lower index
-    (equal to ``order_filters(values)[:, :n]``) by n passes of argmax, which returns the
-    first of equal maxima."""
-    work = values.copy()
-    rows = np.arange(len(values))
-    out = np.empty((len(values), n), dtype=np.int64)
-    for j in range(n):
-        out[:, j] = best = work.argmax(axis=1)
-        work[rows, best] = -np.inf
+def _sparse_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the nonzero entries of [B, C] ``matrix``, row by row."""
+    nz = (matrix != 0).nonzero()
+    return nz[:, 0], nz[:, 1]
+
+
+def _offsets_of(rows: torch.Tensor, n_rows: int) -> np.ndarray:
+    out = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(torch.bincount(rows, minlength=n_rows).cpu().numpy(), out=out[1:])
     return out
 
 
-def _rank_order(values: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``chosen`` ([B, F] mask) filters of each row in rank order (value descending,
-    ties by the lower index), one row after the other, and their count per row.
-
-    The chosen values are packed to the left (at most the row's count of them, the rest
-    padded with -inf) and sorted with NumPy's fast unstable sort; rows where two chosen
-    values are equal (the sort might not keep their index order) are sorted again stably.
-    """
-    lengths = chosen.sum(axis=1)
-    n_images, width = values.shape
-    m = int(lengths.max(initial=0))
-    if m == 0:
-        return np.zeros(0, dtype=np.int64), lengths
-    # packed[b, j]: the j-th chosen filter of row b in index order
-    packed = np.full((n_images, m), width, dtype=np.int64)
-    rows, cols = np.nonzero(chosen)
-    slot = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    packed[rows, slot] = cols
-    keys = np.full((n_images, m), np.inf)
-    keys[rows, slot] = -values[rows, cols]
-    order = np.argsort(keys, axis=1)
-    sorted_keys = np.take_along_axis(keys, order, axis=1)
-    tied = ((sorted_keys[:, 1:] == sorted_keys[:, :-1]) & np.isfinite(sorted_keys[:, 1:])).any(axis=1)
-    if tied.any():
-        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
-    ranked = np.take_along_axis(packed, order, axis=1)
-    return ranked[np.arange(m)[None, :] < lengths[:, None]], lengths
+def _predict(votes: torch.Tensor) -> torch.Tensor:
+    """Per row, the class with most votes (ties: the lowest index; ``argmax`` returns the
+    first maximum), or -1 where no class has a positive vote."""
+    if votes.shape[1] == 0:
+        return torch.full((votes.shape[0],), -1, dtype=torch.int64, device=votes.device)
+    return torch.where(votes.amax(dim=1) > 0, votes.argmax(dim=1), -1)
 
 
-def _active_batch(
-    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every image's active filters of one layer, without a loop over images.
+def explain_tensors(
+    values: torch.Tensor,
+    widths: Sequence[int],
+    incidence: torch.Tensor,
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: torch.Tensor | None = None,
+) -> Explained:
+    """Explain a batch where its filter values are (CPU or GPU), returning only what rows hold.
+
+    Per layer, a stable sort of the negated values ranks the filters (value descending,
+    ties by the lower index, as :func:`filtag_kg.tagging.order_filters`); the active set
+    is a prefix of that ranking: the first ``n`` for top-k / top-percent, the values
+    strictly above the layer's mean for above-average (rows with a value within a few
+    ulps of the mean take the correctly rounded ``math.fsum`` mean, as
+    :func:`filtag_kg.tagging.active_filters` does). Votes are one product of the
+    [B, sum F] 0/1 mark of active filters with the [sum F, C] tag matrix of all layers
+    (float32: sums of ones are exact below 2**24; weighted votes in float64), and one
+    of the last layer alone.
 
     Args:
-        values: [B, F] filter values.
-        order: ``order_filters(values)`` if already computed, else ``None`` (the
-            active filters are then ranked without sorting whole rows).
-        setting, layer: the selection rule, and the layer's name for messages.
+        values: [B, sum F] float64 filter values, layers side by side.
+        widths: the layers' widths (in ``values``' column order).
+        incidence: [sum F, C] 0/1 float32 tag matrix of ``setting``, on ``values``' device.
+        setting: the selection rule (the same as the tagging's).
+        layer_names: the layers' names, for messages.
+        weights: optional [B, sum F] weight of each filter's votes.
 
     Returns:
-        ``(filters, lengths)``: the images' active sets one after the other, each in
-        rank order, equal to :func:`active_filters` image by image.
+        The batch's :class:`Explained`.
     """
-    n_images, width = values.shape
-    n = setting.count(width, layer)
-    if n is not None:
-        if order is None and n <= _FEW:
-            return _top_n(values, n).reshape(-1), np.full(n_images, n, dtype=np.int64)
-        order = order_filters(values) if order is None else order
-        return order[:, :n].reshape(-1), np.full(n_images, n, dtype=np.int64)
-    mean = values.mean(axis=1)
-    # the pairwise mean is within a few ulps of the correctly rounded one: rows with a value
-    # that close to it take active_filters' exact fsum mean, so no value counts by rounding luck
-    spread = np.abs(values).max(axis=1, initial=0.0)
-    near = np.abs(values - mean[:, None]).min(axis=1, initial=np.inf) <= 1e-9 * spread
-    for b in np.flatnonzero(near):
-        mean[b] = math.fsum(values[b].tolist()) / width
-    above = values > mean[:, None]
-    if order is None:
-        return _rank_order(values, above)
-    ranked = np.take_along_axis(above, order, axis=1)
-    return order[ranked], ranked.sum(axis=1)
+    n_images, device = values.shape[0], values.device
+    values = values.to(torch.float64)
+    chunks = torch.split(values, list(widths), dim=1)
+    ranked, order, first_n, means = [], [], [], {}
+    for li, (v, width, name) in enumerate(zip(chunks, widths, layer_names)):
+        neg, idx = torch.sort(-v, dim=1, stable=True)
+        ranked.append(neg)
+        order.append(idx)
+        first_n.append(setting.count(width, name))
+        if first_n[-1] is None:
+            means[li] = v.mean(dim=1)
+    if means:
+        # the pairwise mean is within a few ulps of the correctly rounded one: rows with a
+        # value that close to it take the fsum mean, so no value counts by rounding luck
+        near = torch.stack([
+            (chunks[li] - m[:, None]).abs().amin(dim=1) <= 1e-9 * chunks[li].abs().amax(dim=1)
+            for li, m in means.items()
+        ])
+        for j, b in (near.nonzero().tolist() if bool(near.any()) else []):
+            li = list(means)[j]
+            row = chunks[li][b].cpu().tolist()
+            means[li][b] = math.fsum(row) / len(row)
+    masks = []
+    for li, (neg, width) in enumerate(zip(ranked, widths)):
+        if li in means:
+            masks.append(neg < -means[li][:, None])  # value > mean, a prefix of the ranking
+        else:
+            masks.append((torch.arange(width, device=device) < first_n[li]).expand(n_images, width))
+    mask = torch.cat(masks, dim=1)
+    flat_order = torch.cat(order, dim=1)
+    filters = flat_order[mask]
+    flat_values = -torch.cat(ranked, dim=1)[mask]
+    # the 0/1 mark of active filters in index order (float64 when votes are weighted)
+    mark = torch.cat([torch.zeros_like(m, dtype=torch.float32).scatter_(1, o, m.float())
+                      for m, o in zip(masks, order)], dim=1)
+    last = sum(widths[:-1]) if widths else 0
+    counts = mark @ incidence
+    counts_last = mark[:, last:] @ incidence[last:]
+    flat_weights = None
+    if weights is not None:
+        w = weights.to(torch.float64)
+        wmark = mark.double() * w
+        inc64 = incidence.double()
+        votes = wmark @ inc64
+        votes_last = wmark[:, last:] @ inc64[last:]
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
+        flat_weights = torch.cat([w[:, s:s + o.shape[1]].gather(1, o) for s, o in zip(starts, order)],
+                                 dim=1)[mask]
+    else:
+        votes, votes_last = counts, counts_last
+    rows, classes = _sparse_rows(counts)
+    l_rows, l_classes = _sparse_rows(votes_last)
+    lengths = torch.stack([m.sum(dim=1) for m in masks], dim=1) if masks else torch.zeros(
+        (n_images, 0), dtype=torch.int64, device=device)
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
+
+    return Explained(
+        filters=host(filters.to(torch.int32)),
+        values=host(flat_values),
+        weights=None if flat_weights is None else host(flat_weights),
+        lengths=host(lengths),
+        count_offsets=_offsets_of(rows, n_images),
+        count_classes=host(classes.to(torch.int32)),
+        counts=host(counts[rows, classes].to(torch.int32)),
+        votes=None if weights is None else host(votes[rows, classes]),
+        last_offsets=_offsets_of(l_rows, n_images),
+        last_classes=host(l_classes.to(torch.int32)),
+        last=host(votes_last[l_rows, l_classes].to(torch.float64)),
+        prediction=host(_predict(votes)),
+        prediction_last=host(_predict(votes_last)),
+    )
+
+
+_JOINED: dict[tuple[Any, ...], tuple[list[Any], torch.Tensor]] = {}
+
+
+def joined_incidence(incidence: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The per-layer [F, C] tag matrices of one setting as one [sum F, C] float32 tensor on
+    ``device``; made once per matrices and device (tag matrices are not changed after
+    they are built), so each batch only multiplies."""
+    import weakref
+
+    key = (*(id(m) for m in incidence), str(device))
+    hit = _JOINED.get(key)
+    if hit is not None and all(r() is m for r, m in zip(hit[0], incidence)):
+        return hit[1]
+    joined = torch.from_numpy(np.concatenate([np.asarray(m, dtype=np.float32) for m in incidence])
+                              if len(incidence) else np.zeros((0, 0), dtype=np.float32)).to(device)
+    refs = [weakref.ref(m, lambda _, key=key: _JOINED.pop(key, None)) for m in incidence]
+    _JOINED[key] = (refs, joined)
+    return joined
+
+
+def _dense(offsets: np.ndarray, classes: np.ndarray, vals: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(offsets) - 1, n_classes))
+    out[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), classes] = vals
+    return out
 
 
 def explain_batch_arrays(
@@ -290,24 +400,37 @@ def explain_batch_arrays(
     """
     n_images = values[0].shape[0] if values else 0
     n_classes = incidence[0].shape[1] if incidence else 0
-    active = []
-    counts = np.zeros((n_images, n_classes))
-    # unweighted votes are the counts: one array serves both
-    votes = counts if weights is None else np.zeros((n_images, n_classes))
-    last_v = last_c = counts
-    for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
-        cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), None, setting, name)
-        rows = np.repeat(np.arange(n_images), lengths)
-        c = _segment_votes(inc, rows, cols, lengths, None)
-        counts += c
-        lv = c
-        if weights is not None:
-            lv = _segment_votes(inc, rows, cols, lengths, weights[li][rows, cols])
-            votes += lv
-        active.append((cols, lengths))
-        if li == len(values) - 1:
-            last_v, last_c = lv, c
-    return {"active": active, "votes": votes, "counts": counts, "votes_last": last_v, "counts_last": last_c}
+    widths = [np.shape(v)[1] for v in values]
+    flat = torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float64) for v in values], axis=1))
+    w = None if weights is None else torch.from_numpy(
+        np.concatenate([np.asarray(x, dtype=np.float64) for x in weights], axis=1))
+    ex = explain_tensors(flat, widths, joined_incidence(incidence), setting, layer_names, weights=w)
+    # per layer: the images' runs one after the other
+    layer_of = np.repeat(np.tile(np.arange(len(widths)), n_images), ex.lengths.reshape(-1))
+    active = [(ex.filters[layer_of == li].astype(np.int64), ex.lengths[:, li]) for li in range(len(widths))]
+    counts = _dense(ex.count_offsets, ex.count_classes, ex.counts, n_classes)
+    last = _dense(ex.last_offsets, ex.last_classes, ex.last, n_classes)
+    if weights is None:
+        return {"active": active, "votes": counts, "counts": counts, "votes_last": last, "counts_last": last}
+    votes = _dense(ex.count_offsets, ex.count_classes, ex.votes, n_classes)
+    cols, lengths = active[-1]
+    mark = np.zeros((n_images, widths[-1]))
+    mark[np.repeat(np.arange(n_images), lengths), cols] = 1.0
+    return {"active": active, "votes": votes, "counts": counts, "votes_last": last,
+            "counts_last": mark @ incidence[-1]}
+
+
+def _active_batch(
+    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's active filters of one layer ([B, F] values; ``order`` is not needed and
+    ignored): ``(filters, lengths)``, the rows' active sets one after the other, each in
+    rank order, equal to :func:`filtag_kg.tagging.active_filters` row by row. The
+    benchmarks tag synthetic profiles with it."""
+    values = np.asarray(values, dtype=np.float64)
+    ex = explain_tensors(torch.from_numpy(values), [values.shape[1]],
+                         torch.zeros((values.shape[1], 0)), setting, [layer])
+    return ex.filters.astype(np.int64), ex.lengths[:, 0]
 
 
 def explain_batch(
@@ -344,70 +467,6 @@ def explain_batch(
          "counts": arr["counts"][b], "votes_last": arr["votes_last"][b], "counts_last": arr["counts_last"][b]}
         for b in range(len(arr["votes"]))
     ]
-
-
-_TAG_LISTS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
-
-
-def _tag_lists(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``inc`` ([F, C], 0/1) as lists: filter f's classes are ``tagged[indptr[f]:indptr[f + 1]]``.
-
-    Made once per matrix (kept while the matrix lives; a tag matrix is not changed
-    after it is built), so each batch costs only its active filters' tags.
-    """
-    import weakref
-
-    key = id(inc)
-    hit = _TAG_LISTS.get(key)
-    if hit is not None and hit[0]() is inc:
-        return hit[1], hit[2]
-    filters, tagged = np.nonzero(inc)
-    indptr = np.zeros(inc.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(filters, minlength=inc.shape[0]), out=indptr[1:])
-    ref = weakref.ref(inc, lambda _, key=key: _TAG_LISTS.pop(key, None))
-    _TAG_LISTS[key] = (ref, indptr, tagged)
-    return indptr, tagged
-
-
-def _segment_votes(
-    inc: np.ndarray, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray, weight: np.ndarray | None
-) -> np.ndarray:
-    """[B, C] votes: per image, the (weighted) sum of its active filters' rows of ``inc``.
-
-    Sparse tags (top-k, top-percent tagging): count the (image, class) pairs of the
-    active filters' tags. Few active filters with dense tags: gather their rows and
-    sum each image's run. Many (above-average): one [B, F] x [F, C] product is
-    cheaper than gathering half the matrix per image.
-    """
-    n_images, (n_filters, n_classes) = len(lengths), inc.shape
-    indptr, tagged = _tag_lists(inc)
-    per = indptr[cols + 1] - indptr[cols]  # tags of each active filter
-    pairs = int(per.sum())
-    if pairs * 8 <= len(cols) * n_classes:
-        # sparse tags (top-k, top-percent): one bincount over the (image, class) pairs
-        starts = np.cumsum(per) - per
-        picked = tagged[np.repeat(indptr[cols] - starts, per) + np.arange(pairs)]
-        flat = np.repeat(rows, per) * n_classes + picked
-        w = None if weight is None else np.repeat(weight, per)
-        out = np.bincount(flat, weights=w, minlength=n_images * n_classes)
-        return out.reshape(n_images, n_classes).astype(np.float64, copy=False)
-    if len(cols) * 4 >= n_images * n_filters:
-        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64
-        dtype = np.float32 if weight is None else np.float64
-        mark = np.zeros((n_images, n_filters), dtype=dtype)
-        mark[rows, cols] = 1.0 if weight is None else weight
-        return (mark @ inc.astype(dtype, copy=False)).astype(np.float64)
-    if n_images and len(cols) == n_images * int(lengths[0]) and (lengths == lengths[0]).all():
-        # top-k and top-percent: the same count per image, so a reshape replaces reduceat
-        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
-        return picked.reshape(n_images, int(lengths[0]), n_classes).sum(axis=1, dtype=np.float64)
-    out = np.zeros((n_images, n_classes))
-    if len(cols):
-        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        some = lengths > 0
-        out[some] = np.add.reduceat(picked, starts[some], axis=0)
-    return out
 
 
 def explain_values(
@@ -560,8 +619,9 @@ def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
 
 def _gradcam_weights(
     outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor
-) -> list[np.ndarray]:
-    """Per layer [B, F]: relu(spatial mean of d score / d map * spatial mean of the map)."""
+) -> torch.Tensor:
+    """[B, sum F] float64 on the device, per layer: relu(spatial mean of d score / d map *
+    spatial mean of the map)."""
     score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
     try:
         grads = torch.autograd.grad(score, list(outputs), allow_unused=True)
@@ -574,11 +634,11 @@ def _gradcam_weights(
     for o, g, p in zip(outputs, grads, points):
         act = o.detach() if p.apply is None else p.apply(o.detach())
         if g is None:
-            out.append(np.zeros(tuple(o.shape[:2])))
+            out.append(torch.zeros(tuple(o.shape[:2]), dtype=torch.float64, device=o.device))
             continue
         w = (g.float().mean(dim=(2, 3)) * act.float().mean(dim=(2, 3))).clamp(min=0)
-        out.append(w.double().cpu().numpy())
-    return out
+        out.append(w.double())
+    return torch.cat(out, dim=1)
 
 
 def explain_dataset(
@@ -715,26 +775,27 @@ def explain_dataset(
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
-    ) -> tuple[list[np.ndarray], torch.Tensor, list[np.ndarray] | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if opts.weighting == "gradcam":
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
                 logits = module(x)
                 values = probe.take_flat()
                 weights = _gradcam_weights(probe.outputs, engine.points, logits.float())
-            return np.split(values.cpu().numpy(), splits, axis=1), logits.detach().float(), weights
+            return values, logits.detach().float(), weights
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
-        # one copy to the host per batch, then per-layer views
-        return np.split(values.cpu().numpy(), splits, axis=1), logits.float(), None
+        # the values stay on the device: the writer thread explains them there and copies
+        # only the active filters and sparse votes to the host
+        return values, logits.float(), None
 
     def host_work(info: dict[str, Any], results: list[tuple[Any, ...]]) -> None:
         """Votes, rows and writing of one batch (on the writer thread)."""
         sink.write(encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type))
+                                weighting=opts.weighting, value_type=sink.value_type, widths=widths))
 
-    splits = np.cumsum([p.width for p in engine.points])[:-1]
+    widths = [p.width for p in engine.points]
     rounds = 0
     try:
         ctx = (
@@ -756,8 +817,9 @@ def explain_dataset(
                         values, logits, weights = forward(xv, probe)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
+                        # tensors: the writer thread copies them, so this thread never waits
                         results.append((None if var is None else var.record(), values, weights,
-                                        probs.cpu().numpy(), top.cpu().numpy()))
+                                        probs, top))
                     samples = [imageset.samples[i] for i in idx]
                     info = {
                         "indices": idx,
@@ -823,6 +885,19 @@ def explain_dataset(
     return meta
 
 
+def _flat(values: Any) -> tuple[torch.Tensor, list[int]]:
+    """A batch's filter values (or weights) as one [B, sum F] tensor and the layers' widths,
+    from a flat tensor (widths then come from the caller) or per-layer [B, F] arrays."""
+    if isinstance(values, torch.Tensor):
+        return values, []
+    arrays = [np.asarray(v, dtype=np.float64) for v in values]
+    return torch.from_numpy(np.concatenate(arrays, axis=1)), [a.shape[1] for a in arrays]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def encode_batch(
     info: dict[str, Any],
     results: Sequence[tuple[Any, ...]],
@@ -832,29 +907,38 @@ def encode_batch(
     *,
     weighting: str | None,
     value_type: str,
+    widths: Sequence[int] | None = None,
 ) -> Any:
-    """The host-side work of one batch: active filters, votes and the rows of every
-    input variant and setting, as one Arrow record batch in file order.
+    """The work of one batch after the forward pass: active filters and votes (on the
+    values' device, see :func:`explain_tensors`), then the rows of every input variant and
+    setting, as one Arrow record batch in file order.
 
     Args:
         info: ``indices``, ``images``, ``sha256`` and ``true_classes`` of the batch.
         results: per input variant, ``(perturbation record or None, values, weights,
-            top-5 probabilities, top-5 classes)``, values/weights per layer [B, F].
+            top-5 probabilities, top-5 classes)``; values / weights either one
+            [B, sum F] tensor (CPU or GPU; then ``widths`` gives the layers' widths) or
+            per-layer [B, F] arrays; the top-5 as tensors or arrays.
         settings / incidence: the tagging settings and, per setting, the per-layer tag matrices.
         names: the layers' names.
         weighting: ``None`` or ``"gradcam"`` (recorded in each row).
         value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
+        widths: the layers' widths when values come as one tensor.
     """
     blocks = []
-    for pert, values, weights, probs, top in results:
-        for s, inc in zip(settings, incidence):
-            ex = explain_batch_arrays(values, inc, s, names, weights=weights)
-            blocks.append(encode_rows(
-                **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
-                active=ex["active"], values=values, weights=weights, votes=ex["votes"],
-                counts=ex["counts"], votes_last=ex["votes_last"], counts_last=ex["counts_last"],
-                perturbation=pert, weighting=weighting, value_type=value_type,
-            ))
+    with torch.inference_mode():
+        for pert, values, weights, probs, top in results:
+            flat, found = _flat(values)
+            layer_widths = list(widths) if widths is not None else found
+            w = None if weights is None else _flat(weights)[0]
+            probs, top = _numpy(probs), _numpy(top)
+            for s, inc in zip(settings, incidence):
+                ex = explain_tensors(flat, layer_widths, joined_incidence(inc, flat.device), s, names,
+                                     weights=w)
+                blocks.append(encode_rows(
+                    **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
+                    explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
+                ))
     return interleave(blocks)
 
 
@@ -898,6 +982,7 @@ __all__ = [
     "explain_dataset",
     "explain_batch",
     "explain_batch_arrays",
+    "explain_tensors",
     "explain_values",
     "read_explanations",
     "recorded_settings",
