@@ -47,7 +47,7 @@ from .explanations_io import (
     iter_explanations,
 )
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .tagging import TagSetting, tag_layer
+from .tagging import TagSetting, order_filters, tag_layer
 
 EXPLANATIONS = EXPLANATIONS_JSONL
 STATE = "explanations.state.json"
@@ -192,6 +192,190 @@ class TagIndex:
         return cls(list(settings), inc)
 
 
+_FEW = 8  # up to this many active filters per layer, repeated argmax beats a sort
+
+
+def _top_n(values: np.ndarray, n: int) -> np.ndarray:
+    """[B, n]: each row's n largest values' indices, largest first, ties by the lower index
+    (equal to ``order_filters(values)[:, :n]``) by n passes of argmax, which returns the
+    first of equal maxima."""
+    work = values.copy()
+    rows = np.arange(len(values))
+    out = np.empty((len(values), n), dtype=np.int64)
+    for j in range(n):
+        out[:, j] = best = work.argmax(axis=1)
+        work[rows, best] = -np.inf
+    return out
+
+
+def _rank_order(values: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``chosen`` ([B, F] mask) filters of each row in rank order (value descending,
+    ties by the lower index), one row after the other, and their count per row.
+
+    The chosen values are packed to the left (at most the row's count of them, the rest
+    padded with -inf) and sorted with NumPy's fast unstable sort; rows where two chosen
+    values are equal (the sort might not keep their index order) are sorted again stably.
+    """
+    lengths = chosen.sum(axis=1)
+    n_images, width = values.shape
+    m = int(lengths.max(initial=0))
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), lengths
+    # packed[b, j]: the j-th chosen filter of row b in index order
+    packed = np.full((n_images, m), width, dtype=np.int64)
+    rows, cols = np.nonzero(chosen)
+    slot = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    packed[rows, slot] = cols
+    keys = np.full((n_images, m), np.inf)
+    keys[rows, slot] = -values[rows, cols]
+    order = np.argsort(keys, axis=1)
+    sorted_keys = np.take_along_axis(keys, order, axis=1)
+    tied = ((sorted_keys[:, 1:] == sorted_keys[:, :-1]) & np.isfinite(sorted_keys[:, 1:])).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
+    ranked = np.take_along_axis(packed, order, axis=1)
+    return ranked[np.arange(m)[None, :] < lengths[:, None]], lengths
+
+
+def _active_batch(
+    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's active filters of one layer, without a loop over images.
+
+    Args:
+        values: [B, F] filter values.
+        order: ``order_filters(values)`` if already computed, else ``None`` (the
+            active filters are then ranked without sorting whole rows).
+        setting, layer: the selection rule, and the layer's name for messages.
+
+    Returns:
+        ``(filters, lengths)``: the images' active sets one after the other, each in
+        rank order, equal to :func:`active_filters` image by image.
+    """
+    n_images, width = values.shape
+    n = setting.count(width, layer)
+    if n is not None:
+        if order is None and n <= _FEW:
+            return _top_n(values, n).reshape(-1), np.full(n_images, n, dtype=np.int64)
+        order = order_filters(values) if order is None else order
+        return order[:, :n].reshape(-1), np.full(n_images, n, dtype=np.int64)
+    mean = values.mean(axis=1)
+    # the pairwise mean is within a few ulps of the correctly rounded one: rows with a value
+    # that close to it take active_filters' exact fsum mean, so no value counts by rounding luck
+    spread = np.abs(values).max(axis=1, initial=0.0)
+    near = np.abs(values - mean[:, None]).min(axis=1, initial=np.inf) <= 1e-9 * spread
+    for b in np.flatnonzero(near):
+        mean[b] = math.fsum(values[b].tolist()) / width
+    above = values > mean[:, None]
+    if order is None:
+        return _rank_order(values, above)
+    ranked = np.take_along_axis(above, order, axis=1)
+    return order[ranked], ranked.sum(axis=1)
+
+
+def explain_batch_arrays(
+    values: Sequence[np.ndarray],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: Sequence[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The explanations of a batch of images as whole-batch arrays (see :func:`explain_batch`).
+
+    Returns:
+        ``active``: per layer, ``(filters, lengths)`` (the images' active sets
+        one after the other, each in rank order); ``votes`` / ``counts``: [B, C]
+        over all layers; ``votes_last`` / ``counts_last``: [B, C], last layer alone.
+    """
+    n_images = values[0].shape[0] if values else 0
+    n_classes = incidence[0].shape[1] if incidence else 0
+    active = []
+    counts = np.zeros((n_images, n_classes))
+    # unweighted votes are the counts: one array serves both
+    votes = counts if weights is None else np.zeros((n_images, n_classes))
+    last_v = last_c = counts
+    for li, (v, inc, name) in enumerate(zip(values, incidence, layer_names)):
+        cols, lengths = _active_batch(np.asarray(v, dtype=np.float64), None, setting, name)
+        rows = np.repeat(np.arange(n_images), lengths)
+        c = _segment_votes(inc, rows, cols, lengths, None)
+        counts += c
+        lv = c
+        if weights is not None:
+            lv = _segment_votes(inc, rows, cols, lengths, weights[li][rows, cols])
+            votes += lv
+        active.append((cols, lengths))
+        if li == len(values) - 1:
+            last_v, last_c = lv, c
+    return {"active": active, "votes": votes, "counts": counts, "votes_last": last_v, "counts_last": last_c}
+
+
+_TAG_LISTS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+
+def _tag_lists(inc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``inc`` ([F, C], 0/1) as lists: filter f's classes are ``tagged[indptr[f]:indptr[f + 1]]``.
+
+    Made once per matrix (kept while the matrix lives; a tag matrix is not changed
+    after it is built), so each batch costs only its active filters' tags.
+    """
+    import weakref
+
+    key = id(inc)
+    hit = _TAG_LISTS.get(key)
+    if hit is not None and hit[0]() is inc:
+        return hit[1], hit[2]
+    filters, tagged = np.nonzero(inc)
+    indptr = np.zeros(inc.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(filters, minlength=inc.shape[0]), out=indptr[1:])
+    ref = weakref.ref(inc, lambda _, key=key: _TAG_LISTS.pop(key, None))
+    _TAG_LISTS[key] = (ref, indptr, tagged)
+    return indptr, tagged
+
+
+def _segment_votes(
+    inc: np.ndarray, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray, weight: np.ndarray | None
+) -> np.ndarray:
+    """[B, C] votes: per image, the (weighted) sum of its active filters' rows of ``inc``.
+
+    Sparse tags (top-k, top-percent tagging): count the (image, class) pairs of the
+    active filters' tags. Few active filters with dense tags: gather their rows and
+    sum each image's run. Many (above-average): one [B, F] x [F, C] product is
+    cheaper than gathering half the matrix per image.
+    """
+    n_images, (n_filters, n_classes) = len(lengths), inc.shape
+    indptr, tagged = _tag_lists(inc)
+    per = indptr[cols + 1] - indptr[cols]  # tags of each active filter
+    pairs = int(per.sum())
+    if pairs * 8 <= len(cols) * n_classes:
+        # sparse tags (top-k, top-percent): one bincount over the (image, class) pairs
+        starts = np.cumsum(per) - per
+        picked = tagged[np.repeat(indptr[cols] - starts, per) + np.arange(pairs)]
+        flat = np.repeat(rows, per) * n_classes + picked
+        w = None if weight is None else np.repeat(weight, per)
+        out = np.bincount(flat, weights=w, minlength=n_images * n_classes)
+        return out.reshape(n_images, n_classes).astype(np.float64, copy=False)
+    if len(cols) * 4 >= n_images * n_filters:
+        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64;
+        # torch's product (same BLAS kind) kept its speed on a loaded machine, NumPy's did not
+        dtype = np.float32 if weight is None else np.float64
+        mark = np.zeros((n_images, n_filters), dtype=dtype)
+        mark[rows, cols] = 1.0 if weight is None else weight
+        product = torch.from_numpy(mark) @ torch.from_numpy(inc.astype(dtype, copy=False))
+        return product.numpy().astype(np.float64)
+    if n_images and len(cols) == n_images * int(lengths[0]) and (lengths == lengths[0]).all():
+        # top-k and top-percent: the same count per image, so a reshape replaces reduceat
+        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
+        return picked.reshape(n_images, int(lengths[0]), n_classes).sum(axis=1, dtype=np.float64)
+    out = np.zeros((n_images, n_classes))
+    if len(cols):
+        picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        some = lengths > 0
+        out[some] = np.add.reduceat(picked, starts[some], axis=0)
+    return out
+
+
 @dataclass
 class Explained:
     """The explanations of one batch under one setting, compact and on the host.
@@ -253,13 +437,105 @@ def _predict(votes: torch.Tensor) -> torch.Tensor:
 def explain_tensors(
     values: torch.Tensor,
     widths: Sequence[int],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> Explained:
+    """Explain a batch where its filter values are, returning only what its rows hold.
+
+    Two implementations give the same :class:`Explained`: ``"torch"`` (the default for
+    values on a GPU) computes active filters and votes on the values' device and
+    copies only the active filters and the sparse votes to the host; ``"numpy"``
+    (the default on the CPU, where it is faster) is :func:`explain_batch_arrays`.
+
+    Args:
+        values: [B, sum F] float64 filter values, layers side by side.
+        widths: the layers' widths (in ``values``' column order).
+        incidence: per layer, the [F, C] 0/1 tag matrix of ``setting``.
+        setting: the selection rule (the same as the tagging's).
+        layer_names: the layers' names, for messages.
+        weights: optional [B, sum F] weight of each filter's votes.
+        backend: ``"torch"`` or ``"numpy"``; default: by the values' device.
+
+    Returns:
+        The batch's :class:`Explained`.
+    """
+    if (backend or ("numpy" if values.device.type == "cpu" else "torch")) == "numpy":
+        splits = np.cumsum(widths)[:-1]
+        per_layer = np.split(values.to(torch.float64).numpy(), splits, axis=1)
+        w = None if weights is None else np.split(weights.to(torch.float64).numpy(), splits, axis=1)
+        arr = explain_batch_arrays(per_layer, incidence, setting, layer_names, weights=w)
+        return _compact(arr, per_layer, w)
+    joined = joined_incidence(incidence, values.device)
+    return _explain_torch(values, widths, joined, setting, layer_names, weights=weights)
+
+
+def _sparse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row offsets, column indices and values of the nonzero entries of [B, C] ``matrix``."""
+    rows, cols = np.nonzero(matrix != 0)  # a boolean mask takes NumPy's fast path
+    offsets = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=offsets[1:])
+    return offsets, cols.astype(np.int32), matrix[rows, cols]
+
+
+def _prediction_index(votes: np.ndarray) -> np.ndarray:
+    """Per row, the class with most votes (ties: the lowest index), or -1 when none has any."""
+    if not votes.shape[1]:
+        return np.full(len(votes), -1, dtype=np.int64)
+    return np.where(votes.max(axis=1) > 0, np.argmax(votes, axis=1), -1)
+
+
+def _compact(
+    arr: dict[str, Any], values: Sequence[np.ndarray], weights: Sequence[np.ndarray] | None
+) -> Explained:
+    """:func:`explain_batch_arrays`' result as an :class:`Explained`: each image's active
+    filters of all layers one after the other, votes as sparse pairs."""
+    active = arr["active"]
+    n = len(arr["votes"])
+    lengths = np.stack([ln for _, ln in active], axis=1) if active else np.zeros((n, 0), dtype=np.int64)
+    row_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.sum(axis=1), out=row_start[1:])
+    layer_start = np.cumsum(lengths, axis=1) - lengths  # where each layer's run starts in its image's
+    total = int(row_start[-1])
+    flat_f = np.empty(total, dtype=np.int32)
+    flat_v = np.empty(total, dtype=np.float64)
+    flat_w = np.empty(total, dtype=np.float64) if weights is not None else None
+    for li, (cols, ln) in enumerate(active):
+        if not len(cols):
+            continue
+        rows = np.repeat(np.arange(n), ln)
+        first = np.cumsum(ln) - ln
+        pos = np.repeat(row_start[:-1] + layer_start[:, li] - first, ln) + np.arange(len(cols))
+        flat_f[pos] = cols
+        flat_v[pos] = values[li][rows, cols]
+        if flat_w is not None:
+            flat_w[pos] = weights[li][rows, cols]  # type: ignore[index]
+    c_off, c_cls, c_val = _sparse(arr["counts"])
+    weighted = weights is not None
+    l_off, l_cls, l_val = _sparse(arr["votes_last"] if weighted else arr["counts_last"])
+    return Explained(
+        filters=flat_f, values=flat_v, weights=flat_w, lengths=lengths,
+        count_offsets=c_off, count_classes=c_cls, counts=np.rint(c_val).astype(np.int32),
+        votes=arr["votes"][np.repeat(np.arange(n), np.diff(c_off)), c_cls] if weighted else None,
+        last_offsets=l_off, last_classes=l_cls, last=l_val.astype(np.float64),
+        prediction=_prediction_index(arr["votes"]), prediction_last=_prediction_index(arr["votes_last"]),
+    )
+
+
+def _explain_torch(
+    values: torch.Tensor,
+    widths: Sequence[int],
     incidence: torch.Tensor,
     setting: TagSetting,
     layer_names: Sequence[str],
     *,
     weights: torch.Tensor | None = None,
 ) -> Explained:
-    """Explain a batch where its filter values are (CPU or GPU), returning only what rows hold.
+    """:func:`explain_tensors` on the values' device (``incidence``: the [sum F, C] float32
+    tag matrix of all layers there).
 
     Per layer, a stable sort of the negated values ranks the filters (value descending,
     ties by the lower index, as :func:`filtag_kg.tagging.order_filters`); the active set
@@ -267,20 +543,8 @@ def explain_tensors(
     strictly above the layer's mean for above-average (rows with a value within a few
     ulps of the mean take the correctly rounded ``math.fsum`` mean, as
     :func:`filtag_kg.tagging.active_filters` does). Votes are one product of the
-    [B, sum F] 0/1 mark of active filters with the [sum F, C] tag matrix of all layers
-    (float32: sums of ones are exact below 2**24; weighted votes in float64), and one
-    of the last layer alone.
-
-    Args:
-        values: [B, sum F] float64 filter values, layers side by side.
-        widths: the layers' widths (in ``values``' column order).
-        incidence: [sum F, C] 0/1 float32 tag matrix of ``setting``, on ``values``' device.
-        setting: the selection rule (the same as the tagging's).
-        layer_names: the layers' names, for messages.
-        weights: optional [B, sum F] weight of each filter's votes.
-
-    Returns:
-        The batch's :class:`Explained`.
+    [B, sum F] 0/1 mark of active filters with the tag matrix (float32: sums of ones
+    are exact below 2**24; weighted votes in float64), and one of the last layer alone.
     """
     n_images, device = values.shape[0], values.device
     values = values.to(torch.float64)
@@ -375,62 +639,6 @@ def joined_incidence(incidence: Sequence[np.ndarray], device: torch.device | str
     refs = [weakref.ref(m, lambda _, key=key: _JOINED.pop(key, None)) for m in incidence]
     _JOINED[key] = (refs, joined)
     return joined
-
-
-def _dense(offsets: np.ndarray, classes: np.ndarray, vals: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((len(offsets) - 1, n_classes))
-    out[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), classes] = vals
-    return out
-
-
-def explain_batch_arrays(
-    values: Sequence[np.ndarray],
-    incidence: Sequence[np.ndarray],
-    setting: TagSetting,
-    layer_names: Sequence[str],
-    *,
-    weights: Sequence[np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """The explanations of a batch of images as whole-batch arrays (see :func:`explain_batch`).
-
-    Returns:
-        ``active``: per layer, ``(filters, lengths)`` (the images' active sets
-        one after the other, each in rank order); ``votes`` / ``counts``: [B, C]
-        over all layers; ``votes_last`` / ``counts_last``: [B, C], last layer alone.
-    """
-    n_images = values[0].shape[0] if values else 0
-    n_classes = incidence[0].shape[1] if incidence else 0
-    widths = [np.shape(v)[1] for v in values]
-    flat = torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float64) for v in values], axis=1))
-    w = None if weights is None else torch.from_numpy(
-        np.concatenate([np.asarray(x, dtype=np.float64) for x in weights], axis=1))
-    ex = explain_tensors(flat, widths, joined_incidence(incidence), setting, layer_names, weights=w)
-    # per layer: the images' runs one after the other
-    layer_of = np.repeat(np.tile(np.arange(len(widths)), n_images), ex.lengths.reshape(-1))
-    active = [(ex.filters[layer_of == li].astype(np.int64), ex.lengths[:, li]) for li in range(len(widths))]
-    counts = _dense(ex.count_offsets, ex.count_classes, ex.counts, n_classes)
-    last = _dense(ex.last_offsets, ex.last_classes, ex.last, n_classes)
-    if weights is None:
-        return {"active": active, "votes": counts, "counts": counts, "votes_last": last, "counts_last": last}
-    votes = _dense(ex.count_offsets, ex.count_classes, ex.votes, n_classes)
-    cols, lengths = active[-1]
-    mark = np.zeros((n_images, widths[-1]))
-    mark[np.repeat(np.arange(n_images), lengths), cols] = 1.0
-    return {"active": active, "votes": votes, "counts": counts, "votes_last": last,
-            "counts_last": mark @ incidence[-1]}
-
-
-def _active_batch(
-    values: np.ndarray, order: np.ndarray | None, setting: TagSetting, layer: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's active filters of one layer ([B, F] values; ``order`` is not needed and
-    ignored): ``(filters, lengths)``, the rows' active sets one after the other, each in
-    rank order, equal to :func:`filtag_kg.tagging.active_filters` row by row. The
-    benchmarks tag synthetic profiles with it."""
-    values = np.asarray(values, dtype=np.float64)
-    ex = explain_tensors(torch.from_numpy(values), [values.shape[1]],
-                         torch.zeros((values.shape[1], 0)), setting, [layer])
-    return ex.filters.astype(np.int64), ex.lengths[:, 0]
 
 
 def explain_batch(
@@ -933,8 +1141,7 @@ def encode_batch(
             w = None if weights is None else _flat(weights)[0]
             probs, top = _numpy(probs), _numpy(top)
             for s, inc in zip(settings, incidence):
-                ex = explain_tensors(flat, layer_widths, joined_incidence(inc, flat.device), s, names,
-                                     weights=w)
+                ex = explain_tensors(flat, layer_widths, inc, s, names, weights=w)
                 blocks.append(encode_rows(
                     **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
                     explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
