@@ -1133,7 +1133,22 @@ def encode_batch(
         value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
         widths: the layers' widths when values come as one tensor.
     """
-    blocks = []
+    return encode_explained(info, explain_results(results, settings, incidence, names, widths=widths),
+                            weighting=weighting, value_type=value_type)
+
+
+def explain_results(
+    results: Sequence[tuple[Any, ...]],
+    settings: Sequence[TagSetting],
+    incidence: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str],
+    *,
+    widths: Sequence[int] | None = None,
+    backend: str | None = None,
+) -> list[tuple[Any, np.ndarray, np.ndarray, TagSetting, Explained]]:
+    """The first half of :func:`encode_batch`: per input variant and setting,
+    ``(perturbation record, top-5 probabilities, top-5 classes, setting, Explained)``."""
+    out = []
     with torch.inference_mode():
         for pert, values, weights, probs, top in results:
             flat, found = _flat(values)
@@ -1141,11 +1156,21 @@ def encode_batch(
             w = None if weights is None else _flat(weights)[0]
             probs, top = _numpy(probs), _numpy(top)
             for s, inc in zip(settings, incidence):
-                ex = explain_tensors(flat, layer_widths, inc, s, names, weights=w)
-                blocks.append(encode_rows(
-                    **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
-                    explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
-                ))
+                out.append((pert, probs, top, s,
+                            explain_tensors(flat, layer_widths, inc, s, names, weights=w, backend=backend)))
+    return out
+
+
+def encode_explained(
+    info: dict[str, Any], explained: Sequence[tuple[Any, ...]], *, weighting: str | None, value_type: str
+) -> Any:
+    """The second half of :func:`encode_batch` (all the host does when a GPU explains):
+    the rows of :func:`explain_results`' output as one record batch in file order."""
+    blocks = [
+        encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text, explained=ex,
+                    perturbation=pert, weighting=weighting, value_type=value_type)
+        for pert, probs, top, s, ex in explained
+    ]
     return interleave(blocks)
 
 
@@ -1189,6 +1214,7 @@ __all__ = [
     "explain_dataset",
     "explain_batch",
     "explain_batch_arrays",
+    "explain_results",
     "explain_tensors",
     "explain_values",
     "read_explanations",
