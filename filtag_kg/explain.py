@@ -998,10 +998,21 @@ def explain_dataset(
         # only the active filters and sparse votes to the host
         return values, logits.float(), None
 
-    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]]) -> None:
+    # on a GPU the writer thread explains on its own stream, after an event the pass's thread
+    # records once a batch's values and top-5 exist, so its copies to the host wait for that
+    # batch only, never for the forward passes queued after it
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]], ready: Any) -> None:
         """Votes, rows and writing of one batch (on the writer thread)."""
-        sink.write(encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type, widths=widths))
+        ctx = contextlib.nullcontext()
+        if side is not None:
+            side.wait_event(ready)
+            ctx = torch.cuda.stream(side)
+        with ctx:
+            rows = encode_batch(info, results, settings, index.incidence, names,
+                                weighting=opts.weighting, value_type=sink.value_type, widths=widths)
+        sink.write(rows)
 
     widths = [p.width for p in engine.points]
     rounds = 0
@@ -1037,7 +1048,12 @@ def explain_dataset(
                             imageset.classes[sm.label].id if sm.label >= 0 else None for sm in samples
                         ],
                     }
-                    worker.submit(lambda info=info, results=results: host_work(info, results))
+                    ready = None
+                    if side is not None:
+                        ready = torch.cuda.Event()
+                        ready.record()
+                    worker.submit(lambda info=info, results=results, ready=ready: host_work(
+                        info, results, ready))
                 rounds += 1
                 new_done = sampler.done_after(rounds)
                 bar.update(new_done - done)
