@@ -469,7 +469,8 @@ def explain_tensors(
         w = None if weights is None else np.split(weights.to(torch.float64).numpy(), splits, axis=1)
         arr = explain_batch_arrays(per_layer, incidence, setting, layer_names, weights=w)
         return _compact(arr, per_layer, w)
-    joined = joined_incidence(incidence, values.device)
+    # weighted votes are summed in float64; counts (sums of ones) are exact in either type
+    joined = joined_incidence(incidence, values.device, torch.float32 if weights is None else torch.float64)
     return _explain_torch(values, widths, joined, setting, layer_names, weights=weights)
 
 
@@ -578,8 +579,8 @@ def _explain_torch(
     flat_order = torch.cat(order, dim=1)
     filters = flat_order[mask]
     flat_values = -torch.cat(ranked, dim=1)[mask]
-    # the 0/1 mark of active filters in index order (float64 when votes are weighted)
-    mark = torch.cat([torch.zeros_like(m, dtype=torch.float32).scatter_(1, o, m.float())
+    # the 0/1 mark of active filters in index order, in the tag matrix's type
+    mark = torch.cat([torch.zeros_like(m, dtype=incidence.dtype).scatter_(1, o, m.to(incidence.dtype))
                       for m, o in zip(masks, order)], dim=1)
     last = sum(widths[:-1]) if widths else 0
     counts = mark @ incidence
@@ -587,10 +588,9 @@ def _explain_torch(
     flat_weights = None
     if weights is not None:
         w = weights.to(torch.float64)
-        wmark = mark.double() * w
-        inc64 = incidence.double()
-        votes = wmark @ inc64
-        votes_last = wmark[:, last:] @ inc64[last:]
+        wmark = mark * w
+        votes = wmark @ incidence
+        votes_last = wmark[:, last:] @ incidence[last:]
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
         flat_weights = torch.cat([w[:, s:s + o.shape[1]].gather(1, o) for s, o in zip(starts, order)],
                                  dim=1)[mask]
@@ -624,18 +624,20 @@ def _explain_torch(
 _JOINED: dict[tuple[Any, ...], tuple[list[Any], torch.Tensor]] = {}
 
 
-def joined_incidence(incidence: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """The per-layer [F, C] tag matrices of one setting as one [sum F, C] float32 tensor on
-    ``device``; made once per matrices and device (tag matrices are not changed after
-    they are built), so each batch only multiplies."""
+def joined_incidence(
+    incidence: Sequence[np.ndarray], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The per-layer [F, C] tag matrices of one setting as one [sum F, C] tensor of ``dtype``
+    on ``device``; made once per matrices, device and type (tag matrices are not changed
+    after they are built), so each batch only multiplies."""
     import weakref
 
-    key = (*(id(m) for m in incidence), str(device))
+    key = (*(id(m) for m in incidence), str(device), str(dtype))
     hit = _JOINED.get(key)
     if hit is not None and all(r() is m for r, m in zip(hit[0], incidence)):
         return hit[1]
     joined = torch.from_numpy(np.concatenate([np.asarray(m, dtype=np.float32) for m in incidence])
-                              if len(incidence) else np.zeros((0, 0), dtype=np.float32)).to(device)
+                              if len(incidence) else np.zeros((0, 0), dtype=np.float32)).to(device, dtype)
     refs = [weakref.ref(m, lambda _, key=key: _JOINED.pop(key, None)) for m in incidence]
     _JOINED[key] = (refs, joined)
     return joined
