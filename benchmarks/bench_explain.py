@@ -3,7 +3,7 @@
 On the same synthetic JPEGs, device and batch size, in one run, prints images/s
 of plain inference (same loader and model, no hooks), of the explanation pass
 (``filtag_kg.explain.explain_dataset`` end to end: hooks, active filters,
-votes, JSON Lines written), and of the pass with ``--weighting gradcam`` (a
+votes, Parquet rows written), and of the pass with ``--weighting gradcam`` (a
 forward and a backward pass), with the ratios. Plain and explain passes
 alternate ``--repeats`` times; the headline ratio is the median of each
 repeat's paired ratio (see ``bench_profile.py``). Target: explain >= 0.90x
