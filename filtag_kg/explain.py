@@ -465,8 +465,8 @@ def explain_tensors(
     """
     if (backend or ("numpy" if values.device.type == "cpu" else "torch")) == "numpy":
         splits = np.cumsum(widths)[:-1]
-        per_layer = np.split(values.to(torch.float64).numpy(), splits, axis=1)
-        w = None if weights is None else np.split(weights.to(torch.float64).numpy(), splits, axis=1)
+        per_layer = np.split(values.to(torch.float64).cpu().numpy(), splits, axis=1)
+        w = None if weights is None else np.split(weights.to(torch.float64).cpu().numpy(), splits, axis=1)
         arr = explain_batch_arrays(per_layer, incidence, setting, layer_names, weights=w)
         return _compact(arr, per_layer, w)
     # weighted votes are summed in float64; counts (sums of ones) are exact in either type
