@@ -3,19 +3,22 @@
 On the same synthetic JPEGs, device and batch size, in one run, prints images/s
 of plain inference (same loader and model, no hooks), of the explanation pass
 (``filtag_kg.explain.explain_dataset`` end to end: hooks, active filters,
-votes, JSON Lines written), and of the pass with ``--weighting gradcam`` (a
+votes, Parquet rows written), and of the pass with ``--weighting gradcam`` (a
 forward and a backward pass), with the ratios. Plain and explain passes
 alternate ``--repeats`` times; the headline ratio is the median of each
 repeat's paired ratio (see ``bench_profile.py``). Target: explain >= 0.90x
 plain on CPU without weighting.
 
-``--synthetic`` needs no model and no images: it times the host-side work of
-the pass alone (active filters, votes, rows, writing; what the writer thread
-does for each batch) on random filter values of VGG16's 13 conv layers (4,224
-filters) and 1,000 classes, for top-k 1, top-k 3, top-percent 1 and
-above-average, and prints the cost per image and the bytes per image of
-``explanations.parquet`` (and, with ``--jsonl``, of ``explanations.jsonl``).
-Targets: < 0.1 ms per image for every setting, above-average <= 5 KiB per image.
+``--synthetic`` needs no model and no images: it times the work of the pass
+after the forward pass alone (what the writer thread does for each batch) on
+random filter values of VGG16's 13 conv layers (4,224 filters) and 1,000
+classes, for top-k 1, top-k 3, top-percent 1 and above-average, in two parts:
+``explain`` (active filters and votes, ``explain_tensors``: on the CPU here, on
+the device beside a GPU; ``--backend torch`` times the GPU code on the CPU) and
+``host`` (the rows from its compact result, and writing them: all the host does
+beside a GPU); and the bytes per image of ``explanations.parquet`` (and, with
+``--jsonl``, of ``explanations.jsonl``). Targets: host < 0.1 ms per image for
+every setting, above-average <= 5 KiB per image.
 
 Usage:
     python benchmarks/bench_explain.py --model resnet50 --images 64 --batch-size 8
@@ -48,7 +51,7 @@ SYNTHETIC_SETTINGS = [TagSetting("top-k", 1), TagSetting("top-k", 3), TagSetting
 
 def synthetic_host_cost(
     images: int, batch_size: int, *, classes: int = 1000, widths: list[int] | None = None,
-    jsonl: bool = False, seed: int = 0, out: Path | None = None, repeats: int = 3,
+    jsonl: bool = False, seed: int = 0, out: Path | None = None, repeats: int = 3, backend: str | None = None,
 ) -> list[dict[str, Any]]:
     """Host-side cost and output size per image for each setting, on random values.
 
@@ -57,9 +60,11 @@ def synthetic_host_cost(
     such a vector too, tagged with the same setting, so each setting's tag
     matrix has the density real tags have. Each setting is timed ``repeats``
     times and the fastest kept (the machine's noise only ever adds time).
-    Returns one dict per setting (and
-    form): ``ms_per_image`` (all host work), ``encode_ms_per_image`` (active filters,
-    votes and rows, without writing) and ``bytes_per_image``.
+    Returns one dict per setting (and form): ``ms_per_image`` (all of it),
+    ``explain_ms_per_image`` (active filters and votes: ``explain_tensors``, on the CPU
+    here, on the device in a GPU pass), ``rows_ms_per_image`` (the rows from those),
+    ``host_ms_per_image`` (rows and writing: all the host does when a GPU explains) and
+    ``bytes_per_image``. ``backend``: ``explain_tensors``' backend (default: NumPy on the CPU).
     """
     from filtag_kg.explain import _active_batch
     from filtag_kg.tagging import order_filters
@@ -92,44 +97,54 @@ def synthetic_host_cost(
         for form in ["parquet", "jsonl"] if jsonl else ["parquet"]:
             best: dict[str, float] | None = None
             for _ in range(repeats):
-                run = _time_host_work(batches, setting, incidence, names, names_doc, form, out)
+                run = _time_host_work(batches, setting, incidence, names, names_doc, form, out, backend)
                 if best is None or run["seconds"] < best["seconds"]:
                     best = run
             assert best is not None
             rows.append({"setting": str(setting), "form": form,
                          "ms_per_image": 1000 * best["seconds"] / images,
-                         "encode_ms_per_image": 1000 * best["encode"] / images,
+                         "explain_ms_per_image": 1000 * best["explain"] / images,
+                         "rows_ms_per_image": 1000 * best["rows"] / images,
+                         "host_ms_per_image": 1000 * (best["seconds"] - best["explain"]) / images,
                          "bytes_per_image": best["bytes"] / images})
     return rows
 
 
 def _time_host_work(
     batches: list[Any], setting: TagSetting, incidence: list[np.ndarray], names: list[str],
-    names_doc: dict[str, Any], form: str, out: Path | None,
+    names_doc: dict[str, Any], form: str, out: Path | None, backend: str | None,
 ) -> dict[str, float]:
-    """One timed pass of the host work over ``batches`` (after one untimed batch)."""
-    from filtag_kg.explain import encode_batch
+    """One timed pass over ``batches`` (after one untimed batch): the explain stage, the
+    rows and the writing, each timed on its own."""
+    from filtag_kg.explain import encode_explained, explain_results
     from filtag_kg.explanations_io import JsonlLines, ParquetParts, names_metadata
 
     value_type = "float32" if form == "parquet" else "float64"
-    encode_batch(*batches[0], [setting], [incidence], names, weighting=None, value_type=value_type)  # warm-up
+
+    def stage(info: dict[str, Any], results: list[Any]) -> list[Any]:
+        return explain_results(results, [setting], [incidence], names, backend=backend)
+
+    encode_explained(batches[0][0], stage(*batches[0]), weighting=None, value_type=value_type)  # warm-up
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         folder = Path(tmp) / "explanations.parquet"
         sink = (ParquetParts(folder, 0, names_metadata(**names_doc)) if form == "parquet"
                 else JsonlLines(Path(tmp) / "explanations.jsonl", 0, names_doc))
-        encode = 0.0
+        explain = rows = 0.0
         t0 = time.perf_counter()
         for info, results in batches:
             t1 = time.perf_counter()
-            rows_batch = encode_batch(info, results, [setting], [incidence], names, weighting=None,
-                                      value_type=value_type)
-            encode += time.perf_counter() - t1
+            explained = stage(info, results)
+            t2 = time.perf_counter()
+            rows_batch = encode_explained(info, explained, weighting=None, value_type=value_type)
+            t3 = time.perf_counter()
+            explain += t2 - t1
+            rows += t3 - t2
             sink.write(rows_batch)
         sink.commit()
         seconds = time.perf_counter() - t0
         sink.close()
         size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-    return {"seconds": seconds, "encode": encode, "bytes": size}
+    return {"seconds": seconds, "explain": explain, "rows": rows, "bytes": size}
 
 
 def main() -> None:
@@ -139,15 +154,23 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true",
                     help="time the host-side work alone on random values of VGG16 widths, 1000 classes")
     ap.add_argument("--jsonl", action="store_true", help="with --synthetic: also time explanations.jsonl")
+    ap.add_argument("--backend", choices=["numpy", "torch"], default=None,
+                    help="with --synthetic: explain_tensors' backend (default: NumPy on the CPU)")
     args = ap.parse_args()
     if args.synthetic:
         print(f"host-side work per image: {args.images} synthetic images, batch {args.batch_size}, "
               f"VGG16 widths ({sum(VGG16_WIDTHS)} filters), 1000 classes, one Python thread "
               f"(NumPy's BLAS may use more), best of {args.repeats}")
-        for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats):
-            print(f"  {r['setting']:<18} {r['form']:<8} {r['ms_per_image']:8.4f} ms/image "
-                  f"({1000 / r['ms_per_image']:9.0f} images/s; votes and rows {r['encode_ms_per_image']:.4f} "
-                  f"ms, writing the rest)  {r['bytes_per_image'] / 1024:9.2f} KiB/image")
+        print(f"  {'setting':<18} {'form':<8} {'all':>8} {'explain':>8} {'host':>8} {'(rows':>8} "
+              f"{'write)':>8}  ms/image;  KiB/image")
+        for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats,
+                                     backend=args.backend):
+            write = r["host_ms_per_image"] - r["rows_ms_per_image"]
+            print(f"  {r['setting']:<18} {r['form']:<8} {r['ms_per_image']:8.4f} "
+                  f"{r['explain_ms_per_image']:8.4f} {r['host_ms_per_image']:8.4f} "
+                  f"{r['rows_ms_per_image']:8.4f} {write:8.4f}  {r['bytes_per_image'] / 1024:9.2f}")
+        print("all = explain + host; explain = active filters and votes (explain_tensors: on this CPU "
+              "here, on the device in a GPU pass); host = rows + writing (what the host does beside a GPU)")
         print("targets: < 0.1 ms per image for every setting; above-average <= 5 KiB per image")
         return
     device = resolve_device(args.device)

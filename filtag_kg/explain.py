@@ -310,42 +310,6 @@ def explain_batch_arrays(
     return {"active": active, "votes": votes, "counts": counts, "votes_last": last_v, "counts_last": last_c}
 
 
-def explain_batch(
-    values: Sequence[np.ndarray],
-    incidence: Sequence[np.ndarray],
-    setting: TagSetting,
-    layer_names: Sequence[str],
-    *,
-    weights: Sequence[np.ndarray] | None = None,
-) -> list[dict[str, Any]]:
-    """The explanations of a batch of images from their per-layer filter values.
-
-    Votes are counted for the whole batch at once, per layer: the rows of the
-    layer's [F, C] tag matrix that belong to each image's active filters,
-    summed per image (weighted when ``weights`` are given). Counts are sums of
-    ones, so they are exact whatever the order of summation.
-
-    Args:
-        values: per layer, the [B, F] filter values of the batch.
-        incidence: per layer, the [F, C] tag matrix of ``setting``.
-        setting: the selection rule (the same as the tagging's).
-        layer_names: names of the layers, for messages.
-        weights: per layer, an optional [B, F] weight for each filter's votes.
-
-    Returns:
-        Per image: ``active`` (per layer: indices in rank order), ``votes`` /
-        ``counts`` ([C] arrays over all layers), ``votes_last`` /
-        ``counts_last`` (last layer alone).
-    """
-    arr = explain_batch_arrays(values, incidence, setting, layer_names, weights=weights)
-    splits = [np.split(cols, np.cumsum(lengths)[:-1]) for cols, lengths in arr["active"]]
-    return [
-        {"active": [per_layer[b] for per_layer in splits], "votes": arr["votes"][b],
-         "counts": arr["counts"][b], "votes_last": arr["votes_last"][b], "counts_last": arr["counts_last"][b]}
-        for b in range(len(arr["votes"]))
-    ]
-
-
 _TAG_LISTS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 
 
@@ -392,11 +356,13 @@ def _segment_votes(
         out = np.bincount(flat, weights=w, minlength=n_images * n_classes)
         return out.reshape(n_images, n_classes).astype(np.float64, copy=False)
     if len(cols) * 4 >= n_images * n_filters:
-        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64
+        # counts are sums of ones: exact in float32 (below 2**24), twice as fast as float64;
+        # torch's product (same BLAS kind) kept its speed on a loaded machine, NumPy's did not
         dtype = np.float32 if weight is None else np.float64
         mark = np.zeros((n_images, n_filters), dtype=dtype)
         mark[rows, cols] = 1.0 if weight is None else weight
-        return (mark @ inc.astype(dtype, copy=False)).astype(np.float64)
+        product = torch.from_numpy(mark) @ torch.from_numpy(inc.astype(dtype, copy=False))
+        return product.numpy().astype(np.float64)
     if n_images and len(cols) == n_images * int(lengths[0]) and (lengths == lengths[0]).all():
         # top-k and top-percent: the same count per image, so a reshape replaces reduceat
         picked = inc[cols] if weight is None else inc[cols] * weight[:, None]
@@ -408,6 +374,309 @@ def _segment_votes(
         some = lengths > 0
         out[some] = np.add.reduceat(picked, starts[some], axis=0)
     return out
+
+
+@dataclass
+class Explained:
+    """The explanations of one batch under one setting, compact and on the host.
+
+    Computed by :func:`explain_tensors` where the filter values are (on the device),
+    so the host receives only what the rows hold: the active filters (no [B, F]
+    matrix) and the nonzero votes as sparse (class, count) pairs (no [B, C] matrix).
+
+    Attributes:
+        filters: the active filters of all images one after the other: per image,
+            layer by layer, each layer's in rank order (index within its layer).
+        values / weights: their values (and gradcam weights, else ``None``), float64.
+        lengths: [B, L] how many active filters each image has per layer.
+        count_offsets, count_classes, counts: per image ``counts[count_offsets[b]:
+            count_offsets[b + 1]]`` votes (unweighted) for classes ``count_classes[...]``
+            (profile order), nonzero ones only, classes ascending.
+        votes: weighted only: the weighted votes at the same (image, class) pairs.
+        last_offsets, last_classes, last: the last layer's nonzero counts (or, weighted,
+            nonzero weighted votes) in the same sparse form.
+        prediction / prediction_last: per image the class index with most votes (ties:
+            the lowest index), -1 where no class has a vote.
+    """
+
+    filters: np.ndarray
+    values: np.ndarray
+    weights: np.ndarray | None
+    lengths: np.ndarray
+    count_offsets: np.ndarray
+    count_classes: np.ndarray
+    counts: np.ndarray
+    votes: np.ndarray | None
+    last_offsets: np.ndarray
+    last_classes: np.ndarray
+    last: np.ndarray
+    prediction: np.ndarray
+    prediction_last: np.ndarray
+
+
+def _sparse_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the nonzero entries of [B, C] ``matrix``, row by row."""
+    nz = (matrix != 0).nonzero()
+    return nz[:, 0], nz[:, 1]
+
+
+def _offsets_of(rows: torch.Tensor, n_rows: int) -> np.ndarray:
+    out = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(torch.bincount(rows, minlength=n_rows).cpu().numpy(), out=out[1:])
+    return out
+
+
+def _predict(votes: torch.Tensor) -> torch.Tensor:
+    """Per row, the class with most votes (ties: the lowest index; ``argmax`` returns the
+    first maximum), or -1 where no class has a positive vote."""
+    if votes.shape[1] == 0:
+        return torch.full((votes.shape[0],), -1, dtype=torch.int64, device=votes.device)
+    return torch.where(votes.amax(dim=1) > 0, votes.argmax(dim=1), -1)
+
+
+def explain_tensors(
+    values: torch.Tensor,
+    widths: Sequence[int],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> Explained:
+    """Explain a batch where its filter values are, returning only what its rows hold.
+
+    Two implementations give the same :class:`Explained`: ``"torch"`` (the default for
+    values on a GPU) computes active filters and votes on the values' device and
+    copies only the active filters and the sparse votes to the host; ``"numpy"``
+    (the default on the CPU, where it is faster) is :func:`explain_batch_arrays`.
+
+    Args:
+        values: [B, sum F] float64 filter values, layers side by side.
+        widths: the layers' widths (in ``values``' column order).
+        incidence: per layer, the [F, C] 0/1 tag matrix of ``setting``.
+        setting: the selection rule (the same as the tagging's).
+        layer_names: the layers' names, for messages.
+        weights: optional [B, sum F] weight of each filter's votes.
+        backend: ``"torch"`` or ``"numpy"``; default: by the values' device.
+
+    Returns:
+        The batch's :class:`Explained`.
+    """
+    if (backend or ("numpy" if values.device.type == "cpu" else "torch")) == "numpy":
+        splits = np.cumsum(widths)[:-1]
+        per_layer = np.split(values.to(torch.float64).cpu().numpy(), splits, axis=1)
+        w = None if weights is None else np.split(weights.to(torch.float64).cpu().numpy(), splits, axis=1)
+        arr = explain_batch_arrays(per_layer, incidence, setting, layer_names, weights=w)
+        return _compact(arr, per_layer, w)
+    # weighted votes are summed in float64; counts (sums of ones) are exact in either type
+    joined = joined_incidence(incidence, values.device, torch.float32 if weights is None else torch.float64)
+    return _explain_torch(values, widths, joined, setting, layer_names, weights=weights)
+
+
+def _sparse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row offsets, column indices and values of the nonzero entries of [B, C] ``matrix``."""
+    rows, cols = np.nonzero(matrix != 0)  # a boolean mask takes NumPy's fast path
+    offsets = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=offsets[1:])
+    return offsets, cols.astype(np.int32), matrix[rows, cols]
+
+
+def _prediction_index(votes: np.ndarray) -> np.ndarray:
+    """Per row, the class with most votes (ties: the lowest index), or -1 when none has any."""
+    if not votes.shape[1]:
+        return np.full(len(votes), -1, dtype=np.int64)
+    return np.where(votes.max(axis=1) > 0, np.argmax(votes, axis=1), -1)
+
+
+def _compact(
+    arr: dict[str, Any], values: Sequence[np.ndarray], weights: Sequence[np.ndarray] | None
+) -> Explained:
+    """:func:`explain_batch_arrays`' result as an :class:`Explained`: each image's active
+    filters of all layers one after the other, votes as sparse pairs."""
+    active = arr["active"]
+    n = len(arr["votes"])
+    lengths = np.stack([ln for _, ln in active], axis=1) if active else np.zeros((n, 0), dtype=np.int64)
+    row_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.sum(axis=1), out=row_start[1:])
+    layer_start = np.cumsum(lengths, axis=1) - lengths  # where each layer's run starts in its image's
+    total = int(row_start[-1])
+    flat_f = np.empty(total, dtype=np.int32)
+    flat_v = np.empty(total, dtype=np.float64)
+    flat_w = np.empty(total, dtype=np.float64) if weights is not None else None
+    for li, (cols, ln) in enumerate(active):
+        if not len(cols):
+            continue
+        rows = np.repeat(np.arange(n), ln)
+        first = np.cumsum(ln) - ln
+        pos = np.repeat(row_start[:-1] + layer_start[:, li] - first, ln) + np.arange(len(cols))
+        flat_f[pos] = cols
+        flat_v[pos] = values[li][rows, cols]
+        if flat_w is not None:
+            flat_w[pos] = weights[li][rows, cols]  # type: ignore[index]
+    c_off, c_cls, c_val = _sparse(arr["counts"])
+    weighted = weights is not None
+    l_off, l_cls, l_val = _sparse(arr["votes_last"] if weighted else arr["counts_last"])
+    return Explained(
+        filters=flat_f, values=flat_v, weights=flat_w, lengths=lengths,
+        count_offsets=c_off, count_classes=c_cls, counts=np.rint(c_val).astype(np.int32),
+        votes=arr["votes"][np.repeat(np.arange(n), np.diff(c_off)), c_cls] if weighted else None,
+        last_offsets=l_off, last_classes=l_cls, last=l_val.astype(np.float64),
+        prediction=_prediction_index(arr["votes"]), prediction_last=_prediction_index(arr["votes_last"]),
+    )
+
+
+def _explain_torch(
+    values: torch.Tensor,
+    widths: Sequence[int],
+    incidence: torch.Tensor,
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: torch.Tensor | None = None,
+) -> Explained:
+    """:func:`explain_tensors` on the values' device (``incidence``: the [sum F, C] float32
+    tag matrix of all layers there).
+
+    Per layer, a stable sort of the negated values ranks the filters (value descending,
+    ties by the lower index, as :func:`filtag_kg.tagging.order_filters`); the active set
+    is a prefix of that ranking: the first ``n`` for top-k / top-percent, the values
+    strictly above the layer's mean for above-average (rows with a value within a few
+    ulps of the mean take the correctly rounded ``math.fsum`` mean, as
+    :func:`filtag_kg.tagging.active_filters` does). Votes are one product of the
+    [B, sum F] 0/1 mark of active filters with the tag matrix (float32: sums of ones
+    are exact below 2**24; weighted votes in float64), and one of the last layer alone.
+    """
+    n_images, device = values.shape[0], values.device
+    values = values.to(torch.float64)
+    chunks = torch.split(values, list(widths), dim=1)
+    ranked, order, first_n, means = [], [], [], {}
+    for li, (v, width, name) in enumerate(zip(chunks, widths, layer_names)):
+        neg, idx = torch.sort(-v, dim=1, stable=True)
+        ranked.append(neg)
+        order.append(idx)
+        first_n.append(setting.count(width, name))
+        if first_n[-1] is None:
+            means[li] = v.mean(dim=1)
+    if means:
+        # the pairwise mean is within a few ulps of the correctly rounded one: rows with a
+        # value that close to it take the fsum mean, so no value counts by rounding luck
+        near = torch.stack([
+            (chunks[li] - m[:, None]).abs().amin(dim=1) <= 1e-9 * chunks[li].abs().amax(dim=1)
+            for li, m in means.items()
+        ])
+        for j, b in (near.nonzero().tolist() if bool(near.any()) else []):
+            li = list(means)[j]
+            row = chunks[li][b].cpu().tolist()
+            means[li][b] = math.fsum(row) / len(row)
+    masks = []
+    for li, (neg, width) in enumerate(zip(ranked, widths)):
+        if li in means:
+            masks.append(neg < -means[li][:, None])  # value > mean, a prefix of the ranking
+        else:
+            masks.append((torch.arange(width, device=device) < first_n[li]).expand(n_images, width))
+    mask = torch.cat(masks, dim=1)
+    flat_order = torch.cat(order, dim=1)
+    filters = flat_order[mask]
+    flat_values = -torch.cat(ranked, dim=1)[mask]
+    # the 0/1 mark of active filters in index order, in the tag matrix's type
+    mark = torch.cat([torch.zeros_like(m, dtype=incidence.dtype).scatter_(1, o, m.to(incidence.dtype))
+                      for m, o in zip(masks, order)], dim=1)
+    last = sum(widths[:-1]) if widths else 0
+    counts = mark @ incidence
+    counts_last = mark[:, last:] @ incidence[last:]
+    flat_weights = None
+    if weights is not None:
+        w = weights.to(torch.float64)
+        wmark = mark * w
+        votes = wmark @ incidence
+        votes_last = wmark[:, last:] @ incidence[last:]
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
+        flat_weights = torch.cat([w[:, s:s + o.shape[1]].gather(1, o) for s, o in zip(starts, order)],
+                                 dim=1)[mask]
+    else:
+        votes, votes_last = counts, counts_last
+    rows, classes = _sparse_rows(counts)
+    l_rows, l_classes = _sparse_rows(votes_last)
+    lengths = torch.stack([m.sum(dim=1) for m in masks], dim=1) if masks else torch.zeros(
+        (n_images, 0), dtype=torch.int64, device=device)
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
+
+    return Explained(
+        filters=host(filters.to(torch.int32)),
+        values=host(flat_values),
+        weights=None if flat_weights is None else host(flat_weights),
+        lengths=host(lengths),
+        count_offsets=_offsets_of(rows, n_images),
+        count_classes=host(classes.to(torch.int32)),
+        counts=host(counts[rows, classes].to(torch.int32)),
+        votes=None if weights is None else host(votes[rows, classes]),
+        last_offsets=_offsets_of(l_rows, n_images),
+        last_classes=host(l_classes.to(torch.int32)),
+        last=host(votes_last[l_rows, l_classes].to(torch.float64)),
+        prediction=host(_predict(votes)),
+        prediction_last=host(_predict(votes_last)),
+    )
+
+
+_JOINED: dict[tuple[Any, ...], tuple[list[Any], torch.Tensor]] = {}
+
+
+def joined_incidence(
+    incidence: Sequence[np.ndarray], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The per-layer [F, C] tag matrices of one setting as one [sum F, C] tensor of ``dtype``
+    on ``device``; made once per matrices, device and type (tag matrices are not changed
+    after they are built), so each batch only multiplies."""
+    import weakref
+
+    key = (*(id(m) for m in incidence), str(device), str(dtype))
+    hit = _JOINED.get(key)
+    if hit is not None and all(r() is m for r, m in zip(hit[0], incidence)):
+        return hit[1]
+    joined = torch.from_numpy(np.concatenate([np.asarray(m, dtype=np.float32) for m in incidence])
+                              if len(incidence) else np.zeros((0, 0), dtype=np.float32)).to(device, dtype)
+    refs = [weakref.ref(m, lambda _, key=key: _JOINED.pop(key, None)) for m in incidence]
+    _JOINED[key] = (refs, joined)
+    return joined
+
+
+def explain_batch(
+    values: Sequence[np.ndarray],
+    incidence: Sequence[np.ndarray],
+    setting: TagSetting,
+    layer_names: Sequence[str],
+    *,
+    weights: Sequence[np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """The explanations of a batch of images from their per-layer filter values.
+
+    Votes are counted for the whole batch at once, per layer: the rows of the
+    layer's [F, C] tag matrix that belong to each image's active filters,
+    summed per image (weighted when ``weights`` are given). Counts are sums of
+    ones, so they are exact whatever the order of summation.
+
+    Args:
+        values: per layer, the [B, F] filter values of the batch.
+        incidence: per layer, the [F, C] tag matrix of ``setting``.
+        setting: the selection rule (the same as the tagging's).
+        layer_names: names of the layers, for messages.
+        weights: per layer, an optional [B, F] weight for each filter's votes.
+
+    Returns:
+        Per image: ``active`` (per layer: indices in rank order), ``votes`` /
+        ``counts`` ([C] arrays over all layers), ``votes_last`` /
+        ``counts_last`` (last layer alone).
+    """
+    arr = explain_batch_arrays(values, incidence, setting, layer_names, weights=weights)
+    splits = [np.split(cols, np.cumsum(lengths)[:-1]) for cols, lengths in arr["active"]]
+    return [
+        {"active": [per_layer[b] for per_layer in splits], "votes": arr["votes"][b],
+         "counts": arr["counts"][b], "votes_last": arr["votes_last"][b], "counts_last": arr["counts_last"][b]}
+        for b in range(len(arr["votes"]))
+    ]
 
 
 def explain_values(
@@ -560,8 +829,9 @@ def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
 
 def _gradcam_weights(
     outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor
-) -> list[np.ndarray]:
-    """Per layer [B, F]: relu(spatial mean of d score / d map * spatial mean of the map)."""
+) -> torch.Tensor:
+    """[B, sum F] float64 on the device, per layer: relu(spatial mean of d score / d map *
+    spatial mean of the map)."""
     score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
     try:
         grads = torch.autograd.grad(score, list(outputs), allow_unused=True)
@@ -574,11 +844,11 @@ def _gradcam_weights(
     for o, g, p in zip(outputs, grads, points):
         act = o.detach() if p.apply is None else p.apply(o.detach())
         if g is None:
-            out.append(np.zeros(tuple(o.shape[:2])))
+            out.append(torch.zeros(tuple(o.shape[:2]), dtype=torch.float64, device=o.device))
             continue
         w = (g.float().mean(dim=(2, 3)) * act.float().mean(dim=(2, 3))).clamp(min=0)
-        out.append(w.double().cpu().numpy())
-    return out
+        out.append(w.double())
+    return torch.cat(out, dim=1)
 
 
 def explain_dataset(
@@ -715,26 +985,38 @@ def explain_dataset(
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
-    ) -> tuple[list[np.ndarray], torch.Tensor, list[np.ndarray] | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if opts.weighting == "gradcam":
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
                 logits = module(x)
                 values = probe.take_flat()
                 weights = _gradcam_weights(probe.outputs, engine.points, logits.float())
-            return np.split(values.cpu().numpy(), splits, axis=1), logits.detach().float(), weights
+            return values, logits.detach().float(), weights
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
-        # one copy to the host per batch, then per-layer views
-        return np.split(values.cpu().numpy(), splits, axis=1), logits.float(), None
+        # the values stay on the device: the writer thread explains them there and copies
+        # only the active filters and sparse votes to the host
+        return values, logits.float(), None
 
-    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]]) -> None:
+    # on a GPU the writer thread explains on its own stream, after an event the pass's thread
+    # records once a batch's values and top-5 exist, so its copies to the host wait for that
+    # batch only, never for the forward passes queued after it
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]], ready: Any) -> None:
         """Votes, rows and writing of one batch (on the writer thread)."""
-        sink.write(encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type))
+        ctx = contextlib.nullcontext()
+        if side is not None:
+            side.wait_event(ready)
+            ctx = torch.cuda.stream(side)
+        with ctx:
+            rows = encode_batch(info, results, settings, index.incidence, names,
+                                weighting=opts.weighting, value_type=sink.value_type, widths=widths)
+        sink.write(rows)
 
-    splits = np.cumsum([p.width for p in engine.points])[:-1]
+    widths = [p.width for p in engine.points]
     rounds = 0
     try:
         ctx = (
@@ -756,8 +1038,9 @@ def explain_dataset(
                         values, logits, weights = forward(xv, probe)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
+                        # tensors: the writer thread copies them, so this thread never waits
                         results.append((None if var is None else var.record(), values, weights,
-                                        probs.cpu().numpy(), top.cpu().numpy()))
+                                        probs, top))
                     samples = [imageset.samples[i] for i in idx]
                     info = {
                         "indices": idx,
@@ -767,7 +1050,12 @@ def explain_dataset(
                             imageset.classes[sm.label].id if sm.label >= 0 else None for sm in samples
                         ],
                     }
-                    worker.submit(lambda info=info, results=results: host_work(info, results))
+                    ready = None
+                    if side is not None:
+                        ready = torch.cuda.Event()
+                        ready.record()
+                    worker.submit(lambda info=info, results=results, ready=ready: host_work(
+                        info, results, ready))
                 rounds += 1
                 new_done = sampler.done_after(rounds)
                 bar.update(new_done - done)
@@ -823,6 +1111,19 @@ def explain_dataset(
     return meta
 
 
+def _flat(values: Any) -> tuple[torch.Tensor, list[int]]:
+    """A batch's filter values (or weights) as one [B, sum F] tensor and the layers' widths,
+    from a flat tensor (widths then come from the caller) or per-layer [B, F] arrays."""
+    if isinstance(values, torch.Tensor):
+        return values, []
+    arrays = [np.asarray(v, dtype=np.float64) for v in values]
+    return torch.from_numpy(np.concatenate(arrays, axis=1)), [a.shape[1] for a in arrays]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def encode_batch(
     info: dict[str, Any],
     results: Sequence[tuple[Any, ...]],
@@ -832,29 +1133,62 @@ def encode_batch(
     *,
     weighting: str | None,
     value_type: str,
+    widths: Sequence[int] | None = None,
 ) -> Any:
-    """The host-side work of one batch: active filters, votes and the rows of every
-    input variant and setting, as one Arrow record batch in file order.
+    """The work of one batch after the forward pass: active filters and votes (on the
+    values' device, see :func:`explain_tensors`), then the rows of every input variant and
+    setting, as one Arrow record batch in file order.
 
     Args:
         info: ``indices``, ``images``, ``sha256`` and ``true_classes`` of the batch.
         results: per input variant, ``(perturbation record or None, values, weights,
-            top-5 probabilities, top-5 classes)``, values/weights per layer [B, F].
+            top-5 probabilities, top-5 classes)``; values / weights either one
+            [B, sum F] tensor (CPU or GPU; then ``widths`` gives the layers' widths) or
+            per-layer [B, F] arrays; the top-5 as tensors or arrays.
         settings / incidence: the tagging settings and, per setting, the per-layer tag matrices.
         names: the layers' names.
         weighting: ``None`` or ``"gradcam"`` (recorded in each row).
         value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
+        widths: the layers' widths when values come as one tensor.
     """
-    blocks = []
-    for pert, values, weights, probs, top in results:
-        for s, inc in zip(settings, incidence):
-            ex = explain_batch_arrays(values, inc, s, names, weights=weights)
-            blocks.append(encode_rows(
-                **info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
-                active=ex["active"], values=values, weights=weights, votes=ex["votes"],
-                counts=ex["counts"], votes_last=ex["votes_last"], counts_last=ex["counts_last"],
-                perturbation=pert, weighting=weighting, value_type=value_type,
-            ))
+    return encode_explained(info, explain_results(results, settings, incidence, names, widths=widths),
+                            weighting=weighting, value_type=value_type)
+
+
+def explain_results(
+    results: Sequence[tuple[Any, ...]],
+    settings: Sequence[TagSetting],
+    incidence: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str],
+    *,
+    widths: Sequence[int] | None = None,
+    backend: str | None = None,
+) -> list[tuple[Any, np.ndarray, np.ndarray, TagSetting, Explained]]:
+    """The first half of :func:`encode_batch`: per input variant and setting,
+    ``(perturbation record, top-5 probabilities, top-5 classes, setting, Explained)``."""
+    out = []
+    with torch.inference_mode():
+        for pert, values, weights, probs, top in results:
+            flat, found = _flat(values)
+            layer_widths = list(widths) if widths is not None else found
+            w = None if weights is None else _flat(weights)[0]
+            probs, top = _numpy(probs), _numpy(top)
+            for s, inc in zip(settings, incidence):
+                out.append((pert, probs, top, s,
+                            explain_tensors(flat, layer_widths, inc, s, names, weights=w, backend=backend)))
+    return out
+
+
+def encode_explained(
+    info: dict[str, Any], explained: Sequence[tuple[Any, ...]], *, weighting: str | None, value_type: str
+) -> Any:
+    """The second half of :func:`encode_batch` (all the host does when a GPU explains):
+    the rows of :func:`explain_results`' output as one record batch in file order."""
+    blocks = [
+        encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text, explained=ex,
+                    perturbation=pert, weighting=weighting, value_type=value_type)
+        for pert, probs, top, s, ex in explained
+    ]
     return interleave(blocks)
 
 
@@ -898,6 +1232,8 @@ __all__ = [
     "explain_dataset",
     "explain_batch",
     "explain_batch_arrays",
+    "explain_results",
+    "explain_tensors",
     "explain_values",
     "read_explanations",
     "recorded_settings",

@@ -109,25 +109,6 @@ def _list(offsets: np.ndarray, values: np.ndarray, typ: Any) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=typ))
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
-def _sparse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row offsets, column indices and values of the nonzero entries of [B, C] ``matrix``."""
-    rows, cols = np.nonzero(matrix != 0)  # a boolean mask takes NumPy's fast path
-    return _offsets(np.bincount(rows, minlength=matrix.shape[0])), cols, matrix[rows, cols]
-
-
-def _prediction_index(votes: np.ndarray) -> np.ndarray:
-    """Per row, the class with most votes (ties: the lowest index), or -1 when none has any."""
-    best = np.argmax(votes, axis=1) if votes.shape[1] else np.zeros(len(votes), dtype=np.int64)
-    some = votes.max(axis=1) > 0 if votes.shape[1] else np.zeros(len(votes), dtype=bool)
-    return np.where(some, best, -1)
-
-
 def encode_rows(
     *,
     indices: Sequence[int],
@@ -138,29 +119,18 @@ def encode_rows(
     top_prob: np.ndarray,
     method: str,
     param: str,
-    active: Sequence[tuple[np.ndarray, np.ndarray]],
-    values: Sequence[np.ndarray],
-    weights: Sequence[np.ndarray] | None,
-    votes: np.ndarray,
-    counts: np.ndarray,
-    votes_last: np.ndarray,
-    counts_last: np.ndarray,
+    explained: Any,
     perturbation: dict[str, Any] | None,
     weighting: str | None,
     value_type: str = "float32",
 ) -> Any:
     """The rows of one batch under one setting and input variant, as an Arrow record batch.
 
-    Everything is built from whole-batch arrays (no loop over images), so the
-    cost per image stays small at any number of active filters.
+    ``explained`` (a :class:`filtag_kg.explain.Explained`) already holds the active
+    filters one image after the other and the votes as sparse pairs, so the columns
+    are views of its arrays: no loop over images or layers, no [B, C] matrix.
 
     Args:
-        active: per layer, ``(filters, lengths)``: the active filters of all
-            images one after the other (each image's in rank order) and how
-            many each image has.
-        values / weights: per layer, the [B, F] filter values / gradcam weights.
-        votes, counts, votes_last, counts_last: [B, C] per class, as from
-            :func:`filtag_kg.explain.explain_batch_arrays`.
         value_type: ``"float32"`` (the columnar form) or ``"float64"`` (exact,
             for JSON Lines).
 
@@ -168,30 +138,18 @@ def encode_rows(
         A ``pyarrow.RecordBatch`` of B rows.
     """
     pa = _pa()
+    ex = explained
     n = len(indices)
     vt = pa.float32() if value_type == "float32" else pa.float64()
-    lengths = np.stack([ln for _, ln in active], axis=1) if active else np.zeros((n, 0), dtype=np.int64)
-    row_total = lengths.sum(axis=1)
-    row_start = _offsets(row_total)
-    # where each layer's run of an image starts inside the image's run
-    layer_start = np.cumsum(lengths, axis=1) - lengths
-    total = int(row_start[-1])
-    flat_f = np.empty(total, dtype=np.int32)
-    flat_v = np.empty(total, dtype=np.float64)
-    flat_w = np.empty(total, dtype=np.float64) if weights is not None else None
-    for li, (cols, ln) in enumerate(active):
-        if not len(cols):
-            continue
-        rows = np.repeat(np.arange(n), ln)
-        first = _offsets(ln)[:-1]
-        pos = np.repeat(row_start[:-1] + layer_start[:, li] - first, ln) + np.arange(len(cols))
-        flat_f[pos] = cols
-        flat_v[pos] = values[li][rows, cols]
-        if flat_w is not None:
-            flat_w[pos] = weights[li][rows, cols]  # type: ignore[index]
+    lengths = ex.lengths
+    row_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.sum(axis=1), out=row_start[1:])
     k = top_class.shape[1] if top_class.ndim == 2 else 0
     top_off = np.arange(n + 1, dtype=np.int64) * k
-    c_off, c_cls, c_val = _sparse(counts)
+
+    def floats(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) if value_type == "float32" else x
+
     cols: dict[str, Any] = {
         "index": pa.array(np.asarray(indices, dtype=np.int64)),
         "image": pa.array(list(images), type=pa.string()),
@@ -206,28 +164,24 @@ def encode_rows(
             lengths.reshape(-1).astype(np.int32),
             pa.int32(),
         ),
-        "filter": _list(row_start, flat_f, pa.int32()),
-        "value": _list(row_start, flat_v.astype(np.float32) if value_type == "float32" else flat_v, vt),
-        "vote_class": _list(c_off, c_cls.astype(np.int32), pa.int32()),
-        "vote_count": _list(c_off, np.rint(c_val).astype(np.int32), pa.int32()),
+        "filter": _list(row_start, ex.filters.astype(np.int32, copy=False), pa.int32()),
+        "value": _list(row_start, floats(ex.values), vt),
+        "vote_class": _list(ex.count_offsets, ex.count_classes, pa.int32()),
+        "vote_count": _list(ex.count_offsets, ex.counts, pa.int32()),
+        "last_class": _list(ex.last_offsets, ex.last_classes, pa.int32()),
     }
     nulls = pa.nulls(n)
-    if weights is None:
-        l_off, l_cls, l_val = _sparse(counts_last)
+    if ex.weights is None:
         cols["weight"] = nulls.cast(pa.list_(vt))
         cols["vote"] = nulls.cast(pa.list_(pa.float64()))
-        cols["last_count"] = _list(l_off, np.rint(l_val).astype(np.int32), pa.int32())
+        cols["last_count"] = _list(ex.last_offsets, np.rint(ex.last).astype(np.int32), pa.int32())
         cols["last_vote"] = nulls.cast(pa.list_(pa.float64()))
     else:
-        l_off, l_cls, l_val = _sparse(votes_last)
-        rows, _ = np.nonzero(counts != 0)
-        w = flat_w.astype(np.float32) if value_type == "float32" else flat_w  # type: ignore[union-attr]
-        cols["weight"] = _list(row_start, w, vt)
-        cols["vote"] = _list(c_off, votes[rows, c_cls], pa.float64())
+        cols["weight"] = _list(row_start, floats(ex.weights), vt)
+        cols["vote"] = _list(ex.count_offsets, ex.votes, pa.float64())
         cols["last_count"] = nulls.cast(pa.list_(pa.int32()))
-        cols["last_vote"] = _list(l_off, l_val.astype(np.float64), pa.float64())
-    cols["last_class"] = _list(l_off, l_cls.astype(np.int32), pa.int32())
-    pred, pred_last = _prediction_index(votes), _prediction_index(votes_last)
+        cols["last_vote"] = _list(ex.last_offsets, ex.last, pa.float64())
+    pred, pred_last = ex.prediction, ex.prediction_last
     cols["prediction"] = pa.array(pred.astype(np.int32), mask=pred < 0)
     cols["prediction_last_layer"] = pa.array(pred_last.astype(np.int32), mask=pred_last < 0)
     p = perturbation or {}
