@@ -776,3 +776,73 @@ def _reply_of(run: Any, text: str) -> str:
     except _Reply as exc:
         return exc.text
     return "answered"
+
+
+def test_client_answers_are_written_by_the_query_workers(run_dir: Path) -> None:
+    """A client's SELECT or CONSTRUCT answer is written in its format by the query worker,
+    so the server process, whose threads answer every request, only passes bytes on (a
+    2,449-row answer no longer holds it for the time of its serialisation)."""
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-bytes"), Options(base_iri=BASE), workers=1)
+    try:
+        q = f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }} ORDER BY ?f"
+        kind, (what, body) = app.pool.run(q, None, None, ("JSON", "TURTLE"))
+        assert kind == "ok" and what == "solutions"
+        assert len(json.loads(body)["results"]["bindings"]) == 6 + 8 + 5
+        construct = f"CONSTRUCT WHERE {{ ?f a <{FK}Filter> }}"
+        kind, (what, body) = app.pool.run(construct, None, None, ("JSON", "N_TRIPLES"))
+        assert what == "graph" and body.count(b" .\n") == 6 + 8 + 5
+        # no acceptable format: nothing is written, and the client gets 406
+        assert app.pool.run(q, None, None, (None, "TURTLE")) == ("ok", ("solutions", None))
+        status, _, _ = _call(app, "/sparql", "text/turtle", urllib.parse.urlencode({"query": q}))
+        assert status.startswith("406")
+        status, headers, body = _call(app, "/sparql", "text/csv", urllib.parse.urlencode({"query": q}))
+        assert status.startswith("200") and headers["Content-Type"].startswith("text/csv")
+        assert body.decode().splitlines()[0] == "f" and len(body.decode().splitlines()) == 1 + 19
+    finally:
+        app.close()
+
+
+def test_page_labels_are_looked_up_once(run_dir: Path) -> None:
+    """The labels of a page's links (layers, models, runs, properties: the same few, many
+    times over) are read from the read-only store once, not once per link and page."""
+    from filtag_kg.rdf.vocab import RDFS, SKOS
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-labels"), Options(base_iri=BASE), workers=1)
+    lookups: list[tuple[str, str]] = []
+
+    class Counting:
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def quads_for_pattern(self, s: Any, p: Any, *rest: Any) -> Any:
+            if p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
+                lookups.append((s.value, p.value))
+            return self.store.quads_for_pattern(s, p, *rest)
+
+    app.store = Counting(app.store)
+    try:
+        path = urllib.parse.urlsplit(_first_filter(app)).path + ".html"
+        first = _call(app, path, "text/html")
+        assert first[0].startswith("200") and lookups
+        assert len(lookups) == len(set(lookups))  # each label once, within the page too
+        assert len({s for s, _ in lookups}) > 3  # the layer, model, run, properties, ...
+        n = len(lookups)
+        assert _call(app, path, "text/html") == first and len(lookups) == n
+    finally:
+        app.close()
+
+
+def _first_filter(app: Any) -> str:
+    import pyoxigraph as ox
+
+    quads = app.store.quads_for_pattern(None, ox.NamedNode(RDF_TYPE), ox.NamedNode(FK + "Filter"), None)
+    return next(iter(quads)).subject.value
+
+
+RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
