@@ -846,3 +846,48 @@ def _first_filter(app: Any) -> str:
 
 
 RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def test_pages_ask_only_for_the_rows_they_show(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concept page shows the first PAGE_ROWS rows of filters-for-concept: the engine is
+    asked for those only (entity.n.01 has every filter of the model), and they are the
+    first rows of the whole answer."""
+    import pyoxigraph as ox
+
+    import filtag_kg.serve as serve
+    from filtag_kg.sparql.library import find_query
+
+    monkeypatch.setattr(serve, "PAGE_ROWS", 2)
+    app = serve.make_app(load_store(run_dir, "store-page-rows"), serve.Options(base_iri=BASE), workers=1)
+    sent: list[str] = []
+    real_run = app.page_pool.run
+
+    def recording(text: str, *args: object) -> object:
+        sent.append(text)
+        return real_run(text, *args)
+
+    app.page_pool.run = recording  # type: ignore[method-assign]
+    try:
+        wnid = ox.NamedNode(FK + "wnid")
+        entity = next(app.store.quads_for_pattern(None, wnid, ox.Literal("n00001740"))).subject
+        _, whole = app.run_query(_with_values_ffc("n00001740"), app.tag_graphs())
+        assert len(whole) > 2
+        status, _, page = _call(app, urllib.parse.urlsplit(entity.value).path + ".html", "text/html")
+        assert status.startswith("200") and sent and sent[-1].rstrip().endswith("LIMIT 2")
+        table = page.decode().split("Filters that represent it", 1)[1].split("</table>", 1)[0]
+        assert table.count("<tr><td>") == 2
+        for r in whole[:2]:
+            assert f'{r["filterIri"]["value"][len(BASE):]}' in table
+        assert whole[2]["filterIri"]["value"][len(BASE):] not in table
+        assert find_query("filters-for-concept").text.count("LIMIT") == 0
+    finally:
+        app.close()
+
+
+def _with_values_ffc(wnid: str) -> str:
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import _with_values
+    from filtag_kg.sparql.library import find_query
+
+    return _with_values(find_query("filters-for-concept").text, {"concept": ox.Literal(wnid)})
