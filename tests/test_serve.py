@@ -464,14 +464,7 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
 
     store_dir = load_store(run_dir, "store-index")
     app = make_app(store_dir, Options(base_iri=BASE), workers=1)
-    ran: list[str] = []
-    real_run = app.page_pool.run
-
-    def counting(text: str, *args: object) -> object:
-        ran.append(text)
-        return real_run(text, *args)
-
-    app.page_pool.run = counting  # type: ignore[method-assign]
+    ran = _record_page_queries(app)
     try:
         environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
         first = app.route(dict(environ))
@@ -859,14 +852,7 @@ def test_pages_ask_only_for_the_rows_they_show(run_dir: Path, monkeypatch: pytes
 
     monkeypatch.setattr(serve, "PAGE_ROWS", 2)
     app = serve.make_app(load_store(run_dir, "store-page-rows"), serve.Options(base_iri=BASE), workers=1)
-    sent: list[str] = []
-    real_run = app.page_pool.run
-
-    def recording(text: str, *args: object) -> object:
-        sent.append(text)
-        return real_run(text, *args)
-
-    app.page_pool.run = recording  # type: ignore[method-assign]
+    sent = _record_page_queries(app)
     try:
         wnid = ox.NamedNode(FK + "wnid")
         entity = next(app.store.quads_for_pattern(None, wnid, ox.Literal("n00001740"))).subject
@@ -891,3 +877,16 @@ def _with_values_ffc(wnid: str) -> str:
     from filtag_kg.sparql.library import find_query
 
     return _with_values(find_query("filters-for-concept").text, {"concept": ox.Literal(wnid)})
+
+
+def _record_page_queries(app: Any) -> list[str]:
+    """The texts of the page queries the app runs from now on, in order."""
+    sent: list[str] = []
+    real_run = app.page_pool.run
+
+    def recording(text: str, *args: object) -> object:
+        sent.append(text)
+        return real_run(text, *args)
+
+    app.page_pool.run = recording
+    return sent
