@@ -172,6 +172,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         lat: dict[str, list[float]] = {"deref": [], "library": [], "slow": []}
         errors: dict[str, Counter[str]] = {k: Counter() for k in lat}
+        by_sub: dict[tuple[str, str], list[float]] = {}  # answered, by page or query
         lock = threading.Lock()
         peak = [0.0]
         try:
@@ -184,33 +185,39 @@ def main() -> None:
             before = rss_mib(server.pid)
             stop = time.monotonic() + args.seconds
 
-            def request(rng: random.Random, slow: bool) -> tuple[str, urllib.request.Request]:
+            def request(rng: random.Random, slow: bool) -> tuple[str, str, urllib.request.Request]:
+                """(kind, sub-kind, request): the sub-kind says which page or query it is."""
                 if slow:
                     q = urllib.parse.urlencode({"query": SLOW})
-                    return "slow", urllib.request.Request(url + "/sparql?" + q)
+                    return "slow", "slow", urllib.request.Request(url + "/sparql?" + q)
                 if rng.random() < 0.5:
-                    iri = rng.choice(t["filters"])[0] if rng.random() < 0.7 else rng.choice(t["concepts"])[0]
+                    what = "filter" if rng.random() < 0.7 else "concept"
+                    iri = rng.choice(t["filters"] if what == "filter" else t["concepts"])[0]
                     accept = rng.choice(["text/html", "text/turtle"])
-                    return "deref", urllib.request.Request(url + urllib.parse.urlsplit(iri).path,
-                                                           headers={"Accept": accept})
+                    return "deref", f"{what} page {accept.split('/')[1]}", urllib.request.Request(
+                        url + urllib.parse.urlsplit(iri).path, headers={"Accept": accept}
+                    )
                 if rng.random() < 0.5:
                     info = library["filters-for-concept"]
-                    concept = dog if rng.random() < 0.5 else rng.choice(t["concepts"])
+                    is_dog = rng.random() < 0.5
+                    concept = dog if is_dog else rng.choice(t["concepts"])
+                    sub = "filters-for-concept " + ("dog.n.01" if is_dog else "(random concept)")
                     text = _with_values(info.text, {"concept": concept[1]})
                 else:
                     info = library["concepts-of-filter"]
+                    sub = "concepts-of-filter"
                     _, layer, index = rng.choice(t["filters"])
                     text = _with_values(info.text, {"layer": layer, "filter": index})
                 graphs = t["tag_graphs"] if info.graphs == "tags" else []
                 q = urllib.parse.urlencode([("query", text)] + [("default-graph-uri", g) for g in graphs])
-                return "library", urllib.request.Request(
+                return "library", sub, urllib.request.Request(
                     url + "/sparql?" + q, headers={"Accept": "application/sparql-results+json"}
                 )
 
             def client(seed: int, slow: bool) -> None:
                 rng = random.Random(seed)
                 while time.monotonic() < stop:
-                    kind, req = request(rng, slow)
+                    kind, sub, req = request(rng, slow)
                     t0 = time.perf_counter()
                     try:
                         with urllib.request.urlopen(req, timeout=args.timeout + 30) as r:
@@ -227,6 +234,7 @@ def main() -> None:
                     with lock:
                         if why is None:
                             lat[kind].append(dt)
+                            by_sub.setdefault((kind, sub), []).append(dt)
                         else:
                             errors[kind][why] += 1
 
@@ -267,6 +275,10 @@ def main() -> None:
             )
         else:
             print(f"  {kind:8} n=     0  errors: {errs}")
+        for (k, sub), ys in sorted(by_sub.items()):
+            if k == kind and kind != "slow":
+                print(f"      {sub:34} n={len(ys):5}  p50 {1000 * statistics.median(ys):8.1f} ms  "
+                      f"max {1000 * max(ys):8.1f} ms")
     print(
         f"server memory (with query workers): {before:.0f} MiB before, {peak[0]:.0f} MiB peak, "
         f"{after:.0f} MiB after"

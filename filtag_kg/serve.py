@@ -69,6 +69,10 @@ RDF_SUFFIX = {k: v for k, v in DOC_SUFFIX.items() if k != ".html"}
 # documents (VoID, ontology) come in these formats
 DOC_TYPES = ["text/turtle", "application/n-triples", "application/ld+json", "application/rdf+xml"]
 MAX_QUERY_BYTES = 100_000
+#: rows of a library query that a filter or concept page shows
+PAGE_ROWS = 300
+#: at most this many link labels are kept between pages
+LABEL_CACHE = 200_000
 CORS = [("Access-Control-Allow-Origin", "*")]
 
 
@@ -171,6 +175,7 @@ class App:
         self._index_page: tuple[str, list[tuple[str, str]], bytes] | None = None
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
+        self._labels: dict[str, str] = {}  # link labels looked up so far (see _label)
 
     def close(self) -> None:
         """Stop the query worker processes."""
@@ -243,7 +248,7 @@ class App:
 
     def run_query(
         self, text: str, default: list[str] | None = None, named: list[str] | None = None,
-        *, page: bool = False,
+        *, page: bool = False, formats: tuple[str | None, str | None] | None = None,
     ) -> Any:
         """Run a query in a worker process, within the time and size limits.
 
@@ -253,13 +258,20 @@ class App:
                 the store's default graph); ``None``: the union of all graphs.
             named: IRIs of the named graphs the query may use; ``None``: all of them.
             page: a query of the server's own pages (runs in the page workers).
+            formats: the answer's formats, for a client: a value of :data:`RESULT_TYPES`
+                for solutions and one of :data:`GRAPH_TYPES` for graphs (``None``: the
+                client accepts none). The worker then writes the answer itself, so the
+                server process (whose threads answer every request) only passes bytes on.
 
         Returns:
-            ``True``/``False`` (ASK), ``(variables, rows)`` (SELECT; each row maps a
-            variable to a term dict of the SPARQL JSON results format, plus ``"nt"``,
-            its N-Triples syntax) or ``(None, ntriples_bytes)`` (CONSTRUCT/DESCRIBE).
+            ``True``/``False`` (ASK); without ``formats``, ``(variables, rows)`` (SELECT;
+            each row maps a variable to a term dict of the SPARQL JSON results format,
+            plus ``"nt"``, its N-Triples syntax) or ``(None, ntriples_bytes)``
+            (CONSTRUCT/DESCRIBE); with ``formats``, ``("solutions" or "graph", body)``,
+            the body ``None`` if the client accepts no format of that kind.
         """
-        kind, payload = (self.page_pool if page else self.pool).run(text, default, named)
+        pool = self.page_pool if page else self.pool
+        kind, payload = pool.run(text, default, named, formats)
         if kind == "syntax":
             raise _Reply("400 Bad Request", f"query syntax error: {payload}")
         if kind == "too-large":
@@ -324,22 +336,19 @@ class App:
         # of all graphs; with them, the graphs named (as the SPARQL 1.1 protocol says)
         default = _graph_iris(params.get("default-graph-uri"))
         named = _graph_iris(params.get("named-graph-uri"))
-        result = self.run_query(text, default, named)
         accept = environ.get("HTTP_ACCEPT", "")
-        if isinstance(result, bool) or result[0] is not None:  # SELECT / ASK
-            mtype = _negotiate(accept, RESULT_TYPES, "application/sparql-results+json")
-            if mtype is None:
+        rtype = _negotiate(accept, RESULT_TYPES, "application/sparql-results+json")
+        gtype = _negotiate(accept, GRAPH_TYPES, "text/turtle")
+        formats = (RESULT_TYPES[rtype] if rtype else None, GRAPH_TYPES[gtype] if gtype else None)
+        result = self.run_query(text, default, named, formats=formats)
+        if isinstance(result, bool) or result[0] == "solutions":  # ASK / SELECT
+            if rtype is None:
                 raise _Reply("406 Not Acceptable", "results come as " + ", ".join(RESULT_TYPES))
-            if isinstance(result, bool):
-                body = _boolean_results(result, RESULT_TYPES[mtype])
-            else:
-                body = _solutions_results(result[0], result[1], RESULT_TYPES[mtype])
-            return "200 OK", [("Content-Type", f"{mtype}; charset=utf-8"), ("Vary", "Accept")], body
-        mtype = _negotiate(accept, GRAPH_TYPES, "text/turtle")
-        if mtype is None:
+            body = _boolean_results(result, formats[0]) if isinstance(result, bool) else result[1]
+            return "200 OK", [("Content-Type", f"{rtype}; charset=utf-8"), ("Vary", "Accept")], body
+        if gtype is None:
             raise _Reply("406 Not Acceptable", "graphs come as " + ", ".join(GRAPH_TYPES))
-        body = _convert_ntriples(result[1], GRAPH_TYPES[mtype])
-        return "200 OK", [("Content-Type", f"{mtype}; charset=utf-8"), ("Vary", "Accept")], body
+        return "200 OK", [("Content-Type", f"{gtype}; charset=utf-8"), ("Vary", "Accept")], result[1]
 
     # -- Linked Data ----------------------------------------------------------------------
     def _iri_of(self, environ: dict[str, Any], path: str) -> str:
@@ -543,15 +552,28 @@ class App:
         return None
 
     def _label(self, iri: str) -> str:
+        """The resource's label for links (``skos:prefLabel``, else ``rdfs:label``, else
+        the last segment of its IRI). Kept once looked up, since the store is read-only:
+        a page links the same layers, models, runs and properties many times over."""
+        got = self._labels.get(iri)
+        if got is not None:
+            return got
         import pyoxigraph as ox
 
         from .rdf.vocab import RDFS, SKOS
 
         node = ox.NamedNode(iri)
-        for pred in (SKOS.prefLabel, RDFS.label):
-            for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None):
-                return q.object.value
-        return iri.rsplit("/", 1)[-1].rsplit("#", 1)[-1] or iri
+        got = next(
+            (q.object.value for pred in (SKOS.prefLabel, RDFS.label)
+             for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None)),
+            None,
+        )
+        if got is None:
+            got = iri.rsplit("/", 1)[-1].rsplit("#", 1)[-1] or iri
+        if len(self._labels) >= LABEL_CACHE:
+            self._labels.clear()  # a bound on memory; the next pages fill it again
+        self._labels[iri] = got
+        return got
 
     def _link(self, iri: str) -> str:
         local = self._local(iri)
@@ -632,7 +654,11 @@ class App:
             from .sparql.library import find_query
 
             info = self._library[name] = find_query(name)
+        # the page shows the first PAGE_ROWS rows: the engine sends no more (dog.n.01 has
+        # 2,449 at ImageNet scale), so neither the worker nor this process handles the rest
         text = _with_values(info.text, bound)
+        if not re.search(r"\bLIMIT\s+\d+\s*$", text, re.IGNORECASE):
+            text = f"{text.rstrip()}\nLIMIT {PAGE_ROWS}"
         try:
             # a query that reads only tags runs over the tag graphs, as the library runs it
             variables, rows = self.run_query(
@@ -645,7 +671,7 @@ class App:
         head = "".join(f"<th>{html.escape(v)}</th>" for v in variables)
         cells = "".join(
             "<tr>" + "".join(f"<td>{self._cell(r.get(v))}</td>" for v in variables) + "</tr>"
-            for r in rows[:300]
+            for r in rows[:PAGE_ROWS]
         )
         return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{cells}</table>"
 
@@ -875,15 +901,6 @@ def _solutions_results(variables: list[str], rows: list[dict[str, Any]], fmt: st
     return ("\n".join(lines) + "\n").encode()
 
 
-def _convert_ntriples(data: bytes, fmt: str) -> bytes:
-    """N-Triples from a worker, re-serialised in one of :data:`GRAPH_TYPES`."""
-    import pyoxigraph as ox
-
-    if fmt == "N_TRIPLES":
-        return data
-    return _serialize_triples(ox.parse(data, format=ox.RdfFormat.N_TRIPLES), fmt)
-
-
 def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
     """A query worker: opens the store read-only and answers queries until told to stop.
 
@@ -903,7 +920,7 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
             return
         if message is None:
             return
-        text, default, named = message
+        text, default, named, formats = message
         dataset: dict[str, Any] = {"use_default_graph_as_union": True}
         if default is not None:
             dataset = {"default_graph": [graph(g) for g in default]}
@@ -921,7 +938,11 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
                         break
                     rows.append({v: (_term_json(sol[v]) if sol[v] is not None else None) for v in variables})
                 else:
-                    conn.send(("ok", (variables, rows)))
+                    if formats is None:
+                        conn.send(("ok", (variables, rows)))
+                    else:  # a client's answer, written here rather than in the server process
+                        body = _solutions_results(variables, rows, formats[0]) if formats[0] else None
+                        conn.send(("ok", ("solutions", body)))
                     continue
                 conn.send(("too-large", None))
             else:
@@ -932,7 +953,11 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
                         break
                     triples.append(t)
                 else:
-                    conn.send(("ok", (None, ox.serialize(triples, format=ox.RdfFormat.N_TRIPLES) or b"")))
+                    if formats is None:
+                        conn.send(("ok", (None, ox.serialize(triples, format=ox.RdfFormat.N_TRIPLES) or b"")))
+                    else:
+                        body = _serialize_triples(triples, formats[1]) if formats[1] else None
+                        conn.send(("ok", ("graph", body)))
         except SyntaxError as exc:
             conn.send(("syntax", str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the client as a 500
@@ -998,9 +1023,11 @@ class _QueryPool:
         self.idle.put(self._start())
 
     def run(
-        self, text: str, default: list[str] | None = None, named: list[str] | None = None
+        self, text: str, default: list[str] | None = None, named: list[str] | None = None,
+        formats: tuple[str | None, str | None] | None = None,
     ) -> tuple[str, Any]:
-        """Run a query in an idle worker (see :meth:`App.run_query` for the graph lists)."""
+        """Run a query in an idle worker (see :meth:`App.run_query` for the graph lists
+        and the formats)."""
         import queue
 
         try:
@@ -1009,7 +1036,7 @@ class _QueryPool:
             raise _Reply("503 Service Unavailable", "all query workers are busy; try again") from None
         counted = False
         try:
-            conn.send((text, default, named))
+            conn.send((text, default, named, formats))
             done = conn.poll(self.fast_s)
             if not done and self.max_slow is not None:
                 with self.lock:

@@ -464,14 +464,7 @@ def test_index_page_is_computed_once_per_read_only_store(run_dir: Path) -> None:
 
     store_dir = load_store(run_dir, "store-index")
     app = make_app(store_dir, Options(base_iri=BASE), workers=1)
-    ran: list[str] = []
-    real_run = app.page_pool.run
-
-    def counting(text: str, *args: object) -> object:
-        ran.append(text)
-        return real_run(text, *args)
-
-    app.page_pool.run = counting  # type: ignore[method-assign]
+    ran = _record_page_queries(app)
     try:
         environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_ACCEPT": "text/html", "QUERY_STRING": ""}
         first = app.route(dict(environ))
@@ -776,3 +769,124 @@ def _reply_of(run: Any, text: str) -> str:
     except _Reply as exc:
         return exc.text
     return "answered"
+
+
+def test_client_answers_are_written_by_the_query_workers(run_dir: Path) -> None:
+    """A client's SELECT or CONSTRUCT answer is written in its format by the query worker,
+    so the server process, whose threads answer every request, only passes bytes on (a
+    2,449-row answer no longer holds it for the time of its serialisation)."""
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-bytes"), Options(base_iri=BASE), workers=1)
+    try:
+        q = f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }} ORDER BY ?f"
+        kind, (what, body) = app.pool.run(q, None, None, ("JSON", "TURTLE"))
+        assert kind == "ok" and what == "solutions"
+        assert len(json.loads(body)["results"]["bindings"]) == 6 + 8 + 5
+        construct = f"CONSTRUCT WHERE {{ ?f a <{FK}Filter> }}"
+        kind, (what, body) = app.pool.run(construct, None, None, ("JSON", "N_TRIPLES"))
+        assert what == "graph" and body.count(b" .\n") == 6 + 8 + 5
+        # no acceptable format: nothing is written, and the client gets 406
+        assert app.pool.run(q, None, None, (None, "TURTLE")) == ("ok", ("solutions", None))
+        status, _, _ = _call(app, "/sparql", "text/turtle", urllib.parse.urlencode({"query": q}))
+        assert status.startswith("406")
+        status, headers, body = _call(app, "/sparql", "text/csv", urllib.parse.urlencode({"query": q}))
+        assert status.startswith("200") and headers["Content-Type"].startswith("text/csv")
+        assert body.decode().splitlines()[0] == "f" and len(body.decode().splitlines()) == 1 + 19
+    finally:
+        app.close()
+
+
+def test_page_labels_are_looked_up_once(run_dir: Path) -> None:
+    """The labels of a page's links (layers, models, runs, properties: the same few, many
+    times over) are read from the read-only store once, not once per link and page."""
+    from filtag_kg.rdf.vocab import RDFS, SKOS
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-labels"), Options(base_iri=BASE), workers=1)
+    lookups: list[tuple[str, str]] = []
+
+    class Counting:
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def quads_for_pattern(self, s: Any, p: Any, *rest: Any) -> Any:
+            if p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
+                lookups.append((s.value, p.value))
+            return self.store.quads_for_pattern(s, p, *rest)
+
+    app.store = Counting(app.store)
+    try:
+        path = urllib.parse.urlsplit(_first_filter(app)).path + ".html"
+        first = _call(app, path, "text/html")
+        assert first[0].startswith("200") and lookups
+        assert len(lookups) == len(set(lookups))  # each label once, within the page too
+        assert len({s for s, _ in lookups}) > 3  # the layer, model, run, properties, ...
+        n = len(lookups)
+        assert _call(app, path, "text/html") == first and len(lookups) == n
+    finally:
+        app.close()
+
+
+def _first_filter(app: Any) -> str:
+    import pyoxigraph as ox
+
+    quads = app.store.quads_for_pattern(None, ox.NamedNode(RDF_TYPE), ox.NamedNode(FK + "Filter"), None)
+    return next(iter(quads)).subject.value
+
+
+RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def test_pages_ask_only_for_the_rows_they_show(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concept page shows the first PAGE_ROWS rows of filters-for-concept: the engine is
+    asked for those only (entity.n.01 has every filter of the model), and they are the
+    first rows of the whole answer."""
+    import pyoxigraph as ox
+
+    import filtag_kg.serve as serve
+    from filtag_kg.sparql.library import find_query
+
+    monkeypatch.setattr(serve, "PAGE_ROWS", 2)
+    app = serve.make_app(load_store(run_dir, "store-page-rows"), serve.Options(base_iri=BASE), workers=1)
+    sent = _record_page_queries(app)
+    try:
+        wnid = ox.NamedNode(FK + "wnid")
+        entity = next(app.store.quads_for_pattern(None, wnid, ox.Literal("n00001740"))).subject
+        _, whole = app.run_query(_with_values_ffc("n00001740"), app.tag_graphs())
+        assert len(whole) > 2
+        status, _, page = _call(app, urllib.parse.urlsplit(entity.value).path + ".html", "text/html")
+        assert status.startswith("200") and sent and sent[-1].rstrip().endswith("LIMIT 2")
+        table = page.decode().split("Filters that represent it", 1)[1].split("</table>", 1)[0]
+        assert table.count("<tr><td>") == 2
+        for r in whole[:2]:
+            assert f'{r["filterIri"]["value"][len(BASE):]}' in table
+        assert whole[2]["filterIri"]["value"][len(BASE):] not in table
+        assert find_query("filters-for-concept").text.count("LIMIT") == 0
+    finally:
+        app.close()
+
+
+def _with_values_ffc(wnid: str) -> str:
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import _with_values
+    from filtag_kg.sparql.library import find_query
+
+    return _with_values(find_query("filters-for-concept").text, {"concept": ox.Literal(wnid)})
+
+
+def _record_page_queries(app: Any) -> list[str]:
+    """The texts of the page queries the app runs from now on, in order."""
+    sent: list[str] = []
+    real_run = app.page_pool.run
+
+    def recording(text: str, *args: object) -> object:
+        sent.append(text)
+        return real_run(text, *args)
+
+    app.page_pool.run = recording
+    return sent
