@@ -32,6 +32,7 @@ RUN_ARTIFACTS = (
     "class_links.tsv", "import.json",
     "explanations*",  # .jsonl, .json, .state.json, parts and any other storage of the pass
     "evaluation.json", "perturbation_effects.jsonl",
+    "cladec",  # ClaDec decoders, their records and reconstructions (filtag_kg.cladec)
     "kg.*", EXPORT_RECORD,
     "report",
 )
