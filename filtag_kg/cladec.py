@@ -768,6 +768,21 @@ def format_evaluation(docs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def claim_line(doc: dict[str, Any]) -> str:
+    """Whether a layer's evaluation bears out the paper's claim: the model is more accurate on ClaDec's
+    reconstructions than on the reference's, although the reference's pixel error is lower."""
+    acc, mse = doc["accuracy"], doc["mse"]
+    if acc["cladec"] is None or acc["reference"] is None:
+        return f"  {doc['layer']}: no labelled held-out images, the claim cannot be checked"
+    more = acc["cladec"] > acc["reference"]
+    fewer = mse["reference"] < mse["cladec"]
+    verdict = "holds" if more and fewer else "does not hold"
+    return (f"  {doc['layer']}: the paper's claim {verdict}: accuracy on ClaDec "
+            f"{100 * acc['cladec']:.1f}% vs reference {100 * acc['reference']:.1f}% "
+            f"({'higher' if more else 'not higher'}), pixel MSE reference {mse['reference']:.4f} vs ClaDec "
+            f"{mse['cladec']:.4f} ({'lower' if fewer else 'not lower'})")
+
+
 def run_cladec(
     run_dir: str | os.PathLike[str],
     layers: Sequence[str],
@@ -821,6 +836,6 @@ def run_cladec(
 
 __all__ = [
     "CLADEC_DIR", "CladecError", "CladecOptions", "CladecResult", "Decoder", "LayerEncoder", "Networks",
-    "build_networks", "evaluate_cladec", "format_evaluation", "fresh_copy", "layer_folder", "run_cladec",
-    "split_indices", "train_cladec",
+    "build_networks", "claim_line", "evaluate_cladec", "format_evaluation", "fresh_copy", "layer_folder",
+    "run_cladec", "split_indices", "train_cladec",
 ]

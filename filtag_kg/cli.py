@@ -564,7 +564,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """the embedded offline default."""
     from .demo import run_demo
 
-    run_demo(out=args.out, cache_dir=args.cache_dir, progress=not args.quiet, echo=print)
+    run_demo(out=args.out, cache_dir=args.cache_dir, progress=not args.quiet, echo=print, cladec=args.cladec)
     return 0
 
 
@@ -989,6 +989,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the dataset and trained weights are cached (default: "
                    "$FILTAG_KG_CACHE, else ~/.cache/filtag-kg)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cladec", action="store_true",
+                   help="also decode two layers back into images (ClaDec vs a reference autoencoder; "
+                   "a few more CPU minutes)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -20,6 +20,10 @@ from .profile import ProfileOptions
 from .tagging import TagSetting
 
 DEMO_MODEL = "filtag_kg.shapes:build_shapes_net"
+#: the layers ``filtag-kg demo --cladec`` decodes (4 x 4 x 64 and 2 x 2 x 10 activations of 32 px images)
+DEMO_CLADEC_LAYERS = ("features.11", "features.15")
+#: ClaDec training epochs of the demo (see benchmarks/bench_cladec.py)
+DEMO_CLADEC_EPOCHS = 8
 
 
 def _holds_a_demo_run(out: str | os.PathLike[str]) -> bool:
@@ -40,6 +44,8 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     sizes: dict[str, int] | None = None,
+    cladec: bool = False,
+    cladec_epochs: int = DEMO_CLADEC_EPOCHS,
 ) -> RunResult:
     """Generate (or reuse) the shapes data and network, profile, tag and summarise.
 
@@ -50,6 +56,9 @@ def run_demo(
         echo: where the summary lines go (``print`` in the CLI).
         sizes: smaller ``train_per_class`` / ``heldout_per_class`` / ``epochs`` for
             quick checks (the defaults make the real demo).
+        cladec: also train and evaluate ClaDec decoders for :data:`DEMO_CLADEC_LAYERS`
+            (``filtag-kg demo --cladec``), before the graph and report are written.
+        cladec_epochs: their training epochs.
 
     Returns:
         The run's profile and tags (also written to ``out``).
@@ -87,6 +96,7 @@ def run_demo(
         profile=result.profile, loaded=loaded,
     )
     evaluation = evaluate_run(out)
+    cladec_lines = _cladec(out, data_root, cladec_epochs, progress) if cladec else []
     from .rdf import export_run_stats
 
     graph = export_run_stats(out, wordnet=load_wordnet())
@@ -114,6 +124,8 @@ def run_demo(
     echo(f"explanations of the {evaluation['groups'][0]['images']} held-out images:")
     echo(format_table(evaluation))
     echo("")
+    for line in cladec_lines:
+        echo(line)
     echo(report.summary().splitlines()[0])
     echo(f"knowledge graph {graph.path.name}: {graph.quads} statements, {graph.explanations} "
          "explanation graphs (see ontology/README.md)")
@@ -124,6 +136,19 @@ def run_demo(
     echo(f"report: {site.index.resolve()} ({site.total_pages} pages; open it in a browser)")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _cladec(out: str | os.PathLike[str], data_root: Path, epochs: int, progress: bool) -> list[str]:
+    """Train and evaluate ClaDec for the demo's layers; the lines the demo prints about it."""
+    from .cladec import CladecOptions, claim_line, format_evaluation, run_cladec
+
+    t0 = time.perf_counter()
+    results = run_cladec(out, DEMO_CLADEC_LAYERS, data=data_root / "train", eval_data=data_root / "heldout",
+                         options=CladecOptions(epochs=epochs, device="cpu", progress=progress))
+    docs = [r.evaluation for r in results if r.evaluation]
+    return [f"ClaDec (decoded layers vs a reference autoencoder of the same size, {epochs} epochs, "
+            f"{time.perf_counter() - t0:.1f} s):", format_evaluation(docs),
+            *[claim_line(d) for d in docs], ""]
 
 
 def _training_line(metrics: dict[str, Any]) -> str:

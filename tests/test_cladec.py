@@ -185,7 +185,8 @@ def test_explained_images_come_first_and_evaluate_keeps_the_section(tiny_run: tu
 
     run, data = tiny_run
     held = write_images(tmp_path / "held", per_class=2, seed=5)
-    explain_dataset(run, image_files(sorted((held / "n02123045").glob("*.png"))), ExplainOptions(progress=False))
+    tabby = sorted((held / "n02123045").glob("*.png"))
+    explain_dataset(run, image_files(tabby), ExplainOptions(progress=False))
     res = run_cladec(run, ["conv1"], data=data, eval_data=held,
                      options=CladecOptions(**FAST, reconstructions=3))[0]
     rows = res.evaluation["reconstructions"]

@@ -6,9 +6,10 @@
    first time its image occurs) by the image's classification graph (the file
    is read line by line; of an explanation only its classification's name is
    kept once it is written);
-2. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
+2. the ClaDec graph ``R/kg/cladec``, when the run has ClaDec decoders (see :mod:`.cladec_graph`);
+3. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
-3. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
+4. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
 
 Within a graph, triples are deduplicated and sorted, so writing the same run
 twice gives byte-identical N-Quads and N-Triples. Memory holds one
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from .cladec_graph import iter_cladec_graphs
 from .explanation_graph import iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
@@ -95,6 +97,9 @@ class RunGraphs:
                 stats.classifications += 1
             stats.explanation_triples += count
             yield graph, text, count
+        for g, triples in iter_cladec_graphs(self.ctx):  # before the tag graph: it names layers, concepts
+            stats.cladec_triples += len(triples)
+            yield g, _text(triples, g if self.graphs else None), len(triples)
         tags = tag_graph_triples(self.ctx)
         stats.count_tag_graph(tags)
         g = self.ctx.tag_graph_iri

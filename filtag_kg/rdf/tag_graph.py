@@ -568,6 +568,7 @@ class GraphStats:
         self.explanation_triples = 0
         self.explanations = 0
         self.classifications = 0
+        self.cladec_triples = 0  # the ClaDec graph's (filtag_kg.rdf.cladec_graph)
 
     def count_tag_graph(self, triples: list[Triple]) -> None:
         """Record the size of the (deduplicated) tag graph."""
@@ -578,8 +579,8 @@ class GraphStats:
 
     @property
     def triples(self) -> int:
-        """Quads of the data graphs (tag graph + explanation graphs, VoID graph excluded)."""
-        return self.tag_triples + self.explanation_triples
+        """Quads of the data graphs (tag, explanation and ClaDec graphs; VoID graph excluded)."""
+        return self.tag_triples + self.explanation_triples + self.cladec_triples
 
 
 def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
