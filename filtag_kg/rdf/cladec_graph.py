@@ -109,9 +109,10 @@ def _evaluation(ctx: Context, doc: dict[str, Any], ev: str, dec: str, add: Any) 
     if isinstance(doc.get("images"), int):
         add((ev, _p(FK.evaluatedImages), T.integer(doc["images"])))
     acc, mse = doc.get("accuracy") or {}, doc.get("mse") or {}
-    for prop, value in ((FK.accuracyOnOriginals, acc.get("original")),
-                        (FK.accuracyOnClaDec, acc.get("cladec")), (FK.accuracyOnReference, acc.get("reference")),
-                        (FK.claDecError, mse.get("cladec")), (FK.referenceError, mse.get("reference"))):
+    figures = ((FK.accuracyOnOriginals, acc.get("original")), (FK.accuracyOnClaDec, acc.get("cladec")),
+               (FK.accuracyOnReference, acc.get("reference")), (FK.claDecError, mse.get("cladec")),
+               (FK.referenceError, mse.get("reference")))
+    for prop, value in figures:
         lit = T.double(value) if value is not None else None
         if lit:
             add((ev, _p(prop), lit))
