@@ -769,16 +769,17 @@ def format_evaluation(docs: Sequence[dict[str, Any]]) -> str:
 
 
 def claim_line(doc: dict[str, Any]) -> str:
-    """Whether a layer's evaluation bears out the paper's claim: the model is more accurate on ClaDec's
-    reconstructions than on the reference's, although the reference's pixel error is lower."""
+    """One line saying whether a layer's evaluation bears out the paper's claim (see
+    :func:`~filtag_kg.cladec_files.claim_holds`), with the figures it rests on."""
+    from .cladec_files import claim_holds
+
     acc, mse = doc["accuracy"], doc["mse"]
-    if acc["cladec"] is None or acc["reference"] is None:
+    holds = claim_holds(doc)
+    if holds is None:
         return f"  {doc['layer']}: no labelled held-out images, the claim cannot be checked"
-    more = acc["cladec"] > acc["reference"]
-    fewer = mse["reference"] < mse["cladec"]
-    verdict = "holds" if more and fewer else "does not hold"
-    return (f"  {doc['layer']}: the paper's claim {verdict}: accuracy on ClaDec "
-            f"{100 * acc['cladec']:.1f}% vs reference {100 * acc['reference']:.1f}% "
+    more, fewer = acc["cladec"] > acc["reference"], mse["reference"] < mse["cladec"]
+    return (f"  {doc['layer']}: the paper's claim {'holds' if holds else 'does not hold'}: accuracy on "
+            f"ClaDec {100 * acc['cladec']:.1f}% vs reference {100 * acc['reference']:.1f}% "
             f"({'higher' if more else 'not higher'}), pixel MSE reference {mse['reference']:.4f} vs ClaDec "
             f"{mse['cladec']:.4f} ({'lower' if fewer else 'not lower'})")
 

@@ -29,6 +29,16 @@ def read_cladec(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
+def claim_holds(doc: dict[str, Any]) -> bool | None:
+    """Whether a layer's evaluation bears out the ClaDec paper's claim: the model is more accurate
+    on ClaDec's reconstructions than on the reference's, although the reference's pixel error is
+    lower (``None``: no labelled held-out image)."""
+    acc, mse = doc.get("accuracy") or {}, doc.get("mse") or {}
+    if acc.get("cladec") is None or acc.get("reference") is None:
+        return None
+    return acc["cladec"] > acc["reference"] and mse["reference"] < mse["cladec"]
+
+
 def run_section(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``cladec`` section of the run's ``evaluation.json`` (``None``: no evaluated layer)."""
     docs = read_cladec(run_dir)
@@ -54,4 +64,4 @@ def update_run_evaluation(run_dir: str | os.PathLike[str]) -> None:
     write_json(path, doc)
 
 
-__all__ = ["CLADEC_DIR", "read_cladec", "run_section", "update_run_evaluation"]
+__all__ = ["CLADEC_DIR", "claim_holds", "read_cladec", "run_section", "update_run_evaluation"]
