@@ -195,3 +195,21 @@ def test_explained_images_come_first_and_evaluate_keeps_the_section(tiny_run: tu
     doc = evaluate_run(run)  # rewrites evaluation.json from the explanations
     assert doc["groups"] and doc["cladec"]["layers"][0]["layer"] == "conv1"
     assert json.loads((run / "evaluation.json").read_text())["cladec"] == doc["cladec"]
+
+
+def test_demo_cladec_decodes_two_layers_into_every_output(tmp_path: Path) -> None:
+    from filtag_kg.demo import DEMO_CLADEC_LAYERS, run_demo
+
+    lines: list[str] = []
+    run_demo(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, echo=lines.append,
+             sizes={"train_per_class": 12, "heldout_per_class": 4, "epochs": 1}, cladec=True, cladec_epochs=1)
+    text = "\n".join(lines)
+    out = tmp_path / "out"
+    assert len(DEMO_CLADEC_LAYERS) == 2
+    for layer in DEMO_CLADEC_LAYERS:
+        assert (out / "cladec" / layer / "decoders.pt").is_file()
+        assert f"{layer}: the paper's claim" in text
+    layers = json.loads((out / "evaluation.json").read_text())["cladec"]["layers"]
+    assert [d["layer"] for d in layers] == list(DEMO_CLADEC_LAYERS) and layers[0]["images"] == 40
+    assert "fk:ClaDecTraining" in (out / "kg.trig").read_text(encoding="utf-8")
+    assert (out / "report" / "cladec" / "index.html").is_file()
