@@ -221,6 +221,20 @@ def _seeded(seed: int) -> contextlib.AbstractContextManager[Any]:
     return block()
 
 
+@contextlib.contextmanager
+def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN's deterministic algorithms (no autotuning) for the block; flags restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+
+
 def fresh_copy(net: nn.Module, seed: int) -> nn.Module:
     """A copy of ``net`` with fresh weights (each module's ``reset_parameters``, seeded)."""
     out = copy.deepcopy(net)
@@ -528,6 +542,8 @@ def train_cladec(
     bar = progress(total=opts.epochs * batches_per_epoch, initial=step, unit="step",
                    desc=f"cladec {layer}", enabled=opts.progress, leave=False)
     workers = opts.workers
+    cudnn = contextlib.ExitStack()
+    cudnn.enter_context(_deterministic_cudnn(device))
     try:
         nets.train(True)
         while epoch < opts.epochs:
@@ -577,6 +593,8 @@ def train_cladec(
         what = "its last checkpoint" if state_path.exists() else "nothing (no checkpoint yet)"
         raise Interrupted(f"ClaDec training of {layer} interrupted at step {step}; {what} is kept: "
                           "rerun the same command with --resume") from None
+    finally:
+        cudnn.close()
     bar.close()
     nets.train(False)
     record = {

@@ -27,7 +27,7 @@ from filtag_kg.profile import Interrupted, ProfileOptions, profile_dataset
 from filtag_kg.tagging import TagSetting, write_tags
 
 PRE = Preprocess(resize=None, crop=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-FAST = dict(epochs=2, batch_size=4, progress=False, checkpoint_every=2)
+FAST = dict(epochs=2, batch_size=4, progress=False, checkpoint_every=2, device="cpu")
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_cli_trains_evaluates_and_prints(
 ) -> None:
     run, data = tiny_run
     assert main(["cladec", str(run), "--layer", "conv2", "--data", str(data), "--epochs", "1",
-                 "--batch-size", "4", "--quiet"]) == 0
+                 "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "acc ClaDec" in out and "conv2" in out
     assert (run / "cladec" / "conv2" / "decoders.pt").is_file()

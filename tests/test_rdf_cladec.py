@@ -33,7 +33,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     prof = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(data), run,
                            ProfileOptions(progress=False, layers=["conv1", "conv2"]))
     write_tags(run, prof, [TagSetting("top-k", 1)])
-    opts = dict(epochs=1, batch_size=4, progress=False, reconstructions=2)
+    opts = dict(epochs=1, batch_size=4, progress=False, reconstructions=2, device="cpu")
     run_cladec(run, ["conv1", "conv3"], data=data, options=CladecOptions(**opts))  # conv3: not profiled
     run_cladec(run, ["conv1"], data=data, options=CladecOptions(**opts, alpha=0.5))
     by_graph: dict = defaultdict(set)

@@ -36,7 +36,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, ReportSu
     write_tags(run, prof, [TagSetting("top-k", 2)])
     explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
     run_cladec(run, ["conv2", "conv3"], data=data, eval_data=held,  # conv3 is not profiled
-               options=CladecOptions(epochs=1, batch_size=4, progress=False, reconstructions=2))
+               options=CladecOptions(epochs=1, batch_size=4, progress=False, reconstructions=2, device="cpu"))
     summary = write_report(run, root / "site", wordnet=load_wordnet(source="slice"), progress=False,
                            max_images=2, max_misexplained=0)
     return run, root / "site", summary
