@@ -182,7 +182,9 @@ class Decoder(nn.Module):
     Sized by the layer's shape ``(C, h, w)`` and the image's ``(3, H, W)``: a 3x3
     convolution to ``min(max(C, 32), 256)`` channels, then ``ceil(log2(H / h))``
     blocks of (nearest 2x up-sampling, 3x3 convolution halving the channels down to
-    16, ReLU), a resize to exactly ``H x W`` where the factors are not powers of
+    16), each convolution followed by batch normalisation and a ReLU (without it, a
+    decoder of the demo's sparse activations fell to a constant image within an epoch),
+    a resize to exactly ``H x W`` where the factors are not powers of
     two, and a 3x3 convolution to the image's channels (in the model's
     normalised input space).
     """
@@ -194,11 +196,12 @@ class Decoder(nn.Module):
         self.out_size = (oh, ow)
         steps = max(0, math.ceil(math.log2(max(oh / h, ow / w))))
         width = min(max(c, 32), 256)
-        layers: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width),
+                                   nn.ReLU(inplace=True)]
         for _ in range(steps):
             nxt = max(16, width // 2)
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, nxt, 3, padding=1),
-                       nn.ReLU(inplace=True)]
+                       nn.BatchNorm2d(nxt), nn.ReLU(inplace=True)]
             width = nxt
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, oc, 3, padding=1)

@@ -23,7 +23,7 @@ DEMO_MODEL = "filtag_kg.shapes:build_shapes_net"
 #: the layers ``filtag-kg demo --cladec`` decodes (4 x 4 x 64 and 2 x 2 x 10 activations of 32 px images)
 DEMO_CLADEC_LAYERS = ("features.11", "features.15")
 #: ClaDec training epochs of the demo (see benchmarks/bench_cladec.py)
-DEMO_CLADEC_EPOCHS = 8
+DEMO_CLADEC_EPOCHS = 3
 
 
 def _holds_a_demo_run(out: str | os.PathLike[str]) -> bool:
