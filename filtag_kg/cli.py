@@ -616,11 +616,32 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cladec(args: argparse.Namespace) -> int:
+    """train and evaluate ClaDec decoders for layers of a run's model."""
+    from .cladec import CladecOptions, format_evaluation, run_cladec
+
+    opts = CladecOptions(
+        alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        holdout=args.holdout, reconstructions=args.reconstructions, device=args.device,
+        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        restart=args.restart, progress=not args.quiet,
+    )
+    results = run_cladec(args.run_dir, args.layer, data=args.data, file_list=args.file_list,
+                         eval_data=args.eval_data, max_pixels=args.max_pixels, options=opts,
+                         echo=None if args.quiet else print)
+    print(format_evaluation([r.evaluation for r in results if r.evaluation]))
+    for r in results:
+        print(f"  {r.layer}: decoders and training record in {r.folder}, reconstructions in "
+              f"{r.folder / 'reconstructions'}")
+    print(_outputs(Path(args.run_dir), ["evaluation.json"]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """the embedded offline default."""
     from .demo import run_demo
 
-    run_demo(out=args.out, cache_dir=args.cache_dir, progress=not args.quiet, echo=print)
+    run_demo(out=args.out, cache_dir=args.cache_dir, progress=not args.quiet, echo=print, cladec=args.cladec)
     return 0
 
 
@@ -1086,6 +1107,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(
+        "cladec", help="decode a layer back into images (ClaDec) and compare with an autoencoder",
+        description="Train a decoder from the frozen model's activations at a layer to the input "
+        "image (ClaDec) and a reference autoencoder of the same size (the model's architecture up "
+        "to the layer, fresh weights, trained for reconstruction only); then compare the model's "
+        "accuracy on both reconstructions and their pixel error on held-out images. Writes "
+        "RUN_DIR/cladec/LAYER/ (decoders.pt, training.json, evaluation.json, reconstructions/*.png) "
+        "and the cladec section of RUN_DIR/evaluation.json.",
+        epilog="examples:\n  filtag-kg cladec filtag-demo --layer features.3 --layer features.7 "
+        "--data ~/.cache/filtag-kg/shapes-v2-seed0/data/train\n"
+        "  filtag-kg cladec runs/vgg16 --layer features.28 --data ~/imagenet/train "
+        "--eval-data ~/imagenet/val --alpha 0.1 --device cuda\nAfter a crash, rerun with --resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with a profile")
+    p.add_argument("--layer", action="append", required=True, metavar="NAME",
+                   help="a conv layer to decode (repeat for several; `filtag-kg layers` lists them)")
+    _data_options(p)
+    p.add_argument("--eval-data", metavar="DIR",
+                   help="held-out images (default: a seeded --holdout share of the training images)")
+    g = p.add_argument_group("training")
+    g.add_argument("--alpha", type=float, default=0.0, metavar="A",
+                   help="weight of the classifier's loss on the reconstruction, in [0, 1) (default 0)")
+    g.add_argument("--epochs", type=int, default=5, metavar="N", help="default 5")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="default 64")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 0.001)")
+    g.add_argument("--seed", type=int, default=0, help="initial weights and image order (default 0)")
+    g.add_argument("--holdout", type=float, default=0.2, metavar="SHARE",
+                   help="share of --data held out without --eval-data (default 0.2)")
+    g.add_argument("--reconstructions", type=int, default=8, metavar="N",
+                   help="held-out images stored as reconstruction PNGs (default 8; explained ones first)")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes")
+    g.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save resumable state every N steps (default 50; always after an epoch)")
+    r = g.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true", help="finish an interrupted training")
+    r.add_argument("--restart", action="store_true", help="discard an interrupted training")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_cladec)
+
+    p = sub.add_parser(
         "demo", help="run the whole pipeline offline on a synthetic shapes dataset",
         description="Generate a synthetic dataset of plane shapes (classes are WordNet synsets), "
         "train a small CNN on it (cached), profile and tag it, and print a summary. Offline, "
@@ -1100,6 +1162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the dataset and trained weights are cached (default: "
                    "$FILTAG_KG_CACHE, else ~/.cache/filtag-kg)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cladec", action="store_true",
+                   help="also decode two layers back into images (ClaDec vs a reference autoencoder; "
+                   "a few more CPU minutes)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -1110,6 +1175,7 @@ _PATH_ARGS = {
     "run_dir": ("run folder", "give the folder `filtag-kg run` (or profile, import-filtag) wrote"),
     "data": ("data folder", "pass --data DIR with one subfolder per class"),
     "explain_data": ("data folder", "pass --explain-data DIR with one subfolder per class"),
+    "eval_data": ("data folder", "pass --eval-data DIR with one subfolder per class"),
     "file_list": ("file list", "pass --file-list FILE with one 'PATH<TAB>CLASS' per line"),
     "weights_file": ("weights file", "pass --weights-file PATH of a saved state dict"),
     "classes": ("class list", "pass --classes FILE with one class per line"),

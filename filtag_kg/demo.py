@@ -20,6 +20,10 @@ from .profile import ProfileOptions
 from .tagging import TagSetting
 
 DEMO_MODEL = "filtag_kg.shapes:build_shapes_net"
+#: the layers ``filtag-kg demo --cladec`` decodes (4 x 4 x 64 and 2 x 2 x 10 activations of 32 px images)
+DEMO_CLADEC_LAYERS = ("features.11", "features.15")
+#: ClaDec training epochs of the demo (see benchmarks/bench_cladec.py)
+DEMO_CLADEC_EPOCHS = 3
 
 
 def _holds_a_demo_run(out: str | os.PathLike[str]) -> bool:
@@ -41,6 +45,8 @@ def run_demo(
     echo: Callable[[str], None] = print,
     sizes: dict[str, int] | None = None,
     seed: int = 0,
+    cladec: bool = False,
+    cladec_epochs: int = DEMO_CLADEC_EPOCHS,
 ) -> RunResult:
     """Generate (or reuse) the shapes data and network, profile, tag and summarise.
 
@@ -53,6 +59,9 @@ def run_demo(
             quick checks (the defaults make the real demo).
         seed: seed of the dataset and the training run (0 is the demo; others show
             how much the figures owe to the draw, see ``benchmarks/bench_demo.py``).
+        cladec: also train and evaluate ClaDec decoders for :data:`DEMO_CLADEC_LAYERS`
+            (``filtag-kg demo --cladec``), before the graph and report are written.
+        cladec_epochs: their training epochs.
 
     Returns:
         The run's profile and tags (also written to ``out``).
@@ -91,6 +100,7 @@ def run_demo(
         profile=result.profile, loaded=loaded,
     )
     evaluation = evaluate_run(out)
+    cladec_lines = _cladec(out, data_root, cladec_epochs, progress) if cladec else []
     from .rdf import export_run_stats
 
     graph = export_run_stats(out, wordnet=load_wordnet())
@@ -118,6 +128,8 @@ def run_demo(
     echo(f"explanations of the {evaluation['groups'][0]['images']} held-out images:")
     echo(format_table(evaluation))
     echo("")
+    for line in cladec_lines:
+        echo(line)
     echo("in words (filtag-kg sentences):")
     echo(_sentence_lines(out, load_wordnet()))
     from .labels import export_sheet
@@ -134,6 +146,19 @@ def run_demo(
     echo(f"report: {site.index.resolve()} ({site.total_pages} pages; open it in a browser)")
     echo(f"done in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _cladec(out: str | os.PathLike[str], data_root: Path, epochs: int, progress: bool) -> list[str]:
+    """Train and evaluate ClaDec for the demo's layers; the lines the demo prints about it."""
+    from .cladec import CladecOptions, claim_line, format_evaluation, run_cladec
+
+    t0 = time.perf_counter()
+    results = run_cladec(out, DEMO_CLADEC_LAYERS, data=data_root / "train", eval_data=data_root / "heldout",
+                         options=CladecOptions(epochs=epochs, device="cpu", progress=progress))
+    docs = [r.evaluation for r in results if r.evaluation]
+    return [f"ClaDec (decoded layers vs a reference autoencoder of the same size, {epochs} epochs, "
+            f"{time.perf_counter() - t0:.1f} s):", format_evaluation(docs),
+            *[claim_line(d) for d in docs], ""]
 
 
 def _training_line(metrics: dict[str, Any]) -> str:

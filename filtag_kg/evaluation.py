@@ -259,6 +259,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     labels = {c["id"]: c["label"] for c in classes if c.get("label") and c["label"] != c["id"]}
     doc = {"format": "filtag-kg evaluation", "format_version": 1,
            "explanation_pass": {"complete": cut is None, **(cut or {})}, **doc, "labels": labels}
+    from .cladec_files import run_section
+
+    if (cladec := run_section(run)) is not None:  # `filtag-kg cladec`'s figures stay
+        doc["cladec"] = cladec
     write_json(run / EVALUATION, doc)
     return doc
 

@@ -35,6 +35,7 @@ RUN_ARTIFACTS = (
     "explanations*",  # .jsonl, .json, .state.json, parts and any other storage of the pass
     "evaluation.json", "perturbation_effects.jsonl",
     "human_labels.tsv", "label_sheet.csv",  # people's labels of the old run's filters
+    "cladec",  # ClaDec decoders, their records and reconstructions (filtag_kg.cladec)
     "kg.*", EXPORT_RECORD,
     "report",
 )

@@ -38,6 +38,9 @@ Layout under the base ``B`` (``{…}`` = one encoded segment)::
         C/model-prediction/{rank}  C/perturbation
       R/explanation/{index}/{setting}[/{perturbation}][/{weighting}]   (E)
         E/active/{layer}/{filter}  E/vote/{class}  E/last-layer-vote/{class}
+      R/kg/cladec                                 the graph of the run's ClaDec decoders
+      R/cladec/{layer}-{hash16}                   a ClaDec training (D; hash: its options and data)
+        D/decoder  D/reference  D/evaluation  D/reconstruction/{sha256}/{cladec|reference}
 
     R is the tagging run: its hash covers the profile and the tags
     (``tags.tsv``), so retagging a profile gives new IRIs and graph names.
@@ -385,6 +388,27 @@ class Minter:
     def saliency_map(sag_iri: str) -> str:
         """``G/igos``: the iGOS++ heatmap made with the SAG."""
         return f"{sag_iri}/igos"
+
+    # -- ClaDec (filtag-kg cladec) ------------------------------------------------------
+    @staticmethod
+    def cladec_graph(run_iri: str) -> str:
+        """``R/kg/cladec``: name of the named graph with the run's ClaDec decoders and reconstructions."""
+        return f"{run_iri}/kg/cladec"
+
+    def cladec_training(self, run_iri: str, layer: str, training: Any) -> str:
+        """``R/cladec/{layer}-{hash16}`` (D): one ClaDec training; the hash is of what it was trained
+        with (``training``: its fingerprint), so a retraining with other options is another IRI."""
+        return f"{run_iri}/cladec/{self.layer_segment(layer)}-{content_hash(training)}"
+
+    @staticmethod
+    def cladec_part(training_iri: str, part: str) -> str:
+        """``D/decoder``, ``D/reference`` or ``D/evaluation``."""
+        return f"{training_iri}/{segment(part)}"
+
+    @staticmethod
+    def reconstruction(training_iri: str, sha256: str, by: str) -> str:
+        """``D/reconstruction/{image sha256}/{cladec|reference}``."""
+        return f"{training_iri}/reconstruction/{segment(sha256.lower())}/{segment(by)}"
 
     # -- public WordNet IRIs ----------------------------------------------------------
     @staticmethod

@@ -6,9 +6,12 @@
    first time its image occurs) by the image's classification graph (the rows
    are read a batch at a time; of an image variant only one bit, "its
    classification was written", is kept: :class:`~.explanation_graph.SeenVariants`);
-2. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
+2. the structured attention graphs ``R/sag/{sha256}`` (``filtag-kg sag``) and the
+   ClaDec graph ``R/kg/cladec`` (``filtag-kg cladec``), when the run has them;
+3. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
-3. the VoID graph ``R/kg/void`` with the counts of the graphs before it.
+4. the human labels' graph (when there are labels), then the VoID graph
+   ``R/kg/void`` with the counts of the graphs before it.
 
 Within a graph, triples are deduplicated and sorted, so writing the same run
 twice gives byte-identical N-Quads and N-Triples. Memory holds a few batches of
@@ -29,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from .cladec_graph import iter_cladec_graphs
 from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
@@ -158,6 +162,9 @@ class RunGraphs:
         for graph, text, count in iter_saliency_graphs(self.ctx, graphs=self.graphs):
             stats.explanation_triples += count
             yield graph, text, count
+        for g, triples in iter_cladec_graphs(self.ctx):  # before the tag graph: it names layers, concepts
+            stats.cladec_triples += len(triples)
+            yield g, _text(triples, g if self.graphs else None), len(triples)
         tags = tag_graph_triples(self.ctx)
         if sentences is not None:
             tags = sorted(set(tags).union(sentences.tag_graph_triples()))

@@ -569,6 +569,7 @@ class GraphStats:
         self.explanations = 0
         self.classifications = 0
         self.label_triples = 0  # the human labels graph (filtag_kg.rdf.label_graph)
+        self.cladec_triples = 0  # the ClaDec graph's (filtag_kg.rdf.cladec_graph)
 
     def count_tag_graph(self, triples: list[Triple]) -> None:
         """Record the size of the (deduplicated) tag graph."""
@@ -579,8 +580,8 @@ class GraphStats:
 
     @property
     def triples(self) -> int:
-        """Quads of the data graphs (tag, explanation and labels graphs; VoID graph excluded)."""
-        return self.tag_triples + self.explanation_triples + self.label_triples
+        """Quads of the data graphs (tag, explanation, labels and ClaDec graphs; VoID graph excluded)."""
+        return self.tag_triples + self.explanation_triples + self.label_triples + self.cladec_triples
 
 
 def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:

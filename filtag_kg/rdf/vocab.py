@@ -96,6 +96,11 @@ class FK(DefinedNamespace):
     ExplanationSet: URIRef  # The explanation graphs of a run, described as one VoID subset.
     SentenceGeneration: URIRef  # The activity that wrote sentences from the graph by fixed templates.
     HumanLabel: URIRef  # A person's free-text label of a filter, normalised to WordNet; never a tag.
+    ClaDecTraining: URIRef  # The activity that trained a layer's ClaDec decoder and reference autoencoder.
+    ClaDecDecoder: URIRef  # A decoder from a frozen classifier's layer activations back to the image.
+    ReferenceAutoencoder: URIRef  # An autoencoder of a ClaDec decoder's size, for reconstruction only.
+    ClaDecEvaluation: URIRef  # Accuracy on and error of both reconstructions, on held-out images.
+    Reconstruction: URIRef  # An image drawn by a ClaDec decoder or reference autoencoder from one image.
 
     # -- individuals -------------------------------------------------------------
     TopK: URIRef  # Selection method: the k most active filters of a layer.
@@ -234,6 +239,26 @@ class FK(DefinedNamespace):
     regionVoteCount: URIRef  # The number of votes of a concept inside a region (tags of the active filters).
     maskSize: URIRef  # The side of a saliency map's mask in cells.
     saliencyValues: URIRef  # The saliency map's values, row-major, separated by spaces, each in [0, 1].
+    # -- ClaDec (filtag-kg cladec) ------------------------------------------------
+    decodedModel: URIRef  # The frozen classifier whose layer a ClaDec training decoded.
+    decodedLayer: URIRef  # The layer whose activations a ClaDec training decoded.
+    trainingDataset: URIRef  # The images a ClaDec training trained on.
+    referenceAutoencoder: URIRef  # The reference autoencoder a ClaDec decoder is compared with.
+    evaluatedDecoder: URIRef  # The ClaDec decoder a ClaDec evaluation is about.
+    reconstructionOf: URIRef  # The image a reconstruction was drawn from.
+    reconstructedLayer: URIRef  # The layer a reconstruction was drawn from.
+    reconstructedBy: URIRef  # The decoder or reference autoencoder that drew a reconstruction.
+    reconstructionConcept: URIRef  # The classifier's top-1 prediction on a reconstruction.
+    alpha: URIRef  # Weight of the classifier's loss in ClaDec's training loss.
+    activationShape: URIRef  # The decoded layer's activation shape, channels x height x width.
+    evaluatedImages: URIRef  # How many held-out images a ClaDec evaluation used.
+    accuracyOnOriginals: URIRef  # The classifier's accuracy on the held-out originals.
+    accuracyOnClaDec: URIRef  # The classifier's accuracy on ClaDec's reconstructions.
+    accuracyOnReference: URIRef  # The classifier's accuracy on the reference's reconstructions.
+    claDecError: URIRef  # Mean squared pixel error of ClaDec's reconstructions.
+    referenceError: URIRef  # Mean squared pixel error of the reference's reconstructions.
+    reconstructionError: URIRef  # Mean squared pixel error of one reconstruction.
+    reconstructionFile: URIRef  # The side-by-side PNG of a reconstruction, relative to the run folder.
 
 
 #: Prefixes written in Turtle and TriG exports.

@@ -228,6 +228,8 @@ class OverviewPage(SiteContext):
             page.add('<p class="note">No evaluation.json: run <code>filtag-kg evaluate RUN_DIR</code>.</p>')
         else:
             page.add('<p class="note">No explanations in this run.</p>')
+        if self.pages.get("cladec"):  # after `filtag-kg cladec` (report.cladec_pages)
+            page.add('<h2 id="cladec">ClaDec</h2>', self.cladec_table(page))  # type: ignore[attr-defined]
         page.add(
             "<h2>More</h2><ul>"
             f"<li>{page.link('explanations/index.html', 'Explanations')}: {len(self.chosen)} image pages of "

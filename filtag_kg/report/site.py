@@ -11,7 +11,9 @@ sheet are files inside it; no script, no CDN). Pages:
   ones), the model's and the explanation's predictions, votes and layer-wise
   heatmaps of the most active tagged filters;
 * ``concepts/…``: per class and WordNet hypernym, the filters representing it
-  (tags of the concept or of a hyponym) across layers.
+  (tags of the concept or of a hyponym) across layers;
+* ``cladec/…`` (after ``filtag-kg cladec``): per decoded layer, images as original, ClaDec and
+  reference reconstructions with the image's active tagged filters of the layer.
 
 Every page links back to the overview and to related pages, and names the
 RDF IRIs (minted by :class:`~filtag_kg.rdf.mint.Minter` for the same base IRI
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .._io import ensure_writable_dir
 from ..errors import FiltagError, OutputError
 from ..rdf.mint import DEFAULT_BASE_IRI, Minter
+from .cladec_pages import CladecPages
 from .concept_pages import ConceptPages
 from .explanation_pages import ExplanationPages
 from .htmlkit import CSS
@@ -65,6 +68,7 @@ MANAGED = (
     "images",
     "maps",
     "saliency",
+    "cladec",
 )
 
 
@@ -221,6 +225,7 @@ def write_report(
     site.write_concept_pages()
     site.write_explanation_pages(heatmaps_per_layer)
     site.write_saliency_pages()
+    site.write_cladec_pages()
     if site.bad_images:
         path, why = next(iter(site.bad_images.items()))
         site.notes.append(
@@ -294,5 +299,5 @@ def _prepare_out(out: Path, run: Path) -> Path:
     return ensure_writable_dir(out)
 
 
-class _Site(LayerFilterPages, ConceptPages, ExplanationPages, SaliencyPages, OverviewPage):
+class _Site(LayerFilterPages, ConceptPages, CladecPages, ExplanationPages, SaliencyPages, OverviewPage):
     """All pages of one report."""
