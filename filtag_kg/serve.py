@@ -641,9 +641,12 @@ class App:
             return self._query_table("Tags and abstract tags", "concepts-of-filter", bound)
         if (str(FK.Concept) in types or str(FK.Synset) in types) and wnid in value:
             title = "Filters that represent it (counting hyponyms)"
+            # images-for-concept is not run here: it sums every vote for the concept's hyponyms
+            # (dog.n.01 at ImageNet-validation scale: about a minute), too slow for a page
             return self._query_table(title, "filters-for-concept", {"concept": value[wnid]}) + (
-                self._query_table("Images explained by it (votes for it and its hyponyms)",
-                                  "images-for-concept", {"concept": value[wnid]})
+                "<p>Images explained by it: the library query <code>images-for-concept</code> "
+                f"(<code>filtag-kg query images-for-concept --param concept={html.escape(value[wnid].value)}"
+                "</code>, or its text at the SPARQL endpoint).</p>"
             )
         return ""
 
