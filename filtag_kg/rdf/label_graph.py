@@ -13,16 +13,12 @@ from __future__ import annotations
 
 from ..labels import read_labels
 from . import terms as T
-from .tag_graph import Context, _lemma_text
+from .tag_graph import Context, _lemma_text, _p
 from .vocab import FK, PROV, RDF, RDFS, SKOS
 
 __all__ = ["label_graph_triples"]
 
 Triple = tuple[str, str, str]
-
-
-def _p(term: object) -> str:
-    return T.iri(str(term))
 
 
 def label_graph_triples(ctx: Context) -> list[Triple]:

@@ -26,14 +26,10 @@ from typing import Any
 
 from . import terms as T
 from .rundata import iter_explanation_records
-from .tag_graph import Context
+from .tag_graph import Context, _p
 from .vocab import FK, RDF
 
 __all__ = ["iter_saliency_graphs", "saliency_graph_lines"]
-
-
-def _p(term: Any) -> str:
-    return T.iri(str(term))
 
 
 def _related(ctx: Context, shas: set[str]) -> dict[str, list[str]]:
