@@ -584,7 +584,6 @@ def _explain_torch(
                       for m, o in zip(masks, order)], dim=1)
     last = sum(widths[:-1]) if widths else 0
     counts = mark @ incidence
-    counts_last = mark[:, last:] @ incidence[last:]
     flat_weights = None
     if weights is not None:
         w = weights.to(torch.float64)
@@ -595,7 +594,7 @@ def _explain_torch(
         flat_weights = torch.cat([w[:, s:s + o.shape[1]].gather(1, o) for s, o in zip(starts, order)],
                                  dim=1)[mask]
     else:
-        votes, votes_last = counts, counts_last
+        votes, votes_last = counts, mark[:, last:] @ incidence[last:]
     rows, classes = _sparse_rows(counts)
     l_rows, l_classes = _sparse_rows(votes_last)
     lengths = torch.stack([m.sum(dim=1) for m in masks], dim=1) if masks else torch.zeros(
