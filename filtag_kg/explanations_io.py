@@ -512,6 +512,15 @@ def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
         )
 
 
+def iter_parquet_batches(
+    folder: str | os.PathLike[str], *, batch_size: int = 1024
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in row
+    order, undecoded: for readers that hand whole batches to other processes (the export's
+    ``--jobs``) and decode them there with :func:`records_from_batch`."""
+    yield from _batches(folder, batch_size)
+
+
 __all__ = [
     "EXPLANATIONS_DIR",
     "EXPLANATIONS_JSONL",
@@ -520,6 +529,7 @@ __all__ = [
     "encode_rows",
     "explanations_format",
     "iter_explanations",
+    "iter_parquet_batches",
     "iter_parquet_records",
     "iter_parquet_rows",
     "names_metadata",
@@ -527,12 +537,3 @@ __all__ = [
     "records_from_batch",
     "row_schema",
 ]
-
-
-def iter_parquet_batches(
-    folder: str | os.PathLike[str], *, batch_size: int = 1024
-) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in row
-    order, undecoded: for readers that hand whole batches to other processes (the export's
-    ``--jobs``) and decode them there with :func:`records_from_batch`."""
-    yield from _batches(folder, batch_size)
