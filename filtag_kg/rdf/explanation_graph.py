@@ -496,10 +496,12 @@ def _bad_record(path: Any, n: int, exc: Exception) -> ExplanationFileError:
 _RECORD_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
 
 
-def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tuple[str, str, int, bool]]:
+def iter_explanation_graphs(
+    ctx: Context, *, graphs: bool = True
+) -> Iterator[tuple[str, str, int, bool, dict[str, Any]]]:
     """Encode every explanation of the run (none if it has none), streamed, graph by graph.
 
-    Yields ``(graph IRI, text, triple count, is_explanation)``: for each record
+    Yields ``(graph IRI, text, triple count, is_explanation, record)``: for each record
     first the image's classification graph (the first time that image variant
     occurs; ``is_explanation`` false), then its explanation graph (see
     :meth:`ExplanationEncoder.encode`). :func:`iter_encoded_batches` gives the
@@ -514,8 +516,8 @@ def iter_explanation_graphs(ctx: Context, *, graphs: bool = True) -> Iterator[tu
         try:
             got = enc.classify(rec)
             if got is not None:
-                yield (*got, False)
-            yield (*enc.encode(rec), True)
+                yield (*got, False, rec)
+            yield (*enc.encode(rec), True, rec)
         except _RECORD_ERRORS as exc:
             raise _bad_record(path, n, exc) from None
 

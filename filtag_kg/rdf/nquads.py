@@ -107,10 +107,10 @@ class RunGraphs:
             from .sentence_graph import SentenceTriples
 
             sentences = SentenceTriples(self.ctx)
-        for graph, text, count, is_explanation in iter_explanation_graphs(self.ctx, graphs=self.graphs):
+        for graph, text, count, is_explanation, rec in iter_explanation_graphs(self.ctx, graphs=self.graphs):
             if is_explanation:
                 if sentences is not None:  # E's sentence lines follow E's own (E's lines come last)
-                    more, k = sentences.explanation(graph, graphs=self.graphs)
+                    more, k = sentences.explanation(graph, rec, graphs=self.graphs)
                     text, count = text + more, count + k
                 stats.explanations += 1
             else:

@@ -12,26 +12,24 @@ not know about sentences:
   ``R/sentences a fk:SentenceGeneration, prov:Activity ; fk:generatorVersion "1" ;
   prov:used R``.
 
-The explanation records are read a second time, in step with the explanation graphs (each
-record's IRI is checked against the graph it is added to), so sentences cost one more
-read of the records; that is why the export writes them only when asked.
+:class:`~.nquads.RunGraphs` hands each explanation graph's record over with the graph (one
+read of the records). The export writes sentences only when asked: they are generated on
+the graph-by-graph route, so ``--jobs`` does not parallelise an export with sentences.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..sentences import (
     GENERATOR_VERSION,
     SentenceContext,
-    SentenceError,
     class_sentences,
     filter_sentences,
     image_sentence,
 )
 from . import terms as T
-from .rundata import iter_explanation_records
 from .tag_graph import Context
 from .vocab import FK, PROV, RDF, RDFS
 
@@ -58,7 +56,6 @@ class SentenceTriples:
         self.ctx = ctx
         self.sentences = SentenceContext.from_run(ctx.data.run_dir, wordnet=ctx.wordnet)
         self.activity = T.iri(ctx.mint.sentence_generation(ctx.run_iri))
-        self._records: Iterator[tuple[int, dict[str, Any]]] | None = None
         self._kept: list[dict[str, Any]] = []
 
     def _lines(self, subject: str, text: str, template: str) -> list[Triple]:
@@ -68,24 +65,15 @@ class SentenceTriples:
             (subject, _BY, self.activity),
         ]
 
-    def explanation(self, graph: str, *, graphs: bool = True) -> tuple[str, int]:
-        """The sentence lines of the next explanation graph ``graph`` (its IRI), as N-Quads
-        (``graphs``) or N-Triples text, and their count."""
-        if self._records is None:
-            self._records = iter_explanation_records(self.ctx.data)
-        _, rec = next(self._records)
-        mint = self.ctx.mint
-        param = rec.get("param")
-        e_iri = mint.explanation(self.ctx.run_iri, rec["index"], str(rec["method"]),
-                                 "" if param is None else str(param), rec.get("perturbation") or None,
-                                 rec.get("weighting") or None)
-        if e_iri != graph:  # the two reads of the records must stay in step
-            raise SentenceError(f"explanation graph {graph} does not match the record read for it ({e_iri})")
+    def explanation(self, graph: str, rec: dict[str, Any], *, graphs: bool = True) -> tuple[str, int]:
+        """The sentence lines of the explanation graph ``graph`` (its IRI, also the
+        explanation's) of the record ``rec``, as N-Quads (``graphs``) or N-Triples text, and
+        their count."""
         top = rec.get("model_top") or []
         self._kept.append({**{k: rec.get(k) for k in _CLASS_FIELDS}, "model_top": top[:1]})
         s = image_sentence(self.sentences, rec)
         end = f" <{graph}> .\n" if graphs else " .\n"
-        lines = self._lines(T.iri(e_iri), s.text, s.template)
+        lines = self._lines(T.iri(graph), s.text, s.template)
         return "".join(f"{a} {b} {c}{end}" for a, b, c in lines), len(lines)
 
     def tag_graph_triples(self) -> list[Triple]:
