@@ -396,6 +396,12 @@ class SentenceContext:
         return f"{len(names)} layers from {names[0]} to {names[-1]}"
 
 
+def setting_key(rec: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``(method, param)`` key of an explanation record's tagging setting, as
+    :attr:`SentenceContext.tags` is keyed (the sentence and its phrase heatmaps both use it)."""
+    return str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param"))
+
+
 def _voted(rec: Mapping[str, Any]) -> dict[str, float]:
     """Per class, its votes in the record, for the classes that received a vote."""
     votes = {c: float(v) for c, v in (rec.get("votes") or {}).items()}
@@ -435,7 +441,7 @@ def image_sentence(ctx: SentenceContext, rec: Mapping[str, Any]) -> Sentence:
     if not phrases:
         text = f"{head} None of its active filters is tagged, so no concept explains it."
         return Sentence("image", subject, text, TEMPLATE_IMAGE, (), tuple(named))
-    setting = (str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param")))
+    setting = setting_key(rec)
     pos = {name: i for i, name in enumerate(ctx.layers)}
     tagged = []  # (value, layer position, rank, layer, tag classes)
     for layer, rows in (rec.get("active_filters") or {}).items():

@@ -20,6 +20,7 @@ from ..sentences import (
     class_sentences,
     filter_sentences,
     image_sentence,
+    setting_key,
 )
 from .htmlkit import Page, esc
 
@@ -57,7 +58,7 @@ def phrase_voters(
     """The layer (its index in ``layers``) holding most of the active filters whose tags
     voted for the phrase's classes (ties: the later layer), those filters, and their vote
     weights (the Grad-CAM weights of a ``--weighting gradcam`` record, else 1)."""
-    setting = (str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param")))
+    setting = setting_key(rec)
     members = set(phrase.members)
     best: tuple[int, list[int], list[float]] | None = None
     for li, layer in enumerate(layers):
