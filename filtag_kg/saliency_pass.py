@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import ensure_writable_dir, sha256_file, write_json
-from .saliency import IgosOptions, SagOptions, SaliencyError
+from ._io import atomic_open, ensure_writable_dir, sha256_file, write_json
+from .saliency import IgosOptions, SagOptions, SaliencyError, region_positions
 from .saliency_io import SALIENCY_DIR, SALIENCY_JSON, read_saliency
 from .tagging import TagSetting
 
@@ -91,7 +91,7 @@ def region_concepts(
         return []
     values = []
     for m in maps:
-        inside = [_inside(r, grid, hw, m.shape[-2:]) for r in regions]
+        inside = [region_positions(r, grid, hw, (int(m.shape[-2]), int(m.shape[-1]))) for r in regions]
         values.append(np.stack([m[:, ins].mean(axis=1) for ins in inside]).astype(np.float64))
     rows = explain_batch(values, incidence, setting, layer_names)
     out = []
@@ -124,15 +124,11 @@ def region_concepts(
     return out
 
 
-def _inside(patches: Sequence[int], grid: int, hw: tuple[int, int], map_hw: Sequence[int]) -> np.ndarray:
-    from .saliency import region_positions
-
-    return region_positions(patches, grid, hw, (int(map_hw[0]), int(map_hw[1])))
-
-
 def _png(img: Any, path: Path) -> None:
+    """Write a PNG atomically, as every other artifact is written (no half file after a crash)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.convert("RGB").save(path, "PNG", optimize=True)
+    with atomic_open(path, "wb") as fh:
+        img.convert("RGB").save(fh, "PNG", optimize=True)
 
 
 def explain_saliency(
@@ -235,6 +231,7 @@ def explain_saliency(
     wanted = [{first + k: set(range(lp.width)) for k, lp in enumerate(layers)} for _ in range(n)]
     maps = engine.maps(shown, wanted) if any(g.roots for g in graphs) else [{} for _ in range(n)]
 
+    from PIL import Image
     from torchvision.transforms.functional import to_tensor
 
     for i, path in enumerate(images):
@@ -272,8 +269,6 @@ def explain_saliency(
         for k, node in enumerate(sag_rec["nodes"]):
             u = patch_masks([tuple(node["patches"])], g.grid, tuple(pix.shape[-2:]))
             img = compose(pix, blurred, u)[0].clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-            from PIL import Image
-
             _png(thumbnail(Image.fromarray(img), opts.thumbnail), out_dir / folder / f"node-{k:02d}.png")
             node["png"] = f"{folder}/node-{k:02d}.png"
         rec["sag"] = sag_rec
