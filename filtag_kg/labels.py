@@ -33,7 +33,7 @@ import csv
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,10 +210,17 @@ class ImportResult:
         return "\n".join(lines)
 
 
-def _run_info(run: Path) -> tuple[str, list[str], list[tuple[str, str]]]:
-    """The run's model spec, layer names and classes, from ``profile.json`` or ``tags.tsv``."""
-    if (run / "profile.json").is_file():
-        prof = json.loads((run / "profile.json").read_text(encoding="utf-8"))
+def _profile(run: Path) -> dict[str, Any]:
+    """The run's ``profile.json`` (``{}`` for a run without one, e.g. imported tags)."""
+    if not (run / "profile.json").is_file():
+        return {}
+    return json.loads((run / "profile.json").read_text(encoding="utf-8"))
+
+
+def _run_info(run: Path, prof: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """The run's model spec, layer names and classes, from its profile (:func:`_profile`)
+    or, without one, from ``tags.tsv``."""
+    if prof:
         return (str((prof.get("model") or {}).get("spec") or run.name), [la["name"] for la in prof["layers"]],
                 [(c["id"], c.get("label") or c["id"]) for c in prof["classes"]])
     if not (run / "tags.tsv").is_file():
@@ -233,9 +240,11 @@ def _tags(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def _filter_synsets(run: Path, wordnet: WordNet) -> dict[tuple[str, int], dict[tuple[str, str], list[str]]]:
-    """Per filter, per setting ``(method, param)``, its tags' synset names (linked tags only)."""
-    tags = _tags(run)
+def _filter_synsets(
+    tags: Sequence[Mapping[str, str]], wordnet: WordNet
+) -> dict[tuple[str, int], dict[tuple[str, str], list[str]]]:
+    """Per filter, per setting ``(method, param)``, its tags' (rows of ``tags.tsv``) synset
+    names (linked tags only)."""
     mapping = map_classes(sorted({(t["class_id"], t["label"]) for t in tags}), wordnet=wordnet)
     out: dict[tuple[str, int], dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
     for t in tags:
@@ -259,8 +268,9 @@ def import_labels(
     """
     run, path = Path(run_dir), Path(file)
     wn = wordnet if wordnet is not None else load_wordnet()
-    spec, layers, _ = _run_info(run)
-    widths = _widths(run)
+    prof = _profile(run)
+    spec, layers, _ = _run_info(run, prof)
+    widths = _widths(prof)
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -270,7 +280,7 @@ def import_labels(
     if missing:
         raise LabelError(f"label file {path} lacks the column(s) {', '.join(missing)}; it needs "
                          f"{','.join(LABEL_COLUMNS)} (`filtag-kg labels export {run}` writes a sheet)")
-    context = _filter_synsets(run, wn)
+    context = _filter_synsets(_tags(run), wn)
     problems: list[str] = []
     new: list[HumanLabel] = []
     for n, row in enumerate(rows, start=2):
@@ -316,11 +326,9 @@ def import_labels(
     return ImportResult(new, store, problems)
 
 
-def _widths(run: Path) -> dict[str, int]:
-    if not (run / "profile.json").is_file():
-        return {}
-    prof = json.loads((run / "profile.json").read_text(encoding="utf-8"))
-    return {la["name"]: int(la["width"]) for la in prof["layers"] if "width" in la}
+def _widths(prof: Mapping[str, Any]) -> dict[str, int]:
+    """Filters per layer, from a profile (:func:`_profile`; empty without one)."""
+    return {la["name"]: int(la["width"]) for la in prof.get("layers", []) if "width" in la}
 
 
 def read_labels(run_dir: str | os.PathLike[str]) -> list[HumanLabel]:
@@ -350,7 +358,8 @@ def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     import numpy as np
 
     run = Path(run_dir)
-    spec, layers, _ = _run_info(run)
+    prof = _profile(run)
+    spec, layers, _ = _run_info(run, prof)
     tags = _tags(run)
     if not tags:
         raise LabelError(f"{run} has no tags.tsv; tag the run first (filtag-kg tag {run} --k 1)")
@@ -363,8 +372,8 @@ def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             for r in csv.DictReader(fh, delimiter="\t"):
                 abstract[(r["layer"], int(r["filter"]))].append(r["lemma"].replace("_", " "))
     tops: dict[tuple[str, int], list[str]] = {}
-    if (run / "profile.json").is_file() and (run / "profile.npz").is_file():
-        paths = json.loads((run / "profile.json").read_text(encoding="utf-8")).get("top_image_paths") or []
+    if prof and (run / "profile.npz").is_file():
+        paths = prof.get("top_image_paths") or []
         with np.load(run / "profile.npz") as z:
             for i, layer in enumerate(layers):
                 key = f"top_index_{i:04d}"
@@ -435,8 +444,9 @@ def agreement(
     labels = read_labels(run)
     if not labels:
         raise LabelError(f"{run} has no human labels; import some with `filtag-kg labels import FILE {run}`")
-    per_filter = _filter_synsets(run, wn)
-    settings = list(dict.fromkeys((t["method"], t["param"]) for t in _tags(run)))
+    tags = _tags(run)
+    per_filter = _filter_synsets(tags, wn)
+    settings = list(dict.fromkeys((t["method"], t["param"]) for t in tags))
     names = {f"{m} {p}".strip(): (m, p) for m, p in settings}
     if setting is None:
         chosen = settings[0] if settings else ("", "")
