@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import terms as T
-from .tag_graph import LABEL, A, Context, Triple, _dataset_triples, _p, _typed
+from .tag_graph import LABEL, A, Context, Triple, _activity_provenance, _p, _parameter_triples
 from .vocab import FK, MLS, PROV
 
 __all__ = ["cladec_triples", "iter_cladec_graphs"]
@@ -65,27 +65,11 @@ def cladec_triples(ctx: Context) -> list[Triple]:
             add((d, _p(FK.alpha), alpha))
         if shape:
             add((d, _p(FK.activationShape), T.string(" x ".join(map(str, shape)))))
-        for prop, key in ((PROV.startedAtTime, "started_at"), (PROV.endedAtTime, "finished_at")):
-            lit = T.date_time(tr.get(key))
-            if lit:
-                add((d, _p(prop), lit))
-        ds = tr.get("dataset")
-        if isinstance(ds, dict) and ds.get("fingerprint"):
-            dsi = _dataset_triples(ctx, ds, add)
-            add((d, _p(FK.trainingDataset), dsi))
-            add((d, _p(PROV.used), dsi))
+        _activity_provenance(ctx, d, tr.get("started_at"), tr.get("finished_at"), tr.get("dataset"),
+                             FK.trainingDataset, add)
         options = tr.get("options") or {}
         for name in _PARAMETERS:
-            lit = _typed(options.get(name))
-            if lit is None:
-                continue
-            par = T.iri(mint.parameter(d_iri, name))
-            add((par, A, _p(FK.RunParameter)))
-            add((par, A, _p(MLS.HyperParameterSetting)))
-            add((par, LABEL, T.string(f"{name} = {options[name]}")))
-            add((par, _p(FK.parameterName), T.string(name)))
-            add((par, _p(FK.parameterValue), lit))
-            add((d, _p(FK.hasParameter), par))
+            _parameter_triples(ctx, d_iri, name, options.get(name), add)
         for m, cls, what in ((dec, FK.ClaDecDecoder, "ClaDec decoder"),
                              (ref, FK.ReferenceAutoencoder, "reference autoencoder")):
             for t in (cls, MLS.Model, PROV.Entity):

@@ -258,14 +258,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
     if data.tags_sha256:
         add((run, _p(FK.tagsSha256), T.string(data.tags_sha256)))
     add((run, _p(PROV.used), model))
-    for prop, value in ((PROV.startedAtTime, data.started_at), (PROV.endedAtTime, data.finished_at)):
-        lit = T.date_time(value)
-        if lit:
-            add((run, _p(prop), lit))
-    if data.dataset and data.dataset.get("fingerprint"):
-        ds = _dataset_triples(ctx, data.dataset, add)
-        add((run, _p(FK.profiledDataset), ds))
-        add((run, _p(PROV.used), ds))
+    _activity_provenance(ctx, run, data.started_at, data.finished_at, data.dataset, FK.profiledDataset, add)
     for name, version in sorted(data.software.items()):
         sw = T.iri(mint.software(name, version))
         add((sw, A, _p(FK.SoftwarePackage)))
@@ -275,16 +268,7 @@ def tag_graph_triples(ctx: Context) -> list[Triple]:
         add((run, _p(FK.usedSoftware), sw))
         add((run, _p(PROV.used), sw))
     for name, value in sorted(data.parameters.items()):
-        lit = _typed(value)
-        if lit is None:
-            continue
-        par = T.iri(mint.parameter(ctx.run_iri, name))
-        add((par, A, _p(FK.RunParameter)))
-        add((par, A, _p(MLS.HyperParameterSetting)))
-        add((par, LABEL, T.string(f"{name} = {value}")))
-        add((par, _p(FK.parameterName), T.string(name)))
-        add((par, _p(FK.parameterValue), lit))
-        add((run, _p(FK.hasParameter), par))
+        _parameter_triples(ctx, ctx.run_iri, name, value, add)
     if data.import_info:
         info = data.import_info
         if info.get("source_file"):
@@ -419,6 +403,37 @@ def _represents_triples(out: list[Triple], broader: Mapping[str, list[str]]) -> 
         out.extend((f, p_rep, x) for x in closure(c))
 
 
+def _activity_provenance(
+    ctx: Context, node: str, started: Any, finished: Any, dataset: Any, dataset_prop: Any, add: Any
+) -> None:
+    """An activity's start and end times (when given) and the dataset it used (when its record
+    has a fingerprint), linked by ``dataset_prop`` and ``prov:used``: for the tagging run, the
+    explanation run and ClaDec trainings alike."""
+    for prop, value in ((PROV.startedAtTime, started), (PROV.endedAtTime, finished)):
+        lit = T.date_time(value)
+        if lit:
+            add((node, _p(prop), lit))
+    if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
+        d = _dataset_triples(ctx, dataset, add)
+        add((node, _p(dataset_prop), d))
+        add((node, _p(PROV.used), d))
+
+
+def _parameter_triples(ctx: Context, owner_iri: str, name: str, value: Any, add: Any) -> None:
+    """One ``fk:RunParameter`` (an ML-Schema hyper-parameter setting) of the activity
+    ``owner_iri``; nothing when the value has no literal form (:func:`_typed`)."""
+    lit = _typed(value)
+    if lit is None:
+        return
+    par = T.iri(ctx.mint.parameter(owner_iri, name))
+    add((par, A, _p(FK.RunParameter)))
+    add((par, A, _p(MLS.HyperParameterSetting)))
+    add((par, LABEL, T.string(f"{name} = {value}")))
+    add((par, _p(FK.parameterName), T.string(name)))
+    add((par, _p(FK.parameterValue), lit))
+    add((T.iri(owner_iri), _p(FK.hasParameter), par))
+
+
 def _dataset_triples(ctx: Context, record: Mapping[str, Any], add: Any) -> str:
     ds = T.iri(ctx.mint.dataset(str(record["fingerprint"])))
     for t in (FK.ImageDataset, DCAT.Dataset, MLS.Dataset):
@@ -448,15 +463,8 @@ def _explanation_run_triples(ctx: Context, add: Any) -> None:
     add((x, _p(PROV.wasInformedBy), T.iri(ctx.run_iri)))
     add((x, _p(FK.explainedModel), model))
     add((x, _p(PROV.used), model))
-    for prop, key in ((PROV.startedAtTime, "started_at"), (PROV.endedAtTime, "finished_at")):
-        lit = T.date_time(meta.get(key) or (meta.get("created_at") if key == "finished_at" else None))
-        if lit:
-            add((x, _p(prop), lit))
-    ds = meta.get("dataset")
-    if isinstance(ds, dict) and ds.get("fingerprint"):
-        d = _dataset_triples(ctx, ds, add)
-        add((x, _p(FK.explainedDataset), d))
-        add((x, _p(PROV.used), d))
+    _activity_provenance(ctx, x, meta.get("started_at"), meta.get("finished_at") or meta.get("created_at"),
+                         meta.get("dataset"), FK.explainedDataset, add)
     if meta.get("weighting"):
         add((x, _p(FK.weighting), T.string(str(meta["weighting"]))))
     software = meta.get("software") if isinstance(meta.get("software"), dict) else {}
