@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__, distributed
+from ._interrupt import held_interrupt
 from ._io import atomic_open, ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
@@ -614,26 +615,30 @@ def profile_dataset(
                 wait += time.perf_counter() - tw
                 if batch is None:
                     break
-                local_skipped += [
-                    (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
-                ]
+                values = None
                 if batch.images is not None:
                     x = engine.to_device(batch.images)
                     labels = batch.labels.to(device, non_blocking=True)
                     with engine.autocast():
                         module(x)
                     values = probe.take_flat()
-                    local_flat.index_add_(0, labels, values)
-                    local_counts.index_add_(0, labels, torch.ones_like(labels))
-                    if top:
-                        index = batch.indices.to(device, non_blocking=True)
-                        for li, v in enumerate(torch.split(values, widths, dim=1)):
-                            val, idx = top[li]
-                            top[li] = _merge_top(val, idx, v, index)
-                rounds += 1
-                new_done = sampler.done_after(rounds)
-                bar.update(new_done - done)
-                done = new_done
+                # the batch's sums, skipped files and count change together: Ctrl-C waits
+                with held_interrupt():
+                    local_skipped += [
+                        (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
+                    ]
+                    if values is not None:
+                        local_flat.index_add_(0, labels, values)
+                        local_counts.index_add_(0, labels, torch.ones_like(labels))
+                        if top:
+                            index = batch.indices.to(device, non_blocking=True)
+                            for li, v in enumerate(torch.split(values, widths, dim=1)):
+                                val, idx = top[li]
+                                top[li] = _merge_top(val, idx, v, index)
+                    rounds += 1
+                    new_done = sampler.done_after(rounds)
+                    bar.update(new_done - done)
+                    done = new_done
                 if local_skipped or skipped:
                     bar.set_postfix(skipped=len(skipped) + len(local_skipped), refresh=False)
                 if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -394,3 +395,38 @@ def test_batched_scaling_equals_the_per_layer_function_exactly() -> None:
     for p, got in zip(pts, per_layer):
         assert torch.equal(got, scaled_filter_values(outputs[p.layer]))
     assert torch.equal(torch.cat(per_layer, dim=1), flat)
+
+
+def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
+    messy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C that lands after a batch's sums were added but before the batch was counted
+    as done: before the fix the checkpoint held the sums without the count, and --resume
+    added the batch (and its skipped files) a second time."""
+    from filtag_kg.distributed import RoundSampler
+    from filtag_kg.profile import Interrupted
+
+    loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
+    opts = {"batch_size": 3, "checkpoint_every": 0, "progress": False}
+    full = profile_dataset(loaded, image_folder(messy_dir), tmp_path / "full", ProfileOptions(**opts))
+    original = RoundSampler.done_after
+    for at in (1, 2, 4):
+        calls = {"n": 0}
+
+        def interrupting(self: RoundSampler, rounds: int, at: int = at, calls: dict = calls) -> int:
+            calls["n"] += 1
+            if calls["n"] == at:  # a real SIGINT, as a terminal's Ctrl-C sends it
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(self, rounds)
+
+        run_dir = tmp_path / f"cut{at}"
+        monkeypatch.setattr(RoundSampler, "done_after", interrupting)
+        with pytest.raises(Interrupted):
+            profile_dataset(loaded, image_folder(messy_dir), run_dir, ProfileOptions(**opts))
+        monkeypatch.setattr(RoundSampler, "done_after", original)
+        resumed = profile_dataset(loaded, image_folder(messy_dir), run_dir,
+                                  ProfileOptions(**opts, resume=True))
+        assert resumed.counts.tolist() == full.counts.tolist(), at
+        assert resumed.meta["dataset"]["skipped"] == full.meta["dataset"]["skipped"], at
+        for a, b in zip(full.layers, resumed.layers):
+            np.testing.assert_allclose(a.means, b.means, rtol=1e-12, atol=0)
