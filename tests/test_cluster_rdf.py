@@ -16,14 +16,12 @@ from typing import Any
 import pytest
 from rdflib import RDF, Literal, URIRef
 from rdflib.namespace import DCTERMS, VOID, XSD
-from test_rdf_support import CLASSES, LAYERS, make_run, quads_rdflib, union, validate, wordnet
+from test_rdf_support import LAYERS, make_run, quads_rdflib, union, validate, wordnet
 
 import filtag_kg.rdf.rundata as rundata
 from filtag_kg.rdf import RunFolderError, RunGraphs, export_run
 from filtag_kg.rdf.mint import segment
 from filtag_kg.rdf.vocab import FK
-
-WIDTHS = dict(LAYERS)
 
 
 def _partition(width: int, i: int) -> list[list[int]]:
@@ -34,20 +32,22 @@ def _partition(width: int, i: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-def clusters_for(rec: dict[str, Any], *, maps: int = 2) -> dict[str, list[dict[str, Any]]]:
+def clusters_for(rec: dict[str, Any], layers: list[tuple[str, int]], classes: list[str], *,
+                 maps: int = 2) -> dict[str, list[dict[str, Any]]]:
     """A record's "clusters" (contract, section 1): every filter of each layer in one cluster,
     ranked by weight, the last one of weight 0 without labels or map; the top ``maps`` have maps."""
     i = int(rec["index"])
     out: dict[str, list[dict[str, Any]]] = {}
-    variant = "plain" if not rec.get("perturbation") else "perturbed"
-    for layer, width in LAYERS:
+    p = rec.get("perturbation")
+    variant = "plain" if not p else f"{p['kind']}-{p['param']}"
+    for layer, width in layers:
         groups = _partition(width, i)
         weights = [round(0.9 / (r + 1) + 0.01 * i, 6) for r in range(len(groups) - 1)] + [0.0]
         rows = []
         for r, (members, w) in enumerate(zip(groups, weights), 1):
             concepts = [] if w == 0 else [
-                {"class_id": CLASSES[(i + r) % len(CLASSES)][0], "score": round(0.8 / r, 6)},
-                {"class_id": CLASSES[(i + r + 1) % len(CLASSES)][0], "score": round(0.3 / r, 6)},
+                {"class_id": classes[(i + r) % len(classes)], "score": round(0.8 / r, 6)},
+                {"class_id": classes[(i + r + 1) % len(classes)], "score": round(0.3 / r, 6)},
             ]
             path = f"clusters/maps/{rec['sha256']}/{variant}/{layer}-{r}.png" if r <= maps and w else None
             rows.append({"rank": r, "filters": members, "weight": w, "map": path, "concepts": concepts})
@@ -73,11 +73,12 @@ def aggregates_for(records: list[dict[str, Any]]) -> dict[str, Any]:
     acc: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
     images: dict[tuple, set[int]] = defaultdict(set)
     for rec in records:
-        if rec.get("perturbation") or rec.get("prediction") is None:
+        if rec.get("perturbation") or rec.get("weighting"):
             continue
-        setting = (rec["method"], int(rec["param"]))
+        p = rec.get("param")
+        setting = (rec["method"], None if p in (None, "") else float(p) if "." in str(p) else int(p))
         for layer, rows in rec["clusters"].items():
-            key = (setting, rec["prediction"], layer)
+            key = (setting, rec["model_top"][0]["class_id"], layer)
             images[key].add(rec["index"])
             seen: set[str] = set()
             for row in rows[:2]:
@@ -88,7 +89,7 @@ def aggregates_for(records: list[dict[str, Any]]) -> dict[str, Any]:
                         seen.add(c["class_id"])
                     got[1] += row["weight"] * c["score"]
     classes = []
-    for key in sorted(images, key=lambda k: (k[0], k[1], k[2])):
+    for key in sorted(images, key=lambda k: (k[0][0], str(k[0][1]), k[1], k[2])):
         (method, param), cid, layer = key
         concepts = sorted(acc[key].items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
         classes.append({
@@ -101,11 +102,15 @@ def aggregates_for(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def add_clusters(run: Path, *, aggregates: bool = True) -> list[dict[str, Any]]:
-    """Give every explanation of ``run`` its clusters (and map files), and write ``clusters.json``."""
+    """Give every explanation of ``run`` (``explanations.jsonl``) its clusters over the profile's
+    layers, labelled with the run's classes, write their map files and ``clusters.json``."""
+    profile = json.loads((run / "profile.json").read_text(encoding="utf-8"))
+    layers = [(lr["name"], int(lr["width"])) for lr in profile["layers"]]
+    classes = [c["id"] for c in profile["model_classes"]]
     path = run / "explanations.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     for rec in records:
-        rec["clusters"] = clusters_for(rec)
+        rec["clusters"] = clusters_for(rec, layers, classes)
         for rows in rec["clusters"].values():
             for row in rows:
                 if row["map"] and not (run / row["map"]).exists():

@@ -69,6 +69,7 @@ MANAGED = (
     "maps",
     "saliency",
     "cladec",
+    "clusters",
 )
 
 
@@ -226,6 +227,7 @@ def write_report(
     site.write_explanation_pages(heatmaps_per_layer)
     site.write_saliency_pages()
     site.write_cladec_pages()
+    site.write_cluster_pages()
     if site.bad_images:
         path, why = next(iter(site.bad_images.items()))
         site.notes.append(
