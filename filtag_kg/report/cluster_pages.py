@@ -140,7 +140,7 @@ class ClusterPages(SiteContext):
                 ) or '<span class="muted">no tagged member</span>'
                 cap = (f"#{rank} · weight {fmt_num(float(row['weight']))} · {len(members)} filter(s): {who}"
                        f"<br>{concepts}<br>"
-                       f"{rdf_link(self.mint.cluster(e_iri, layer, rank), text='cluster')}")
+                       f"{rdf_link(self.mint.cluster(e_iri, layer, rank), text='RDF', short=True)}")
                 figs.append(self.figure(page, files.get((-2, f"{layer}\0{rank}")), cap, width=self.thumb_size,
                                         alt=f"{layer} cluster {rank}"))
             if not figs:
@@ -216,7 +216,7 @@ class ClusterPages(SiteContext):
                 more = len(e.get("concepts") or []) - CONCEPTS_LISTED
                 page.add(
                     f"<h3>{page.link(self.layer_page(layer), layer)} "
-                    f"<span class='muted'>({n} image(s))</span> {rdf_link(a_iri)}</h3>",
+                    f"<span class='muted'>({n} image(s))</span> {rdf_link(a_iri, short=True)}</h3>",
                     table(["rank", "concept", "images", "weight"], rows, cls="aggregate")
                     if rows else '<p class="note">no labelled cluster</p>',
                     f'<p class="note">… {more} more concepts</p>' if more > 0 else "",
