@@ -14,6 +14,9 @@ sheet are files inside it; no script, no CDN). Pages:
   (tags of the concept or of a hyponym) across layers;
 * ``cladec/…`` (after ``filtag-kg cladec``): per decoded layer, images as original, ClaDec and
   reference reconstructions with the image's active tagged filters of the layer.
+* ``clusters/…`` (after ``explain --clusters``): per predicted class, the concepts of its
+  images' strongest feature-map clusters per setting and layer; the explanation pages then
+  show each layer's strongest clusters too (:mod:`.cluster_pages`).
 
 Every page links back to the overview and to related pages, and names the
 RDF IRIs (minted by :class:`~filtag_kg.rdf.mint.Minter` for the same base IRI
