@@ -12,8 +12,11 @@ perhaps Grad-CAM weighted) becomes the named graph ``E`` = the explanation's IRI
     E/vote/{class} a fk:Vote ; fk:voteConcept C1 ; fk:voteScore 12.0 ; fk:voteCount 12 .
     E/last-layer-vote/{class} a fk:LastLayerVote ; fk:lastLayerVoteConcept C1 ; fk:voteScore 3.0 .
 
+With ``explain --clusters``, ``E fk:hasCluster E/cluster/{layer}/{rank}`` … too: the image's
+feature-map clusters with their members, weight, map file and labels (:meth:`ExplanationEncoder._clusters`).
+
 What the model itself said about the image (its top-5, the true class, the image
-and its path) does not depend on the setting, so it is stated once per image
+and its path, its clusters' map files) does not depend on the setting, so it is stated once per image
 (variant), in the classification graph ``C`` (:meth:`ExplanationEncoder.classify`),
 written before the first explanation that links to it.
 
@@ -243,6 +246,9 @@ class ExplanationEncoder:
             I a fk:Image ; fk:sha256 "…" .
             C/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:predictionConcept C2 ;
               fk:probability p ; fk:classLabel "…" .
+            R/file/{path} a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
+
+        (the last: the saliency map files of the variant's feature-map clusters, ``explain --clusters``).
         """
         ctx, mint = self.ctx, self.mint
         concept = ctx.concept
@@ -305,6 +311,15 @@ class ExplanationEncoder:
         cid = rec.get("true_class")
         if cid is not None:
             add(f"{c} {_TRUE} {concept(str(cid))}{end}")
+        # the map files of the image variant's feature-map clusters (the same under every setting)
+        for rows in (rec.get("clusters") or {}).values():
+            for row in rows:
+                path = row.get("map")
+                if path:
+                    m = f"<{mint.run_file(ctx.run_iri, str(path))}>"
+                    add(f"{m} {_A} {_C_CLUSTER_MAP}{end}")
+                    add(f"{m} {_FORMAT} {_PNG}{end}")
+                    add(f"{m} {_FILE_PATH} {T.string(str(path))}{end}")
         unique = sorted(set(lines))
         return c_iri, "".join(unique), len(unique)
 
@@ -443,11 +458,10 @@ class ExplanationEncoder:
             links[key] = (_HAS_LAST, v_iri)
             n += lines
 
-        # feature-map clusters (explain --clusters): E/cluster/{layer}/{rank}, their labels, map files
-        maps: dict[str, str] = {}
+        # feature-map clusters (explain --clusters): E/cluster/{layer}/{rank} and their labels
         clusters = rec.get("clusters")
         if clusters:
-            n += self._clusters(e_iri, clusters, cut, end, blocks, links, maps)
+            n += self._clusters(e_iri, clusters, cut, end, blocks, links)
 
         # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
         # the sorted subject keys, whose groups ("/active/" < "/cluster/" < "/last-layer-vote/" <
@@ -476,10 +490,8 @@ class ExplanationEncoder:
             tail.append(f"{e} {_WEIGHTING} {T.string(str(weighting))}{end}")
         n += len(tail)
         out += tail
-        # E's key ">" sorts after every "/..." key: E's lines come last, then the map files
-        # ("R/file/..." sorts after "R/explanation/...")
-        tail_maps = "".join(maps[k] for k in sorted(maps)) if maps else ""
-        return e_iri, "".join(blocks[k] for k in keys) + "".join(out) + tail_maps, n
+        # E's key ">" sorts after every "/..." key: E's lines come last
+        return e_iri, "".join(blocks[k] for k in keys) + "".join(out), n
 
     def _layer(self, layer: str) -> str:
         got = self._layers.get(layer)
@@ -489,10 +501,11 @@ class ExplanationEncoder:
 
     def _clusters(
         self, e_iri: str, clusters: dict[str, Any], cut: int, end: str,
-        blocks: dict[str, str], links: dict[str, tuple[str, str]], maps: dict[str, str],
+        blocks: dict[str, str], links: dict[str, tuple[str, str]],
     ) -> int:
-        """Add the lines of a record's ``"clusters"`` to ``blocks`` / ``links`` / ``maps``
-        (the map files' lines, keyed by IRI); returns how many lines were added.
+        """Add the lines of a record's ``"clusters"`` to ``blocks`` and ``links``; returns how
+        many lines were added. The map files ``M`` are described once per image variant, in its
+        classification graph (:meth:`classify`), like everything that does not depend on the setting.
 
         Per cluster ``K = E/cluster/{layer}/{rank}``::
 
@@ -500,7 +513,6 @@ class ExplanationEncoder:
               fk:memberCount 3 ; fk:memberFilter F3, F7, F12 ; [fk:clusterMap M] ;
               fk:hasClusterLabel K/label/{class} … .
             K/label/{class} a fk:ClusterLabel ; fk:clusterConcept C ; fk:clusterLabelScore 0.73 ; fk:rank 1 .
-            M a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
 
         Each subject's lines are sorted (a few dozen; member filters sort as text).
         """
@@ -531,14 +543,7 @@ class ExplanationEncoder:
                     lines.append(f"{k} {_MEMBER} {fi}{end}")
                 path = row.get("map")
                 if path:
-                    m_iri = mint.run_file(ctx.run_iri, str(path))
-                    m = f"<{m_iri}>"
-                    lines.append(f"{k} {_CLUSTER_MAP} {m}{end}")
-                    if m_iri not in maps:
-                        mlines = sorted((f"{m} {_A} {_C_CLUSTER_MAP}{end}", f"{m} {_FORMAT} {_PNG}{end}",
-                                         f"{m} {_FILE_PATH} {T.string(str(path))}{end}"))
-                        maps[m_iri] = "".join(mlines)
-                        n += 3
+                    lines.append(f"{k} {_CLUSTER_MAP} <{mint.run_file(ctx.run_iri, str(path))}>{end}")
                 for r, lab in enumerate(row.get("concepts") or (), 1):
                     cid = str(lab["class_id"])
                     li = f"<{mint.cluster_label(k_plain, cid)}>"
