@@ -287,3 +287,26 @@ def test_a_broken_clusters_file_is_a_one_line_error(tmp_path: Path) -> None:
     (run / "clusters.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(RunFolderError, match="clusters.json is not valid JSON"):
         export_run(run, fmt="nq", wordnet=wordnet())
+
+
+def test_hostile_layer_class_and_file_names_give_valid_cluster_graphs(tmp_path: Path) -> None:
+    from test_rdf_hostile import CLASSES as HOSTILE_CLASSES
+    from test_rdf_hostile import LAYERS as HOSTILE_LAYERS
+    from test_rdf_support import quads_oxigraph
+
+    run = make_run(tmp_path / "run", images=3, layers=HOSTILE_LAYERS, classes=HOSTILE_CLASSES)
+    records = add_clusters(run)
+    one = export_run(run, fmt="nq", out=tmp_path / "one.nq", wordnet=wordnet(), jobs=1)
+    two = export_run(run, fmt="nq", out=tmp_path / "two.nq", wordnet=wordnet(), jobs=2)
+    assert one.read_bytes() == two.read_bytes()
+    quads = quads_rdflib(one, "nq")
+    assert quads == quads_oxigraph(one, "nq")  # both parsers read every IRI and literal alike
+    g = union(quads)
+    conforms, report = validate(g)
+    assert conforms, report
+    clusters = set(g.subjects(RDF.type, FK.FeatureMapCluster))
+    assert len(clusters) == sum(len(rows) for r in records for rows in r["clusters"].values())
+    paths = {str(o) for o in g.objects(None, FK.filePath)}
+    written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows}
+    assert paths == written - {None}
+    assert len(set(g.subjects(RDF.type, FK.ClusterMap))) == len(paths)  # one IRI per file, no collision
