@@ -176,3 +176,22 @@ def test_cluster_pages_render_in_headless_chromium(clustered_site: tuple, tmp_pa
         assert loaded and messages == loaded, f"{page}: console messages {messages}"
         with Image.open(shot) as im:
             assert im.convert("RGB").getcolors(1) is None, f"{page}: the screenshot is blank"
+
+
+def test_hostile_names_in_cluster_sections_are_escaped(tmp_path: Path) -> None:
+    from test_rdf_hostile import CLASSES as HOSTILE_CLASSES
+    from test_rdf_hostile import LAYERS as HOSTILE_LAYERS
+    from test_rdf_support import make_run
+
+    run = make_run(tmp_path / "run", images=2, layers=HOSTILE_LAYERS, classes=HOSTILE_CLASSES)
+    add_clusters(run)
+    out = tmp_path / "site"
+    write_report(run, out, wordnet=load_wordnet(source="slice"), progress=False, heatmaps=False)
+    check_site(out)  # every map copied, every link resolves, whatever the names
+    html = (out / "explanations" / "0.html").read_text(encoding="utf-8")
+    section = html.split('<h2 id="clusters">', 1)[1].split("<h2>", 1)[0]
+    assert "<angle>" not in section and esc("<angle>{brace}|pipe^`") in section
+    assert section.count("<img ") >= len(HOSTILE_LAYERS)
+    for page in (out / "clusters").glob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "<b>bold" not in text and "<angle>" not in text
