@@ -12,8 +12,11 @@ perhaps Grad-CAM weighted) becomes the named graph ``E`` = the explanation's IRI
     E/vote/{class} a fk:Vote ; fk:voteConcept C1 ; fk:voteScore 12.0 ; fk:voteCount 12 .
     E/last-layer-vote/{class} a fk:LastLayerVote ; fk:lastLayerVoteConcept C1 ; fk:voteScore 3.0 .
 
+With ``explain --clusters``, ``E fk:hasCluster E/cluster/{layer}/{rank}`` … too: the image's
+feature-map clusters with their members, weight, map file and labels (:meth:`ExplanationEncoder._clusters`).
+
 What the model itself said about the image (its top-5, the true class, the image
-and its path) does not depend on the setting, so it is stated once per image
+and its path, its clusters' map files) does not depend on the setting, so it is stated once per image
 (variant), in the classification graph ``C`` (:meth:`ExplanationEncoder.classify`),
 written before the first explanation that links to it.
 
@@ -44,7 +47,7 @@ from .errors import ExplanationFileError
 from .mint import segment
 from .rundata import RowBatch, explanation_batches, explanation_records, iter_explanation_records
 from .tag_graph import Context
-from .vocab import EO, FK, PROV, RDF
+from .vocab import DCTERMS, EO, FK, PROV, RDF
 
 __all__ = [
     "BatchMerger",
@@ -106,6 +109,21 @@ _SCORE = _p(FK.voteScore)
 _COUNT = _p(FK.voteCount)
 _PROB = _p(FK.probability)
 _CLASS_LABEL = _p(FK.classLabel)
+_C_CLUSTER = _p(FK.FeatureMapCluster)
+_C_CLUSTER_LABEL = _p(FK.ClusterLabel)
+_C_CLUSTER_MAP = _p(FK.ClusterMap)
+_HAS_CLUSTER = _p(FK.hasCluster)
+_CLUSTER_LAYER = _p(FK.clusterLayer)
+_CLUSTER_MAP = _p(FK.clusterMap)
+_CLUSTER_WEIGHT = _p(FK.clusterWeight)
+_HAS_CLUSTER_LABEL = _p(FK.hasClusterLabel)
+_MEMBER_COUNT = _p(FK.memberCount)
+_MEMBER = _p(FK.memberFilter)
+_CLUSTER_CONCEPT = _p(FK.clusterConcept)
+_LABEL_SCORE = _p(FK.clusterLabelScore)
+_FILE_PATH = _p(FK.filePath)
+_FORMAT = _p(DCTERMS.format)
+_PNG = T.string("image/png")
 
 
 _END = " .\n"
@@ -166,8 +184,8 @@ class SeenVariants:
 
 #: Predicates of an explanation node in the order its lines sort in (checked by a test).
 E_PREDICATE_ORDER = (
-    "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasLastLayerVote", "hasVote",
-    "lastLayerPredictedConcept", "predictedConcept", "setting", "weighting",
+    "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasCluster", "hasLastLayerVote",
+    "hasVote", "lastLayerPredictedConcept", "predictedConcept", "setting", "weighting",
 )
 
 
@@ -197,6 +215,7 @@ class ExplanationEncoder:
         # classification graphs written so far: one per image variant, whatever the settings
         self._classified: SeenVariants | set[str] = SeenVariants(ctx.run_iri)
         self._label_literals: dict[str, str] = {}
+        self._layers: dict[str, str] = {}
         #: filters referenced for the first time (by this encoder), for :func:`encode_batch`
         self.new_filters: list[tuple[str, int]] = []
         meta = ctx.data.explanations_meta or {}
@@ -227,6 +246,9 @@ class ExplanationEncoder:
             I a fk:Image ; fk:sha256 "…" .
             C/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:predictionConcept C2 ;
               fk:probability p ; fk:classLabel "…" .
+            R/file/{path} a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
+
+        (the last: the saliency map files of the variant's feature-map clusters, ``explain --clusters``).
         """
         ctx, mint = self.ctx, self.mint
         concept = ctx.concept
@@ -289,6 +311,15 @@ class ExplanationEncoder:
         cid = rec.get("true_class")
         if cid is not None:
             add(f"{c} {_TRUE} {concept(str(cid))}{end}")
+        # the map files of the image variant's feature-map clusters (the same under every setting)
+        for rows in (rec.get("clusters") or {}).values():
+            for row in rows:
+                path = row.get("map")
+                if path:
+                    m = f"<{mint.run_file(ctx.run_iri, str(path))}>"
+                    add(f"{m} {_A} {_C_CLUSTER_MAP}{end}")
+                    add(f"{m} {_FORMAT} {_PNG}{end}")
+                    add(f"{m} {_FILE_PATH} {T.string(str(path))}{end}")
         unique = sorted(set(lines))
         return c_iri, "".join(unique), len(unique)
 
@@ -427,8 +458,13 @@ class ExplanationEncoder:
             links[key] = (_HAS_LAST, v_iri)
             n += lines
 
+        # feature-map clusters (explain --clusters): E/cluster/{layer}/{rank} and their labels
+        clusters = rec.get("clusters")
+        if clusters:
+            n += self._clusters(e_iri, clusters, cut, end, blocks, links)
+
         # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
-        # the sorted subject keys, whose groups ("/active/" < "/last-layer-vote/" <
+        # the sorted subject keys, whose groups ("/active/" < "/cluster/" < "/last-layer-vote/" <
         # "/model-prediction/" < "/vote/") are in the order of their predicates
         keys = sorted(blocks)
         c_iri = mint.classification(ctx.run_iri, index, pert)
@@ -456,6 +492,82 @@ class ExplanationEncoder:
         out += tail
         # E's key ">" sorts after every "/..." key: E's lines come last
         return e_iri, "".join(blocks[k] for k in keys) + "".join(out), n
+
+    def _layer(self, layer: str) -> str:
+        got = self._layers.get(layer)
+        if got is None:
+            got = self._layers[layer] = T.iri(self.mint.layer(self.ctx.model_iri, layer))
+        return got
+
+    def _clusters(
+        self, e_iri: str, clusters: dict[str, Any], cut: int, end: str,
+        blocks: dict[str, str], links: dict[str, tuple[str, str]],
+    ) -> int:
+        """Add the lines of a record's ``"clusters"`` to ``blocks`` and ``links``; returns how
+        many lines were added. The map files ``M`` are described once per image variant, in its
+        classification graph (:meth:`classify`), like everything that does not depend on the setting.
+
+        Per cluster ``K = E/cluster/{layer}/{rank}``::
+
+            K a fk:FeatureMapCluster ; fk:clusterLayer L ; fk:rank 1 ; fk:clusterWeight 0.41 ;
+              fk:memberCount 3 ; fk:memberFilter F3, F7, F12 ; [fk:clusterMap M] ;
+              fk:hasClusterLabel K/label/{class} … .
+            K/label/{class} a fk:ClusterLabel ; fk:clusterConcept C ; fk:clusterLabelScore 0.73 ; fk:rank 1 .
+
+        Each subject's lines are sorted (a few dozen; member filters sort as text).
+        """
+        ctx, mint = self.ctx, self.mint
+        concepts, concept = ctx.concepts, ctx.concept
+        prefix = mint.cluster_prefix(e_iri)
+        n = 0
+        for layer, rows in clusters.items():
+            by_index = self._filters.get(layer)
+            lp = f"<{prefix}{mint.layer_segment(layer)}/"
+            layer_iri = self._layer(layer)
+            for row in rows:
+                rank = int(row["rank"])
+                k_plain = f"{lp[1:]}{rank}"
+                k = f"<{k_plain}>"
+                lines = [f"{k} {_A} {_C_CLUSTER}{end}", f"{k} {_CLUSTER_LAYER} {layer_iri}{end}",
+                         f'{k} {_RANK} "{rank}"^^{_INTEGER}{end}']
+                w = _dbl(row["weight"]) if row.get("weight") is not None else None
+                if w:
+                    lines.append(f"{k} {_CLUSTER_WEIGHT} {w}{end}")
+                members = sorted({int(f) for f in row["filters"]})
+                lines.append(f'{k} {_MEMBER_COUNT} "{len(members)}"^^{_INTEGER}{end}')
+                for f in members:
+                    fi = by_index.get(f) if by_index is not None else None
+                    if fi is None:
+                        fi = self._filter(layer, f)
+                        by_index = self._filters[layer]
+                    lines.append(f"{k} {_MEMBER} {fi}{end}")
+                path = row.get("map")
+                if path:
+                    lines.append(f"{k} {_CLUSTER_MAP} <{mint.run_file(ctx.run_iri, str(path))}>{end}")
+                for r, lab in enumerate(row.get("concepts") or (), 1):
+                    cid = str(lab["class_id"])
+                    li = f"<{mint.cluster_label(k_plain, cid)}>"
+                    lines.append(f"{k} {_HAS_CLUSTER_LABEL} {li}{end}")
+                    ll = [f"{li} {_A} {_C_CLUSTER_LABEL}{end}",
+                          f"{li} {_CLUSTER_CONCEPT} {concepts.get(cid) or concept(cid)}{end}",
+                          f'{li} {_RANK} "{r}"^^{_INTEGER}{end}']
+                    sc = _dbl(lab["score"]) if lab.get("score") is not None else None
+                    if sc:
+                        ll.append(f"{li} {_LABEL_SCORE} {sc}{end}")
+                    key = li[cut:]
+                    if key in blocks:  # a concept listed twice: the last entry wins
+                        n -= blocks[key].count("\n")
+                    ll.sort()
+                    blocks[key] = "".join(ll)
+                    n += len(ll)
+                key = k[cut:]
+                if key in blocks:  # a rank listed twice: the last entry wins
+                    n -= blocks[key].count("\n")
+                lines = sorted(set(lines))
+                blocks[key] = "".join(lines)
+                links[key] = (_HAS_CLUSTER, k)
+                n += len(lines)
+        return n
 
 
 def relative_path(path: str, root: str | None) -> str:

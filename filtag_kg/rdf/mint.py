@@ -38,6 +38,11 @@ Layout under the base ``B`` (``{…}`` = one encoded segment)::
         C/model-prediction/{rank}  C/perturbation
       R/explanation/{index}/{setting}[/{perturbation}][/{weighting}]   (E)
         E/active/{layer}/{filter}  E/vote/{class}  E/last-layer-vote/{class}
+        E/cluster/{layer}/{rank}  E/cluster/{layer}/{rank}/label/{class}   feature-map clusters
+      R/file/{path}/{in}/{run folder}             a file of the run folder (a cluster's map PNG)
+      R/kg/clusters                               the graph of the class-level cluster aggregates
+      R/cluster-aggregate/{setting}/{class}/{layer}   (A)
+        A/concept/{class}
       R/kg/cladec                                 the graph of the run's ClaDec decoders
       R/cladec/{layer}-{hash16}                   a ClaDec training (D; hash: its options and data)
         D/decoder  D/reference  D/evaluation  D/reconstruction/{sha256}/{cladec|reference}
@@ -362,6 +367,42 @@ class Minter:
     def perturbation(classification_iri: str) -> str:
         """``C/perturbation``."""
         return f"{classification_iri}/perturbation"
+
+    # -- feature-map clusters (explain --clusters) ----------------------------------------
+    def cluster(self, explanation_iri: str, layer: str, rank: int) -> str:
+        """``E/cluster/{layer}/{rank}``: a feature-map cluster of an image explanation."""
+        return f"{self.cluster_prefix(explanation_iri)}{self.layer_segment(layer)}/{int(rank)}"
+
+    @staticmethod
+    def cluster_prefix(explanation_iri: str) -> str:
+        """``E/cluster/``, to which the encoder appends ``{layer segment}/{rank}``."""
+        return f"{explanation_iri}/cluster/"
+
+    @staticmethod
+    def cluster_label(cluster_iri: str, class_id: str) -> str:
+        """``E/cluster/{layer}/{rank}/label/{class}``: a qualified label of a cluster."""
+        return f"{cluster_iri}/label/{segment(class_id)}"
+
+    @staticmethod
+    def run_file(run_iri: str, path: str) -> str:
+        """``R/file/{path}``: a file of the run folder, by its path relative to the folder
+        (each ``/``-separated part one segment, so ``..`` or ``%`` cannot escape or collide)."""
+        return f"{run_iri}/file/" + "/".join(segment(part) for part in path.split("/"))
+
+    @staticmethod
+    def clusters_graph(run_iri: str) -> str:
+        """``R/kg/clusters``: name of the named graph with the run's class-level cluster aggregates."""
+        return f"{run_iri}/kg/clusters"
+
+    def cluster_aggregate(self, run_iri: str, method: str, param: str, class_id: str, layer: str) -> str:
+        """``R/cluster-aggregate/{setting}/{class}/{layer}`` (A)."""
+        return (f"{run_iri}/cluster-aggregate/{segment(setting_key(method, param))}/{segment(class_id)}/"
+                f"{self.layer_segment(layer)}")
+
+    @staticmethod
+    def aggregate_concept(aggregate_iri: str, class_id: str) -> str:
+        """``A/concept/{class}``: one concept entry of a cluster aggregate."""
+        return f"{aggregate_iri}/concept/{segment(class_id)}"
 
     # -- structured attention graphs (docs/saliency-method.md) --------------------------
     @staticmethod

@@ -7,7 +7,8 @@
    are read a batch at a time; of an image variant only one bit, "its
    classification was written", is kept: :class:`~.explanation_graph.SeenVariants`);
 2. the structured attention graphs ``R/sag/{sha256}`` (``filtag-kg sag``) and the
-   ClaDec graph ``R/kg/cladec`` (``filtag-kg cladec``), when the run has them;
+   ClaDec graph ``R/kg/cladec`` (``filtag-kg cladec``) and the class-level cluster aggregates
+   ``R/kg/clusters`` (``explain --clusters``), when the run has them;
 3. the tag graph ``R/kg/tags`` (it also describes every concept, filter and
    setting the explanations referenced, so it comes after them);
 4. the human labels' graph (when there are labels), then the VoID graph
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .cladec_graph import iter_cladec_graphs
+from .cluster_graph import iter_cluster_graphs
 from .explanation_graph import BatchMerger, iter_encoded_batches, iter_explanation_graphs
 from .mint import DEFAULT_BASE_IRI
 from .rundata import RunData, read_run
@@ -164,6 +166,9 @@ class RunGraphs:
             yield graph, text, count
         for g, triples in iter_cladec_graphs(self.ctx):  # before the tag graph: it names layers, concepts
             stats.cladec_triples += len(triples)
+            yield g, _text(triples, g if self.graphs else None), len(triples)
+        for g, triples in iter_cluster_graphs(self.ctx):  # the class-level cluster aggregates, likewise
+            stats.cluster_triples += len(triples)
             yield g, _text(triples, g if self.graphs else None), len(triples)
         tags = tag_graph_triples(self.ctx)
         if sentences is not None:

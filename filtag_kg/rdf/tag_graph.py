@@ -454,6 +454,12 @@ def _dataset_triples(ctx: Context, record: Mapping[str, Any], add: Any) -> str:
     return ds
 
 
+def param_text(p: Any) -> str:
+    """A setting's parameter as a JSON artifact stores it (``1``, ``2.5``, ``None``) in the text form
+    of ``tags.tsv`` and the settings' IRIs (``"1"``, ``"2.5"``, ``""``)."""
+    return "" if p is None or p == "" else (f"{p:g}" if isinstance(p, (int, float)) else str(p))
+
+
 def _explanation_run_triples(ctx: Context, add: Any) -> None:
     meta = ctx.data.explanations_meta or {}
     x, model = T.iri(ctx.explanation_run_iri), T.iri(ctx.model_iri)
@@ -480,9 +486,7 @@ def _explanation_run_triples(ctx: Context, add: Any) -> None:
         add((x, _p(PROV.used), sw))
     for s in meta.get("settings") or []:
         if isinstance(s, dict) and s.get("method"):
-            p = s.get("param")
-            param = "" if p is None or p == "" else (f"{p:g}" if isinstance(p, (int, float)) else str(p))
-            add((x, _p(FK.hasSetting), ctx.setting(str(s["method"]), param)))
+            add((x, _p(FK.hasSetting), ctx.setting(str(s["method"]), param_text(s.get("param")))))
     for method, param in sorted(ctx.explained_settings):
         add((x, _p(FK.hasSetting), ctx.setting(method, param)))
 
@@ -578,6 +582,7 @@ class GraphStats:
         self.classifications = 0
         self.label_triples = 0  # the human labels graph (filtag_kg.rdf.label_graph)
         self.cladec_triples = 0  # the ClaDec graph's (filtag_kg.rdf.cladec_graph)
+        self.cluster_triples = 0  # the cluster aggregates' graph (filtag_kg.rdf.cluster_graph)
 
     def count_tag_graph(self, triples: list[Triple]) -> None:
         """Record the size of the (deduplicated) tag graph."""
@@ -588,8 +593,10 @@ class GraphStats:
 
     @property
     def triples(self) -> int:
-        """Quads of the data graphs (tag, explanation, labels and ClaDec graphs; VoID graph excluded)."""
-        return self.tag_triples + self.explanation_triples + self.label_triples + self.cladec_triples
+        """Quads of the data graphs (tag, explanation, labels, ClaDec and cluster aggregate graphs;
+        VoID graph excluded)."""
+        return (self.tag_triples + self.explanation_triples + self.label_triples + self.cladec_triples
+                + self.cluster_triples)
 
 
 def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
@@ -634,4 +641,9 @@ def void_triples(ctx: Context, stats: GraphStats) -> list[Triple]:
         add((es, _p(FK.explanationCount), T.integer(stats.explanations)))
         add((es, _p(FK.classificationCount), T.integer(stats.classifications)))
         add((es, _p(FK.explanationPassComplete), T.boolean(ctx.data.explanations_pending is None)))
+    if stats.cluster_triples:
+        cg = T.iri(mint.clusters_graph(ctx.run_iri))
+        add((kg, _p(VOID.subset), cg))
+        add((cg, A, _p(VOID.Dataset)))
+        add((cg, _p(VOID.triples), T.integer(stats.cluster_triples)))
     return sorted(set(out))

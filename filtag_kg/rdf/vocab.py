@@ -259,6 +259,28 @@ class FK(DefinedNamespace):
     referenceError: URIRef  # Mean squared pixel error of the reference's reconstructions.
     reconstructionError: URIRef  # Mean squared pixel error of one reconstruction.
     reconstructionFile: URIRef  # The side-by-side PNG of a reconstruction, relative to the run folder.
+    # -- feature-map clusters (explain --clusters; docs/cluster-method.md) ---------
+    FeatureMapCluster: URIRef  # Similar feature maps of one layer for one image, merged and weighted.
+    ClusterLabel: URIRef  # A qualified label of a feature-map cluster: one concept with its score.
+    ClusterMap: URIRef  # The saliency map file (PNG in the run folder) of a feature-map cluster.
+    ClusterAggregate: URIRef  # Global explanation: a class's cluster concepts at one layer under one setting.
+    AggregateConcept: URIRef  # One concept of a cluster aggregate, with its count and weight.
+    hasCluster: URIRef  # A feature-map cluster of the explanation's image.
+    clusterLayer: URIRef  # The layer a feature-map cluster or a cluster aggregate is about.
+    clusterWeight: URIRef  # A cluster's generalised Grad-CAM weight (>= 0).
+    memberFilter: URIRef  # A filter whose feature map belongs to the cluster.
+    memberCount: URIRef  # How many filters a cluster has.
+    clusterMap: URIRef  # The saliency map file of a cluster.
+    filePath: URIRef  # A file's path relative to the run folder.
+    hasClusterLabel: URIRef  # A qualified label of a cluster.
+    clusterConcept: URIRef  # The concept a cluster label names.
+    clusterLabelScore: URIRef  # How strongly the cluster's tags point to the label's concept.
+    aggregatedClass: URIRef  # The predicted class whose images a cluster aggregate covers.
+    topClusters: URIRef  # How many top-weighted clusters per image and layer an aggregate counted.
+    hasAggregateConcept: URIRef  # A concept entry of a cluster aggregate.
+    aggregateConcept: URIRef  # The concept an aggregate concept entry counts.
+    conceptCount: URIRef  # Images where the concept labels one of the image's top clusters.
+    conceptWeight: URIRef  # Sum over those clusters of cluster weight times label score.
 
 
 #: Prefixes written in Turtle and TriG exports.

@@ -36,6 +36,11 @@ class ConceptPages(SiteContext):
                         ", ".join(f"{esc(self.name(cid))} <code>{esc(cid)}</code>" for cid in c.class_ids),
                     )
                 )
+            clustered = [(cid, self.cluster_page(cid)) for cid in c.class_ids]
+            if any(p for _, p in clustered):
+                facts.append(("its images' clusters", ", ".join(
+                    page.link(p, f"concepts of the clusters of images predicted as {self.name(cid)}")
+                    for cid, p in clustered if p)))
             said = [self.sentences.classes[cid] for cid in c.class_ids
                     if self.sentences is not None and cid in self.sentences.classes]
             if said:

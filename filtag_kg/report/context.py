@@ -151,6 +151,24 @@ class SiteContext:
         """The concept page of a class (its synset, else its label concept)."""
         return self.concept_page(self.concepts.of_class.get(class_id))
 
+    def cluster_aggregates(self) -> dict[str, Any] | None:
+        """The run's ``clusters.json`` (class-level cluster aggregates), read once; ``None`` without one."""
+        if not hasattr(self, "_cluster_doc"):
+            from ..rdf.cluster_graph import read_cluster_aggregates
+
+            self._cluster_doc = read_cluster_aggregates(self.view.run_dir)
+        return self._cluster_doc
+
+    def cluster_page(self, class_id: str) -> str | None:
+        """The page of a predicted class's cluster aggregates, or ``None`` when it has none."""
+        doc = self.cluster_aggregates()
+        if not doc:
+            return None
+        if not hasattr(self, "_cluster_classes"):
+            self._cluster_classes = {str(e.get("class_id")) for e in doc.get("classes") or []
+                                     if isinstance(e, dict)}
+        return f"clusters/{file_key(class_id)}.html" if class_id in self._cluster_classes else None
+
     def name(self, class_id: str) -> str:
         """A class for people: its label, else (a bare wnid) its concept's lemma."""
         label = self.view.label(class_id)

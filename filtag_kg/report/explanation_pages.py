@@ -12,7 +12,8 @@ from typing import Any
 from ..evaluation import explains_model
 from ..tagging import Tag
 from . import charts
-from .context import SiteContext, facts_list, pct
+from .cluster_pages import ClusterPages
+from .context import facts_list, pct
 from .heatmaps import heat_of, overlay, save_jpeg, thumbnail
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
 from .runview import setting_text
@@ -22,7 +23,7 @@ from .sentence_view import phrase_voters, sentence_html
 _INDEX = re.compile(r'\{"index": ?(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
 
 
-class ExplanationPages(SiteContext):
+class ExplanationPages(ClusterPages):
     """Explanation pages (``explanations/``): images chosen in a first pass, written in a second."""
 
     def _groups(self) -> Iterator[tuple[Any, list[Any]]]:
@@ -217,6 +218,7 @@ class ExplanationPages(SiteContext):
                         save_jpeg(overlay(thumb, heat), self.out / rel)
                         files[(-1, f"phrase{n}")] = rel
                         self.heatmaps += 1
+            files.update(self.cluster_files(g, key, views[i]))
             self._explanation_page(g, self.chosen[idx], files, plans[i])
 
     def _explanation_page(
@@ -336,6 +338,7 @@ class ExplanationPages(SiteContext):
                         f"<h3>{page.link(self.layer_page(layer), layer)}</h3>",
                         '<div class="gallery">' + "".join(figs) + "</div>",
                     )
+        page.add(self.cluster_section(page, group, files))
         page.add("<h2>Each explanation</h2>")
         for rec in group:
             pred, last = rec.get("prediction"), rec.get("prediction_last_layer")

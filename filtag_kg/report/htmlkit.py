@@ -100,16 +100,19 @@ def link(from_page: str, target: str | None, text: object, *, cls: str | None = 
     return f'<a href="{esc(href(from_page, target))}"{c}>{esc(text)}</a>'
 
 
-def rdf_link(iri: str | None, *, text: str = "RDF") -> str:
+def rdf_link(iri: str | None, *, text: str = "RDF", short: bool = False) -> str:
     """A small link to an RDF IRI: ``RDF: <iri>`` with the IRI as its title.
 
     Only ``http``/``https`` IRIs are clickable (they may resolve); any other scheme
-    (``urn:``, or a ``javascript:`` base IRI) is shown as text.
+    (``urn:``, or a ``javascript:`` base IRI) is shown as text. ``short``: the link shows
+    ``text`` alone (the IRI in its title), for captions.
     """
     if not iri:
         return ""
     if iri.split(":", 1)[0].lower() not in ("http", "https"):
         return f'<span class="rdf">{esc(text)}: <code>{esc(iri)}</code></span>'
+    if short:
+        return f'<span class="rdf"><a href="{esc(iri)}" class="iri" title="{esc(iri)}">{esc(text)}</a></span>'
     return (
         f'<span class="rdf">{esc(text)}: <a href="{esc(iri)}" class="iri" title="{esc(iri)}">'
         f"{esc(iri)}</a></span>"

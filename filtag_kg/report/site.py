@@ -14,6 +14,9 @@ sheet are files inside it; no script, no CDN). Pages:
   (tags of the concept or of a hyponym) across layers;
 * ``cladec/…`` (after ``filtag-kg cladec``): per decoded layer, images as original, ClaDec and
   reference reconstructions with the image's active tagged filters of the layer.
+* ``clusters/…`` (after ``explain --clusters``): per predicted class, the concepts of its
+  images' strongest feature-map clusters per setting and layer; the explanation pages then
+  show each layer's strongest clusters too (:mod:`.cluster_pages`).
 
 Every page links back to the overview and to related pages, and names the
 RDF IRIs (minted by :class:`~filtag_kg.rdf.mint.Minter` for the same base IRI
@@ -69,6 +72,7 @@ MANAGED = (
     "maps",
     "saliency",
     "cladec",
+    "clusters",
 )
 
 
@@ -226,6 +230,7 @@ def write_report(
     site.write_explanation_pages(heatmaps_per_layer)
     site.write_saliency_pages()
     site.write_cladec_pages()
+    site.write_cluster_pages()
     if site.bad_images:
         path, why = next(iter(site.bad_images.items()))
         site.notes.append(
