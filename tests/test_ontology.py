@@ -216,3 +216,16 @@ def test_alignment_axioms(onto: Graph) -> None:
     assert (FK.taggedWith, RDFS.subPropertyOf, FK.represents) in onto
     for sub in (FK.tagConcept, FK.voteConcept, FK.lastLayerVoteConcept, FK.predictionConcept):
         assert (sub, RDFS.subPropertyOf, FK.concept) in onto
+
+
+def test_each_term_and_shape_is_written_once() -> None:
+    """A merge once left the SAG/iGOS++ sections twice in both files: the duplicate terms
+    collapsed in the graph, but the shapes' blank property shapes were doubled (each SAG
+    constraint checked twice). Every subject block starts once in each file."""
+    import re
+    from collections import Counter
+
+    for path in (ONTOLOGY, SHAPES):
+        starts = Counter(re.findall(r"(?m)^([A-Za-z][\w-]*:[\w-]+)\s+a\s", Path(path).read_text()))
+        assert starts, path
+        assert [name for name, n in starts.items() if n > 1] == [], path
