@@ -99,6 +99,8 @@ class Options:
             further slow query is stopped with 503, so the others stay free for cheap ones.
         fast_s: how long a query may run before it counts as slow.
         page_workers: processes running the server's own page queries.
+        cache_mib: memory for answers kept for identical requests (same query text,
+            graphs and formats), valid while the store's files stay as they are; 0: none.
     """
 
     base_iri: str | None
@@ -112,6 +114,7 @@ class Options:
     max_slow: int = 4
     fast_s: float = 1.0
     page_workers: int = 2
+    cache_mib: float = 64.0
 
 
 class _Reply(Exception):
@@ -176,6 +179,7 @@ class App:
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
         self._labels: dict[str, str] = {}  # link labels looked up so far (see _label)
+        self.answers = _AnswerCache(store_path, int(options.cache_mib * 2**20))
 
     def close(self) -> None:
         """Stop the query worker processes."""
@@ -271,7 +275,11 @@ class App:
             the body ``None`` if the client accepts no format of that kind.
         """
         pool = self.page_pool if page else self.pool
-        kind, payload = pool.run(text, default, named, formats)
+        if formats is None:  # the pages' own queries (Python rows, not bytes) are not kept
+            kind, payload = pool.run(text, default, named, formats)
+        else:
+            key = (text, _key(default), _key(named), formats)
+            kind, payload = self.answers.get_or_run(key, lambda: pool.run(text, default, named, formats))
         if kind == "syntax":
             raise _Reply("400 Bad Request", f"query syntax error: {payload}")
         if kind == "too-large":
@@ -967,6 +975,122 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def _key(graphs: list[str] | None) -> tuple[str, ...] | None:
+    return None if graphs is None else tuple(graphs)
+
+
+def store_state(store_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """The state of an on-disk store: name, size and modification time of its files (the
+    ``LOG`` files aside: opening a store writes them, changing no data). A write to the
+    store (a ``load`` into it while it is served) changes it, so answers computed before
+    are known to be stale."""
+    try:
+        entries = list(os.scandir(store_dir))
+    except OSError:
+        return ()
+    state = []
+    for e in entries:
+        if e.name.startswith("LOG"):
+            continue
+        with contextlib.suppress(OSError):
+            st = e.stat()
+            state.append((e.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(state))
+
+
+class _AnswerCache:
+    """Answers to clients' queries, kept for identical requests (query text, graphs and
+    formats), least recently used first out, within ``max_bytes``.
+
+    A library query a page or client repeats (``filters-for-concept`` for dog.n.01 reads
+    thousands of tags: seconds under load) is then answered without a worker. Only
+    answers (not errors or time-outs) are kept, and only while the store's files are as
+    they were when the answer was computed (:func:`store_state`, looked at again at most
+    every ``recheck_s`` seconds). Identical requests arriving while one runs wait for its
+    answer instead of running the query again.
+    """
+
+    def __init__(self, store_dir: str, max_bytes: int, recheck_s: float = 1.0) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.store_dir, self.max_bytes, self.recheck_s = store_dir, max_bytes, recheck_s
+        self.lock = threading.Lock()
+        self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
+        self.size = 0
+        self.running: dict[Any, Any] = {}  # key -> threading.Event of the request computing it
+        self.hits = self.misses = 0
+        self.state = store_state(store_dir)
+        self.checked = 0.0
+
+    def _check_state(self) -> None:
+        """Forget every answer when the store changed (called with the lock held)."""
+        import time
+
+        now = time.monotonic()
+        if now - self.checked < self.recheck_s:
+            return
+        self.checked = now
+        state = store_state(self.store_dir)
+        if state != self.state:
+            self.state = state
+            self.kept.clear()
+            self.size = 0
+
+    def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
+        """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits)."""
+        import threading
+
+        if self.max_bytes <= 0:
+            return run()
+        while True:
+            with self.lock:
+                self._check_state()
+                got = self.kept.get(key)
+                if got is not None:
+                    self.kept.move_to_end(key)
+                    self.hits += 1
+                    return got[0]
+                event = self.running.get(key)
+                if event is None:  # nobody computes it: this request does
+                    event = self.running[key] = threading.Event()
+                    self.misses += 1
+                    break
+            event.wait()  # an identical request is running: wait for its answer
+            if event.error:  # type: ignore[attr-defined]  # it failed: run this one's own
+                with self.lock:
+                    self.misses += 1
+                return run()
+        state = self.state
+        event.error = True  # type: ignore[attr-defined]
+        try:
+            reply = run()
+            event.error = reply[0] != "ok"  # type: ignore[attr-defined]
+            self._keep(key, reply, state)
+            return reply
+        finally:
+            with self.lock:
+                del self.running[key]
+            event.set()
+
+    def _keep(self, key: Any, reply: tuple[str, Any], state: Any) -> None:
+        kind, payload = reply
+        if kind != "ok":
+            return
+        body = payload[1] if isinstance(payload, tuple) else b""
+        size = len(body or b"") + len(key[0]) + 200  # the answer, the query, and overhead
+        if size > self.max_bytes // 4:  # one answer never takes most of the room
+            return
+        with self.lock:
+            if state != self.state:  # the store changed while it ran
+                return
+            self.kept[key] = (reply, size)
+            self.size += size
+            while self.size > self.max_bytes:
+                _, (_, old_size) = self.kept.popitem(last=False)
+                self.size -= old_size
+
+
 #: CPU niceness of a worker while it runs a slow query (the lowest priority on Linux).
 SLOW_NICENESS = 19
 
@@ -1180,6 +1304,8 @@ def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: in
 
     if (workers if workers is not None else options.workers) < 1:
         raise ServeError("--workers must be at least 1")
+    if not options.cache_mib >= 0:
+        raise ServeError(f"--cache-mib must be 0 (no cache) or more, not {options.cache_mib}")
     store = open_store(store_dir)
     if options.base_iri is None:
         options.base_iri = store_base_iri(store) or DEFAULT_BASE_IRI

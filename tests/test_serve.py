@@ -890,3 +890,134 @@ def _record_page_queries(app: Any) -> list[str]:
 
     app.page_pool.run = recording
     return sent
+
+
+def test_identical_sparql_requests_are_answered_from_the_cache(run_dir: Path) -> None:
+    """A repeated library query (the same text, graphs and formats) is answered without a
+    query worker: dog.n.01's filters-for-concept read 4,602 tags, 5.8 s under the load of
+    benchmarks/bench_serve.py, every time it was asked. Another format, other graphs or
+    another query run again; with ``cache_mib=0`` every request runs."""
+    from filtag_kg.serve import Options, make_app
+
+    store = load_store(run_dir, "store-cache")
+    for mib, runs_expected in ((64.0, 4), (0.0, 6)):
+        app = make_app(store, Options(base_iri=BASE, cache_mib=mib), workers=1)
+        runs: list[str] = []
+        real = app.pool.run
+
+        def counted(text: str, *rest: Any, real: Any = real, runs: list[str] = runs) -> Any:
+            runs.append(text)
+            return real(text, *rest)
+
+        app.pool.run = counted  # type: ignore[method-assign]
+        try:
+            q = urllib.parse.urlencode({"query": _with_values_ffc("n02084071")})
+            other = urllib.parse.urlencode({"query": f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }}"})
+            graphs = q + "&" + urllib.parse.urlencode({"default-graph-uri": "urn:x-none"})
+            bodies = []
+            json_ = "application/sparql-results+json"
+            for query, accept in ((q, json_), (q, json_), (q, "text/csv"), (other, "text/csv"),
+                                  (graphs, "text/csv"), (q, "text/csv")):
+                status, _, body = _call(app, "/sparql", accept, query)
+                assert status.startswith("200")
+                bodies.append(body)
+            assert bodies[0] == bodies[1] and bodies[2] == bodies[5] and bodies[0] != bodies[2]
+            assert len(runs) == runs_expected
+        finally:
+            app.close()
+
+
+def test_cached_answers_are_dropped_when_the_store_changes(tmp_path: Path) -> None:
+    """An answer is kept only while the store's files are as they were: a write into the
+    store (a `load` while it is served) makes the next identical request run again."""
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import _AnswerCache, store_state
+
+    store_dir = tmp_path / "store"
+    s = ox.Store(str(store_dir))
+    s.add(ox.Quad(ox.NamedNode("urn:x:a"), ox.NamedNode("urn:x:p"), ox.Literal("1")))
+    s.flush()
+    before = store_state(store_dir)
+    ox.Store.read_only(str(store_dir))  # opening it (as the workers do) changes nothing
+    assert store_state(store_dir) == before
+    cache = _AnswerCache(str(store_dir), 1 << 20, recheck_s=0.0)
+    runs: list[int] = []
+
+    def run() -> tuple[str, Any]:
+        runs.append(1)
+        return "ok", ("solutions", f"answer {len(runs)}".encode())
+
+    key = ("SELECT * {}", None, None, ("JSON", "TURTLE"))
+    assert cache.get_or_run(key, run) == cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 1"))
+    s.add(ox.Quad(ox.NamedNode("urn:x:b"), ox.NamedNode("urn:x:p"), ox.Literal("2")))
+    s.flush()
+    assert store_state(store_dir) != before
+    assert cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 2"))
+    assert cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 2")) and len(runs) == 2
+
+
+def test_answer_cache_keeps_answers_only_within_its_memory(tmp_path: Path) -> None:
+    """The least recently used answers go first when the memory is full; an answer
+    larger than a quarter of it, an error or a failed run is never kept."""
+    from filtag_kg.serve import _AnswerCache, _Reply
+
+    cache = _AnswerCache(str(tmp_path), 4000)
+    runs: list[str] = []
+
+    def answer(name: str, size: int, kind: str = "ok") -> Any:
+        def run() -> tuple[str, Any]:
+            runs.append(name)
+            return kind, ("solutions", b"x" * size)
+        return run
+
+    def key(name: str) -> Any:
+        return (name, None, None, ("JSON", None))
+
+    for name in ("a", "b", "c", "a", "d", "e", "a", "b"):  # 700 bytes + 201 of query and overhead each
+        cache.get_or_run(key(name), answer(name, 700))
+    assert runs == ["a", "b", "c", "d", "e", "b"]  # four fit; b, least recently used, went first
+    assert cache.size <= 4000 and len(cache.kept) == 4
+    for _ in range(2):
+        cache.get_or_run(key("big"), answer("big", 1000))  # over a quarter of 4000
+        cache.get_or_run(key("bad"), answer("bad", 10, kind="syntax"))
+    assert runs[6:] == ["big", "bad", "big", "bad"]
+
+    def failing() -> tuple[str, Any]:
+        runs.append("fail")
+        raise _Reply("503 Service Unavailable", "query exceeded the time limit")
+
+    for _ in range(2):
+        with pytest.raises(_Reply):
+            cache.get_or_run(key("fail"), failing)
+    assert runs[-2:] == ["fail", "fail"]
+
+
+def test_identical_requests_running_at_once_run_the_query_once(tmp_path: Path) -> None:
+    """Clients asking the same slow query at once share one run (one worker, not one each)."""
+    import threading
+
+    from filtag_kg.serve import _AnswerCache
+
+    cache = _AnswerCache(str(tmp_path), 1 << 20)
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def run() -> tuple[str, Any]:
+        runs.append(1)
+        started.set()
+        release.wait(30)
+        return "ok", ("solutions", b"the answer")
+
+    key = ("SELECT * {}", None, None, ("JSON", None))
+    got: list[Any] = []
+    first = threading.Thread(target=lambda: got.append(cache.get_or_run(key, run)))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: got.append(cache.get_or_run(key, run)))
+    second.start()
+    second.join(0.2)  # it waits for the first's answer
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert runs == [1] and got == [("ok", ("solutions", b"the answer"))] * 2
