@@ -998,6 +998,16 @@ def store_state(store_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int]
     return tuple(sorted(state))
 
 
+class _Flight:
+    """A request being computed: its outcome (a reply or the exception it raised) once done."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.outcome: tuple[str, Any] | BaseException | None = None
+
+
 class _AnswerCache:
     """Answers to clients' queries, kept for identical requests (query text, graphs and
     formats), least recently used first out, within ``max_bytes``.
@@ -1007,7 +1017,8 @@ class _AnswerCache:
     answers (not errors or time-outs) are kept, and only while the store's files are as
     they were when the answer was computed (:func:`store_state`, looked at again at most
     every ``recheck_s`` seconds). Identical requests arriving while one runs wait for its
-    answer instead of running the query again.
+    outcome (its answer, or its error: a query past the time limit would only reach it
+    again) instead of running the query again.
     """
 
     def __init__(self, store_dir: str, max_bytes: int, recheck_s: float = 1.0) -> None:
@@ -1018,8 +1029,8 @@ class _AnswerCache:
         self.lock = threading.Lock()
         self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
         self.size = 0
-        self.running: dict[Any, Any] = {}  # key -> threading.Event of the request computing it
-        self.hits = self.misses = 0
+        self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
+        self.hits = self.misses = self.shared = 0
         self.state = store_state(store_dir)
         self.checked = 0.0
 
@@ -1039,39 +1050,40 @@ class _AnswerCache:
 
     def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
         """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits)."""
-        import threading
 
         if self.max_bytes <= 0:
             return run()
-        while True:
-            with self.lock:
-                self._check_state()
-                got = self.kept.get(key)
-                if got is not None:
-                    self.kept.move_to_end(key)
-                    self.hits += 1
-                    return got[0]
-                event = self.running.get(key)
-                if event is None:  # nobody computes it: this request does
-                    event = self.running[key] = threading.Event()
-                    self.misses += 1
-                    break
-            event.wait()  # an identical request is running: wait for its answer
-            if event.error:  # type: ignore[attr-defined]  # it failed: run this one's own
-                with self.lock:
-                    self.misses += 1
-                return run()
+        with self.lock:
+            self._check_state()
+            got = self.kept.get(key)
+            if got is not None:
+                self.kept.move_to_end(key)
+                self.hits += 1
+                return got[0]
+            flight = self.running.get(key)
+            leader = flight is None
+            if leader:  # nobody computes it: this request does
+                flight = self.running[key] = _Flight()
+                self.misses += 1
+            else:
+                self.shared += 1
+        if not leader:  # an identical request is running: its outcome is this one's too
+            flight.done.wait()
+            if isinstance(flight.outcome, BaseException):
+                raise flight.outcome
+            return flight.outcome  # type: ignore[return-value]
         state = self.state
-        event.error = True  # type: ignore[attr-defined]
         try:
-            reply = run()
-            event.error = reply[0] != "ok"  # type: ignore[attr-defined]
-            self._keep(key, reply, state)
-            return reply
+            flight.outcome = run()
+            self._keep(key, flight.outcome, state)
+            return flight.outcome
+        except BaseException as exc:  # a time-out or a crash: the waiting requests get it too
+            flight.outcome = exc
+            raise
         finally:
             with self.lock:
                 del self.running[key]
-            event.set()
+            flight.done.set()
 
     def _keep(self, key: Any, reply: tuple[str, Any], state: Any) -> None:
         kind, payload = reply

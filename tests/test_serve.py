@@ -994,30 +994,47 @@ def test_answer_cache_keeps_answers_only_within_its_memory(tmp_path: Path) -> No
 
 
 def test_identical_requests_running_at_once_run_the_query_once(tmp_path: Path) -> None:
-    """Clients asking the same slow query at once share one run (one worker, not one each)."""
+    """Clients asking the same slow query at once share one run (one worker, not one each),
+    and its outcome: its answer, or its error (a query stopped at the time limit is not run
+    again for each client waiting for it)."""
     import threading
 
-    from filtag_kg.serve import _AnswerCache
+    from filtag_kg.serve import _AnswerCache, _Reply
 
     cache = _AnswerCache(str(tmp_path), 1 << 20)
-    started, release = threading.Event(), threading.Event()
-    runs: list[int] = []
+    for fails in (False, True):
+        started, release = threading.Event(), threading.Event()
+        runs: list[int] = []
 
-    def run() -> tuple[str, Any]:
-        runs.append(1)
-        started.set()
-        release.wait(30)
-        return "ok", ("solutions", b"the answer")
+        def run(runs: list[int] = runs, started: Any = started, release: Any = release,
+                fails: bool = fails) -> tuple[str, Any]:
+            runs.append(1)
+            started.set()
+            release.wait(30)
+            if fails:
+                raise _Reply("503 Service Unavailable", "query exceeded the 10 s time limit")
+            return "ok", ("solutions", b"the answer")
 
-    key = ("SELECT * {}", None, None, ("JSON", None))
-    got: list[Any] = []
-    first = threading.Thread(target=lambda: got.append(cache.get_or_run(key, run)))
-    first.start()
-    assert started.wait(30)
-    second = threading.Thread(target=lambda: got.append(cache.get_or_run(key, run)))
-    second.start()
-    second.join(0.2)  # it waits for the first's answer
-    release.set()
-    first.join(30)
-    second.join(30)
-    assert runs == [1] and got == [("ok", ("solutions", b"the answer"))] * 2
+        key = (f"SELECT * {{}} # {fails}", None, None, ("JSON", None))
+        got: list[Any] = []
+
+        def ask(got: list[Any] = got, key: Any = key, run: Any = run) -> None:
+            try:
+                got.append(cache.get_or_run(key, run))
+            except _Reply as exc:
+                got.append(exc.text)
+
+        first = threading.Thread(target=ask)
+        first.start()
+        assert started.wait(30)
+        second = threading.Thread(target=ask)
+        second.start()
+        for _ in range(300):  # until the second request waits for the first's outcome
+            if cache.shared == 1 + fails:
+                break
+            time.sleep(0.01)
+        release.set()
+        first.join(30)
+        second.join(30)
+        outcome = "query exceeded the 10 s time limit" if fails else ("ok", ("solutions", b"the answer"))
+        assert runs == [1] and got == [outcome] * 2
