@@ -1038,3 +1038,68 @@ def test_identical_requests_running_at_once_run_the_query_once(tmp_path: Path) -
         second.join(30)
         outcome = "query exceeded the 10 s time limit" if fails else ("ok", ("solutions", b"the answer"))
         assert runs == [1] and got == [outcome] * 2
+
+
+def _children_of(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    kids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.add(int(entry.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_query_workers_end_with_the_server(run_dir: Path, how: str) -> None:
+    """A server stopped while a slow query runs takes its query workers with it: before,
+    a worker in the middle of bench_serve.py's cross product outlived the stopped server
+    and kept a core busy (3 GiB resident) for good."""
+    import signal
+    import threading
+
+    store = load_store(run_dir, f"store-end-{how}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filtag_kg", "serve", "--store", str(store), "--port", str(port),
+         "--timeout", "120", "--workers", "2"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/sparql?query=ASK%7B%7D", proc)
+        slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+        threading.Thread(target=lambda: sparql(url, slow), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until a worker runs it as a slow query (niced)
+            workers = _children_of(proc.pid)
+            if any(_priority(w) == 19 for w in workers):
+                break
+            time.sleep(0.1)
+        assert workers and any(_priority(w) == 19 for w in workers)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.1)
+        alive = [w for w in workers if _running(w)]
+        for w in alive:  # never leave them running, even when the test fails
+            os.kill(w, signal.SIGKILL)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
