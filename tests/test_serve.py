@@ -666,9 +666,11 @@ def test_pages_and_cheap_queries_answer_while_slow_queries_run(server: str, run_
     query and a filter page are answered."""
     import threading
 
-    slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+    # five different texts: identical ones would share one run (see the answer cache)
+    slow = "SELECT (COUNT(*) AS ?n{}) WHERE {{ ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }}"
     results: list[tuple[int, bytes]] = []
-    threads = [threading.Thread(target=lambda: results.append(sparql(server, slow)[::2])) for _ in range(5)]
+    threads = [threading.Thread(target=lambda i=i: results.append(sparql(server, slow.format(i))[::2]))
+               for i in range(5)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 4.5  # the fifth is refused once it has run 1 s
