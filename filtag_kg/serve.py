@@ -20,7 +20,9 @@ our own). It answers
 Queries run in worker processes. The server's own page queries have their
 own workers, and a query that runs past ``fast_s`` counts as slow: at most
 ``max_slow`` slow queries hold workers at once, so cheap queries and pages keep
-answering while slow ones run. Anything that would change data (PUT, DELETE,
+answering while slow ones run. Clients' answers are kept for identical requests
+while the store's files are unchanged (:class:`_AnswerCache`), and the workers end
+with the server. Anything that would change data (PUT, DELETE,
 PATCH, POST outside ``/sparql``, SPARQL Update) is refused; malformed requests
 get 4xx answers; every answer carries ``Access-Control-Allow-Origin: *``.
 """
