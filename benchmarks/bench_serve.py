@@ -16,14 +16,17 @@ loopback port, and runs ``--clients`` concurrent clients for ``--seconds`` secon
   ``concepts-of-filter`` for a random filter), over the tag graphs as their
   ``Graphs: tags`` header asks.
 
-Prints p50/p99 latency per kind, errors per kind (with their HTTP statuses), and the
-server's resident memory (with its query workers) before, at peak and after.
+Prints p50/p99 latency per kind, errors per kind (with their HTTP statuses), how many
+library requests repeated an earlier identical one (the server's answer cache answers
+those; ``--cache-mib 0`` turns it off), and the server's resident memory (with its
+query workers) before, at peak and after.
 Targets (issue 13): library query p50 < 100 ms and dereference p50 < 50 ms while the
 slow queries run, at >= 10 M quads.
 
 Usage:
     python benchmarks/bench_serve.py --quads 10000000 --clients 8 --seconds 60 --keep /tmp/bench-serve
     python benchmarks/bench_serve.py --quads 200000 --seconds 10     # a small smoke run
+    python benchmarks/bench_serve.py ... --cache-mib 0               # every query runs (no answer cache)
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=10.0, metavar="S",
                     help="the server's query time limit (default 10 s)")
+    ap.add_argument("--cache-mib", type=float, default=64.0, metavar="MIB",
+                    help="the server's answer cache (default 64, as serve's; 0: none, every query runs)")
     ap.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (reused if it holds a store)")
     args = ap.parse_args()
 
@@ -166,7 +171,7 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         server = subprocess.Popen(
             [sys.executable, "-m", "filtag_kg", "serve", "--store", str(store_dir), "--port", str(port),
-             "--timeout", str(args.timeout)],
+             "--timeout", str(args.timeout), "--cache-mib", str(args.cache_mib)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}"
@@ -175,6 +180,8 @@ def main() -> None:
         by_sub: dict[tuple[str, str], list[float]] = {}  # answered, by page or query
         lock = threading.Lock()
         peak = [0.0]
+        seen: set[str] = set()  # library requests sent so far (a repeat may come from the cache)
+        repeats = [0, 0]  # library requests answered: repeating an earlier one, all
         try:
             for _ in range(600):
                 try:
@@ -235,8 +242,13 @@ def main() -> None:
                         if why is None:
                             lat[kind].append(dt)
                             by_sub.setdefault((kind, sub), []).append(dt)
+                            if kind == "library":
+                                repeats[0] += req.full_url in seen
+                                repeats[1] += 1
                         else:
                             errors[kind][why] += 1
+                        if kind == "library":
+                            seen.add(req.full_url)
 
             def sample() -> None:
                 while time.monotonic() < stop:
@@ -261,7 +273,7 @@ def main() -> None:
     print(
         f"store: {t['quads']} quads ({len(t['filters'])} filters, {len(t['concepts'])} concepts); "
         f"{args.clients} clients ({args.slow} sending slow queries) for {args.seconds:g} s on loopback, "
-        f"server --timeout {args.timeout:g}"
+        f"server --timeout {args.timeout:g} --cache-mib {args.cache_mib:g}"
     )
     print(f"throughput {done / wall:.1f} answers/s ({done} answered, {failed} errors)")
     for kind, xs in lat.items():
@@ -279,6 +291,10 @@ def main() -> None:
             if k == kind and kind != "slow":
                 print(f"      {sub:34} n={len(ys):5}  p50 {1000 * statistics.median(ys):8.1f} ms  "
                       f"max {1000 * max(ys):8.1f} ms")
+    print(
+        f"library requests repeating an earlier identical one: {repeats[0]} of {repeats[1]} answered "
+        f"(the server answers those from its cache unless --cache-mib 0)"
+    )
     print(
         f"server memory (with query workers): {before:.0f} MiB before, {peak[0]:.0f} MiB peak, "
         f"{after:.0f} MiB after"

@@ -463,6 +463,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         base_iri=args.base_iri, timeout_s=args.timeout, max_results=args.max_results,
         dumps=tuple(Path(d) for d in args.dumps), ontology=ontology,
         allow_service=tuple(args.allow_service), license=args.license, workers=args.workers,
+        cache_mib=args.cache_mib,
     )
     missing = [d for d in options.dumps if not d.is_file()]
     if missing:
@@ -909,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", metavar="IRI", help="the data's license, stated in /.well-known/void")
     p.add_argument("--workers", type=int, default=6, metavar="N",
                    help="query processes (default 6; at most 4 of them run slow queries at once)")
+    p.add_argument("--cache-mib", type=float, default=64.0, metavar="MIB",
+                   help="memory for answers kept for identical SPARQL requests (default 64; 0: none); "
+                   "they are dropped when the store's files change")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -20,7 +20,9 @@ our own). It answers
 Queries run in worker processes. The server's own page queries have their
 own workers, and a query that runs past ``fast_s`` counts as slow: at most
 ``max_slow`` slow queries hold workers at once, so cheap queries and pages keep
-answering while slow ones run. Anything that would change data (PUT, DELETE,
+answering while slow ones run. Clients' answers are kept for identical requests
+while the store's files are unchanged (:class:`_AnswerCache`), and the workers end
+with the server. Anything that would change data (PUT, DELETE,
 PATCH, POST outside ``/sparql``, SPARQL Update) is refused; malformed requests
 get 4xx answers; every answer carries ``Access-Control-Allow-Origin: *``.
 """
@@ -99,6 +101,8 @@ class Options:
             further slow query is stopped with 503, so the others stay free for cheap ones.
         fast_s: how long a query may run before it counts as slow.
         page_workers: processes running the server's own page queries.
+        cache_mib: memory for answers kept for identical requests (same query text,
+            graphs and formats), valid while the store's files stay as they are; 0: none.
     """
 
     base_iri: str | None
@@ -112,6 +116,7 @@ class Options:
     max_slow: int = 4
     fast_s: float = 1.0
     page_workers: int = 2
+    cache_mib: float = 64.0
 
 
 class _Reply(Exception):
@@ -176,6 +181,7 @@ class App:
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
         self._labels: dict[str, str] = {}  # link labels looked up so far (see _label)
+        self.answers = _AnswerCache(store_path, int(options.cache_mib * 2**20))
 
     def close(self) -> None:
         """Stop the query worker processes."""
@@ -271,7 +277,11 @@ class App:
             the body ``None`` if the client accepts no format of that kind.
         """
         pool = self.page_pool if page else self.pool
-        kind, payload = pool.run(text, default, named, formats)
+        if formats is None:  # the pages' own queries (Python rows, not bytes) are not kept
+            kind, payload = pool.run(text, default, named, formats)
+        else:
+            key = (text, _key(default), _key(named), formats)
+            kind, payload = self.answers.get_or_run(key, lambda: pool.run(text, default, named, formats))
         if kind == "syntax":
             raise _Reply("400 Bad Request", f"query syntax error: {payload}")
         if kind == "too-large":
@@ -911,6 +921,7 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
     """
     import pyoxigraph as ox
 
+    _die_with_parent()
     store = ox.Store.read_only(store_dir)
 
     def graph(iri: str) -> Any:
@@ -965,6 +976,152 @@ def _worker_main(store_dir: str, conn: Any, max_results: int) -> None:
             conn.send(("syntax", str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the client as a 500
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _key(graphs: list[str] | None) -> tuple[str, ...] | None:
+    return None if graphs is None else tuple(graphs)
+
+
+def store_state(store_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """The state of an on-disk store: name, size and modification time of its files (the
+    ``LOG`` files aside: opening a store writes them, changing no data). A write to the
+    store (a ``load`` into it while it is served) changes it, so answers computed before
+    are known to be stale."""
+    try:
+        entries = list(os.scandir(store_dir))
+    except OSError:
+        return ()
+    state = []
+    for e in entries:
+        if e.name.startswith("LOG"):
+            continue
+        with contextlib.suppress(OSError):
+            st = e.stat()
+            state.append((e.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(state))
+
+
+class _Flight:
+    """A request being computed: its outcome (a reply or the exception it raised) once done."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.outcome: tuple[str, Any] | BaseException | None = None
+
+
+class _AnswerCache:
+    """Answers to clients' queries, kept for identical requests (query text, graphs and
+    formats), least recently used first out, within ``max_bytes``.
+
+    A library query a page or client repeats (``filters-for-concept`` for dog.n.01 reads
+    thousands of tags: seconds under load) is then answered without a worker. Only
+    answers (not errors or time-outs) are kept, and only while the store's files are as
+    they were when the answer was computed (:func:`store_state`, looked at again at most
+    every ``recheck_s`` seconds). Identical requests arriving while one runs wait for its
+    outcome (its answer, or its error: a query past the time limit would only reach it
+    again) instead of running the query again.
+    """
+
+    def __init__(self, store_dir: str, max_bytes: int, recheck_s: float = 1.0) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.store_dir, self.max_bytes, self.recheck_s = store_dir, max_bytes, recheck_s
+        self.lock = threading.Lock()
+        self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
+        self.size = 0
+        self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
+        self.hits = self.misses = self.shared = 0
+        self.state = store_state(store_dir)
+        self.checked = 0.0
+
+    def _check_state(self) -> None:
+        """Forget every answer when the store changed (called with the lock held)."""
+        import time
+
+        now = time.monotonic()
+        if now - self.checked < self.recheck_s:
+            return
+        self.checked = now
+        state = store_state(self.store_dir)
+        if state != self.state:
+            self.state = state
+            self.kept.clear()
+            self.size = 0
+
+    def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
+        """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits)."""
+
+        if self.max_bytes <= 0:
+            return run()
+        with self.lock:
+            self._check_state()
+            got = self.kept.get(key)
+            if got is not None:
+                self.kept.move_to_end(key)
+                self.hits += 1
+                return got[0]
+            flight = self.running.get(key)
+            leader = flight is None
+            if leader:  # nobody computes it: this request does
+                flight = self.running[key] = _Flight()
+                self.misses += 1
+            else:
+                self.shared += 1
+        if not leader:  # an identical request is running: its outcome is this one's too
+            flight.done.wait()
+            if isinstance(flight.outcome, BaseException):
+                raise flight.outcome
+            return flight.outcome  # type: ignore[return-value]
+        state = self.state
+        try:
+            flight.outcome = run()
+            self._keep(key, flight.outcome, state)
+            return flight.outcome
+        except BaseException as exc:  # a time-out or a crash: the waiting requests get it too
+            flight.outcome = exc
+            raise
+        finally:
+            with self.lock:
+                del self.running[key]
+            flight.done.set()
+
+    def _keep(self, key: Any, reply: tuple[str, Any], state: Any) -> None:
+        kind, payload = reply
+        if kind != "ok":
+            return
+        body = payload[1] if isinstance(payload, tuple) else b""
+        size = len(body or b"") + len(key[0]) + 200  # the answer, the query, and overhead
+        if size > self.max_bytes // 4:  # one answer never takes most of the room
+            return
+        with self.lock:
+            if state != self.state:  # the store changed while it ran
+                return
+            self.kept[key] = (reply, size)
+            self.size += size
+            while self.size > self.max_bytes:
+                _, (_, old_size) = self.kept.popitem(last=False)
+                self.size -= old_size
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the server process ends, however it ends
+    (Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing happens). Without it a worker in the
+    middle of a slow query outlived a server stopped with SIGTERM or SIGKILL and kept a
+    core busy (and 3 GiB of memory) until its query ended: for the four-way cross product
+    of bench_serve.py, never. A worker waiting for a query ends on its own (its pipe closes).
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 #: CPU niceness of a worker while it runs a slow query (the lowest priority on Linux).
@@ -1180,6 +1337,8 @@ def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: in
 
     if (workers if workers is not None else options.workers) < 1:
         raise ServeError("--workers must be at least 1")
+    if not options.cache_mib >= 0:
+        raise ServeError(f"--cache-mib must be 0 (no cache) or more, not {options.cache_mib}")
     store = open_store(store_dir)
     if options.base_iri is None:
         options.base_iri = store_base_iri(store) or DEFAULT_BASE_IRI
@@ -1230,8 +1389,28 @@ def serve(
         ) from None
     if ready is not None:
         ready(f"http://{host}:{server.effective_port}/")
+    previous = _stop_on_sigterm()
     try:
         server.run()
     finally:
         server.close()
         app.close()
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (a service manager's or a benchmark's stop) end :func:`serve` like
+    Ctrl-C, so its query workers are stopped too; returns the previous handler (``None``
+    where none could be set: not in the main thread)."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # signal handlers can only be set in the main thread
+        return None

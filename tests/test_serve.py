@@ -666,9 +666,11 @@ def test_pages_and_cheap_queries_answer_while_slow_queries_run(server: str, run_
     query and a filter page are answered."""
     import threading
 
-    slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+    # five different texts: identical ones would share one run (see the answer cache)
+    slow = "SELECT (COUNT(*) AS ?n{}) WHERE {{ ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }}"
     results: list[tuple[int, bytes]] = []
-    threads = [threading.Thread(target=lambda: results.append(sparql(server, slow)[::2])) for _ in range(5)]
+    threads = [threading.Thread(target=lambda i=i: results.append(sparql(server, slow.format(i))[::2]))
+               for i in range(5)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 4.5  # the fifth is refused once it has run 1 s
@@ -890,3 +892,216 @@ def _record_page_queries(app: Any) -> list[str]:
 
     app.page_pool.run = recording
     return sent
+
+
+def test_identical_sparql_requests_are_answered_from_the_cache(run_dir: Path) -> None:
+    """A repeated library query (the same text, graphs and formats) is answered without a
+    query worker: dog.n.01's filters-for-concept read 4,602 tags, 5.8 s under the load of
+    benchmarks/bench_serve.py, every time it was asked. Another format, other graphs or
+    another query run again; with ``cache_mib=0`` every request runs."""
+    from filtag_kg.serve import Options, make_app
+
+    store = load_store(run_dir, "store-cache")
+    for mib, runs_expected in ((64.0, 4), (0.0, 6)):
+        app = make_app(store, Options(base_iri=BASE, cache_mib=mib), workers=1)
+        runs: list[str] = []
+        real = app.pool.run
+
+        def counted(text: str, *rest: Any, real: Any = real, runs: list[str] = runs) -> Any:
+            runs.append(text)
+            return real(text, *rest)
+
+        app.pool.run = counted  # type: ignore[method-assign]
+        try:
+            q = urllib.parse.urlencode({"query": _with_values_ffc("n02084071")})
+            other = urllib.parse.urlencode({"query": f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }}"})
+            graphs = q + "&" + urllib.parse.urlencode({"default-graph-uri": "urn:x-none"})
+            bodies = []
+            json_ = "application/sparql-results+json"
+            for query, accept in ((q, json_), (q, json_), (q, "text/csv"), (other, "text/csv"),
+                                  (graphs, "text/csv"), (q, "text/csv")):
+                status, _, body = _call(app, "/sparql", accept, query)
+                assert status.startswith("200")
+                bodies.append(body)
+            assert bodies[0] == bodies[1] and bodies[2] == bodies[5] and bodies[0] != bodies[2]
+            assert len(runs) == runs_expected
+        finally:
+            app.close()
+
+
+def test_cached_answers_are_dropped_when_the_store_changes(tmp_path: Path) -> None:
+    """An answer is kept only while the store's files are as they were: a write into the
+    store (a `load` while it is served) makes the next identical request run again."""
+    import pyoxigraph as ox
+
+    from filtag_kg.serve import _AnswerCache, store_state
+
+    store_dir = tmp_path / "store"
+    s = ox.Store(str(store_dir))
+    s.add(ox.Quad(ox.NamedNode("urn:x:a"), ox.NamedNode("urn:x:p"), ox.Literal("1")))
+    s.flush()
+    before = store_state(store_dir)
+    ox.Store.read_only(str(store_dir))  # opening it (as the workers do) changes nothing
+    assert store_state(store_dir) == before
+    cache = _AnswerCache(str(store_dir), 1 << 20, recheck_s=0.0)
+    runs: list[int] = []
+
+    def run() -> tuple[str, Any]:
+        runs.append(1)
+        return "ok", ("solutions", f"answer {len(runs)}".encode())
+
+    key = ("SELECT * {}", None, None, ("JSON", "TURTLE"))
+    assert cache.get_or_run(key, run) == cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 1"))
+    s.add(ox.Quad(ox.NamedNode("urn:x:b"), ox.NamedNode("urn:x:p"), ox.Literal("2")))
+    s.flush()
+    assert store_state(store_dir) != before
+    assert cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 2"))
+    assert cache.get_or_run(key, run) == ("ok", ("solutions", b"answer 2")) and len(runs) == 2
+
+
+def test_answer_cache_keeps_answers_only_within_its_memory(tmp_path: Path) -> None:
+    """The least recently used answers go first when the memory is full; an answer
+    larger than a quarter of it, an error or a failed run is never kept."""
+    from filtag_kg.serve import _AnswerCache, _Reply
+
+    cache = _AnswerCache(str(tmp_path), 4000)
+    runs: list[str] = []
+
+    def answer(name: str, size: int, kind: str = "ok") -> Any:
+        def run() -> tuple[str, Any]:
+            runs.append(name)
+            return kind, ("solutions", b"x" * size)
+        return run
+
+    def key(name: str) -> Any:
+        return (name, None, None, ("JSON", None))
+
+    for name in ("a", "b", "c", "a", "d", "e", "a", "b"):  # 700 bytes + 201 of query and overhead each
+        cache.get_or_run(key(name), answer(name, 700))
+    assert runs == ["a", "b", "c", "d", "e", "b"]  # four fit; b, least recently used, went first
+    assert cache.size <= 4000 and len(cache.kept) == 4
+    for _ in range(2):
+        cache.get_or_run(key("big"), answer("big", 1000))  # over a quarter of 4000
+        cache.get_or_run(key("bad"), answer("bad", 10, kind="syntax"))
+    assert runs[6:] == ["big", "bad", "big", "bad"]
+
+    def failing() -> tuple[str, Any]:
+        runs.append("fail")
+        raise _Reply("503 Service Unavailable", "query exceeded the time limit")
+
+    for _ in range(2):
+        with pytest.raises(_Reply):
+            cache.get_or_run(key("fail"), failing)
+    assert runs[-2:] == ["fail", "fail"]
+
+
+def test_identical_requests_running_at_once_run_the_query_once(tmp_path: Path) -> None:
+    """Clients asking the same slow query at once share one run (one worker, not one each),
+    and its outcome: its answer, or its error (a query stopped at the time limit is not run
+    again for each client waiting for it)."""
+    import threading
+
+    from filtag_kg.serve import _AnswerCache, _Reply
+
+    cache = _AnswerCache(str(tmp_path), 1 << 20)
+    for fails in (False, True):
+        started, release = threading.Event(), threading.Event()
+        runs: list[int] = []
+
+        def run(runs: list[int] = runs, started: Any = started, release: Any = release,
+                fails: bool = fails) -> tuple[str, Any]:
+            runs.append(1)
+            started.set()
+            release.wait(30)
+            if fails:
+                raise _Reply("503 Service Unavailable", "query exceeded the 10 s time limit")
+            return "ok", ("solutions", b"the answer")
+
+        key = (f"SELECT * {{}} # {fails}", None, None, ("JSON", None))
+        got: list[Any] = []
+
+        def ask(got: list[Any] = got, key: Any = key, run: Any = run) -> None:
+            try:
+                got.append(cache.get_or_run(key, run))
+            except _Reply as exc:
+                got.append(exc.text)
+
+        first = threading.Thread(target=ask)
+        first.start()
+        assert started.wait(30)
+        second = threading.Thread(target=ask)
+        second.start()
+        for _ in range(300):  # until the second request waits for the first's outcome
+            if cache.shared == 1 + fails:
+                break
+            time.sleep(0.01)
+        release.set()
+        first.join(30)
+        second.join(30)
+        outcome = "query exceeded the 10 s time limit" if fails else ("ok", ("solutions", b"the answer"))
+        assert runs == [1] and got == [outcome] * 2
+
+
+def _children_of(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    kids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.add(int(entry.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_query_workers_end_with_the_server(run_dir: Path, how: str) -> None:
+    """A server stopped while a slow query runs takes its query workers with it: before,
+    a worker in the middle of bench_serve.py's cross product outlived the stopped server
+    and kept a core busy (3 GiB resident) for good."""
+    import signal
+    import threading
+
+    store = load_store(run_dir, f"store-end-{how}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filtag_kg", "serve", "--store", str(store), "--port", str(port),
+         "--timeout", "120", "--workers", "2"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/sparql?query=ASK%7B%7D", proc)
+        slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l . ?m ?n2 ?o }"
+        threading.Thread(target=lambda: sparql(url, slow), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until a worker runs it as a slow query (niced)
+            workers = _children_of(proc.pid)
+            if any(_priority(w) == 19 for w in workers):
+                break
+            time.sleep(0.1)
+        assert workers and any(_priority(w) == 19 for w in workers)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.1)
+        alive = [w for w in workers if _running(w)]
+        for w in alive:  # never leave them running, even when the test fails
+            os.kill(w, signal.SIGKILL)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
