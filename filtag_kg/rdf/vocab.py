@@ -43,7 +43,7 @@ ONTOLOGY_IRI = "https://w3id.org/filtag-kg/ontology"
 #: Namespace of every term of :class:`FK`.
 FK_NAMESPACE = ONTOLOGY_IRI + "#"
 #: Version of ``ontology/filtag.ttl``; its ``owl:versionIRI`` ends with it.
-ONTOLOGY_VERSION = "0.2.0"
+ONTOLOGY_VERSION = "0.3.0"
 ONTOLOGY_VERSION_IRI = f"{ONTOLOGY_IRI}/{ONTOLOGY_VERSION}"
 
 #: ML-Schema (W3C ML Schema Community Group).
