@@ -705,11 +705,12 @@ class _Sink:
     at every synchronisation (so the run's files always hold a finished prefix)."""
 
     def __init__(
-        self, run: Path, form: str, committed: int, dist: distributed.Dist, names: dict[str, Any]
+        self, run: Path, form: str, committed: int, dist: distributed.Dist, names: dict[str, Any],
+        clusters: bool = False,
     ) -> None:
         from .explanations_io import JsonlLines, ParquetParts, names_metadata
 
-        self.run, self.dist, self.form = run, dist, form
+        self.run, self.dist, self.form, self.clusters = run, dist, form, clusters
         self.value_type = "float32" if form == FORMAT_PARQUET else "float64"
         self.main: ParquetParts | JsonlLines | None = None
         if dist.main:
@@ -736,7 +737,7 @@ class _Sink:
 
             from .explanations_io import row_schema
 
-            schema = row_schema(self.value_type)
+            schema = row_schema(self.value_type, clusters=self.clusters)
             path = str(self._part_path(self.dist.rank))
             with pa.OSFile(path, "wb") as fh, pa.ipc.new_file(fh, schema) as w:
                 for b in self.local:
@@ -975,7 +976,7 @@ def explain_dataset(
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     names_doc = {"layers": names, "class_ids": list(profile.class_ids), "model_ids": model_ids,
                  "model_labels": model_labels}
-    sink = _Sink(run, form, committed, dist, names_doc)
+    sink = _Sink(run, form, committed, dist, names_doc, clusters=copts is not None)
     local_skipped: list[tuple[int, dict[str, str]]] = []
     from ._progress import progress
 

@@ -70,13 +70,14 @@ def _pa() -> Any:
     return pyarrow
 
 
-def row_schema(value_type: str = "float32") -> Any:
+def row_schema(value_type: str = "float32", clusters: bool = False) -> Any:
     """The Arrow schema of explanation rows; ``value_type`` (``"float32"`` or ``"float64"``)
-    is the type of active filters' values and weights."""
+    is the type of active filters' values and weights; ``clusters``: with the columns of
+    ``explain --clusters`` (rows of a pass without clusters have none, as before)."""
     pa = _pa()
     i32 = pa.int32()
     value_type = pa.float32() if value_type == "float32" else pa.float64()
-    return pa.schema(
+    fields = (
         [
             ("index", pa.int64()),
             ("image", pa.string()),
@@ -102,7 +103,9 @@ def row_schema(value_type: str = "float32") -> Any:
             ("perturb_param", pa.float64()),
             ("perturb_seed", pa.int64()),
             ("weighting", pa.string()),
-            # explain --clusters (null without): per layer the cluster count; per cluster, in
+        ]
+        + [
+            # explain --clusters: per layer the cluster count; per cluster, in
             # rank order, its size, weight, map path (null: no file), number of concepts;
             # members grouped by cluster (every filter of every layer once); concepts
             ("cluster_layer", pa.list_(i32)),
@@ -114,7 +117,9 @@ def row_schema(value_type: str = "float32") -> Any:
             ("cluster_concept", pa.list_(i32)),
             ("cluster_score", pa.list_(pa.float64())),
         ]
+        * clusters
     )
+    return pa.schema(fields)
 
 
 def _list(offsets: np.ndarray, values: np.ndarray, typ: Any) -> Any:
@@ -148,7 +153,7 @@ def encode_rows(
         value_type: ``"float32"`` (the columnar form) or ``"float64"`` (exact,
             for JSON Lines).
         clusters: ``explain --clusters``: per cluster column, ``(row offsets, flat
-            values)`` (:func:`filtag_kg.clusters.cluster_columns`); ``None``: null columns.
+            values)`` (:func:`filtag_kg.clusters.cluster_columns`); ``None``: no such columns.
 
     Returns:
         A ``pyarrow.RecordBatch`` of B rows.
@@ -205,15 +210,12 @@ def encode_rows(
     cols["perturb_param"] = pa.array([p.get("param")] * n, type=pa.float64())
     cols["perturb_seed"] = pa.array([p.get("seed")] * n, type=pa.int64())
     cols["weighting"] = pa.array([weighting] * n, type=pa.string())
-    schema = row_schema(value_type)
+    schema = row_schema(value_type, clusters=clusters is not None)
     for f in schema:
         if f.name.startswith("cluster_"):
-            if clusters is None:
-                cols[f.name] = nulls.cast(f.type)
-            else:
-                off, flat = clusters[f.name]
-                flat = flat if isinstance(flat, list) else np.asarray(flat)
-                cols[f.name] = _list(off, flat, f.type.value_type)
+            off, flat = clusters[f.name]  # type: ignore[index]
+            flat = flat if isinstance(flat, list) else np.asarray(flat)
+            cols[f.name] = _list(off, flat, f.type.value_type)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
