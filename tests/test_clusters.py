@@ -203,7 +203,7 @@ def test_clusters_partition_every_layer(tiny_run: tuple[Path, Path]) -> None:
     assert max(sizes) > 1 and min(sizes) == 1  # the clustering did group maps, and not all of them
 
 
-def test_generalised_gradcam_weights_by_hand() -> None:
+def test_generalised_gradcam_weights_by_hand(device: str) -> None:
     # three 2x2 maps: 0 and 1 are the same pattern at different scales (cosine 1 once scaled),
     # 2 is its mirror image; a constant map 3 and a dead map 4 (the flat cluster)
     acts = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[3.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 2.0]],
@@ -211,7 +211,7 @@ def test_generalised_gradcam_weights_by_hand() -> None:
     # gradients: spatial means 0.25, 0.5, -0.75, 1.0, 2.0
     grads = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]], [[-3.0, 0.0], [0.0, 0.0]],
                           [[4.0, 0.0], [0.0, 0.0]], [[8.0, 0.0], [0.0, 0.0]]])[None]
-    lc = cluster_layer(acts, grads, threshold=0.9, n_maps=3)
+    lc = cluster_layer(acts.to(device), grads.to(device), threshold=0.9, n_maps=3)
     # scaled maps: 0 -> [1,0,0,0], 1 -> [1,0,0,0], 2 -> [0,0,0,1], 3 and 4 -> zeros
     # clusters {0, 1} (weight 0.25 + 0.5), {3, 4} (flat: 0), {2} (relu(-0.75) = 0)
     assert int(lc.count[0]) == 3
@@ -224,11 +224,11 @@ def test_generalised_gradcam_weights_by_hand() -> None:
     assert int(cluster_layer(acts, grads, threshold=1e-9).count[0]) == 3
 
 
-def test_labels_follow_the_documented_rule() -> None:
+def test_labels_follow_the_documented_rule(device: str) -> None:
     acts = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]], [[4.0, 0.0], [0.0, 1.0]],
                          [[0.0, 0.0], [0.0, 3.0]]])[None]
     grads = torch.tensor([0.4, -0.2, 0.8, 0.4]).view(1, 4, 1, 1).expand(1, 4, 2, 2).contiguous()
-    lc = cluster_layer(acts, grads, threshold=0.9)
+    lc = cluster_layer(acts.to(device), grads.to(device), threshold=0.9)
     # scaled maps: 0, 1 -> [1,0,0,0]; 2 -> [1,0,0,0.25] (cosine 0.970 with 0); 3 -> [0,0,0,1]
     # importance alpha x mean map: 0.1, -0.1, 1.0, 0.3 -> order 2, 3, 0, 1; 0 links to 2; 1 links to 0
     # (its most similar more important map: cosine 1.0 with 0 beats 0.970 with 2): {0, 1, 2} and {3}
@@ -239,7 +239,7 @@ def test_labels_follow_the_documented_rule() -> None:
     inc = torch.zeros(4, 7, dtype=torch.float64)
     inc[0, [0, 1]] = inc[1, 1] = inc[3, 0] = 1
     inc[2, 1:] = 1
-    classes, scores = cluster_concepts(lc, values, inc)
+    classes, scores = cluster_concepts(lc, values.to(device), inc.to(device))
     # cluster 1: g = relu(alpha) x value = 0.2, 0 (negative gradient), 0.8 -> total 1.0
     # class 1: 0.2 + 0.8; classes 2..6: 0.8 each (top 5 keeps 2..5, ties by class index); class 0: 0.2
     assert classes[0, 0].tolist() == [1, 2, 3, 4, 5]
