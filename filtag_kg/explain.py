@@ -990,6 +990,10 @@ def explain_dataset(
     def synchronise(save: bool) -> None:
         """Make rows and skipped files final on rank 0 (collective under torchrun)."""
         worker.drain()
+        if copts is not None:  # the cluster maps before the rows (and state) that name them
+            from .clusters import sync_maps
+
+            sync_maps()
         committed = sink.synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
