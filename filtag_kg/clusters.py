@@ -12,7 +12,6 @@ pass's records into per-class global explanations (``RUN_DIR/clusters.json``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -248,27 +247,15 @@ def map_path(
 
 
 def write_map(run: Path, rel: str, pixels: Any) -> None:
-    """Write an 8-bit grey PNG atomically (a temporary file renamed into place: no half
-    file after a crash). Unlike :func:`filtag_kg._io.atomic_open` it does not fsync each
-    file (3-4 ms apiece, more than the clustering): the pass calls :func:`sync_maps`
+    """Write an 8-bit grey PNG atomically (no half file after a crash), without an fsync
+    per file (3-4 ms apiece, more than the clustering): the pass calls :func:`sync_maps`
     once before its state names the rows that refer to the maps."""
     from PIL import Image
 
-    from ._io import disk_full, make_temp, publish_mode, write_error
+    from ._io import atomic_open
 
-    path = run / rel
-    fd, tmp = make_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(pixels, mode="L").save(fh, "PNG")
-            publish_mode(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if disk_full(exc):
-            raise write_error(path, exc) from None  # type: ignore[arg-type]
-        raise
+    with atomic_open(run / rel, "wb", durable=False) as fh:
+        Image.fromarray(pixels, mode="L").save(fh, "PNG")
 
 
 def sync_maps() -> None:
