@@ -15,7 +15,9 @@ stay compact and cheap to write:
   order) with ``vote_count``, and ``vote`` only when votes are weighted
   (unweighted votes equal the counts); the same for the last layer
   (``last_class`` / ``last_count`` / ``last_vote``);
-- the model's top-5 as output indices (``top_class``) and float32 probabilities.
+- the model's top-5 as output indices (``top_class``) and float32 probabilities;
+- with ``explain --clusters`` only, the clusters (``cluster_*`` columns, float64
+  weights and scores; see docs/cluster-method.md and :mod:`filtag_kg.clusters`).
 
 Names that rows share (layers, class ids, the model's class ids and labels)
 are written once per file, in the Parquet schema metadata.
