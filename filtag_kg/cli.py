@@ -379,6 +379,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
+    if meta.get("clusters"):
+        print(f"clusters (threshold {meta['clusters']['threshold']:g}): records' \"clusters\", maps in "
+              f"{Path(args.run_dir) / 'clusters' / 'maps'}, class aggregates in "
+              f"{Path(args.run_dir) / 'clusters.json'}")
     names = ["explanations.parquet", "explanations.jsonl", "explanations.json"]
     from .distributed import current
 

@@ -288,6 +288,7 @@ def test_resume_after_kill_gives_the_same_clusters(tiny_run: tuple[Path, Path], 
     env["TINY_SLEEP"] = "0"
     ref = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ref.returncode == 0, ref.stderr
+    assert f"class aggregates in {run / 'clusters.json'}" in ref.stdout
     expected = list(read_explanations(run))
     maps = {p.relative_to(run): p.read_bytes() for p in (run / "clusters").rglob("*.png")}
     aggregates = (run / "clusters.json").read_bytes()
