@@ -383,3 +383,26 @@ def test_class_aggregates_by_hand(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="without clusters"):
         class_aggregates(run)
 
+
+
+def test_two_gloo_processes_give_the_clusters_of_one(tmp_path: Path) -> None:
+    from test_distributed import TINY, _env, _run, single, torchrun
+
+    data = write_images(tmp_path / "data", per_class=4, seed=4)
+    held = write_images(tmp_path / "held", per_class=3, seed=9)
+    common = [*TINY, "--data", str(data), "--k", "2", "--explain-data", str(held), "--clusters",
+              "--cluster-threshold", "0.8", "--cluster-maps", "2"]
+    env = _env()
+    _run(torchrun("run", *common, "--out", str(tmp_path / "two"), "--checkpoint-every", "1"), env)
+    _run(single("run", *common, "--out", str(tmp_path / "one")), env)
+    two, one = list(read_explanations(tmp_path / "two")), list(read_explanations(tmp_path / "one"))
+    assert len(two) == len(one) == 9
+    for a, b in zip(two, one):
+        for layer in LAYERS:
+            ca, cb = a["clusters"][layer], b["clusters"][layer]
+            assert [(c["filters"], c["map"]) for c in ca] == [(c["filters"], c["map"]) for c in cb]
+            np.testing.assert_allclose([c["weight"] for c in ca], [c["weight"] for c in cb], rtol=1e-6)
+    maps = [sorted(p.relative_to(r) for p in (r / "clusters").rglob("*.png"))
+            for r in (tmp_path / "two", tmp_path / "one")]
+    assert maps[0] == maps[1] and maps[0]
+    assert (tmp_path / "two" / "clusters.json").is_file()
