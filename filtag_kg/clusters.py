@@ -389,6 +389,7 @@ def aggregate_records(records: Iterable[dict[str, Any]], top_clusters: int = TOP
     those clusters of cluster weight x concept score).
     """
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    layer_order: dict[str, int] = {}  # the profile's order, as the records list the layers
     for rec in records:
         clusters = rec.get("clusters")
         if clusters is None or rec.get("perturbation") is not None or not rec.get("model_top"):
@@ -396,6 +397,7 @@ def aggregate_records(records: Iterable[dict[str, Any]], top_clusters: int = TOP
         method, param = _setting(rec)
         predicted = rec["model_top"][0]["class_id"]
         for layer, cl in clusters.items():
+            layer_order.setdefault(layer, len(layer_order))
             key = (method, "" if param is None else str(param), predicted, layer)
             g = groups.setdefault(key, {"setting": {"method": method, "param": param}, "class_id": predicted,
                                         "layer": layer, "images": 0, "_c": {}})
@@ -409,7 +411,7 @@ def aggregate_records(records: Iterable[dict[str, Any]], top_clusters: int = TOP
                         seen.add(con["class_id"])
                         slot[0] += 1
     classes = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], layer_order[k[3]])):
         g = groups[key]
         concepts = sorted(g.pop("_c").items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
         g["concepts"] = [{"class_id": c, "count": n, "weight": w}

@@ -379,6 +379,9 @@ def test_class_aggregates_by_hand(tmp_path: Path) -> None:
     ]
     assert aggregate_records(records, top_clusters=4)["classes"][1]["concepts"][-1] == {
         "class_id": "w", "count": 1, "weight": 0.25}
+    # layers keep the records' (profile) order, not the alphabet's
+    two_layers = [_rec("n1", {"features.3": c["L"], "features.11": c["L"]})]
+    assert [e["layer"] for e in aggregate_records(two_layers)["classes"]] == ["features.3", "features.11"]
     (run / "explanations.json").write_text(json.dumps({"file": "explanations.jsonl", "clusters": None}))
     with pytest.raises(Exception, match="without clusters"):
         class_aggregates(run)
