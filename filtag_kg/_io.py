@@ -139,12 +139,17 @@ def publish_mode(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, durable: bool = True, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it over ``path`` on success.
 
     Args:
         path: the final file.
         mode: ``"w"`` (text, UTF-8 unless given) or ``"wb"``.
+        durable: fsync the file before the rename; ``False`` for writers of many small
+            files that make them durable together (one ``os.sync``) before anything
+            names them.
 
     Raises:
         OutputError: the folder cannot be written, or the disk is full (the
@@ -159,7 +164,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
             publish_mode(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:

@@ -138,6 +138,15 @@ def _explain_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jsonl", action="store_true",
                    help="write explanations.jsonl (one JSON object per image and setting) instead of "
                    "the compact columnar explanations.parquet folder")
+    g.add_argument("--clusters", action="store_true",
+                   help="also cluster each layer's feature maps per image, weight the clusters by a "
+                   "generalised Grad-CAM and label them by tags (docs/cluster-method.md); writes "
+                   "RUN_DIR/clusters/maps/ and RUN_DIR/clusters.json")
+    g.add_argument("--cluster-threshold", default="0.5", metavar="T",
+                   help="with --clusters: cosine similarity in (0, 1] a map needs to join a more "
+                   "important one (default 0.5; higher: more, smaller clusters)")
+    g.add_argument("--cluster-maps", default="3", metavar="N",
+                   help="with --clusters: PNG maps for the N top clusters of each layer (default 3)")
 
 
 def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
@@ -148,7 +157,14 @@ def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
         device=args.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
         checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
         progress=not args.quiet, jsonl=args.jsonl,
+        clusters=_cluster_opts(args) if args.clusters else None,
     )
+
+
+def _cluster_opts(args: argparse.Namespace) -> Any:
+    from .clusters import ClusterOptions
+
+    return ClusterOptions.parse(args.cluster_threshold, args.cluster_maps)
 
 
 def _settings(args: argparse.Namespace) -> list[Any]:
@@ -363,6 +379,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"explained {meta['images']} images with {used} ({meta['dataset']['skipped_count']} skipped)")
     for s in meta["dataset"]["skipped"][:10]:
         print(f"  skipped: {s['path']} ({s['reason']})")
+    if meta.get("clusters"):
+        print(f"clusters (threshold {meta['clusters']['threshold']:g}): records' \"clusters\", maps in "
+              f"{Path(args.run_dir) / 'clusters' / 'maps'}, class aggregates in "
+              f"{Path(args.run_dir) / 'clusters.json'}")
     names = ["explanations.parquet", "explanations.jsonl", "explanations.json"]
     from .distributed import current
 

@@ -34,6 +34,7 @@ import torch
 from . import distributed
 from ._io import ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
+from .clusters import CLUSTERS_DIR, CLUSTERS_JSON, ClusterOptions
 from .data import ImageDataset, ImageSet, make_loader
 from .distributed import RoundSampler
 from .errors import FiltagError, ProfileError
@@ -144,6 +145,10 @@ class ExplainOptions:
             progress: as for the profile pass.
         jsonl: write ``explanations.jsonl`` (one JSON object per row) instead of
             the columnar ``explanations.parquet`` folder.
+        clusters: ``None``, or cluster each layer's feature maps per image
+            (:class:`filtag_kg.clusters.ClusterOptions`, docs/cluster-method.md): the
+            rows gain the clusters, their maps go to ``clusters/maps/`` and the class
+            aggregates to ``clusters.json``.
     """
 
     settings: list[TagSetting] | None = None
@@ -159,6 +164,7 @@ class ExplainOptions:
     restart: bool = False
     progress: bool = True
     jsonl: bool = False
+    clusters: ClusterOptions | None = None
 
 
 def recorded_settings(run_dir: str | os.PathLike[str]) -> list[TagSetting]:
@@ -699,11 +705,12 @@ class _Sink:
     at every synchronisation (so the run's files always hold a finished prefix)."""
 
     def __init__(
-        self, run: Path, form: str, committed: int, dist: distributed.Dist, names: dict[str, Any]
+        self, run: Path, form: str, committed: int, dist: distributed.Dist, names: dict[str, Any],
+        clusters: bool = False,
     ) -> None:
         from .explanations_io import JsonlLines, ParquetParts, names_metadata
 
-        self.run, self.dist, self.form = run, dist, form
+        self.run, self.dist, self.form, self.clusters = run, dist, form, clusters
         self.value_type = "float32" if form == FORMAT_PARQUET else "float64"
         self.main: ParquetParts | JsonlLines | None = None
         if dist.main:
@@ -730,7 +737,7 @@ class _Sink:
 
             from .explanations_io import row_schema
 
-            schema = row_schema(self.value_type)
+            schema = row_schema(self.value_type, clusters=self.clusters)
             path = str(self._part_path(self.dist.rank))
             with pa.OSFile(path, "wb") as fh, pa.ipc.new_file(fh, schema) as w:
                 for b in self.local:
@@ -826,19 +833,27 @@ def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
-def _gradcam_weights(
-    outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor
-) -> torch.Tensor:
-    """[B, sum F] float64 on the device, per layer: relu(spatial mean of d score / d map *
-    spatial mean of the map)."""
+def _class_gradients(outputs: Sequence[torch.Tensor], logits: torch.Tensor) -> list[torch.Tensor | None]:
+    """Per measured point, d (each image's predicted class score) / d output (``None``
+    where the score does not depend on it): one backward pass for all layers."""
     score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
     try:
-        grads = torch.autograd.grad(score, list(outputs), allow_unused=True)
+        return list(torch.autograd.grad(score, list(outputs), allow_unused=True))
     except RuntimeError as exc:
         raise FiltagError(
-            f"gradcam weighting failed on this model ({str(exc).splitlines()[0][:160]}); explain "
-            "without --weighting"
+            f"gradients of the predicted class failed on this model ({str(exc).splitlines()[0][:160]}); "
+            "explain without --weighting and --clusters"
         ) from None
+
+
+def _gradcam_weights(
+    outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor,
+    grads: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """[B, sum F] float64 on the device, per layer: relu(spatial mean of d score / d map *
+    spatial mean of the map) (``grads``: :func:`_class_gradients`, when already taken)."""
+    if grads is None:
+        grads = _class_gradients(outputs, logits)
     out = []
     for o, g, p in zip(outputs, grads, points):
         act = o.detach() if p.apply is None else p.apply(o.detach())
@@ -885,6 +900,8 @@ def explain_dataset(
     perturbs = [Perturbation.parse(p, seed=opts.seed) for p in opts.perturb]
     if opts.weighting not in (None, *WEIGHTINGS):
         raise FiltagError(f"unknown --weighting {opts.weighting!r}; use gradcam")
+    copts = None if opts.clusters is None else opts.clusters.check()
+    grads_needed = opts.weighting == "gradcam" or copts is not None
     loaded = loaded or load_recorded_model(profile.meta)
     device = resolve_device(opts.device, dist)
     names = [lp.name for lp in profile.layers]
@@ -916,6 +933,8 @@ def explain_dataset(
         "weighting": opts.weighting,
         "format": form,
     }
+    if copts is not None:  # absent without clusters: fingerprints of earlier passes stay valid
+        fingerprint["clusters"] = copts.record()
     out_path = run / (EXPLANATIONS if form == FORMAT_JSONL else EXPLANATIONS_DIR)
     state_path = run / STATE
     dist.barrier()
@@ -957,7 +976,7 @@ def explain_dataset(
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     names_doc = {"layers": names, "class_ids": list(profile.class_ids), "model_ids": model_ids,
                  "model_labels": model_labels}
-    sink = _Sink(run, form, committed, dist, names_doc)
+    sink = _Sink(run, form, committed, dist, names_doc, clusters=copts is not None)
     local_skipped: list[tuple[int, dict[str, str]]] = []
     from ._progress import progress
 
@@ -971,6 +990,10 @@ def explain_dataset(
     def synchronise(save: bool) -> None:
         """Make rows and skipped files final on rank 0 (collective under torchrun)."""
         worker.drain()
+        if copts is not None:  # the cluster maps before the rows (and state) that name them
+            from .clusters import sync_maps
+
+            sync_maps()
         committed = sink.synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
@@ -982,37 +1005,62 @@ def explain_dataset(
                  "started_at": started, "total": n},
             )
 
+    cluster_inc: list[list[torch.Tensor]] = []  # per setting and layer, on the device
+
     def forward(
         x: torch.Tensor, probe: FilterProbe
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if opts.weighting == "gradcam":
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+        if grads_needed:
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
                 logits = module(x)
                 values = probe.take_flat()
-                weights = _gradcam_weights(probe.outputs, engine.points, logits.float())
-            return values, logits.detach().float(), weights
+                grads = _class_gradients(probe.outputs, logits.float())
+                weights = (_gradcam_weights(probe.outputs, engine.points, logits.float(), grads)
+                           if opts.weighting == "gradcam" else None)
+            clustered = None
+            if copts is not None:  # one forward and one backward pass serve votes and clusters
+                from .clusters import cluster_batch
+
+                if not cluster_inc:
+                    cluster_inc.extend([torch.from_numpy(m).to(values.device, torch.float64) for m in per]
+                                       for per in index.incidence)
+                with torch.no_grad():
+                    acts = [o.detach() if p.apply is None else p.apply(o.detach())
+                            for o, p in zip(probe.outputs, engine.points)]
+                    clustered = cluster_batch(acts, grads, values, cluster_inc, copts)
+            probe.outputs = [None] * len(probe.outputs)  # free the maps before the next batch
+            return values, logits.detach().float(), weights, clustered
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
         # the values stay on the device: the writer thread explains them there and copies
         # only the active filters and sparse votes to the host
-        return values, logits.float(), None
+        return values, logits.float(), None, None
 
     # on a GPU the writer thread explains on its own stream, after an event the pass's thread
     # records once a batch's values and top-5 exist, so its copies to the host wait for that
     # batch only, never for the forward passes queued after it
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]], ready: Any) -> None:
+    def host_work(info: dict[str, Any], results: list[tuple[Any, ...]], ready: Any,
+                  clustered_results: list[dict[str, Any]]) -> None:
         """Votes, rows and writing of one batch (on the writer thread)."""
         ctx = contextlib.nullcontext()
         if side is not None:
             side.wait_event(ready)
             ctx = torch.cuda.stream(side)
         with ctx:
+            host = None
+            if copts is not None:
+                from .clusters import to_host, write_maps
+
+                host = [to_host(c) for c in clustered_results]
+                for r, h in zip(results, host):
+                    write_maps(run, h, names, info["indices"], info["sha256"], r[0])
             rows = encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type, widths=widths)
+                                weighting=opts.weighting, value_type=sink.value_type, widths=widths,
+                                clusters=host)
         sink.write(rows)
 
     widths = [p.width for p in engine.points]
@@ -1020,10 +1068,10 @@ def explain_dataset(
     try:
         ctx = (
             _no_inplace(module)
-            if opts.weighting == "gradcam" and not hasattr(module, "filtag_graph_probes")
+            if grads_needed and not hasattr(module, "filtag_graph_probes")
             else contextlib.nullcontext()
         )
-        with ctx, FilterProbe(module, engine.points, keep_outputs=opts.weighting == "gradcam") as probe:
+        with ctx, FilterProbe(module, engine.points, keep_outputs=grads_needed) as probe:
             for batch in loader:
                 local_skipped += [
                     (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
@@ -1031,10 +1079,11 @@ def explain_dataset(
                 if batch.images is not None:
                     x = engine.to_device(batch.images)
                     idx = batch.indices.tolist()
-                    results = []
+                    results, clustered_results = [], []
                     for var in variants:
                         xv = x if var is None else var.apply(x, idx, pre.mean, pre.std)
-                        values, logits, weights = forward(xv, probe)
+                        values, logits, weights, clustered = forward(xv, probe)
+                        clustered_results.append(clustered)
                         k = min(5, logits.shape[1])
                         probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
                         # tensors: the writer thread copies them, so this thread never waits
@@ -1053,8 +1102,8 @@ def explain_dataset(
                     if side is not None:
                         ready = torch.cuda.Event()
                         ready.record()
-                    worker.submit(lambda info=info, results=results, ready=ready: host_work(
-                        info, results, ready))
+                    worker.submit(lambda info=info, results=results, ready=ready, cl=clustered_results:
+                                  host_work(info, results, ready, cl))
                 rounds += 1
                 new_done = sampler.done_after(rounds)
                 bar.update(new_done - done)
@@ -1091,6 +1140,7 @@ def explain_dataset(
         "settings": [{"method": s.method, "param": s.param} for s in settings],
         "perturbations": [p.record() for p in perturbs],
         "weighting": opts.weighting,
+        "clusters": None if copts is None else copts.record(),
         "model": profile.meta.get("model"),
         "layers": names,
         "dataset": {**imageset.record(), "skipped_count": len(skipped), "skipped": skipped},
@@ -1103,6 +1153,10 @@ def explain_dataset(
         "images_per_second": round((n - first) / seconds, 3) if seconds > 0 else None,
     }
     if dist.main:
+        if copts is not None:  # before the metadata that marks the pass finished
+            from .clusters import aggregate_records
+
+            write_json(run / CLUSTERS_JSON, aggregate_records(iter_explanations(run)))
         write_json(run / EXPLANATIONS_META, meta)
         with contextlib.suppress(FileNotFoundError):
             state_path.unlink()
@@ -1133,6 +1187,7 @@ def encode_batch(
     weighting: str | None,
     value_type: str,
     widths: Sequence[int] | None = None,
+    clusters: Sequence[dict[str, Any]] | None = None,
 ) -> Any:
     """The work of one batch after the forward pass: active filters and votes (on the
     values' device, see :func:`explain_tensors`), then the rows of every input variant and
@@ -1149,9 +1204,11 @@ def encode_batch(
         weighting: ``None`` or ``"gradcam"`` (recorded in each row).
         value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
         widths: the layers' widths when values come as one tensor.
+        clusters: ``explain --clusters``: per input variant, the host arrays of
+            :func:`filtag_kg.clusters.to_host`; the map paths need ``names``.
     """
     return encode_explained(info, explain_results(results, settings, incidence, names, widths=widths),
-                            weighting=weighting, value_type=value_type)
+                            weighting=weighting, value_type=value_type, clusters=clusters, names=names)
 
 
 def explain_results(
@@ -1179,15 +1236,24 @@ def explain_results(
 
 
 def encode_explained(
-    info: dict[str, Any], explained: Sequence[tuple[Any, ...]], *, weighting: str | None, value_type: str
+    info: dict[str, Any], explained: Sequence[tuple[Any, ...]], *, weighting: str | None, value_type: str,
+    clusters: Sequence[dict[str, Any]] | None = None, names: Sequence[str] = (),
 ) -> Any:
     """The second half of :func:`encode_batch` (all the host does when a GPU explains):
-    the rows of :func:`explain_results`' output as one record batch in file order."""
-    blocks = [
-        encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text, explained=ex,
-                    perturbation=pert, weighting=weighting, value_type=value_type)
-        for pert, probs, top, s, ex in explained
-    ]
+    the rows of :func:`explain_results`' output as one record batch in file order
+    (``explained`` holds every setting of the first variant, then of the next, ...)."""
+    from .clusters import cluster_columns
+
+    per_variant = len(explained) // len(clusters) if clusters else 0
+    blocks = []
+    for i, (pert, probs, top, s, ex) in enumerate(explained):
+        cols = None
+        if clusters:
+            cols = cluster_columns(clusters[i // per_variant], i % per_variant, names, info["indices"],
+                                   info["sha256"], pert)
+        blocks.append(encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
+                                  explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
+                                  clusters=cols))
     return interleave(blocks)
 
 
@@ -1205,11 +1271,14 @@ def interleave(blocks: Sequence[Any]) -> Any:
 
 
 def _remove_outputs(run: Path) -> None:
-    """Delete the explanation rows of either form."""
+    """Delete the explanation rows of either form, and their cluster maps and aggregates."""
     import shutil
 
     (run / EXPLANATIONS).unlink(missing_ok=True)
     shutil.rmtree(run / EXPLANATIONS_DIR, ignore_errors=True)
+    # explain --clusters: the maps and class aggregates belong to the rows
+    shutil.rmtree(run / CLUSTERS_DIR, ignore_errors=True)
+    (run / CLUSTERS_JSON).unlink(missing_ok=True)
 
 
 def read_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

@@ -15,7 +15,9 @@ stay compact and cheap to write:
   order) with ``vote_count``, and ``vote`` only when votes are weighted
   (unweighted votes equal the counts); the same for the last layer
   (``last_class`` / ``last_count`` / ``last_vote``);
-- the model's top-5 as output indices (``top_class``) and float32 probabilities.
+- the model's top-5 as output indices (``top_class``) and float32 probabilities;
+- with ``explain --clusters`` only, the clusters (``cluster_*`` columns, float64
+  weights and scores; see docs/cluster-method.md and :mod:`filtag_kg.clusters`).
 
 Names that rows share (layers, class ids, the model's class ids and labels)
 are written once per file, in the Parquet schema metadata.
@@ -52,8 +54,10 @@ _META_KEY = b"filtag.explanations"
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 _ENCODINGS = {
     **{f"{c}.list.element": "DELTA_BINARY_PACKED" for c in (
-        "filter", "layer_active", "vote_class", "vote_count", "last_class", "last_count", "top_class")},
-    **{f"{c}.list.element": "BYTE_STREAM_SPLIT" for c in ("value", "weight", "top_prob")},
+        "filter", "layer_active", "vote_class", "vote_count", "last_class", "last_count", "top_class",
+        "cluster_layer", "cluster_size", "cluster_filter", "cluster_concepts", "cluster_concept")},
+    **{f"{c}.list.element": "BYTE_STREAM_SPLIT" for c in (
+        "value", "weight", "top_prob", "cluster_weight", "cluster_score")},
 }
 
 
@@ -68,13 +72,14 @@ def _pa() -> Any:
     return pyarrow
 
 
-def row_schema(value_type: str = "float32") -> Any:
+def row_schema(value_type: str = "float32", clusters: bool = False) -> Any:
     """The Arrow schema of explanation rows; ``value_type`` (``"float32"`` or ``"float64"``)
-    is the type of active filters' values and weights."""
+    is the type of active filters' values and weights; ``clusters``: with the columns of
+    ``explain --clusters`` (rows of a pass without clusters have none, as before)."""
     pa = _pa()
     i32 = pa.int32()
     value_type = pa.float32() if value_type == "float32" else pa.float64()
-    return pa.schema(
+    fields = (
         [
             ("index", pa.int64()),
             ("image", pa.string()),
@@ -101,7 +106,22 @@ def row_schema(value_type: str = "float32") -> Any:
             ("perturb_seed", pa.int64()),
             ("weighting", pa.string()),
         ]
+        + [
+            # explain --clusters: per layer the cluster count; per cluster, in
+            # rank order, its size, weight, map path (null: no file), number of concepts;
+            # members grouped by cluster (every filter of every layer once); concepts
+            ("cluster_layer", pa.list_(i32)),
+            ("cluster_size", pa.list_(i32)),
+            ("cluster_filter", pa.list_(i32)),
+            ("cluster_weight", pa.list_(pa.float64())),
+            ("cluster_map", pa.list_(pa.string())),
+            ("cluster_concepts", pa.list_(i32)),
+            ("cluster_concept", pa.list_(i32)),
+            ("cluster_score", pa.list_(pa.float64())),
+        ]
+        * clusters
     )
+    return pa.schema(fields)
 
 
 def _list(offsets: np.ndarray, values: np.ndarray, typ: Any) -> Any:
@@ -123,6 +143,7 @@ def encode_rows(
     perturbation: dict[str, Any] | None,
     weighting: str | None,
     value_type: str = "float32",
+    clusters: dict[str, tuple[np.ndarray, Any]] | None = None,
 ) -> Any:
     """The rows of one batch under one setting and input variant, as an Arrow record batch.
 
@@ -133,6 +154,8 @@ def encode_rows(
     Args:
         value_type: ``"float32"`` (the columnar form) or ``"float64"`` (exact,
             for JSON Lines).
+        clusters: ``explain --clusters``: per cluster column, ``(row offsets, flat
+            values)`` (:func:`filtag_kg.clusters.cluster_columns`); ``None``: no such columns.
 
     Returns:
         A ``pyarrow.RecordBatch`` of B rows.
@@ -189,7 +212,12 @@ def encode_rows(
     cols["perturb_param"] = pa.array([p.get("param")] * n, type=pa.float64())
     cols["perturb_seed"] = pa.array([p.get("seed")] * n, type=pa.int64())
     cols["weighting"] = pa.array([weighting] * n, type=pa.string())
-    schema = row_schema(value_type)
+    schema = row_schema(value_type, clusters=clusters is not None)
+    for f in schema:
+        if f.name.startswith("cluster_"):
+            off, flat = clusters[f.name]  # type: ignore[index]
+            flat = flat if isinstance(flat, list) else np.asarray(flat)
+            cols[f.name] = _list(off, flat, f.type.value_type)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -256,6 +284,30 @@ def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, 
             "last_vote",
         )
     }
+    clustered = "cluster_layer" in col
+    if clustered:
+        lists.update({k: _list_parts(col[k]) for k in (
+            "cluster_layer", "cluster_size", "cluster_filter", "cluster_weight", "cluster_map",
+            "cluster_concepts", "cluster_concept", "cluster_score")})
+
+    def row_clusters(r: int) -> dict[str, list[dict[str, Any]]] | None:
+        counts = row_list("cluster_layer", r) if clustered else None
+        if counts is None:
+            return None
+        sizes, members, weights, maps, n_con, con, score = (row_list(k, r) or [] for k in (
+            "cluster_size", "cluster_filter", "cluster_weight", "cluster_map", "cluster_concepts",
+            "cluster_concept", "cluster_score"))
+        out, c, at, k = {}, 0, 0, 0
+        for name, m in zip(layers, counts):
+            layer = []
+            for j in range(m):
+                nc = n_con[c]
+                concepts = [{"class_id": class_ids[con[i]], "score": score[i]} for i in range(k, k + nc)]
+                layer.append({"rank": j + 1, "filters": members[at : at + sizes[c]], "weight": weights[c],
+                              "map": maps[c], "concepts": concepts})
+                at, k, c = at + sizes[c], k + nc, c + 1
+            out[name] = layer
+        return out
 
     def row_list(key: str, r: int) -> list[Any] | None:
         off, vals, valid = lists[key]
@@ -322,6 +374,7 @@ def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, 
             if kind is None
             else {"kind": kind, "param": plain["perturb_param"][r], "seed": plain["perturb_seed"][r]},
             "weighting": plain["weighting"][r],
+            "clusters": row_clusters(r),
         }
 
 
@@ -505,7 +558,9 @@ def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
         with open(run / EXPLANATIONS_JSONL, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
-                    yield json.loads(line)
+                    rec = json.loads(line)
+                    rec.setdefault("clusters", None)  # written before explain --clusters existed
+                    yield rec
     else:
         raise ProfileError(
             f"{run} holds no {EXPLANATIONS_DIR} or {EXPLANATIONS_JSONL}; create it with `filtag-kg explain`"

@@ -1,0 +1,459 @@
+"""Clustered feature maps per image and layer, weighted by a generalised Grad-CAM and
+labelled by FilTag tags (``filtag-kg explain --clusters``; method: docs/cluster-method.md).
+
+The idea follows Bianchi et al. (arXiv 2405.03301): explain an image layer by layer by
+grouping a layer's feature maps that look alike, merging each group into one saliency
+map and weighting it by the gradient of the predicted class; FilTag's tags name what
+each group sees. Everything per batch runs on the maps' device, all images of a batch
+and one layer at once (:func:`cluster_layer`, :func:`cluster_concepts`); the host gets
+compact arrays (:class:`LayerClusters`). :func:`class_aggregates` turns a finished
+pass's records into per-class global explanations (``RUN_DIR/clusters.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import FiltagError
+
+CLUSTERS_DIR = "clusters"
+CLUSTERS_JSON = "clusters.json"
+MAPS_DIR = "clusters/maps"
+#: how many concepts label a cluster at most
+TOP_CONCEPTS = 5
+#: how many top-weighted clusters per image and layer the class aggregates count
+TOP_CLUSTERS = 3
+#: how many concepts each class aggregate keeps
+AGGREGATE_CONCEPTS = 20
+
+
+class ClusterError(FiltagError):
+    """A bad clustering parameter (``--cluster-threshold``, ``--cluster-maps``)."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Parameters of the clustering (docs/cluster-method.md).
+
+    Attributes:
+        threshold: cosine similarity (of min-max scaled maps) at or above which a map
+            may link to a more important map, in (0, 1].
+        maps: how many of each layer's top clusters (weight > 0) get a PNG map.
+    """
+
+    threshold: float = 0.5
+    maps: int = 3
+
+    @classmethod
+    def parse(cls, threshold: str, maps: str) -> ClusterOptions:
+        """Options from the CLI's text (``--cluster-threshold``, ``--cluster-maps``).
+
+        Raises:
+            ClusterError: not a number, or out of range.
+        """
+        try:
+            t = float(threshold)
+        except ValueError:
+            raise ClusterError(f"--cluster-threshold {threshold!r} is not a number; use e.g. "
+                               "--cluster-threshold 0.5") from None
+        try:
+            m = int(maps)
+        except ValueError:
+            raise ClusterError(f"--cluster-maps {maps!r} is not a whole number; use e.g. "
+                               "--cluster-maps 3") from None
+        return cls(t, m).check()
+
+    def check(self) -> ClusterOptions:
+        """Raise :class:`ClusterError` for a parameter outside its range; return self."""
+        t = self.threshold
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 < t <= 1:
+            raise ClusterError(f"--cluster-threshold {t!r} is not in (0, 1]; use e.g. "
+                               "--cluster-threshold 0.5")
+        if not isinstance(self.maps, int) or self.maps < 0:
+            raise ClusterError(f"--cluster-maps {self.maps!r} must be a whole number >= 0; use e.g. "
+                               "--cluster-maps 3")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """Plain-JSON form (fingerprint and ``explanations.json``)."""
+        return {"threshold": float(self.threshold), "maps": self.maps, "top_clusters": TOP_CLUSTERS,
+                "top_concepts": TOP_CONCEPTS}
+
+
+@dataclass
+class LayerClusters:
+    """One layer's clusters of a batch of B images with F maps each (tensors on the device).
+
+    Clusters are indexed by rank (0 = the first): slot ``k < count[b]`` of image b is
+    its cluster of rank ``k + 1``; later slots are padding (size 0, weight 0).
+
+    Attributes:
+        members: [B, F] each image's filters grouped by cluster rank, ascending in a cluster.
+        sizes: [B, F] members per cluster slot.
+        weights: [B, F] float64 generalised Grad-CAM weight per cluster slot (>= 0).
+        count: [B] clusters per image.
+        rank_of: [B, F] the 0-based rank slot of each filter's cluster.
+        alpha: [B, F] float64 spatial mean of each map's gradient.
+        maps: [B, N, H, W] uint8 merged maps of the first N slots (255 = the map's
+            maximum), ``None`` when N = 0.
+        has_map: [B, N] bool: slot has weight > 0, so its map is written.
+    """
+
+    members: torch.Tensor
+    sizes: torch.Tensor
+    weights: torch.Tensor
+    count: torch.Tensor
+    rank_of: torch.Tensor
+    alpha: torch.Tensor
+    maps: torch.Tensor | None
+    has_map: torch.Tensor | None
+
+
+def scaled_maps(acts: torch.Tensor) -> torch.Tensor:
+    """[B, F, H*W] float64: each map min-max scaled to [0, 1] on its own (a constant map: 0)."""
+    x = acts.detach().to(torch.float64).flatten(2)
+    return _scaled(x)
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    lo = x.amin(dim=2, keepdim=True)
+    span = x.amax(dim=2, keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def similarity(scaled: torch.Tensor) -> torch.Tensor:
+    """[B, F, F] cosine similarity of scaled maps; two all-zero maps have similarity 1,
+    an all-zero map and any other 0."""
+    norm = scaled.norm(dim=2, keepdim=True)
+    unit = scaled / torch.where(norm > 0, norm, 1.0)
+    sim = unit @ unit.transpose(1, 2)
+    flat = norm.squeeze(2) == 0
+    return torch.where(flat[:, :, None] & flat[:, None, :], 1.0, sim)
+
+
+def cluster_layer(
+    acts: torch.Tensor, grads: torch.Tensor | None, threshold: float, n_maps: int = 0
+) -> LayerClusters:
+    """Cluster one layer's maps of a batch (docs/cluster-method.md, steps 1-5).
+
+    Args:
+        acts: [B, F, H, W] the maps as measured (after the nonlinearity).
+        grads: [B, F, H, W] gradient of each image's predicted class score with respect
+            to the maps (``None``: zero, e.g. a layer the score does not depend on).
+        threshold: the cosine similarity a link needs, in (0, 1].
+        n_maps: merged maps for the first ``n_maps`` rank slots.
+    """
+    n, width = acts.shape[:2]
+    device = acts.device
+    flat = acts.detach().to(torch.float64).flatten(2)
+    scaled = _scaled(flat)
+    sim = similarity(scaled)
+    raw_mean = flat.mean(dim=2)
+    alpha = (torch.zeros_like(raw_mean) if grads is None
+             else grads.detach().to(torch.float64).mean(dim=(2, 3)))
+    # importance order: alpha * mean map descending, ties by the lower filter index
+    order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
+    sim_o = sim.gather(1, order[:, :, None].expand(n, width, width)).gather(2, order[:, None, :].expand(
+        n, width, width))
+    earlier = torch.ones(width, width, dtype=torch.bool, device=device).tril(-1)
+    cand = torch.where(earlier & (sim_o >= threshold), sim_o, -math.inf)
+    best = cand.argmax(dim=2)  # the first (most important) of equally similar maps
+    pos = torch.arange(width, device=device).expand(n, width)
+    root = torch.where(cand.amax(dim=2) > -math.inf, best, pos) if width else pos
+    for _ in range(max(1, math.ceil(math.log2(max(width, 2)))) + 1):  # pointer jumping to the tree roots
+        root = root.gather(1, root)
+    # each filter's cluster, named by its root filter's index
+    leader = torch.empty_like(order).scatter_(1, order, order.gather(1, root))
+    weight = torch.zeros_like(alpha).scatter_add_(1, leader, alpha).clamp(min=0)
+    flat_root = scaled.amax(dim=2) == 0
+    weight = torch.where(flat_root, 0.0, weight)  # the cluster of constant maps has no spatial content
+    is_root = leader == torch.arange(width, device=device)[None, :]
+    # rank: weight descending, ties by the smallest member (a cluster's smallest member is found by
+    # scatter amin); non-roots last
+    smallest = torch.full_like(leader, width).scatter_reduce_(1, leader, pos.clone(), reduce="amin")
+    key_w = torch.where(is_root, weight, -1.0)
+    by_small = torch.sort(smallest, dim=1, stable=True).indices
+    by_weight = torch.sort(-key_w.gather(1, by_small), dim=1, stable=True).indices
+    ranked_roots = by_small.gather(1, by_weight)  # [B, F] root filter of each rank slot
+    rank_of_root = torch.empty_like(ranked_roots).scatter_(1, ranked_roots, pos.clone())
+    rank_of = rank_of_root.gather(1, leader)
+    count = is_root.sum(dim=1)
+    members = torch.sort(rank_of * width + pos, dim=1).indices  # by rank, then filter index
+    sizes = torch.zeros_like(leader).scatter_add_(1, rank_of, torch.ones_like(leader))
+    slot_weight = torch.zeros_like(weight).scatter_(1, rank_of, weight.gather(1, leader))
+    maps = has_map = None
+    k = min(n_maps, width)
+    if k > 0:
+        onehot = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]).to(torch.float64)
+        merged = (onehot @ scaled) / sizes[:, :k, None].clamp(min=1)
+        top = merged.amax(dim=2, keepdim=True)
+        png = torch.where(top > 0, merged / torch.where(top > 0, top, 1.0), 0.0)
+        maps = torch.round(png * 255).to(torch.uint8).view(n, k, *acts.shape[2:])
+        has_map = (slot_weight[:, :k] > 0) & (top.squeeze(2) > 0)
+    return LayerClusters(members=members, sizes=sizes, weights=slot_weight, count=count, rank_of=rank_of,
+                         alpha=alpha, maps=maps, has_map=has_map)
+
+
+def cluster_concepts(
+    lc: LayerClusters, values: torch.Tensor, incidence: torch.Tensor, top: int = TOP_CONCEPTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cluster's labels under one tagging setting (docs/cluster-method.md, step 6).
+
+    Args:
+        lc: the layer's clusters.
+        values: [B, F] the filters' FilTag values.
+        incidence: [F, C] float64 0/1 tag matrix of the setting on the same device.
+        top: at most this many concepts per cluster.
+
+    Returns:
+        ``(classes, scores)``, both [B, F, top] by rank slot: class indices (profile
+        order) and scores, best first (ties: the lower class index); a score of 0
+        marks no concept.
+    """
+    n, width = lc.rank_of.shape
+    n_classes = incidence.shape[1]
+    g = lc.alpha.clamp(min=0) * values.to(torch.float64)
+    den = torch.zeros_like(g).scatter_add_(1, lc.rank_of, g)
+    num = torch.zeros((n, width, n_classes), dtype=torch.float64, device=g.device)
+    num.scatter_add_(1, lc.rank_of[:, :, None].expand(n, width, n_classes), g[:, :, None] * incidence[None])
+    keep = (den > 0) & (lc.weights > 0)
+    score = torch.where(keep[:, :, None], num / torch.where(den > 0, den, 1.0)[:, :, None], 0.0)
+    k = min(top, n_classes)
+    scores, classes = torch.sort(-score, dim=2, stable=True)
+    return classes[:, :, :k], -scores[:, :, :k]
+
+
+def variant_name(perturbation: dict[str, Any] | None) -> str:
+    """The folder of an input variant's maps: ``clean``, or e.g. ``gaussian-0.1``."""
+    if not perturbation:
+        return "clean"
+    return f"{perturbation['kind']}-{perturbation['param']:g}"
+
+
+def map_path(
+    sha256: str | None, index: int, perturbation: dict[str, Any] | None, layer: str, rank: int
+) -> str:
+    """A cluster map's path relative to the run folder."""
+    image = sha256 or f"index-{index}"
+    return f"{MAPS_DIR}/{image}/{variant_name(perturbation)}/{layer}-{rank}.png"
+
+
+def write_map(run: Path, rel: str, pixels: Any) -> None:
+    """Write an 8-bit grey PNG atomically (no half file after a crash), without an fsync
+    per file (3-4 ms apiece, more than the clustering): the pass calls :func:`sync_maps`
+    once before its state names the rows that refer to the maps."""
+    from PIL import Image
+
+    from ._io import atomic_open
+
+    with atomic_open(run / rel, "wb", durable=False) as fh:
+        Image.fromarray(pixels, mode="L").save(fh, "PNG")
+
+
+def sync_maps() -> None:
+    """Make the maps written so far durable (one ``sync`` for all of them)."""
+    sync = getattr(os, "sync", None)
+    if sync is not None:
+        sync()
+
+
+def cluster_batch(
+    acts: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor | None],
+    values: torch.Tensor,
+    incidence: Sequence[Sequence[torch.Tensor]],
+    options: ClusterOptions,
+) -> dict[str, Any]:
+    """A batch's clusters of every layer and their labels under every setting, on the device.
+
+    Args:
+        acts / grads: per layer, the [B, F, H, W] maps and their gradients.
+        values: [B, sum F] the filters' FilTag values, layers side by side.
+        incidence: per setting, per layer, the [F, C] float64 tag matrix on the device.
+        options: threshold and how many maps per layer.
+
+    Returns:
+        ``{"layers": [LayerClusters per layer], "concepts": [per setting, per layer
+        (classes, scores)]}`` (tensors; :func:`to_host` copies them).
+    """
+    widths = [a.shape[1] for a in acts]
+    per_value = torch.split(values.to(acts[0].device if acts else values.device), widths, dim=1)
+    layers = [cluster_layer(a, g, options.threshold, options.maps) for a, g in zip(acts, grads)]
+    concepts = [[cluster_concepts(lc, v, inc) for lc, v, inc in zip(layers, per_value, per_setting)]
+                for per_setting in incidence]
+    return {"layers": layers, "concepts": concepts}
+
+
+def to_host(batch: dict[str, Any]) -> dict[str, Any]:
+    """:func:`cluster_batch`'s tensors as NumPy arrays."""
+
+    def np_(t: torch.Tensor | None) -> Any:
+        return None if t is None else t.cpu().numpy()
+
+    layers = [{"members": np_(lc.members), "sizes": np_(lc.sizes), "weights": np_(lc.weights),
+               "count": np_(lc.count), "maps": np_(lc.maps), "has_map": np_(lc.has_map)}
+              for lc in batch["layers"]]
+    concepts = [[(np_(c), np_(s)) for c, s in per_setting] for per_setting in batch["concepts"]]
+    return {"layers": layers, "concepts": concepts}
+
+
+def _map_slots(host: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """``(image, layer, rank slot)`` of every map to write, image by image, layer by layer."""
+    out = []
+    for li, h in enumerate(host["layers"]):
+        if h["has_map"] is not None:
+            for b, k in zip(*np.nonzero(h["has_map"])):
+                out.append((int(b), li, int(k)))
+    return sorted(out)
+
+
+def write_maps(
+    run: Path, host: dict[str, Any], names: Sequence[str], indices: Sequence[int],
+    sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
+) -> None:
+    """Write the PNG maps of one input variant of a batch."""
+    for b, li, k in _map_slots(host):
+        rel = map_path(sha256[b], indices[b], perturbation, names[li], k + 1)
+        write_map(run, rel, host["layers"][li]["maps"][b, k])
+
+
+def cluster_columns(
+    host: dict[str, Any], setting: int, names: Sequence[str], indices: Sequence[int],
+    sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
+) -> dict[str, tuple[np.ndarray, Any]]:
+    """The stored columns of one input variant and setting of a batch: per column,
+    ``(row offsets [B + 1], flat values)`` (see :mod:`filtag_kg.explanations_io`)."""
+    layers = host["layers"]
+    n = len(indices)
+    counts = np.stack([h["count"] for h in layers], axis=1).astype(np.int64)  # [B, L]
+    valid = np.concatenate([np.arange(h["sizes"].shape[1])[None, :] < h["count"][:, None] for h in layers],
+                           axis=1)  # [B, sum F]: rank slots that hold a cluster
+    sizes = np.concatenate([h["sizes"] for h in layers], axis=1)
+    weights = np.concatenate([h["weights"] for h in layers], axis=1)
+    members = np.concatenate([h["members"] for h in layers], axis=1)
+    classes = np.concatenate([c for c, _ in host["concepts"][setting]], axis=1)
+    scores = np.concatenate([s for _, s in host["concepts"][setting]], axis=1)
+    labelled = valid[:, :, None] & (scores > 0)
+
+    def offsets(per_row: np.ndarray) -> np.ndarray:
+        out = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(per_row, out=out[1:])
+        return out
+
+    c_off = offsets(valid.sum(axis=1))
+    paths: list[str | None] = [None] * int(c_off[-1])
+    first_slot = np.concatenate([[0], np.cumsum([h["sizes"].shape[1] for h in layers])[:-1]])
+    flat_pos = np.cumsum(valid.reshape(-1)).reshape(valid.shape) - 1  # slot -> position among clusters
+    for b, li, k in _map_slots(host):
+        paths[int(flat_pos[b, first_slot[li] + k])] = map_path(sha256[b], indices[b], perturbation, names[li],
+                                                               k + 1)
+    return {
+        "cluster_layer": (np.arange(n + 1, dtype=np.int64) * len(layers), counts.reshape(-1)),
+        "cluster_size": (c_off, sizes[valid]),
+        "cluster_filter": (np.arange(n + 1, dtype=np.int64) * members.shape[1], members.reshape(-1)),
+        "cluster_weight": (c_off, weights[valid]),
+        "cluster_map": (c_off, paths),
+        "cluster_concepts": (c_off, labelled.sum(axis=2)[valid]),
+        "cluster_concept": (offsets(labelled.sum(axis=(1, 2))), classes[labelled]),
+        "cluster_score": (offsets(labelled.sum(axis=(1, 2))), scores[labelled]),
+    }
+
+
+def _setting(rec: dict[str, Any]) -> tuple[str, Any]:
+    param = rec.get("param")
+    if param not in (None, ""):
+        try:
+            num = float(param)
+            param = int(num) if num.is_integer() else num
+        except (TypeError, ValueError):
+            pass
+    else:
+        param = None
+    return rec["method"], param
+
+
+def aggregate_records(records: Iterable[dict[str, Any]], top_clusters: int = TOP_CLUSTERS) -> dict[str, Any]:
+    """Class-level aggregates of explanation records (docs/cluster-method.md, step 7).
+
+    Only unperturbed records with clusters count. Per (setting, predicted class,
+    layer): ``images``; per concept, ``count`` (images where it labels one of the
+    image's ``top_clusters`` first clusters with weight > 0) and ``weight`` (sum over
+    those clusters of cluster weight x concept score).
+    """
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    layer_order: dict[str, int] = {}  # the profile's order, as the records list the layers
+    for rec in records:
+        clusters = rec.get("clusters")
+        if clusters is None or rec.get("perturbation") is not None or not rec.get("model_top"):
+            continue
+        method, param = _setting(rec)
+        predicted = rec["model_top"][0]["class_id"]
+        for layer, cl in clusters.items():
+            layer_order.setdefault(layer, len(layer_order))
+            key = (method, "" if param is None else str(param), predicted, layer)
+            g = groups.setdefault(key, {"setting": {"method": method, "param": param}, "class_id": predicted,
+                                        "layer": layer, "images": 0, "_c": {}})
+            g["images"] += 1
+            seen: set[str] = set()
+            for c in [c for c in cl if c["weight"] > 0][:top_clusters]:
+                for con in c["concepts"]:
+                    slot = g["_c"].setdefault(con["class_id"], [0, 0.0])
+                    slot[1] += c["weight"] * con["score"]
+                    if con["class_id"] not in seen:
+                        seen.add(con["class_id"])
+                        slot[0] += 1
+    classes = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], layer_order[k[3]])):
+        g = groups[key]
+        concepts = sorted(g.pop("_c").items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+        g["concepts"] = [{"class_id": c, "count": n, "weight": w}
+                         for c, (n, w) in concepts[:AGGREGATE_CONCEPTS]]
+        classes.append(g)
+    return {"format": "filtag-kg cluster aggregates", "format_version": 1, "top_clusters": top_clusters,
+            "classes": classes}
+
+
+def class_aggregates(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The class-level aggregates of a run's clustered explanations (the content of
+    ``RUN_DIR/clusters.json``; see :func:`aggregate_records`).
+
+    Raises:
+        ProfileError: the run has no explanations.
+        ClusterError: its explanations were made without ``--clusters``.
+    """
+    from ._io import read_json
+    from .explanations_io import EXPLANATIONS_META, iter_explanations
+
+    run = Path(run_dir)
+    meta_path = run / EXPLANATIONS_META
+    if meta_path.is_file() and not (read_json(meta_path) or {}).get("clusters"):
+        raise ClusterError(f"the explanations in {run} were made without clusters; rerun "
+                           f"`filtag-kg explain {run} ... --clusters`")
+    return aggregate_records(iter_explanations(run))
+
+
+__all__ = [
+    "CLUSTERS_DIR",
+    "CLUSTERS_JSON",
+    "ClusterError",
+    "ClusterOptions",
+    "LayerClusters",
+    "aggregate_records",
+    "class_aggregates",
+    "cluster_concepts",
+    "cluster_layer",
+    "map_path",
+    "scaled_maps",
+    "sync_maps",
+    "similarity",
+    "variant_name",
+    "write_map",
+]
