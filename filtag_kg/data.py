@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from .models import WNID_RE, ClassInfo
 #: images with more pixels than this are not decoded but skipped (``--max-pixels``): a
 #: 144-megapixel PNG would take over 1 GB to decode, and a crafted one far more
 DEFAULT_MAX_PIXELS = 100_000_000
+#: a Python object's repr with its address, as some decoders' messages hold one
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ImageTooLargeError(ValueError):
@@ -370,7 +373,10 @@ class ImageDataset(Dataset):
             else:
                 x = self.transform(load_rgb(s.path, max_pixels=self.max_pixels))
         except Exception as exc:  # noqa: BLE001 - any decoding failure marks a bad file
-            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            # PIL names the in-memory copy it read ("<_io.BytesIO object at 0x7f…>"): say the
+            # file instead, so the reason is the same in every run and in every pass
+            text = _OBJECT_REPR.sub(repr(str(s.path)), str(exc))
+            msg = text.splitlines()[0][:200] if text else ""
             item: tuple[Any, ...] = (i, None, s.label, f"{type(exc).__name__}: {msg}".rstrip(": "))
         else:
             item = (i, x, s.label, None)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from ._interrupt import held_interrupt
 from ._io import ensure_writable_dir, read_json, write_json
 from .activations import FilterProbe
 from .clusters import CLUSTERS_DIR, CLUSTERS_JSON, ClusterOptions
@@ -1073,9 +1074,7 @@ def explain_dataset(
         )
         with ctx, FilterProbe(module, engine.points, keep_outputs=grads_needed) as probe:
             for batch in loader:
-                local_skipped += [
-                    (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
-                ]
+                job = None
                 if batch.images is not None:
                     x = engine.to_device(batch.images)
                     idx = batch.indices.tolist()
@@ -1102,12 +1101,19 @@ def explain_dataset(
                     if side is not None:
                         ready = torch.cuda.Event()
                         ready.record()
-                    worker.submit(lambda info=info, results=results, ready=ready, cl=clustered_results:
-                                  host_work(info, results, ready, cl))
-                rounds += 1
-                new_done = sampler.done_after(rounds)
-                bar.update(new_done - done)
-                done = new_done
+                    def job(info=info, results=results, ready=ready, cl=clustered_results) -> None:
+                        host_work(info, results, ready, cl)
+                # the batch's rows, skipped files and count change together: Ctrl-C waits
+                with held_interrupt():
+                    local_skipped += [
+                        (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad
+                    ]
+                    if job is not None:
+                        worker.submit(job)
+                    rounds += 1
+                    new_done = sampler.done_after(rounds)
+                    bar.update(new_done - done)
+                    done = new_done
                 if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n:
                     synchronise(save=True)
     except KeyboardInterrupt:

@@ -594,3 +594,46 @@ def test_misexplained_counts_agree_and_include_explanations_without_prediction(
     assert len(rows) == counts["misexplained"]
     # the graph names images by their path below the dataset root
     assert Path(recs[first]["image"]).relative_to(held).as_posix() in {r["image"] for r in rows}
+
+
+def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
+    tiny_run: tuple[Path, Path], messy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C that lands after a batch's rows went to the writer but before the batch was
+    counted as done: before the fix the saved state held the rows without the count, and
+    --resume wrote the batch's rows (and its skipped files) a second time."""
+    import os
+    import shutil
+
+    from filtag_kg.distributed import RoundSampler
+    from filtag_kg.profile import Interrupted
+
+    run, _ = tiny_run
+    opts = {"batch_size": 4, "progress": False, "workers": 0}
+    shutil.copytree(run, tmp_path / "pristine")
+    explain_dataset(run, image_folder(messy_dir), ExplainOptions(**opts))
+    full = list(read_explanations(run))
+    full_meta = json.loads((run / "explanations.json").read_text())
+    # a reason names the file, never the address of the decoder's in-memory copy
+    assert [s["reason"].count("0x") for s in full_meta["dataset"]["skipped"]] == [0, 0]
+    assert "notes.png" in full_meta["dataset"]["skipped"][1]["reason"]
+    original = RoundSampler.done_after
+    for at in (1, 3):
+        calls = {"n": 0}
+
+        def interrupting(self: RoundSampler, rounds: int, at: int = at, calls: dict = calls) -> int:
+            calls["n"] += 1
+            if calls["n"] == at:  # a real SIGINT, as a terminal's Ctrl-C sends it
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(self, rounds)
+
+        cut = tmp_path / f"cut{at}"
+        shutil.copytree(tmp_path / "pristine", cut)
+        monkeypatch.setattr(RoundSampler, "done_after", interrupting)
+        with pytest.raises(Interrupted):
+            explain_dataset(cut, image_folder(messy_dir), ExplainOptions(**opts))
+        monkeypatch.setattr(RoundSampler, "done_after", original)
+        explain_dataset(cut, image_folder(messy_dir), ExplainOptions(**opts, resume=True))
+        assert list(read_explanations(cut)) == full, at
+        meta = json.loads((cut / "explanations.json").read_text())
+        assert meta["dataset"]["skipped"] == full_meta["dataset"]["skipped"], at
