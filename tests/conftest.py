@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -109,3 +110,28 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def sigint_in_bookkeeping(monkeypatch: pytest.MonkeyPatch, at: int) -> Iterator[None]:
+    """Inside the block, a pass's ``at``-th count of finished rounds (``done_after``) first
+    sends the process a real SIGINT, as a terminal's Ctrl-C does: the moment after a batch's
+    results were taken in but before the batch is counted as done."""
+    import signal
+
+    from filtag_kg.distributed import RoundSampler
+
+    original = RoundSampler.done_after
+    calls = [0]
+
+    def interrupting(self: RoundSampler, rounds: int) -> int:
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, rounds)
+
+    monkeypatch.setattr(RoundSampler, "done_after", interrupting)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(RoundSampler, "done_after", original)

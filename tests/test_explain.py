@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, cli_env, write_images
+from conftest import CLASSES, cli_env, sigint_in_bookkeeping, write_images
 from test_profile import PRE
 from tiny_models import build_tiny
 
@@ -602,10 +602,8 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
     """Ctrl-C that lands after a batch's rows went to the writer but before the batch was
     counted as done: before the fix the saved state held the rows without the count, and
     --resume wrote the batch's rows (and its skipped files) a second time."""
-    import os
     import shutil
 
-    from filtag_kg.distributed import RoundSampler
     from filtag_kg.profile import Interrupted
 
     run, _ = tiny_run
@@ -617,22 +615,11 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
     # a reason names the file, never the address of the decoder's in-memory copy
     assert [s["reason"].count("0x") for s in full_meta["dataset"]["skipped"]] == [0, 0]
     assert "notes.png" in full_meta["dataset"]["skipped"][1]["reason"]
-    original = RoundSampler.done_after
     for at in (1, 3):
-        calls = {"n": 0}
-
-        def interrupting(self: RoundSampler, rounds: int, at: int = at, calls: dict = calls) -> int:
-            calls["n"] += 1
-            if calls["n"] == at:  # a real SIGINT, as a terminal's Ctrl-C sends it
-                os.kill(os.getpid(), signal.SIGINT)
-            return original(self, rounds)
-
         cut = tmp_path / f"cut{at}"
         shutil.copytree(tmp_path / "pristine", cut)
-        monkeypatch.setattr(RoundSampler, "done_after", interrupting)
-        with pytest.raises(Interrupted):
+        with sigint_in_bookkeeping(monkeypatch, at), pytest.raises(Interrupted):
             explain_dataset(cut, image_folder(messy_dir), ExplainOptions(**opts))
-        monkeypatch.setattr(RoundSampler, "done_after", original)
         explain_dataset(cut, image_folder(messy_dir), ExplainOptions(**opts, resume=True))
         assert list(read_explanations(cut)) == full, at
         meta = json.loads((cut / "explanations.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, cli_env, write_images
+from conftest import CLASSES, cli_env, sigint_in_bookkeeping, write_images
 from tiny_models import build_shared, build_tiny
 
 from filtag_kg.activations import FilterProbe, scaled_filter_values
@@ -403,27 +402,15 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
     """Ctrl-C that lands after a batch's sums were added but before the batch was counted
     as done: before the fix the checkpoint held the sums without the count, and --resume
     added the batch (and its skipped files) a second time."""
-    from filtag_kg.distributed import RoundSampler
     from filtag_kg.profile import Interrupted
 
     loaded = load_model("tiny_models:build_tiny", preprocess=PRE)
     opts = {"batch_size": 3, "checkpoint_every": 0, "progress": False}
     full = profile_dataset(loaded, image_folder(messy_dir), tmp_path / "full", ProfileOptions(**opts))
-    original = RoundSampler.done_after
     for at in (1, 2, 4):
-        calls = {"n": 0}
-
-        def interrupting(self: RoundSampler, rounds: int, at: int = at, calls: dict = calls) -> int:
-            calls["n"] += 1
-            if calls["n"] == at:  # a real SIGINT, as a terminal's Ctrl-C sends it
-                os.kill(os.getpid(), signal.SIGINT)
-            return original(self, rounds)
-
         run_dir = tmp_path / f"cut{at}"
-        monkeypatch.setattr(RoundSampler, "done_after", interrupting)
-        with pytest.raises(Interrupted):
+        with sigint_in_bookkeeping(monkeypatch, at), pytest.raises(Interrupted):
             profile_dataset(loaded, image_folder(messy_dir), run_dir, ProfileOptions(**opts))
-        monkeypatch.setattr(RoundSampler, "done_after", original)
         resumed = profile_dataset(loaded, image_folder(messy_dir), run_dir,
                                   ProfileOptions(**opts, resume=True))
         assert resumed.counts.tolist() == full.counts.tolist(), at
