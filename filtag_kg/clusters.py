@@ -258,11 +258,11 @@ def write_map(run: Path, rel: str, pixels: Any) -> None:
         Image.fromarray(pixels, mode="L").save(fh, "PNG")
 
 
-def sync_maps() -> None:
-    """Make the maps written so far durable (one ``sync`` for all of them)."""
-    sync = getattr(os, "sync", None)
-    if sync is not None:
-        sync()
+def sync_maps(run: Path) -> None:
+    """Make the maps written so far durable: one flush of the run folder's file system."""
+    from ._io import sync_filesystem
+
+    sync_filesystem(run / MAPS_DIR if (run / MAPS_DIR).exists() else run)
 
 
 def cluster_batch(

@@ -994,7 +994,7 @@ def explain_dataset(
         if copts is not None:  # the cluster maps before the rows (and state) that name them
             from .clusters import sync_maps
 
-            sync_maps()
+            sync_maps(run)
         committed = sink.synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))

@@ -82,3 +82,19 @@ def test_temp_names_are_recognisable(tmp_path: Path) -> None:
     fd, name = _io.make_temp(tmp_path / "kg.trig", suffix=".nq")
     os.close(fd)
     assert Path(name).name.startswith(f".kg.trig.{_io.TEMP_MARK}.{_io._host()}.{os.getpid()}.")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_sync_filesystem_flushes_one_file_system_not_every_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster maps are made durable in one go; on Linux that must be syncfs on the run
+    folder's file system, never os.sync (every disk of a shared machine, other programs'
+    writes included)."""
+    from filtag_kg._io import sync_filesystem
+
+    def whole_machine() -> None:
+        raise AssertionError("os.sync called")
+
+    monkeypatch.setattr(os, "sync", whole_machine)
+    sync_filesystem(tmp_path)
