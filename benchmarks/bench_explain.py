@@ -17,12 +17,16 @@ classes, for top-k 1, top-k 3, top-percent 1 and above-average, in two parts:
 the device beside a GPU; ``--backend torch`` times the GPU code on the CPU) and
 ``host`` (the rows from its compact result, and writing them: all the host does
 beside a GPU); and the bytes per image of ``explanations.parquet`` (and, with
-``--jsonl``, of ``explanations.jsonl``). Targets: host < 0.1 ms per image for
-every setting, above-average <= 5 KiB per image.
+``--jsonl``, of ``explanations.jsonl``). Above-average is also timed with values
+rounded to multiples of 2^-K (``--value-bits K``, default 10; ``explain
+--value-bits``). ``--columns`` adds where the bytes go: each Parquet column's
+compressed bytes per image. Targets: host < 0.1 ms per image for every setting,
+above-average <= 5 KiB per image.
 
 Usage:
     python benchmarks/bench_explain.py --model resnet50 --images 64 --batch-size 8
     python benchmarks/bench_explain.py --synthetic --images 2048 --batch-size 128 --jsonl
+    python benchmarks/bench_explain.py --synthetic --images 1024 --batch-size 128 --columns
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ SYNTHETIC_SETTINGS = [TagSetting("top-k", 1), TagSetting("top-k", 3), TagSetting
 def synthetic_host_cost(
     images: int, batch_size: int, *, classes: int = 1000, widths: list[int] | None = None,
     jsonl: bool = False, seed: int = 0, out: Path | None = None, repeats: int = 3, backend: str | None = None,
+    value_bits: int | None = 10,
 ) -> list[dict[str, Any]]:
     """Host-side cost and output size per image for each setting, on random values.
 
@@ -64,7 +69,10 @@ def synthetic_host_cost(
     ``explain_ms_per_image`` (active filters and votes: ``explain_tensors``, on the CPU
     here, on the device in a GPU pass), ``rows_ms_per_image`` (the rows from those),
     ``host_ms_per_image`` (rows and writing: all the host does when a GPU explains) and
-    ``bytes_per_image``. ``backend``: ``explain_tensors``' backend (default: NumPy on the CPU).
+    ``bytes_per_image`` (and ``columns``: Parquet column -> compressed bytes per image;
+    ``value_bits``: the rounding, ``None`` for float values). ``backend``:
+    ``explain_tensors``' backend (default: NumPy on the CPU). ``value_bits``: also run
+    above-average with values rounded to multiples of 2^-``value_bits`` (``None``: don't).
     """
     from filtag_kg.explain import _active_batch
     from filtag_kg.tagging import order_filters
@@ -87,7 +95,10 @@ def synthetic_host_cost(
                 "true_classes": [class_ids[i % classes] for i in range(start, start + b)]}
         batches.append((info, [(None, values, None, probs, top)]))
     rows = []
-    for setting in SYNTHETIC_SETTINGS:
+    variants = [(s, None) for s in SYNTHETIC_SETTINGS]
+    if value_bits is not None:
+        variants.append((TagSetting("above-average"), value_bits))
+    for setting, bits in variants:
         incidence = []
         for prof, name in zip(profiles, names):
             cols, lengths = _active_batch(prof, order_filters(prof), setting, name)
@@ -97,11 +108,12 @@ def synthetic_host_cost(
         for form in ["parquet", "jsonl"] if jsonl else ["parquet"]:
             best: dict[str, float] | None = None
             for _ in range(repeats):
-                run = _time_host_work(batches, setting, incidence, names, names_doc, form, out, backend)
+                run = _time_host_work(batches, setting, incidence, names, names_doc, form, out, backend, bits)
                 if best is None or run["seconds"] < best["seconds"]:
                     best = run
             assert best is not None
-            rows.append({"setting": str(setting), "form": form,
+            rows.append({"setting": str(setting), "form": form, "value_bits": bits,
+                         "columns": {k: v / images for k, v in best["columns"].items()},
                          "ms_per_image": 1000 * best["seconds"] / images,
                          "explain_ms_per_image": 1000 * best["explain"] / images,
                          "rows_ms_per_image": 1000 * best["rows"] / images,
@@ -112,8 +124,8 @@ def synthetic_host_cost(
 
 def _time_host_work(
     batches: list[Any], setting: TagSetting, incidence: list[np.ndarray], names: list[str],
-    names_doc: dict[str, Any], form: str, out: Path | None, backend: str | None,
-) -> dict[str, float]:
+    names_doc: dict[str, Any], form: str, out: Path | None, backend: str | None, value_bits: int | None,
+) -> dict[str, Any]:
     """One timed pass over ``batches`` (after one untimed batch): the explain stage, the
     rows and the writing, each timed on its own."""
     from filtag_kg.explain import encode_explained, explain_results
@@ -124,7 +136,10 @@ def _time_host_work(
     def stage(info: dict[str, Any], results: list[Any]) -> list[Any]:
         return explain_results(results, [setting], [incidence], names, backend=backend)
 
-    encode_explained(batches[0][0], stage(*batches[0]), weighting=None, value_type=value_type)  # warm-up
+    def encode(info: dict[str, Any], explained: list[Any]) -> Any:
+        return encode_explained(info, explained, weighting=None, value_type=value_type, value_bits=value_bits)
+
+    encode(batches[0][0], stage(*batches[0]))  # warm-up
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         folder = Path(tmp) / "explanations.parquet"
         sink = (ParquetParts(folder, 0, names_metadata(**names_doc)) if form == "parquet"
@@ -135,7 +150,7 @@ def _time_host_work(
             t1 = time.perf_counter()
             explained = stage(info, results)
             t2 = time.perf_counter()
-            rows_batch = encode_explained(info, explained, weighting=None, value_type=value_type)
+            rows_batch = encode(info, explained)
             t3 = time.perf_counter()
             explain += t2 - t1
             rows += t3 - t2
@@ -144,7 +159,28 @@ def _time_host_work(
         seconds = time.perf_counter() - t0
         sink.close()
         size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-    return {"seconds": seconds, "explain": explain, "rows": rows, "bytes": size}
+        columns = _column_bytes(folder) if form == "parquet" else {}
+    return {"seconds": seconds, "explain": explain, "rows": rows, "bytes": size, "columns": columns}
+
+
+def _column_bytes(folder: Path) -> dict[str, int]:
+    """Compressed bytes of each column over the part files of ``folder``, and ``(footer)``:
+    the rest of the files (schema with the names, column and page metadata)."""
+    import pyarrow.parquet as pq
+
+    sizes: dict[str, int] = {}
+    total = 0
+    for path in sorted(folder.glob("part-*.parquet")):
+        md = pq.ParquetFile(path).metadata
+        total += path.stat().st_size
+        for g in range(md.num_row_groups):
+            group = md.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                name = chunk.path_in_schema.removesuffix(".list.element")
+                sizes[name] = sizes.get(name, 0) + chunk.total_compressed_size
+    sizes["(footer)"] = total - sum(sizes.values())
+    return sizes
 
 
 def main() -> None:
@@ -156,6 +192,10 @@ def main() -> None:
     ap.add_argument("--jsonl", action="store_true", help="with --synthetic: also time explanations.jsonl")
     ap.add_argument("--backend", choices=["numpy", "torch"], default=None,
                     help="with --synthetic: explain_tensors' backend (default: NumPy on the CPU)")
+    ap.add_argument("--value-bits", type=int, default=10, metavar="K",
+                    help="with --synthetic: also above-average with values rounded to 2^-K (default 10)")
+    ap.add_argument("--columns", action="store_true",
+                    help="with --synthetic: print each Parquet column's compressed bytes per image")
     args = ap.parse_args()
     if args.synthetic:
         print(f"host-side work per image: {args.images} synthetic images, batch {args.batch_size}, "
@@ -163,15 +203,27 @@ def main() -> None:
               f"(NumPy's BLAS may use more), best of {args.repeats}")
         print(f"  {'setting':<18} {'form':<8} {'all':>8} {'explain':>8} {'host':>8} {'(rows':>8} "
               f"{'write)':>8}  ms/image;  KiB/image")
-        for r in synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats,
-                                     backend=args.backend):
+        results = synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats,
+                                      backend=args.backend, value_bits=args.value_bits)
+        for r in results:
             write = r["host_ms_per_image"] - r["rows_ms_per_image"]
-            print(f"  {r['setting']:<18} {r['form']:<8} {r['ms_per_image']:8.4f} "
+            label = r["setting"] + ("" if r["value_bits"] is None else f" 2^-{r['value_bits']}")
+            print(f"  {label:<18} {r['form']:<8} {r['ms_per_image']:8.4f} "
                   f"{r['explain_ms_per_image']:8.4f} {r['host_ms_per_image']:8.4f} "
                   f"{r['rows_ms_per_image']:8.4f} {write:8.4f}  {r['bytes_per_image'] / 1024:9.2f}")
         print("all = explain + host; explain = active filters and votes (explain_tensors: on this CPU "
               "here, on the device in a GPU pass); host = rows + writing (what the host does beside a GPU)")
         print("targets: < 0.1 ms per image for every setting; above-average <= 5 KiB per image")
+        if args.columns:
+            shown = [r for r in results if r["form"] == "parquet"]
+            names = sorted({k for r in shown for k in r["columns"]}, key=lambda k: -max(
+                r["columns"].get(k, 0) for r in shown))
+            print("bytes per image by Parquet column (compressed; footer: schema, names, page metadata):")
+            print(f"  {'column':<22}" + "".join(
+                f"{r['setting'] + ('' if r['value_bits'] is None else '/' + str(r['value_bits'])):>16}"
+                for r in shown))
+            for k in names:
+                print(f"  {k:<22}" + "".join(f"{r['columns'].get(k, 0):16.1f}" for r in shown))
         return
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

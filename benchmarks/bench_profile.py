@@ -17,6 +17,14 @@ drifts between repeats moves both halves of a pair alike, and one fast or
 slow repeat does not decide it). Target: profile >= 0.90x plain on CPU (0.95x
 on a GPU).
 
+With ``--breakdown`` it prints instead where the time beside the forward pass goes,
+on one in-memory batch, every case alternating ``--repeats`` times (medians, ms per
+batch): the forward pass plain, with hooks that do nothing, with the probe (hooks and
+reductions); the reductions alone on the captured outputs (the three the probe runs,
+each on its own, and the fused or two-step forms that give identical results); and the
+dry run that finds the measure points (once per call); in wall time and in CPU time of
+the process (steadier where other processes share the cores), as % of the plain pass.
+
 With ``--scaling 1,2`` it also runs ``filtag-kg profile`` under ``torchrun`` with
 1 and 2 processes (Gloo on CPU, NCCL with ``--device cuda``: one GPU each) on
 the same images and prints a scaling table from each run's ``profile.json``.
@@ -25,6 +33,7 @@ Usage:
     python benchmarks/bench_profile.py --model vgg16 --images 64 --batch-size 16
     python benchmarks/bench_profile.py --model resnet50 --device cuda --images 2048 --batch-size 128
     python benchmarks/bench_profile.py --model resnet18 --images 64 --scaling 1,2
+    python benchmarks/bench_profile.py --model resnet50 --batch-size 8 --breakdown --repeats 11
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,6 +133,94 @@ def time_reference(engine: Engine, dataset: ImageDataset, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def breakdown(engine: Engine, batch: torch.Tensor, example: torch.Tensor, repeats: int) -> None:
+    """Median ms per batch of the forward pass with and without hooks and reductions, of
+    each reduction alone on the captured outputs, and of the dry run (see the docstring)."""
+    from filtag_kg.activations import FilterProbe, PointHooks, _reduce
+    from filtag_kg.measure import find_measure_points
+
+    module, points = engine.module, engine.points
+    x = engine.to_device(batch)
+    captured: dict[int, torch.Tensor] = {}
+
+    class Idle(PointHooks):
+        def capture(self, index: int, output: torch.Tensor) -> None:
+            pass
+
+    class Keep(PointHooks):
+        def capture(self, index: int, output: torch.Tensor) -> None:
+            a = output.detach()
+            captured[index] = a if points[index].apply is None else points[index].apply(a)
+
+    def forward(probe: type[PointHooks] | None = None) -> Any:
+        def run() -> None:
+            with torch.inference_mode():
+                if probe is None:
+                    module(x)
+                    return
+                with probe(module, points) as p:
+                    module(x)
+                    if isinstance(p, FilterProbe):
+                        p.take_flat()
+        return run
+
+    forward(Keep)()
+    outputs = [captured[i] for i in sorted(captured)]
+
+    def each(fn: Any) -> Any:
+        def run() -> None:
+            with torch.inference_mode():
+                for a in outputs:
+                    fn(a)
+        return run
+
+    def two_step(a: torch.Tensor) -> Any:
+        return a.amin(dim=(2, 3)).amin(1), a.amax(dim=(2, 3)).amax(1)
+
+    def fused(a: torch.Tensor) -> Any:
+        return torch.aminmax(a.reshape(a.shape[0], -1), dim=1)
+
+    names = [p.layer for p in points]
+    cases = {
+        "forward, no hooks": forward(),
+        "forward, idle hooks": forward(Idle),
+        "forward, probe (hooks + reductions + scaling)": forward(FilterProbe),
+        "reductions as the probe runs them": each(_reduce),
+        "  per-filter mean (float32)": each(lambda a: a.mean(dim=(2, 3), dtype=torch.float32)),
+        "  layer min": each(lambda a: a.amin(dim=(1, 2, 3))),
+        "  layer max": each(lambda a: a.amax(dim=(1, 2, 3))),
+        "  min and max per filter, then per layer": each(two_step),
+        "  min and max fused (torch.aminmax)": each(fused),
+        "dry run (find_measure_points, 1 image)": lambda: find_measure_points(module, names, example),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}  # CPU time of this process (all threads)
+    for f in cases.values():
+        f()  # warm-up
+    for _ in range(repeats):
+        for k, f in cases.items():
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0, c0 = time.perf_counter(), time.process_time()
+            f()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(1000 * (time.perf_counter() - t0))
+            cpu[k].append(1000 * (time.process_time() - c0))
+    for a in outputs:  # the alternatives give the probe's results exactly
+        lo, hi = _reduce(a)[1:]
+        assert torch.equal(two_step(a)[0], lo) and torch.equal(fused(a)[1], hi)
+    base = statistics.median(times["forward, no hooks"])
+    cpu_base = statistics.median(cpu["forward, no hooks"])
+    elements = sum(a[0].numel() for a in outputs)
+    print(f"breakdown: batch {len(batch)}, {len(outputs)} measured outputs, {elements / 1e6:.1f} M values "
+          f"per image; medians of {repeats} alternating repeats; wall ms, and CPU ms of this process "
+          "(all its threads: steadier on a shared machine)")
+    for k, v in times.items():
+        m, c = statistics.median(v), statistics.median(cpu[k])
+        print(f"  {k:<48} {m:9.1f} ms {100 * m / base:6.1f}%  cpu {c:9.1f} ms {100 * c / cpu_base:6.1f}%")
+
+
 def scaling(args: argparse.Namespace, root: Path, tmp: Path) -> None:
     """Images/s of ``filtag-kg profile`` under torchrun with each process count."""
     import json
@@ -157,6 +255,8 @@ def main() -> None:
     ap.add_argument("--amp", default="off")
     ap.add_argument("--reference-images", type=int, default=8)
     ap.add_argument("--scaling", metavar="N,N", help="also time torchrun with these process counts")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="instead: where the time beside the forward pass goes, on one batch")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -173,6 +273,12 @@ def main() -> None:
         opts = ProfileOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
                               amp=args.amp, checkpoint_every=0, progress=False)
         threads = torch.get_num_threads()
+        if args.breakdown:
+            first = first_good_image(imageset, dataset)
+            batch = torch.cat([dataset[i][1].unsqueeze(0) for i in range(min(args.batch_size, len(dataset)))])
+            print(f"model {args.model}, {args.image_size}px, device {device}, torch threads {threads}")
+            breakdown(engine, batch, engine.to_device(first), args.repeats)
+            return
         print(f"model {args.model}, {len(engine.points)} conv layers hooked, "
               f"{sum(p.width for p in engine.points)} filters; {args.images} images "
               f"{args.image_size}px, batch {args.batch_size}, device {device}, torch threads {threads}")

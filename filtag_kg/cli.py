@@ -147,6 +147,10 @@ def _explain_options(p: argparse.ArgumentParser) -> None:
                    "important one (default 0.5; higher: more, smaller clusters)")
     g.add_argument("--cluster-maps", default="3", metavar="N",
                    help="with --clusters: PNG maps for the N top clusters of each layer (default 3)")
+    g.add_argument("--value-bits", type=int, metavar="K",
+                   help="store active filters' values rounded to multiples of 2^-K (at most 2^-(K+1) "
+                   "off; ranks, votes and predictions unchanged); K=10 about halves above-average "
+                   "rows; default: float32 values")
 
 
 def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
@@ -156,7 +160,7 @@ def _explain_opts(args: argparse.Namespace, settings: Any) -> Any:
         settings=settings or None, perturb=args.perturb, seed=args.seed, weighting=args.weighting,
         device=args.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
         checkpoint_every=args.checkpoint_every, resume=args.resume, restart=args.restart,
-        progress=not args.quiet, jsonl=args.jsonl,
+        progress=not args.quiet, jsonl=args.jsonl, value_bits=args.value_bits,
         clusters=_cluster_opts(args) if args.clusters else None,
     )
 

@@ -18,6 +18,14 @@ stay compact and cheap to write:
 - the model's top-5 as output indices (``top_class``) and float32 probabilities;
 - with ``explain --clusters`` only, the clusters (``cluster_*`` columns, float64
   weights and scores; see docs/cluster-method.md and :mod:`filtag_kg.clusters`).
+- with ``value_bits`` K (``explain --value-bits K``, format version 2), values rounded
+  to multiples of 2^-K instead of float32: ``value`` is null and, per layer, ``value_top``
+  holds the first (largest) value's integer code and ``value_gap`` each active filter's
+  code difference to the one ranked above it (0 for a layer's first), so the codes of a
+  layer read back as ``top - cumsum(gap)``. Values are min-max scaled to [0, 1], so the
+  error is at most 2^-(K+1) absolute; ranks, votes and predictions come from the
+  full-precision values before rounding and do not change. Rank-ordered gaps are small
+  numbers, which is what makes above-average rows small (they hold thousands of values).
 
 Names that rows share (layers, class ids, the model's class ids and labels)
 are written once per file, in the Parquet schema metadata.
@@ -52,9 +60,11 @@ FORMAT_PARQUET = "parquet"
 FORMAT_JSONL = "jsonl"
 _META_KEY = b"filtag.explanations"
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
+#: version 2 added ``value_bits`` / ``value_top`` / ``value_gap``; files without them read as version 1
+FORMAT_VERSION = 2
 _ENCODINGS = {
     **{f"{c}.list.element": "DELTA_BINARY_PACKED" for c in (
-        "filter", "layer_active", "vote_class", "vote_count", "last_class", "last_count", "top_class",
+        "layer_active", "vote_class", "last_class", "last_count", "top_class", "value_top",
         "cluster_layer", "cluster_size", "cluster_filter", "cluster_concepts", "cluster_concept")},
     **{f"{c}.list.element": "BYTE_STREAM_SPLIT" for c in (
         "value", "weight", "top_prob", "cluster_weight", "cluster_score")},
@@ -105,6 +115,9 @@ def row_schema(value_type: str = "float32", clusters: bool = False) -> Any:
             ("perturb_param", pa.float64()),
             ("perturb_seed", pa.int64()),
             ("weighting", pa.string()),
+            ("value_bits", pa.int8()),
+            ("value_top", pa.list_(i32)),
+            ("value_gap", pa.list_(i32)),
         ]
         + [
             # explain --clusters: per layer the cluster count; per cluster, in
@@ -144,6 +157,7 @@ def encode_rows(
     weighting: str | None,
     value_type: str = "float32",
     clusters: dict[str, tuple[np.ndarray, Any]] | None = None,
+    value_bits: int | None = None,
 ) -> Any:
     """The rows of one batch under one setting and input variant, as an Arrow record batch.
 
@@ -156,6 +170,9 @@ def encode_rows(
             for JSON Lines).
         clusters: ``explain --clusters``: per cluster column, ``(row offsets, flat
             values)`` (:func:`filtag_kg.clusters.cluster_columns`); ``None``: no such columns.
+        value_bits: round values to multiples of 2^-``value_bits`` and store them as
+            per-layer gaps (see the module's docstring); ``None``: float32 / float64.
+            Values that are not finite or too large for 30-bit codes are stored unrounded.
 
     Returns:
         A ``pyarrow.RecordBatch`` of B rows.
@@ -188,12 +205,21 @@ def encode_rows(
             pa.int32(),
         ),
         "filter": _list(row_start, ex.filters.astype(np.int32, copy=False), pa.int32()),
-        "value": _list(row_start, floats(ex.values), vt),
         "vote_class": _list(ex.count_offsets, ex.count_classes, pa.int32()),
         "vote_count": _list(ex.count_offsets, ex.counts, pa.int32()),
         "last_class": _list(ex.last_offsets, ex.last_classes, pa.int32()),
     }
     nulls = pa.nulls(n)
+    coded = None if value_bits is None else value_codes(ex.values, lengths, value_bits)
+    if coded is None:
+        cols["value"] = _list(row_start, floats(ex.values), vt)
+        cols["value_bits"] = nulls.cast(pa.int8())
+        cols["value_top"] = cols["value_gap"] = nulls.cast(pa.list_(pa.int32()))
+    else:
+        cols["value"] = nulls.cast(pa.list_(vt))
+        cols["value_bits"] = pa.array(np.full(n, value_bits, dtype=np.int8))
+        cols["value_top"] = _list(np.arange(n + 1, dtype=np.int64) * lengths.shape[1], coded[0], pa.int32())
+        cols["value_gap"] = _list(row_start, coded[1], pa.int32())
     if ex.weights is None:
         cols["weight"] = nulls.cast(pa.list_(vt))
         cols["vote"] = nulls.cast(pa.list_(pa.float64()))
@@ -221,11 +247,51 @@ def encode_rows(
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
+def value_codes(values: np.ndarray, lengths: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(tops, gaps)``: ``values`` (all rows' active filters, per row and layer in rank
+    order, ``lengths`` [B, L] of them per layer) as codes ``rint(value * 2**bits)``: per
+    (row, layer) the first code (0 for a layer without active filters), and per value its
+    code's difference to the previous one in its layer (0 for a layer's first).
+
+    Returns ``None`` when the values cannot be coded: not finite, codes of 2^30 or more,
+    or a layer not in descending order (rank order is by value, so that means a caller bug).
+    """
+    if not 0 <= bits <= 24:
+        raise ValueError(f"value_bits must be 0..24, got {bits}")
+    scaled = np.asarray(values, dtype=np.float64) * float(1 << bits)
+    if scaled.size and not (np.isfinite(scaled).all() and np.abs(scaled).max() < 2**30):
+        return None
+    codes = np.rint(scaled).astype(np.int64)
+    seg = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    starts = np.cumsum(seg) - seg
+    full = seg > 0
+    gaps = np.zeros_like(codes)
+    gaps[1:] = codes[:-1] - codes[1:]
+    gaps[starts[full]] = 0
+    if (gaps < 0).any():
+        return None
+    tops = np.zeros(len(seg), dtype=np.int64)
+    tops[full] = codes[starts[full]]
+    return tops.astype(np.int32), gaps.astype(np.int32)
+
+
+def values_from_codes(tops: np.ndarray, gaps: np.ndarray, lengths: np.ndarray, bits: int) -> np.ndarray:
+    """The values :func:`value_codes` coded (float64, exact multiples of 2^-``bits``);
+    ``tops`` and ``lengths`` one entry per layer, ``gaps`` one per value."""
+    seg = np.asarray(lengths, dtype=np.int64)
+    gaps = np.asarray(gaps, dtype=np.int64)
+    before = np.concatenate([[0], np.cumsum(gaps)])  # sum of the gaps before each position
+    starts = np.cumsum(seg) - seg
+    codes = np.repeat(np.asarray(tops, dtype=np.int64) + before[starts], seg) - before[1:]
+    return codes / float(1 << bits)
+
+
 def names_metadata(
     layers: Sequence[str], class_ids: Sequence[str], model_ids: Sequence[str], model_labels: Sequence[str]
 ) -> dict[bytes, bytes]:
     """The names rows refer to by position, as Parquet schema metadata."""
     doc = {
+        "format": FORMAT_VERSION,
         "layers": list(layers),
         "class_ids": list(class_ids),
         "model_ids": list(model_ids),
@@ -243,6 +309,28 @@ def _list_parts(arr: Any) -> tuple[np.ndarray, list[Any], np.ndarray]:
     values = child.to_numpy(zero_copy_only=False).tolist()
     valid = ~arr.is_null().to_numpy(zero_copy_only=False)
     return offsets - first, values, valid
+
+
+def _coded_values(col: dict[str, Any]) -> tuple[np.ndarray, list[Any], np.ndarray] | None:
+    """The ``value`` column's ``(offsets, values, validity)`` with the rows stored as codes
+    (``value_bits`` set) decoded; ``None`` when no row is (or the file predates codes)."""
+    if "value_bits" not in col or col["value_bits"].null_count == len(col["value_bits"]):
+        return None
+    bits = col["value_bits"].to_pylist()
+    off, vals, valid = _list_parts(col["value"])
+    la_off, la, _ = _list_parts(col["layer_active"])
+    top_off, tops, _ = _list_parts(col["value_top"])
+    gap_off, gaps, _ = _list_parts(col["value_gap"])
+    rows: list[list[Any]] = []
+    for r, b in enumerate(bits):
+        if b is None:
+            rows.append(vals[off[r] : off[r + 1]] if valid[r] else [])
+        else:
+            top, gap = tops[top_off[r] : top_off[r + 1]], gaps[gap_off[r] : gap_off[r + 1]]
+            rows.append(values_from_codes(top, gap, la[la_off[r] : la_off[r + 1]], b).tolist())
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in rows], out=offsets[1:])
+    return offsets, [v for x in rows for v in x], valid | np.array([b is not None for b in bits], dtype=bool)
 
 
 def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -267,6 +355,7 @@ def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, 
             "weighting",
         )
     }
+    coded = _coded_values(col)
     lists = {
         k: _list_parts(col[k])
         for k in (
@@ -308,6 +397,9 @@ def records_from_batch(batch: Any, names: dict[str, Any]) -> Iterator[dict[str, 
                 at, k, c = at + sizes[c], k + nc, c + 1
             out[name] = layer
         return out
+
+    if coded is not None:
+        lists["value"] = coded
 
     def row_list(key: str, r: int) -> list[Any] | None:
         off, vals, valid = lists[key]
@@ -434,7 +526,10 @@ class ParquetParts:
             tmp,
             compression="zstd",
             compression_level=1,
-            use_dictionary=["image", "sha256", "true_class", "method", "param", "perturb_kind", "weighting"],
+            use_dictionary=["image", "sha256", "true_class", "method", "param", "perturb_kind", "weighting",
+                            # few distinct small numbers: dictionary indices bit-packed (9 bits for
+                            # filters of a 512-wide layer) beat deltas of unordered numbers
+                            *(f"{c}.list.element" for c in ("filter", "vote_count", "value_gap"))],
             write_statistics=False,
             # small integers as bit-packed deltas, floats split by byte (sorted values per
             # layer share their high bytes): above-average rows 20% smaller, written faster
@@ -516,6 +611,11 @@ def _batches(folder: str | os.PathLike[str], batch_size: int) -> Iterator[tuple[
     for path in part_files(folder):
         f = pq.ParquetFile(path)
         names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
+        if names.get("format", 1) > FORMAT_VERSION:
+            raise ProfileError(
+                f"{path} is in explanations format {names['format']}, newer than this filtag-kg "
+                f"reads ({FORMAT_VERSION}); upgrade filtag-kg"
+            )
         for batch in f.iter_batches(batch_size=batch_size):
             yield batch, names
 

@@ -184,6 +184,7 @@ def _write_parquet(
                  None if rec["prediction_last_layer"] is None else col[rec["prediction_last_layer"]]),
                 ("perturb_kind", pert.get("kind")), ("perturb_param", pert.get("param")),
                 ("perturb_seed", pert.get("seed")), ("weighting", rec["weighting"]),
+                ("value_bits", None), ("value_top", None), ("value_gap", None),  # float32 values
             ):
                 rows[key].append(value)
         arrays = [pa.array(rows[f.name], type=f.type) for f in schema]

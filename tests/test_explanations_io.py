@@ -1,0 +1,175 @@
+"""The stored form of explanations: values rounded to 2^-K (``--value-bits``), compact
+encodings, and files of the earlier format."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_explain
+
+from filtag_kg.cli import main
+from filtag_kg.data import image_folder
+from filtag_kg.errors import ProfileError
+from filtag_kg.explain import ExplainOptions, explain_dataset, explain_tensors, read_explanations
+from filtag_kg.explanations_io import (
+    FORMAT_VERSION,
+    ParquetParts,
+    encode_rows,
+    iter_parquet_records,
+    names_metadata,
+    value_codes,
+    values_from_codes,
+)
+from filtag_kg.tagging import TagSetting
+
+tiny_run = test_explain.tiny_run  # the fixture: a profiled, tagged tiny run and held-out images
+
+
+def _descending_segments(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
+    """Random values in [0, 1], descending within each segment (as rank order is)."""
+    return np.concatenate([np.sort(rng.random(m))[::-1] for m in lengths.reshape(-1)] or [np.zeros(0)])
+
+
+@pytest.mark.parametrize("bits", [0, 4, 10, 24])
+def test_value_codes_round_trip_within_half_a_step(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    lengths = rng.integers(0, 6, size=(7, 4))
+    lengths[2] = 0  # an image without active filters
+    values = _descending_segments(rng, lengths)
+    values[:3] = values[0]  # ties
+    coded = value_codes(values, lengths, bits)
+    assert coded is not None
+    tops, gaps = coded
+    assert tops.shape == (lengths.size,) and gaps.shape == values.shape and (gaps >= 0).all()
+    back = values_from_codes(tops, gaps, lengths.reshape(-1), bits)
+    assert back.tolist() == (np.rint(values * 2.0**bits) / 2.0**bits).tolist()
+    assert np.abs(back - values).max() <= 2.0 ** -(bits + 1)
+
+
+def test_values_that_cannot_be_coded_are_stored_unrounded() -> None:
+    lengths = np.array([[2]])
+    assert value_codes(np.array([np.nan, 0.1]), lengths, 10) is None
+    assert value_codes(np.array([2.0e6, 1.0]), lengths, 10) is None  # codes beyond 2^30
+    assert value_codes(np.array([0.1, 0.2]), lengths, 10) is None  # not in rank order
+    with pytest.raises(ValueError, match="0..24"):
+        value_codes(np.array([0.2, 0.1]), lengths, 25)
+
+
+def _above_average_rows(n: int, bits: int | None) -> object:
+    """Rows of ``n`` images explained above-average on VGG16-like widths (about half of
+    each layer active) with 1000 classes, as one record batch."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    widths = [64, 128, 256, 512, 512]
+    names = [f"l{i}" for i in range(len(widths))]
+    incidence = [(rng.random((f, 1000)) < 0.4).astype(np.float32) for f in widths]
+    values = torch.from_numpy(rng.beta(2, 5, size=(n, sum(widths))))
+    ex = explain_tensors(values, widths, incidence, TagSetting("above-average"), names)
+    return encode_rows(
+        indices=range(n), images=[f"img{i}.jpg" for i in range(n)], sha256=[None] * n,
+        true_classes=[None] * n,
+        top_class=np.zeros((n, 5), dtype=np.int64), top_prob=np.zeros((n, 5), dtype=np.float32),
+        method="above-average", param="", explained=ex, perturbation=None, weighting=None, value_bits=bits,
+    ), names
+
+
+def _column_bytes(folder: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(next(folder.glob("part-*.parquet"))).metadata
+    group = md.row_group(0)
+    return {group.column(c).path_in_schema.split(".")[0]: group.column(c).total_compressed_size
+            for c in range(group.num_columns)}
+
+
+def test_rounded_values_make_above_average_rows_small(tmp_path: Path) -> None:
+    """Issue 16: above-average rows took 9.2 KiB per image, 5.1 KiB of it float32 values and
+    2.4 KiB filter indices; with ``value_bits`` (and dictionary-coded filters) far less."""
+    sizes = {}
+    for bits in (None, 10):
+        batch, names = _above_average_rows(128, bits)
+        ids = [f"c{i}" for i in range(1000)]
+        parts = ParquetParts(tmp_path / str(bits), 0, names_metadata(names, ids, ids, ids))
+        parts.write(batch)
+        parts.commit()
+        sizes[bits] = {k: v / 128 for k, v in _column_bytes(tmp_path / str(bits)).items()}
+        active = sum(len(r) for rec in iter_parquet_records(tmp_path / str(bits))
+                     for r in rec["active_filters"].values()) / 128
+    assert 600 < active < 900  # about half of the 1,472 filters
+    per_filter = {k: v / active for k, v in sizes[None].items()}
+    assert per_filter["filter"] < 1.2  # dictionary indices, 1.15 bytes here (1.28 as deltas)
+    assert per_filter["vote_count"] * active < 880  # 1000 counts: 845 bytes (916 as deltas)
+    assert 2.5 < per_filter["value"] < 3.0  # float32 values: random low bytes
+    coded = (sizes[10]["value_gap"] + sizes[10]["value_top"]) / active
+    assert sizes[10]["value"] < 5 and coded < 0.6  # rank-ordered gaps of 2^-10 steps
+
+
+def test_rounded_forms_agree_and_keep_ranks_votes_predictions(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, held = tiny_run
+    imageset = image_folder(held)
+    common = dict(progress=False, batch_size=4, checkpoint_every=1, perturb=["gaussian:0.2"])
+    explain_dataset(run, imageset, ExplainOptions(**common))
+    exact = list(read_explanations(run))
+    rounded = {}
+    for jsonl in (False, True):
+        other = tmp_path / f"rounded-{jsonl}"
+        shutil.copytree(run, other)
+        meta = explain_dataset(other, imageset, ExplainOptions(jsonl=jsonl, value_bits=6, **common))
+        assert meta["value_bits"] == 6
+        rounded[jsonl] = list(read_explanations(other))
+    assert rounded[False] == rounded[True]  # the two forms agree exactly, image by image
+    assert len(exact) == len(rounded[False]) == 9 * 2 * 2
+    step = 2.0**-6
+    for e, r in zip(exact, rounded[False]):
+        assert {k: v for k, v in e.items() if k != "active_filters"} == {
+            k: v for k, v in r.items() if k != "active_filters"}
+        for layer, got in r["active_filters"].items():
+            want = e["active_filters"][layer]
+            assert [(a["filter"], a["rank"]) for a in got] == [(a["filter"], a["rank"]) for a in want]
+            for a, b in zip(got, want):
+                assert a["value"] / step == round(a["value"] / step)
+                assert abs(a["value"] - b["value"]) <= step / 2 + 1e-7  # b is float32-rounded
+
+
+def test_files_of_format_1_still_read_and_newer_ones_are_refused(tmp_path: Path) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batch, names = _above_average_rows(4, None)
+    ids = [f"c{i}" for i in range(1000)]
+    doc = json.loads(names_metadata(names, ids, ids, ids)[b"filtag.explanations"])
+    assert doc.pop("format") == FORMAT_VERSION == 2
+    new = [c for c in ("value_bits", "value_top", "value_gap")]
+    old = pa.Table.from_batches([batch]).drop_columns(new)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    pq.write_table(old.replace_schema_metadata({b"filtag.explanations": json.dumps(doc).encode()}),
+                   folder / "part-000000.parquet")
+    parts = ParquetParts(tmp_path / "new", 0, names_metadata(names, ids, ids, ids))
+    parts.write(batch)
+    parts.commit()
+    assert list(iter_parquet_records(folder)) == list(iter_parquet_records(tmp_path / "new"))
+    doc["format"] = FORMAT_VERSION + 1
+    pq.write_table(old.replace_schema_metadata({b"filtag.explanations": json.dumps(doc).encode()}),
+                   folder / "part-000000.parquet")
+    with pytest.raises(ProfileError, match="newer than this filtag-kg reads"):
+        list(iter_parquet_records(folder))
+
+
+def test_value_bits_out_of_range_is_one_error(
+    tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    run, held = tiny_run
+    with pytest.raises(ProfileError, match="0..24"):
+        ExplainOptions(value_bits=30)
+    assert main(["explain", str(run), "--data", str(held), "--value-bits", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("filtag-kg: error: --value-bits -1 is out of range") and err.count("\n") == 1
