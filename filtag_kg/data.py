@@ -375,7 +375,7 @@ class ImageDataset(Dataset):
         except Exception as exc:  # noqa: BLE001 - any decoding failure marks a bad file
             # PIL names the in-memory copy it read ("<_io.BytesIO object at 0x7f…>"): say the
             # file instead, so the reason is the same in every run and in every pass
-            text = _OBJECT_REPR.sub(repr(str(s.path)), str(exc))
+            text = _OBJECT_REPR.sub(lambda _: repr(str(s.path)), str(exc))
             msg = text.splitlines()[0][:200] if text else ""
             item: tuple[Any, ...] = (i, None, s.label, f"{type(exc).__name__}: {msg}".rstrip(": "))
         else:

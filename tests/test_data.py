@@ -141,3 +141,19 @@ def test_run_records_images_over_the_cap_as_skipped(
     assert ds["images_used"] == 12 and ds["max_pixels"] == 5000
     assert [Path(s["path"]).name for s in ds["skipped"]] == ["huge.png"]
     assert "6400 pixels, over the cap of 5000" in ds["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("name", ["cat\xa0photo.jpg", "tab\there.png", "back\\slash.png", "plain.png"])
+def test_bad_file_reasons_name_the_file_whatever_its_name(tmp_path: Path, name: str) -> None:
+    """The reason of a file that is not an image names the file, the same with and without
+    checksums (explain reads through an in-memory copy, profile from the path); a name whose
+    repr holds a backslash escape (NBSP, tab) once crashed the pass instead of being skipped."""
+    d = tmp_path / "n02085620"
+    d.mkdir()
+    (d / name).write_text("not an image\n")
+    samples = image_folder(tmp_path).samples
+    pre = Preprocess(resize=None, crop=8).transform()
+    hashed, plain = ImageDataset(samples, pre, with_sha256=True)[0], ImageDataset(samples, pre)[0]
+    assert hashed[1] is None and plain[1] is None
+    assert hashed[3] == plain[3]
+    assert repr(str(d / name)) in hashed[3] and "0x" not in hashed[3]
