@@ -22,8 +22,7 @@ on one in-memory batch, every case alternating ``--repeats`` times (medians, ms 
 batch): the forward pass plain, with hooks that do nothing, with the probe (hooks and
 reductions); the reductions alone on the captured outputs (the three the probe runs,
 each on its own, and the fused or two-step forms that give identical results); and the
-dry run that finds the measure points (once per call); in wall time and in CPU time of
-the process (steadier where other processes share the cores), as % of the plain pass.
+dry run that finds the measure points (once per call).
 
 With ``--scaling 1,2`` it also runs ``filtag-kg profile`` under ``torchrun`` with
 1 and 2 processes (Gloo on CPU, NCCL with ``--device cuda``: one GPU each) on
@@ -194,31 +193,27 @@ def breakdown(engine: Engine, batch: torch.Tensor, example: torch.Tensor, repeat
         "dry run (find_measure_points, 1 image)": lambda: find_measure_points(module, names, example),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
-    cpu: dict[str, list[float]] = {k: [] for k in cases}  # CPU time of this process (all threads)
     for f in cases.values():
         f()  # warm-up
     for _ in range(repeats):
         for k, f in cases.items():
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             f()
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
             times[k].append(1000 * (time.perf_counter() - t0))
-            cpu[k].append(1000 * (time.process_time() - c0))
     for a in outputs:  # the alternatives give the probe's results exactly
         lo, hi = _reduce(a)[1:]
         assert torch.equal(two_step(a)[0], lo) and torch.equal(fused(a)[1], hi)
     base = statistics.median(times["forward, no hooks"])
-    cpu_base = statistics.median(cpu["forward, no hooks"])
     elements = sum(a[0].numel() for a in outputs)
     print(f"breakdown: batch {len(batch)}, {len(outputs)} measured outputs, {elements / 1e6:.1f} M values "
-          f"per image; medians of {repeats} alternating repeats; wall ms, and CPU ms of this process "
-          "(all its threads: steadier on a shared machine)")
+          f"per image; medians of {repeats} alternating repeats")
     for k, v in times.items():
-        m, c = statistics.median(v), statistics.median(cpu[k])
-        print(f"  {k:<48} {m:9.1f} ms {100 * m / base:6.1f}%  cpu {c:9.1f} ms {100 * c / cpu_base:6.1f}%")
+        m = statistics.median(v)
+        print(f"  {k:<48} {m:9.1f} ms  {100 * m / base:6.1f}% of the plain forward pass")
 
 
 def scaling(args: argparse.Namespace, root: Path, tmp: Path) -> None:

@@ -195,23 +195,6 @@ def _pure_func_activation(ev: _Event) -> Callable[[torch.Tensor], torch.Tensor]:
     return apply
 
 
-#: side (pixels) of the shrunk copy of the example the dry run tries first
-DRY_RUN_SIDE = 64
-
-
-def _shrunk(example: torch.Tensor) -> torch.Tensor | None:
-    """``example`` resized so its shorter side is :data:`DRY_RUN_SIDE` (``None`` when it
-    is no larger, or not a float image batch)."""
-    if example.dim() != 4 or not example.is_floating_point():
-        return None
-    h, w = example.shape[-2:]
-    if min(h, w) <= DRY_RUN_SIDE:
-        return None
-    scale = DRY_RUN_SIDE / min(h, w)
-    size = (max(DRY_RUN_SIDE, round(h * scale)), max(DRY_RUN_SIDE, round(w * scale)))
-    return F.interpolate(example, size=size, mode="bilinear", align_corners=False)
-
-
 def find_measure_points(
     model: nn.Module,
     layers: Sequence[str],
@@ -220,15 +203,6 @@ def find_measure_points(
     measure: str = "activation",
 ) -> list[MeasurePoint]:
     """Find where each selected conv layer's filters are measured.
-
-    The recorded forward pass runs first on a copy of ``example`` shrunk to a
-    :data:`DRY_RUN_SIDE`-pixel side: which module or function consumes which tensor
-    does not depend on the image size in a CNN, and the small pass costs a fraction
-    of a full one (for ResNet-50 at 224 px the dry run was 1.6 images' worth of
-    forward passes, 2.5% of explaining 64 images). A model that fails or calls a layer
-    other than once at that size gets the dry run at full size, with its errors. The
-    pass then checks every batch's hooked calls against the dry run
-    (:meth:`filtag_kg.activations.PointHooks.check_calls`).
 
     Args:
         model: the network (TorchScript models are measured at conv outputs only).
@@ -242,19 +216,6 @@ def find_measure_points(
     Raises:
         UnknownLayerError: a layer is not called exactly once per forward pass.
     """
-    small = _shrunk(example)
-    if small is not None:
-        try:
-            return _find_points(model, layers, small, measure)
-        except Exception:  # noqa: BLE001 - a model that needs its full size: the dry run below
-            pass
-    return _find_points(model, layers, example, measure)
-
-
-def _find_points(
-    model: nn.Module, layers: Sequence[str], example: torch.Tensor, measure: str
-) -> list[MeasurePoint]:
-    """:func:`find_measure_points` from one recorded forward pass on ``example``."""
     modules = dict(model.named_modules())
     widths = {n: int(getattr(modules[n], "out_channels", 0)) for n in layers}
     events = _record_forward(model, example)
