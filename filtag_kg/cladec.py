@@ -60,6 +60,7 @@ from .errors import FiltagError, ProfileError, UnknownLayerError
 from .measure import MeasurePoint
 from .models import LoadedModel, conv_layer_names, load_recorded_model
 from .profile import Engine, Interrupted, first_good_image, resolve_device, software_versions
+from .runfolder import fingerprint_diff
 
 #: the run folder's subfolder holding one folder per decoded layer (and alpha)
 CLADEC_DIR = "cladec"
@@ -515,7 +516,7 @@ def train_cladec(
                                "--resume to finish it, or --restart to discard it")
         state = read_json(state_path)
         if state.get("fingerprint") != fingerprint:
-            diff = [k for k in fingerprint if (state.get("fingerprint") or {}).get(k) != fingerprint[k]]
+            diff = fingerprint_diff(state.get("fingerprint"), fingerprint)
             raise ProfileError(f"the interrupted ClaDec training in {folder} used a different "
                                f"{', '.join(diff)}; rerun with the same options, or --restart")
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)

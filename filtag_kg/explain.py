@@ -49,6 +49,7 @@ from .explanations_io import (
     iter_explanations,
 )
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
+from .runfolder import fingerprint_diff
 from .tagging import TagSetting, order_filters, tag_layer
 
 EXPLANATIONS = EXPLANATIONS_JSONL
@@ -965,7 +966,7 @@ def explain_dataset(
             )
         state = read_json(state_path)
         if state["fingerprint"] != fingerprint:
-            diff = [k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]]
+            diff = fingerprint_diff(state["fingerprint"], fingerprint)
             raise ProfileError(
                 f"the interrupted explanation pass in {run} used a different "
                 f"{', '.join(diff)}; rerun with the same options, or --restart"

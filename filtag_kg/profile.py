@@ -37,7 +37,7 @@ from .distributed import RoundSampler
 from .errors import DataError, FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
-from .runfolder import check_same_run
+from .runfolder import check_same_run, fingerprint_diff
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -548,7 +548,7 @@ def profile_dataset(
             )
         state, saved_sums, saved_counts, saved_top = _load_checkpoint(ckpt)
         if state["fingerprint"] != fingerprint:
-            diff = [k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]]
+            diff = fingerprint_diff(state["fingerprint"], fingerprint)
             raise ProfileError(
                 f"checkpoint in {run} was made with a different {', '.join(diff)}; rerun with the "
                 "same options, or --restart to discard it"

@@ -50,6 +50,14 @@ class RunMismatchError(ProfileError):
     """A run folder holds a different run than the one about to be written into it."""
 
 
+def fingerprint_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two pass fingerprints, in ``new``'s order and then
+    the keys only ``old`` has (an option given only to the interrupted pass, such as
+    ``--clusters``, is a difference too)."""
+    old = old or {}
+    return [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+
+
 def check_same_run(
     run_dir: str | os.PathLike[str], fingerprint: dict[str, Any], *, overwrite: bool = False
 ) -> list[Path]:
@@ -73,7 +81,7 @@ def check_same_run(
             old = read_json(profile).get("fingerprint")
         if old == fingerprint:
             return []
-        diff = [k for k in fingerprint if (old or {}).get(k) != fingerprint[k]] if old else ["run"]
+        diff = fingerprint_diff(old, fingerprint) if old else ["run"]
         what = f"a run with a different {', '.join(diff)}"
     else:
         present = artifacts(run, exclude=("profile.ckpt.npz",))

@@ -624,3 +624,19 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
         assert list(read_explanations(cut)) == full, at
         meta = json.loads((cut / "explanations.json").read_text())
         assert meta["dataset"]["skipped"] == full_meta["dataset"]["skipped"], at
+
+
+def test_resuming_without_an_option_the_interrupted_pass_had_names_it(
+    tiny_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--value-bits is in the fingerprint only when given: resuming without it once said
+    'used a different ; rerun' (the difference was looked for in the new pass's keys only)."""
+    from filtag_kg.errors import ProfileError
+    from filtag_kg.profile import Interrupted
+
+    run, held = tiny_run
+    opts = {"batch_size": 2, "progress": False, "workers": 0}
+    with sigint_in_bookkeeping(monkeypatch, 2), pytest.raises(Interrupted):
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, value_bits=10))
+    with pytest.raises(ProfileError, match=r"used a different value_bits; rerun"):
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True))
