@@ -33,6 +33,7 @@ import contextlib
 import html
 import io
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -181,7 +182,7 @@ class App:
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
         self._labels: dict[str, str] = {}  # link labels looked up so far (see _label)
-        self.answers = _AnswerCache(store_path, int(options.cache_mib * 2**20))
+        self.answers = _AnswerCache(int(options.cache_mib * 2**20), wait_s=options.fast_s)
 
     def close(self) -> None:
         """Stop the query worker processes."""
@@ -982,23 +983,9 @@ def _key(graphs: list[str] | None) -> tuple[str, ...] | None:
     return None if graphs is None else tuple(graphs)
 
 
-def store_state(store_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
-    """The state of an on-disk store: name, size and modification time of its files (the
-    ``LOG`` files aside: opening a store writes them, changing no data). A write to the
-    store (a ``load`` into it while it is served) changes it, so answers computed before
-    are known to be stale."""
-    try:
-        entries = list(os.scandir(store_dir))
-    except OSError:
-        return ()
-    state = []
-    for e in entries:
-        if e.name.startswith("LOG"):
-            continue
-        with contextlib.suppress(OSError):
-            st = e.stat()
-            state.append((e.name, st.st_size, st.st_mtime_ns))
-    return tuple(sorted(state))
+#: functions whose value changes from one evaluation to the next, and SERVICE (another
+#: endpoint's answer): a query using them is never answered from the cache
+_NONDETERMINISTIC = re.compile(r"\b(NOW|RAND|UUID|STRUUID|BNODE)\s*\(|\bSERVICE\b", re.IGNORECASE)
 
 
 class _Flight:
@@ -1017,47 +1004,33 @@ class _AnswerCache:
 
     A library query a page or client repeats (``filters-for-concept`` for dog.n.01 reads
     thousands of tags: seconds under load) is then answered without a worker. Only
-    answers (not errors or time-outs) are kept, and only while the store's files are as
-    they were when the answer was computed (:func:`store_state`, looked at again at most
-    every ``recheck_s`` seconds). Identical requests arriving while one runs wait for its
-    outcome (its answer, or its error: a query past the time limit would only reach it
-    again) instead of running the query again.
+    answers (not errors or time-outs) are kept. The server's workers read the store as
+    it was when they opened it (Oxigraph's read-only handles are snapshots), so the
+    server is restarted after a ``load`` into its store, which also empties this cache.
+    Identical requests arriving while one runs wait for its outcome (its answer, or its
+    error: a query past the time limit would only reach it again) instead of running the
+    query again, for at most ``wait_s`` seconds: then they get 503, as a slow query past
+    the server's limit of slow queries does, so waiting requests never hold every
+    server thread while cheap requests queue behind them.
     """
 
-    def __init__(self, store_dir: str, max_bytes: int, recheck_s: float = 1.0) -> None:
+    def __init__(self, max_bytes: int, wait_s: float | None = None) -> None:
         import threading
         from collections import OrderedDict
 
-        self.store_dir, self.max_bytes, self.recheck_s = store_dir, max_bytes, recheck_s
+        self.max_bytes, self.wait_s = max_bytes, wait_s
         self.lock = threading.Lock()
         self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
         self.size = 0
         self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
         self.hits = self.misses = self.shared = 0
-        self.state = store_state(store_dir)
-        self.checked = 0.0
-
-    def _check_state(self) -> None:
-        """Forget every answer when the store changed (called with the lock held)."""
-        import time
-
-        now = time.monotonic()
-        if now - self.checked < self.recheck_s:
-            return
-        self.checked = now
-        state = store_state(self.store_dir)
-        if state != self.state:
-            self.state = state
-            self.kept.clear()
-            self.size = 0
 
     def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
         """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits)."""
 
-        if self.max_bytes <= 0:
+        if self.max_bytes <= 0 or _NONDETERMINISTIC.search(key[0]):
             return run()
         with self.lock:
-            self._check_state()
             got = self.kept.get(key)
             if got is not None:
                 self.kept.move_to_end(key)
@@ -1071,14 +1044,15 @@ class _AnswerCache:
             else:
                 self.shared += 1
         if not leader:  # an identical request is running: its outcome is this one's too
-            flight.done.wait()
+            if not flight.done.wait(self.wait_s):
+                raise _Reply("503 Service Unavailable", f"an identical query has been running for over "
+                             f"{self.wait_s:g} s; try again later")
             if isinstance(flight.outcome, BaseException):
                 raise flight.outcome
             return flight.outcome  # type: ignore[return-value]
-        state = self.state
         try:
             flight.outcome = run()
-            self._keep(key, flight.outcome, state)
+            self._keep(key, flight.outcome)
             return flight.outcome
         except BaseException as exc:  # a time-out or a crash: the waiting requests get it too
             flight.outcome = exc
@@ -1088,7 +1062,7 @@ class _AnswerCache:
                 del self.running[key]
             flight.done.set()
 
-    def _keep(self, key: Any, reply: tuple[str, Any], state: Any) -> None:
+    def _keep(self, key: Any, reply: tuple[str, Any]) -> None:
         kind, payload = reply
         if kind != "ok":
             return
@@ -1097,8 +1071,6 @@ class _AnswerCache:
         if size > self.max_bytes // 4:  # one answer never takes most of the room
             return
         with self.lock:
-            if state != self.state:  # the store changed while it ran
-                return
             self.kept[key] = (reply, size)
             self.size += size
             while self.size > self.max_bytes:
@@ -1337,8 +1309,10 @@ def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: in
 
     if (workers if workers is not None else options.workers) < 1:
         raise ServeError("--workers must be at least 1")
-    if not options.cache_mib >= 0:
-        raise ServeError(f"--cache-mib must be 0 (no cache) or more, not {options.cache_mib}")
+    if not (options.cache_mib >= 0 and math.isfinite(options.cache_mib)):
+        raise ServeError(
+            f"--cache-mib must be a number of MiB, 0 (no cache) or more, not {options.cache_mib}"
+        )
     store = open_store(store_dir)
     if options.base_iri is None:
         options.base_iri = store_base_iri(store) or DEFAULT_BASE_IRI
@@ -1392,6 +1366,8 @@ def serve(
     previous = _stop_on_sigterm()
     try:
         server.run()
+    except _Terminated:  # a service manager's stop is a normal end (exit 0), not an interruption
+        pass
     finally:
         server.close()
         app.close()
@@ -1401,14 +1377,19 @@ def serve(
             signal.signal(signal.SIGTERM, previous)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: :func:`serve` stops its workers and returns."""
+
+
 def _stop_on_sigterm() -> Any:
-    """Make SIGTERM (a service manager's or a benchmark's stop) end :func:`serve` like
-    Ctrl-C, so its query workers are stopped too; returns the previous handler (``None``
-    where none could be set: not in the main thread)."""
+    """Make SIGTERM (a service manager's or a benchmark's stop) end :func:`serve` the way
+    Ctrl-C does, its query workers stopped too, but as a normal return (exit status 0, which
+    systemd counts as a clean stop); returns the previous handler (``None`` where none could
+    be set: not in the main thread)."""
     import signal
 
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     try:
         return signal.signal(signal.SIGTERM, stop)
