@@ -195,7 +195,9 @@ def main() -> None:
             def request(rng: random.Random, slow: bool) -> tuple[str, str, urllib.request.Request]:
                 """(kind, sub-kind, request): the sub-kind says which page or query it is."""
                 if slow:
-                    q = urllib.parse.urlencode({"query": SLOW})
+                    # each slow request's own text (a comment), so the server's answer cache
+                    # neither answers it nor lets two slow clients share one run
+                    q = urllib.parse.urlencode({"query": f"{SLOW} # {rng.random()}"})
                     return "slow", "slow", urllib.request.Request(url + "/sparql?" + q)
                 if rng.random() < 0.5:
                     what = "filter" if rng.random() < 0.7 else "concept"
