@@ -848,10 +848,24 @@ def _no_inplace(module: torch.nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
-def _class_gradients(outputs: Sequence[torch.Tensor], logits: torch.Tensor) -> list[torch.Tensor | None]:
+def _model_top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's top-5 (probabilities, class indices; fewer for fewer classes) of
+    ``[B, C]`` logits: the one place its predicted class is chosen, so the class whose
+    gradients weight the votes and clusters is the class the rows record as its top-1
+    (``argmax`` and ``topk`` may order tied scores differently, on a GPU even from run
+    to run)."""
+    return torch.softmax(logits.detach().float(), dim=1).topk(min(5, logits.shape[1]), dim=1)
+
+
+def _class_gradients(
+    outputs: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor | None = None
+) -> list[torch.Tensor | None]:
     """Per measured point, d (each image's predicted class score) / d output (``None``
-    where the score does not depend on it): one backward pass for all layers."""
-    score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+    where the score does not depend on it): one backward pass for all layers. ``target``:
+    ``[B]`` class indices (default: :func:`_model_top`'s first)."""
+    if target is None:
+        target = _model_top(logits)[1][:, 0]
+    score = logits.gather(1, target.view(-1, 1)).sum()
     try:
         return list(torch.autograd.grad(score, list(outputs), allow_unused=True))
     except RuntimeError as exc:
@@ -1025,13 +1039,14 @@ def explain_dataset(
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
         if grads_needed:
             with torch.enable_grad(), engine.autocast():
                 x = x.detach().requires_grad_(True)
                 logits = module(x)
                 values = probe.take_flat()
-                grads = _class_gradients(probe.outputs, logits.float())
+                probs, top = _model_top(logits)
+                grads = _class_gradients(probe.outputs, logits.float(), top[:, 0])
                 weights = (_gradcam_weights(probe.outputs, engine.points, logits.float(), grads)
                            if opts.weighting == "gradcam" else None)
             clustered = None
@@ -1046,13 +1061,14 @@ def explain_dataset(
                             for o, p in zip(probe.outputs, engine.points)]
                     clustered = cluster_batch(acts, grads, values, cluster_inc, copts)
             probe.outputs = [None] * len(probe.outputs)  # free the maps before the next batch
-            return values, logits.detach().float(), weights, clustered
+            return values, probs, top, weights, clustered
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
+            probs, top = _model_top(logits)
         # the values stay on the device: the writer thread explains them there and copies
         # only the active filters and sparse votes to the host
-        return values, logits.float(), None, None
+        return values, probs, top, None, None
 
     # on a GPU the writer thread explains on its own stream, after an event the pass's thread
     # records once a batch's values and top-5 exist, so its copies to the host wait for that
@@ -1096,10 +1112,8 @@ def explain_dataset(
                     results, clustered_results = [], []
                     for var in variants:
                         xv = x if var is None else var.apply(x, idx, pre.mean, pre.std)
-                        values, logits, weights, clustered = forward(xv, probe)
+                        values, probs, top, weights, clustered = forward(xv, probe)
                         clustered_results.append(clustered)
-                        k = min(5, logits.shape[1])
-                        probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
                         # tensors: the writer thread copies them, so this thread never waits
                         results.append((None if var is None else var.record(), values, weights,
                                         probs, top))

@@ -640,3 +640,20 @@ def test_resuming_without_an_option_the_interrupted_pass_had_names_it(
         explain_dataset(run, image_folder(held), ExplainOptions(**opts, value_bits=10))
     with pytest.raises(ProfileError, match=r"used a different value_bits; rerun"):
         explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True))
+
+
+def test_gradients_are_taken_for_the_class_the_rows_record_as_top_1() -> None:
+    """With tied scores, argmax took the first class and topk (the recorded top-1) on this
+    CPU the last: the gradients (gradcam weights, cluster weights) were then those of
+    another class than the one the explanation and the class aggregates name."""
+    from filtag_kg.explain import _class_gradients, _model_top
+
+    out = torch.zeros(2, 20, 1, 1)
+    out[:, 3] = out[:, 17] = 1.0  # classes 3 and 17 tie
+    out.requires_grad_(True)
+    logits = out.flatten(1) * 1.0
+    top = _model_top(logits)[1][:, 0]
+    (grad,) = _class_gradients([out], logits)
+    assert grad is not None
+    assert grad.flatten(1).argmax(1).tolist() == top.tolist()
+    assert grad.sum().item() == 2.0  # one class per image
