@@ -231,19 +231,26 @@ def cluster_concepts(
     return classes[:, :, :k], -scores[:, :, :k]
 
 
-def variant_name(perturbation: dict[str, Any] | None) -> str:
-    """The folder of an input variant's maps: ``clean``, or e.g. ``gaussian-0.1``."""
+def variant_name(perturbation: dict[str, Any] | None, index: int) -> str:
+    """The folder of an input variant's maps: ``clean``, ``blur-2.0``, or for noise, which
+    is drawn from the seed and the image's position in the dataset (two copies of one file
+    get different noise), e.g. ``gaussian-0.1-seed0-index17``. The parameter is written
+    exactly (``repr``), so parameters that differ in the 7th digit get their own folder."""
     if not perturbation:
         return "clean"
-    return f"{perturbation['kind']}-{perturbation['param']:g}"
+    name = f"{perturbation['kind']}-{float(perturbation['param'])!r}"
+    if perturbation["kind"] == "blur":  # a function of the pixels alone
+        return name
+    return f"{name}-seed{perturbation.get('seed', 0)}-index{index}"
 
 
 def map_path(
     sha256: str | None, index: int, perturbation: dict[str, Any] | None, layer: str, rank: int
 ) -> str:
-    """A cluster map's path relative to the run folder."""
+    """A cluster map's path relative to the run folder: by the file's checksum, so copies of
+    one file share their clean and blurred maps (they are the same)."""
     image = sha256 or f"index-{index}"
-    return f"{MAPS_DIR}/{image}/{variant_name(perturbation)}/{layer}-{rank}.png"
+    return f"{MAPS_DIR}/{image}/{variant_name(perturbation, index)}/{layer}-{rank}.png"
 
 
 def write_map(run: Path, rel: str, pixels: Any) -> None:

@@ -262,7 +262,7 @@ def test_records_equal_between_parquet_and_jsonl_and_old_files_read(tiny_run: tu
     columnar, lines = list(read_explanations(run)), list(read_explanations(other))
     assert len(columnar) == len(lines) == 9 * 2 * 2
     assert [r["clusters"] for r in columnar] == [r["clusters"] for r in lines]
-    assert any(c["map"] and "/blur-1/" in c["map"] for r in columnar for cl in r["clusters"].values()
+    assert any(c["map"] and "/blur-1.0/" in c["map"] for r in columnar for cl in r["clusters"].values()
                for c in cl)
     aggregates = [json.loads((f / "clusters.json").read_text()) for f in (run, other)]
     assert aggregates[0] == aggregates[1] and aggregates[0]["classes"]
@@ -409,3 +409,30 @@ def test_two_gloo_processes_give_the_clusters_of_one(tmp_path: Path) -> None:
             for r in (tmp_path / "two", tmp_path / "one")]
     assert maps[0] == maps[1] and maps[0]
     assert (tmp_path / "two" / "clusters.json").is_file()
+
+
+def test_copies_of_a_file_keep_their_own_noisy_maps(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """Noise is drawn from the seed and the image's position, so two copies of one file get
+    different noisy inputs: their noisy maps were named by the checksum alone (one file, the
+    last writer's, for both records). Clean maps of copies are the same and are shared."""
+    import shutil
+
+    run, held = tiny_run
+    data = tmp_path / "copies"
+    for name in ("a.png", "b.png"):
+        (data / CLASSES[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(next((held / CLASSES[0]).iterdir()), data / CLASSES[0] / name)
+    explain_dataset(run, image_folder(data), ExplainOptions(
+        progress=False, perturb=["gaussian:0.3"], clusters=ClusterOptions(0.5, 3)))
+    top = {}
+    for rec in read_explanations(run):
+        if rec["method"] != "top-k":
+            continue
+        kind = (rec["perturbation"] or {}).get("kind", "clean")
+        maps = [c["map"] for cs in rec["clusters"].values() for c in cs if c["map"]]
+        top[(Path(rec["image"]).name, kind)] = maps
+        for m in maps:
+            assert (run / m).is_file()
+    assert top[("a.png", "clean")] == top[("b.png", "clean")]
+    assert top[("a.png", "gaussian")] and top[("b.png", "gaussian")]
+    assert set(top[("a.png", "gaussian")]).isdisjoint(top[("b.png", "gaussian")])
