@@ -818,6 +818,13 @@ class _HostWorker:
             error, self._error = self._error, None
             raise error
 
+    def wait_for_room(self) -> None:
+        """Block (interruptibly) until a job can be queued without waiting; only the pass's
+        thread submits, so the room stays free for its next :meth:`submit`."""
+        with self._jobs.not_full:
+            while 0 < self._jobs.maxsize <= self._jobs._qsize():
+                self._jobs.not_full.wait(0.1)
+
     def submit(self, job: Any) -> None:
         """Queue ``job`` (blocks while ``depth`` jobs wait)."""
         self._raise()
@@ -1026,8 +1033,9 @@ def explain_dataset(
             sync_maps(run)
         committed = sink.synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
-        skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
-        local_skipped.clear()
+        with held_interrupt():  # moved, not copied, even if Ctrl-C comes now
+            skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
+            local_skipped.clear()
         if save and dist.main:
             write_json(
                 state_path,
@@ -1132,7 +1140,9 @@ def explain_dataset(
                         ready.record()
                     def job(info=info, results=results, ready=ready, cl=clustered_results) -> None:
                         host_work(info, results, ready, cl)
-                # the batch's rows, skipped files and count change together: Ctrl-C waits
+                # the batch's rows, skipped files and count change together: Ctrl-C waits,
+                # so the writer must have room first (a hung writer would swallow Ctrl-C)
+                worker.wait_for_room()
                 with held_interrupt():
                     local_skipped += [
                         (i, {"path": imageset.samples[i].path, "reason": why}) for i, why in batch.bad

@@ -587,8 +587,9 @@ def profile_dataset(
             gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         else:
             gathered = local_skipped
-        skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
-        local_skipped.clear()
+        with held_interrupt():  # moved, not copied, even if Ctrl-C comes now
+            skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
+            local_skipped.clear()
 
     from ._progress import progress
 

@@ -657,3 +657,29 @@ def test_gradients_are_taken_for_the_class_the_rows_record_as_top_1() -> None:
     assert grad is not None
     assert grad.flatten(1).argmax(1).tolist() == top.tolist()
     assert grad.sum().item() == 2.0  # one class per image
+
+
+def test_ctrl_c_is_not_held_while_the_writer_has_no_room() -> None:
+    """The pass waits for room in the writer's queue before the part of a batch that holds
+    Ctrl-C: a writer stuck on a hung file system must not swallow Ctrl-C."""
+    import os
+    import threading
+
+    from filtag_kg._interrupt import held_interrupt
+    from filtag_kg.explain import _HostWorker
+
+    stuck = threading.Event()
+    worker = _HostWorker(depth=1)
+    try:
+        worker.submit(stuck.wait)  # the writer thread hangs in this job
+        worker.submit(lambda: None)  # and the queue is full
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            worker.wait_for_room()
+            with held_interrupt():
+                worker.submit(lambda: None)
+        assert time.monotonic() - t0 < 5
+    finally:
+        stuck.set()
+        worker.close()
