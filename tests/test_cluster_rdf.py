@@ -379,6 +379,10 @@ def test_hostile_layer_class_and_file_names_give_valid_cluster_graphs(tmp_path: 
     assert conforms, report
     clusters = set(g.subjects(RDF.type, FK.FeatureMapCluster))
     assert len(clusters) == sum(len(rows) for r in records for rows in r["clusters"].values())
+    labels = set(g.subjects(RDF.type, FK.ClusterLabel))  # one IRI per explanation, cluster and concept
+    assert len(labels) == sum(len(row["concepts"]) for r in records for rows in r["clusters"].values()
+                              for row in rows)
+    assert {o for s, p, o in g.triples((None, FK.labelledCluster, None))} <= clusters
     paths = {str(o) for o in g.objects(None, FK.filePath)}
     written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows}
     assert paths == written - {None}
