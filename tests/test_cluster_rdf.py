@@ -1,6 +1,7 @@
-"""Feature-map clusters as RDF: each explanation's clusters in its graph (members, weight, rank,
-labels, map file), the class-level aggregates in R/kg/clusters, both conforming to the shapes,
-and the export's bytes the same for any number of processes.
+"""Feature-map clusters as RDF: each image variant's clusters once in its classification graph
+(members, weight, rank, map file), their labels in each explanation graph, the class-level
+aggregates in R/kg/clusters, all conforming to the shapes, and the export's bytes the same for any
+number of processes.
 
 The explanation pass that computes clusters is not needed: the records get a "clusters" key
 and the run a ``clusters.json`` in the form the pass writes (docs: contract of issue 18).
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from rdflib import RDF, Literal, URIRef
 from rdflib.namespace import DCTERMS, VOID, XSD
-from test_rdf_support import LAYERS, make_run, quads_rdflib, union, validate, wordnet
+from test_rdf_support import CLASSES, LAYERS, make_run, quads_rdflib, union, validate, wordnet
 
 import filtag_kg.rdf.rundata as rundata
 from filtag_kg.rdf import RunFolderError, RunGraphs, export_run
@@ -39,7 +40,7 @@ def clusters_for(rec: dict[str, Any], layers: list[tuple[str, int]], classes: li
     i = int(rec["index"])
     out: dict[str, list[dict[str, Any]]] = {}
     p = rec.get("perturbation")
-    variant = "plain" if not p else f"{p['kind']}-{p['param']}"
+    variant = "clean" if not p else f"{p['kind']}-{p['param']}"
     for layer, width in layers:
         groups = _partition(width, i)
         weights = [round(0.9 / (r + 1) + 0.01 * i, 6) for r in range(len(groups) - 1)] + [0.0]
@@ -140,7 +141,8 @@ def _explanation_graph(by_graph: dict, index: int) -> Any:
     return next(g for g in by_graph if f"/explanation/{index}/" in str(g))
 
 
-def test_each_cluster_is_in_its_explanation_graph_with_members_labels_and_map(clustered: tuple) -> None:
+def test_each_cluster_is_in_its_classification_graph_and_its_labels_in_the_explanation(
+        clustered: tuple) -> None:
     run, records, by_graph = clustered
     tags = by_graph[_graph(by_graph, "/kg/tags")]
     filter_of = {}  # filter IRI -> (layer name, index), from the tag graph
@@ -153,29 +155,36 @@ def test_each_cluster_is_in_its_explanation_graph_with_members_labels_and_map(cl
     for rec in records:
         g = by_graph[_explanation_graph(by_graph, rec["index"])]
         e = next(s for s, p, o in g if p == RDF.type and o == FK.ImageExplanation)
-        cg = by_graph[next(o for s, p, o in g if p == FK.classification)]  # the image's classification
-        clusters = {o for s, p, o in g if s == e and p == FK.hasCluster}
+        c = next(o for s, p, o in g if p == FK.classification)
+        cg = by_graph[c]  # the image's classification: the clusters, whatever the setting
+        # the explanation graph holds no cluster, only labels
+        assert not any(p in (FK.hasCluster, FK.memberFilter, FK.memberCount, FK.clusterWeight)
+                       for s, p, o in g)
+        clusters = {o for s, p, o in cg if s == c and p == FK.hasCluster}
         assert len(clusters) == sum(len(rows) for rows in rec["clusters"].values()) == len(
-            {s for s, p, o in g if p == RDF.type and o == FK.FeatureMapCluster})
+            {s for s, p, o in cg if p == RDF.type and o == FK.FeatureMapCluster})
+        labels = {o for s, p, o in g if s == e and p == FK.hasClusterLabel}
+        assert len(labels) == sum(len(row["concepts"]) for rows in rec["clusters"].values() for row in rows)
         for layer, rows in rec["clusters"].items():
             for row in rows:
-                k = URIRef(f"{e}/cluster/{layer}/{row['rank']}")
+                k = URIRef(f"{c}/cluster/{layer}/{row['rank']}")
                 assert k in clusters
-                assert {filter_of[o] for s, p, o in g if s == k and p == FK.memberFilter} == {
+                assert {filter_of[o] for s, p, o in cg if s == k and p == FK.memberFilter} == {
                     (layer, f) for f in row["filters"]}
-                assert (k, FK.memberCount, Literal(len(row["filters"]))) in g
-                assert (k, FK.rank, Literal(row["rank"])) in g
-                assert (k, FK.clusterWeight, Literal(float(row["weight"]), datatype=XSD.double)) in g
-                assert {str(o) for s, p, o in g if s == k and p == FK.clusterLayer} == {
+                assert (k, FK.memberCount, Literal(len(row["filters"]))) in cg
+                assert (k, FK.rank, Literal(row["rank"])) in cg
+                assert (k, FK.clusterWeight, Literal(float(row["weight"]), datatype=XSD.double)) in cg
+                assert {str(o) for s, p, o in cg if s == k and p == FK.clusterLayer} == {
                     str(next(s for s, p, o in tags if p == FK.layerName and str(o) == layer))}
-                labels = {o for s, p, o in g if s == k and p == FK.hasClusterLabel}
-                assert len(labels) == len(row["concepts"])
-                for r, c in enumerate(row["concepts"], 1):
-                    lab = next(x for x in labels if (x, FK.rank, Literal(r)) in g)
+                mine = {x for x in labels if (x, FK.labelledCluster, k) in g}
+                assert len(mine) == len(row["concepts"])
+                assert all(str(x).startswith(f"{e}/cluster/{layer}/{row['rank']}/label/") for x in mine)
+                for r, cc in enumerate(row["concepts"], 1):
+                    lab = next(x for x in mine if (x, FK.rank, Literal(r)) in g)
                     concept = next(o for s, p, o in g if s == lab and p == FK.clusterConcept)
-                    assert class_of[concept] == c["class_id"]  # the synset the export mints
-                    assert (lab, FK.clusterLabelScore, Literal(float(c["score"]), datatype=XSD.double)) in g
-                maps = [o for s, p, o in g if s == k and p == FK.clusterMap]
+                    assert class_of[concept] == cc["class_id"]  # the synset the export mints
+                    assert (lab, FK.clusterLabelScore, Literal(float(cc["score"]), datatype=XSD.double)) in g
+                maps = [o for s, p, o in cg if s == k and p == FK.clusterMap]
                 if row["map"] is None:
                     assert maps == []
                 else:
@@ -192,28 +201,92 @@ def test_explanation_graphs_with_clusters_conform_and_broken_clusters_do_not(clu
     tags = by_graph[_graph(by_graph, "/kg/tags")]
     g_iri = _explanation_graph(by_graph, records[0]["index"])
     expl = by_graph[g_iri]
-    cls = by_graph[next(o for s, p, o in expl if p == FK.classification)]
+    c = next(o for s, p, o in expl if p == FK.classification)
+    cls = by_graph[c]
     unit = expl | cls | tags
     conforms, report = validate(union({(*t, None) for t in unit}))
     assert conforms, report
-    e = next(s for s, p, o in expl if p == RDF.type and o == FK.ImageExplanation)
     layer = LAYERS[0][0]
-    k1, k2 = URIRef(f"{e}/cluster/{layer}/1"), URIRef(f"{e}/cluster/{layer}/2")
-    member = next(o for s, p, o in expl if s == k2 and p == FK.memberFilter)
-    label = next(o for s, p, o in expl if s == k1 and p == FK.hasClusterLabel)
-    count = next(o for s, p, o in expl if s == k1 and p == FK.memberCount)
+    k1, k2 = URIRef(f"{c}/cluster/{layer}/1"), URIRef(f"{c}/cluster/{layer}/2")
+    member = next(o for s, p, o in cls if s == k2 and p == FK.memberFilter)
+    label = next(s for s, p, o in expl if p == FK.labelledCluster and o == k1)
+    count = next(o for s, p, o in cls if s == k1 and p == FK.memberCount)
+    other = next(o for s, p, o in by_graph[_explanation_graph(by_graph, records[1]["index"])]
+                 if p == FK.labelledCluster)  # a cluster of another image
+    unlinked = _about(unit, label, FK.labelledCluster)
     broken = {
         "a filter in two clusters": unit | {(k1, FK.memberFilter, member)},
         "a member count that does not match": unit - {(k1, FK.memberCount, count)}
         | {(k1, FK.memberCount, Literal(int(count) + 1))},
-        "a label without its concept": {t for t in unit if not (t[0] == label and t[1] == FK.clusterConcept)},
+        "a label without its concept": unit - _about(unit, label, FK.clusterConcept),
+        "a label without its cluster": unit - unlinked,
+        "a label of another image's cluster": unit - unlinked | {(label, FK.labelledCluster, other)}
+        | {t for t in by_graph[URIRef(str(other).split("/cluster/")[0])] if t[0] == other},
         "a negative weight": {t for t in unit if not (t[0] == k1 and t[1] == FK.clusterWeight)}
         | {(k1, FK.clusterWeight, Literal(-1.0))},
         "a member of another layer": unit | {(k1, FK.memberFilter, next(
-            o for s, p, o in expl if p == FK.memberFilter and f"/layer/{LAYERS[1][0]}/" in str(o)))},
+            o for s, p, o in cls if p == FK.memberFilter and f"/layer/{LAYERS[1][0]}/" in str(o)))},
     }
     for what, triples in broken.items():
         assert not validate(union({(*t, None) for t in triples}))[0], what
+
+
+def _about(triples: set, s: Any, p: Any) -> set:
+    return {t for t in triples if t[0] == s and t[1] == p}
+
+
+def _with_second_setting(run: Path) -> None:
+    """Repeat every explanation of ``run`` under a second tagging setting (top-k 3), with other labels."""
+    path = run / "explanations.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    more = []
+    for rec in records:
+        other = json.loads(json.dumps(rec))
+        other["param"] = "3"
+        for rows in other["clusters"].values():
+            for row in rows:
+                row["concepts"] = row["concepts"][:1]
+        more.append(other)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records + more), encoding="utf-8")
+
+
+def _count(text: str, prop: Any) -> int:
+    return sum(1 for line in text.splitlines() if f" <{prop}> " in line)
+
+
+def test_member_filters_are_stated_once_per_image_variant_whatever_the_settings(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", images=3)
+    records = add_clusters(run, aggregates=False)
+    one = export_run(run, fmt="nq", out=tmp_path / "one.nq", wordnet=wordnet()).read_text(encoding="utf-8")
+    _with_second_setting(run)
+    two = export_run(run, fmt="nq", out=tmp_path / "two.nq", wordnet=wordnet()).read_text(encoding="utf-8")
+    members = sum(len(row["filters"]) for r in records for rows in r["clusters"].values() for row in rows)
+    assert _count(one, FK.memberFilter) == _count(two, FK.memberFilter) == members > 0
+    assert _count(one, FK.FeatureMapCluster) == _count(two, FK.FeatureMapCluster)
+    assert _count(two, FK.ImageExplanation) == 2 * _count(one, FK.ImageExplanation)
+    # the labels are per setting: the second setting's records have one label per labelled cluster
+    labelled = sum(1 for r in records for rows in r["clusters"].values() for row in rows if row["concepts"])
+    assert _count(two, FK.labelledCluster) == _count(one, FK.labelledCluster) + labelled
+
+
+def test_a_rank_listed_twice_keeps_only_the_last_entry_and_its_labels(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", images=1)
+    records = add_clusters(run, aggregates=False)
+    rec = records[0]
+    layer = LAYERS[0][0]
+    first = rec["clusters"][layer][0]
+    replaced = {**first, "concepts": [{"class_id": CLASSES[3][0], "score": 0.5}]}
+    rec["clusters"][layer].append(replaced)  # rank 1 again, labelled by another concept
+    (run / "explanations.jsonl").write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    out = export_run(run, fmt="nq", wordnet=wordnet())
+    text = out.read_text(encoding="utf-8")
+    labels = [line for line in text.splitlines()
+              if f"/cluster/{layer}/1/label/" in line.split(" ", 1)[0] and f" <{FK.clusterConcept}> " in line]
+    assert len(labels) == 1 and f"/label/{segment(CLASSES[3][0])}>" in labels[0]
+    assert not any(f"/cluster/{layer}/1/label/{segment(c['class_id'])}>" in text
+                   for c in first["concepts"])  # the replaced entry's labels are gone
+    conforms, report = validate(union(quads_rdflib(out, "nq")))
+    assert conforms, report
 
 
 def test_the_aggregates_are_their_own_graph_and_conform_with_the_tag_graph(clustered: tuple) -> None:
@@ -306,6 +379,10 @@ def test_hostile_layer_class_and_file_names_give_valid_cluster_graphs(tmp_path: 
     assert conforms, report
     clusters = set(g.subjects(RDF.type, FK.FeatureMapCluster))
     assert len(clusters) == sum(len(rows) for r in records for rows in r["clusters"].values())
+    labels = set(g.subjects(RDF.type, FK.ClusterLabel))  # one IRI per explanation, cluster and concept
+    assert len(labels) == sum(len(row["concepts"]) for r in records for rows in r["clusters"].values()
+                              for row in rows)
+    assert {o for s, p, o in g.triples((None, FK.labelledCluster, None))} <= clusters
     paths = {str(o) for o in g.objects(None, FK.filePath)}
     written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows}
     assert paths == written - {None}

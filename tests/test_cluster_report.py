@@ -63,7 +63,7 @@ def test_explanation_pages_show_each_layers_strongest_clusters(clustered_site: t
     layers = [lr["name"] for lr in profile["layers"]]
     pages = sorted((out / "explanations").glob("[0-9]*.html"))
     assert len(pages) == 3
-    mint = Minter(DEFAULT_BASE_IRI)  # only for the path of a cluster IRI under its explanation
+    mint = Minter(DEFAULT_BASE_IRI)  # only for the path of a cluster IRI under its classification
     drawn_maps = 0
     for page in pages:
         html = page.read_text(encoding="utf-8")
@@ -80,7 +80,7 @@ def test_explanation_pages_show_each_layers_strongest_clusters(clustered_site: t
             for row in shown:
                 best = row["concepts"][0]["class_id"]
                 assert f'href="../concepts/{best}.html"' in section  # labelled, linked to its concept
-                cluster = mint.cluster(f"/explanation/{rec['index']}/top-k-2", layer, row["rank"])
+                cluster = mint.cluster(f"/classification/{rec['index']}", layer, row["rank"])
                 assert f'{cluster}"' in section  # the cluster's IRI, as the export mints it
             for row in shown:
                 if not row["map"]:
@@ -159,6 +159,29 @@ def test_runs_without_clusters_have_no_cluster_section(tmp_path: Path) -> None:
     assert 'id="clusters"' in html
     assert re.search(r'src="../maps/c/0/[^"]+\.png" alt="features.0 cluster 1"', html)
     check_site(out)
+
+
+def test_a_malformed_aggregate_entry_is_a_one_line_error(tmp_path: Path) -> None:
+    from test_rdf_support import make_run
+
+    from filtag_kg.rdf import RunFolderError, export_run
+    from filtag_kg.rdf.cluster_graph import read_cluster_aggregates
+
+    run = make_run(tmp_path / "run", images=2)
+    add_clusters(run)
+    doc = json.loads((run / "clusters.json").read_text(encoding="utf-8"))
+    wn, site = load_wordnet(source="slice"), tmp_path / "site"
+    for bad, why in [({"images": "many"}, "ValueError"), ({"concepts": [{"class_id": "x"}]}, "'count'"),
+                     ({"setting": "top-k"}, "TypeError")]:
+        broken = {**doc, "classes": [doc["classes"][0], {**doc["classes"][1], **bad}]}
+        (run / "clusters.json").write_text(json.dumps(broken), encoding="utf-8")
+        for build in (lambda: write_report(run, site, wordnet=wn, progress=False, heatmaps=False),
+                      lambda: export_run(run, fmt="nq", out=site.parent / "kg.nq", wordnet=wn),
+                      lambda: read_cluster_aggregates(run)):
+            with pytest.raises(RunFolderError, match=f"clusters.json: entry 2 of classes is not a cluster "
+                                                     f"aggregate .*{why}") as info:
+                build()
+            assert "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(_chromium() is None,

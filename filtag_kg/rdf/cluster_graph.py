@@ -1,8 +1,8 @@
 """The class-level cluster aggregates of a run (``RUN/clusters.json``) as the graph ``R/kg/clusters``.
 
 An explanation pass with ``--clusters`` clusters each image's feature maps per layer (the
-clusters themselves are in each image's explanation graph, see
-:meth:`~.explanation_graph.ExplanationEncoder.encode`) and aggregates, per tagging setting,
+clusters themselves are in each image variant's classification graph, their labels in each
+explanation graph, see :class:`~.explanation_graph.ExplanationEncoder`) and aggregates, per tagging setting,
 predicted class and layer, the concepts that label the images' top-weighted clusters. Each
 entry of ``clusters.json`` becomes, with ``A = R/cluster-aggregate/{setting}/{class}/{layer}``::
 
@@ -36,10 +36,12 @@ CLUSTERS_FILE = "clusters.json"
 
 
 def read_cluster_aggregates(run_dir: str | Path) -> dict[str, Any] | None:
-    """``RUN/clusters.json`` as a dict, or ``None`` when the run has none.
+    """``RUN/clusters.json`` as a dict, or ``None`` when the run has none; the one reader of the
+    export and the report, so both reject a malformed entry alike.
 
     Raises:
-        RunFolderError: the file is not a JSON object with a ``classes`` list.
+        RunFolderError: the file is not a JSON object with a ``classes`` list, or an entry lacks
+            a field or has one of the wrong type (one line, naming the entry).
     """
     path = Path(run_dir) / CLUSTERS_FILE
     try:
@@ -58,7 +60,29 @@ def read_cluster_aggregates(run_dir: str | Path) -> dict[str, Any] | None:
         raise RunFolderError(
             f"{path} has no list of classes; rerun `filtag-kg explain --clusters` to rewrite it"
         )
+    for n, entry in enumerate(doc["classes"], 1):
+        try:
+            _check_entry(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad_entry(path, n, exc) from None
     return doc
+
+
+def _check_entry(entry: Any) -> None:
+    """Read every field of one aggregate the export and the report use (raises on a bad one)."""
+    setting = entry["setting"]
+    str(setting["method"]), param_text(setting.get("param"))
+    str(entry["class_id"]), str(entry["layer"]), int(entry["images"])
+    for row in entry.get("concepts") or ():
+        str(row["class_id"]), int(row["count"]), float(row["weight"])
+
+
+def _bad_entry(path: Path, n: int, exc: Exception) -> RunFolderError:
+    what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+    return RunFolderError(
+        f"{path}: entry {n} of classes is not a cluster aggregate ({what}); "
+        "rerun `filtag-kg explain --clusters` to rewrite it"
+    )
 
 
 def cluster_aggregate_triples(ctx: Context, doc: dict[str, Any]) -> list[Triple]:
@@ -104,11 +128,7 @@ def cluster_aggregate_triples(ctx: Context, doc: dict[str, Any]) -> list[Triple]
                 if w:
                     add((c, _p(FK.conceptWeight), w))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-            raise RunFolderError(
-                f"{Path(ctx.data.run_dir) / CLUSTERS_FILE}: entry {n} of classes is not a cluster aggregate "
-                f"({what}); rerun `filtag-kg explain --clusters` to rewrite it"
-            ) from None
+            raise _bad_entry(Path(ctx.data.run_dir) / CLUSTERS_FILE, n, exc) from None
     return sorted(out)
 
 

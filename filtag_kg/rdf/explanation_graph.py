@@ -12,13 +12,13 @@ perhaps Grad-CAM weighted) becomes the named graph ``E`` = the explanation's IRI
     E/vote/{class} a fk:Vote ; fk:voteConcept C1 ; fk:voteScore 12.0 ; fk:voteCount 12 .
     E/last-layer-vote/{class} a fk:LastLayerVote ; fk:lastLayerVoteConcept C1 ; fk:voteScore 3.0 .
 
-With ``explain --clusters``, ``E fk:hasCluster E/cluster/{layer}/{rank}`` … too: the image's
-feature-map clusters with their members, weight, map file and labels (:meth:`ExplanationEncoder._clusters`).
+With ``explain --clusters``, ``E fk:hasClusterLabel E/cluster/{layer}/{rank}/label/{class}`` … too:
+the labels of the image's feature-map clusters under E's setting (:meth:`ExplanationEncoder._cluster_labels`).
 
 What the model itself said about the image (its top-5, the true class, the image
-and its path, its clusters' map files) does not depend on the setting, so it is stated once per image
-(variant), in the classification graph ``C`` (:meth:`ExplanationEncoder.classify`),
-written before the first explanation that links to it.
+and its path, its feature-map clusters with their members, weights and map files) does not depend
+on the setting, so it is stated once per image (variant), in the classification graph ``C``
+(:meth:`ExplanationEncoder.classify`), written before the first explanation that links to it.
 
 The encoder is the export's hot loop (hundreds of triples per line, millions
 of lines), so it renders N-Triples text directly with pre-rendered
@@ -117,6 +117,7 @@ _CLUSTER_LAYER = _p(FK.clusterLayer)
 _CLUSTER_MAP = _p(FK.clusterMap)
 _CLUSTER_WEIGHT = _p(FK.clusterWeight)
 _HAS_CLUSTER_LABEL = _p(FK.hasClusterLabel)
+_LABELLED = _p(FK.labelledCluster)
 _MEMBER_COUNT = _p(FK.memberCount)
 _MEMBER = _p(FK.memberFilter)
 _CLUSTER_CONCEPT = _p(FK.clusterConcept)
@@ -127,6 +128,17 @@ _PNG = T.string("image/png")
 
 
 _END = " .\n"
+
+
+def cluster_rows(clusters: dict[str, Any] | None) -> dict[str, dict[int, dict[str, Any]]]:
+    """A record's ``"clusters"`` as layer -> rank -> cluster; a rank listed twice: the last wins
+    (its members, map and labels all replace the earlier entry's)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for layer, rows in (clusters or {}).items():
+        by_rank = out[str(layer)] = {}
+        for row in rows:
+            by_rank[int(row["rank"])] = row
+    return out
 
 
 def _dbl(x: Any) -> str | None:
@@ -184,7 +196,7 @@ class SeenVariants:
 
 #: Predicates of an explanation node in the order its lines sort in (checked by a test).
 E_PREDICATE_ORDER = (
-    "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasCluster", "hasLastLayerVote",
+    "type", "wasGeneratedBy", "classification", "hasActiveFilter", "hasClusterLabel", "hasLastLayerVote",
     "hasVote", "lastLayerPredictedConcept", "predictedConcept", "setting", "weighting",
 )
 
@@ -246,9 +258,18 @@ class ExplanationEncoder:
             I a fk:Image ; fk:sha256 "…" .
             C/model-prediction/{r} a fk:ModelPrediction ; fk:rank r ; fk:predictionConcept C2 ;
               fk:probability p ; fk:classLabel "…" .
-            R/file/{path} a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
 
-        (the last: the saliency map files of the variant's feature-map clusters, ``explain --clusters``).
+        and, with ``explain --clusters``, the variant's feature-map clusters ``K = C/cluster/{layer}/{rank}``
+        (every filter of a clustered layer in one of them) and their map files::
+
+            C fk:hasCluster K … .
+            K a fk:FeatureMapCluster ; fk:clusterLayer L ; fk:rank 1 ; fk:clusterWeight 0.41 ;
+              fk:memberCount 3 ; fk:memberFilter F3, F7, F12 ; [fk:clusterMap M] .
+            M a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
+
+        The record is the first of its variant (in file order); members, weight, rank and map are
+        the same in every record of a variant (docs/cluster-method.md: they are computed once per
+        image variant, before any setting's labels), so which record gives them does not matter.
         """
         ctx, mint = self.ctx, self.mint
         concept = ctx.concept
@@ -311,12 +332,28 @@ class ExplanationEncoder:
         cid = rec.get("true_class")
         if cid is not None:
             add(f"{c} {_TRUE} {concept(str(cid))}{end}")
-        # the map files of the image variant's feature-map clusters (the same under every setting)
-        for rows in (rec.get("clusters") or {}).values():
-            for row in rows:
+        # the image variant's feature-map clusters and their map files (the same under every setting)
+        prefix = mint.cluster_prefix(c_iri)
+        for layer, by_rank in cluster_rows(rec.get("clusters")).items():
+            lp = f"<{prefix}{mint.layer_segment(layer)}/"
+            layer_iri = self._layer(layer)
+            for rank, row in by_rank.items():
+                k = f"{lp}{rank}>"
+                add(f"{c} {_HAS_CLUSTER} {k}{end}")
+                add(f"{k} {_A} {_C_CLUSTER}{end}")
+                add(f"{k} {_CLUSTER_LAYER} {layer_iri}{end}")
+                add(f'{k} {_RANK} "{rank}"^^{_INTEGER}{end}')
+                w = _dbl(row["weight"]) if row.get("weight") is not None else None
+                if w:
+                    add(f"{k} {_CLUSTER_WEIGHT} {w}{end}")
+                members = {int(f) for f in row["filters"]}
+                add(f'{k} {_MEMBER_COUNT} "{len(members)}"^^{_INTEGER}{end}')
+                for f in members:
+                    add(f"{k} {_MEMBER} {self._filter(layer, f)}{end}")
                 path = row.get("map")
                 if path:
                     m = f"<{mint.run_file(ctx.run_iri, str(path))}>"
+                    add(f"{k} {_CLUSTER_MAP} {m}{end}")
                     add(f"{m} {_A} {_C_CLUSTER_MAP}{end}")
                     add(f"{m} {_FORMAT} {_PNG}{end}")
                     add(f"{m} {_FILE_PATH} {T.string(str(path))}{end}")
@@ -458,10 +495,11 @@ class ExplanationEncoder:
             links[key] = (_HAS_LAST, v_iri)
             n += lines
 
-        # feature-map clusters (explain --clusters): E/cluster/{layer}/{rank} and their labels
+        # feature-map clusters (explain --clusters): their labels under E's setting; the clusters
+        # themselves are in the classification graph C
         clusters = rec.get("clusters")
         if clusters:
-            n += self._clusters(e_iri, clusters, cut, end, blocks, links)
+            n += self._cluster_labels(e_iri, index, pert, clusters, cut, end, blocks, links)
 
         # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
         # the sorted subject keys, whose groups ("/active/" < "/cluster/" < "/last-layer-vote/" <
@@ -499,57 +537,38 @@ class ExplanationEncoder:
             got = self._layers[layer] = T.iri(self.mint.layer(self.ctx.model_iri, layer))
         return got
 
-    def _clusters(
-        self, e_iri: str, clusters: dict[str, Any], cut: int, end: str,
-        blocks: dict[str, str], links: dict[str, tuple[str, str]],
+    def _cluster_labels(
+        self, e_iri: str, index: Any, pert: dict[str, Any] | None, clusters: dict[str, Any], cut: int,
+        end: str, blocks: dict[str, str], links: dict[str, tuple[str, str]],
     ) -> int:
-        """Add the lines of a record's ``"clusters"`` to ``blocks`` and ``links``; returns how
-        many lines were added. The map files ``M`` are described once per image variant, in its
-        classification graph (:meth:`classify`), like everything that does not depend on the setting.
+        """Add the labels of a record's ``"clusters"`` to ``blocks`` and ``links``; returns how many
+        lines were added. The clusters ``K = C/cluster/{layer}/{rank}`` are stated once per image
+        variant, in its classification graph (:meth:`classify`); only their labels depend on the
+        setting. Per label ``N = E/cluster/{layer}/{rank}/label/{class}``::
 
-        Per cluster ``K = E/cluster/{layer}/{rank}``::
+            E fk:hasClusterLabel N … .
+            N a fk:ClusterLabel ; fk:labelledCluster K ; fk:clusterConcept C ; fk:rank 1 ;
+              fk:clusterLabelScore 0.73 .
 
-            K a fk:FeatureMapCluster ; fk:clusterLayer L ; fk:rank 1 ; fk:clusterWeight 0.41 ;
-              fk:memberCount 3 ; fk:memberFilter F3, F7, F12 ; [fk:clusterMap M] ;
-              fk:hasClusterLabel K/label/{class} … .
-            K/label/{class} a fk:ClusterLabel ; fk:clusterConcept C ; fk:clusterLabelScore 0.73 ; fk:rank 1 .
-
-        Each subject's lines are sorted (a few dozen; member filters sort as text).
+        A rank listed twice: the last entry wins, labels included (:func:`cluster_rows`); a concept
+        listed twice in one cluster: its last entry wins.
         """
         ctx, mint = self.ctx, self.mint
         concepts, concept = ctx.concepts, ctx.concept
-        prefix = mint.cluster_prefix(e_iri)
+        e_prefix = mint.cluster_prefix(e_iri)
+        c_prefix = mint.cluster_prefix(mint.classification(ctx.run_iri, index, pert))
         n = 0
-        for layer, rows in clusters.items():
-            by_index = self._filters.get(layer)
-            lp = f"<{prefix}{mint.layer_segment(layer)}/"
-            layer_iri = self._layer(layer)
-            for row in rows:
-                rank = int(row["rank"])
-                k_plain = f"{lp[1:]}{rank}"
-                k = f"<{k_plain}>"
-                lines = [f"{k} {_A} {_C_CLUSTER}{end}", f"{k} {_CLUSTER_LAYER} {layer_iri}{end}",
-                         f'{k} {_RANK} "{rank}"^^{_INTEGER}{end}']
-                w = _dbl(row["weight"]) if row.get("weight") is not None else None
-                if w:
-                    lines.append(f"{k} {_CLUSTER_WEIGHT} {w}{end}")
-                members = sorted({int(f) for f in row["filters"]})
-                lines.append(f'{k} {_MEMBER_COUNT} "{len(members)}"^^{_INTEGER}{end}')
-                for f in members:
-                    fi = by_index.get(f) if by_index is not None else None
-                    if fi is None:
-                        fi = self._filter(layer, f)
-                        by_index = self._filters[layer]
-                    lines.append(f"{k} {_MEMBER} {fi}{end}")
-                path = row.get("map")
-                if path:
-                    lines.append(f"{k} {_CLUSTER_MAP} <{mint.run_file(ctx.run_iri, str(path))}>{end}")
+        for layer, by_rank in cluster_rows(clusters).items():
+            seg = mint.layer_segment(layer)
+            for rank, row in by_rank.items():
+                k = f"<{c_prefix}{seg}/{rank}>"
+                lp = f"<{e_prefix}{seg}/{rank}/label/"
                 for r, lab in enumerate(row.get("concepts") or (), 1):
                     cid = str(lab["class_id"])
-                    li = f"<{mint.cluster_label(k_plain, cid)}>"
-                    lines.append(f"{k} {_HAS_CLUSTER_LABEL} {li}{end}")
+                    li = f"{lp}{segment(cid)}>"
                     ll = [f"{li} {_A} {_C_CLUSTER_LABEL}{end}",
                           f"{li} {_CLUSTER_CONCEPT} {concepts.get(cid) or concept(cid)}{end}",
+                          f"{li} {_LABELLED} {k}{end}",
                           f'{li} {_RANK} "{r}"^^{_INTEGER}{end}']
                     sc = _dbl(lab["score"]) if lab.get("score") is not None else None
                     if sc:
@@ -559,14 +578,8 @@ class ExplanationEncoder:
                         n -= blocks[key].count("\n")
                     ll.sort()
                     blocks[key] = "".join(ll)
+                    links[key] = (_HAS_CLUSTER_LABEL, li)
                     n += len(ll)
-                key = k[cut:]
-                if key in blocks:  # a rank listed twice: the last entry wins
-                    n -= blocks[key].count("\n")
-                lines = sorted(set(lines))
-                blocks[key] = "".join(lines)
-                links[key] = (_HAS_CLUSTER, k)
-                n += len(lines)
         return n
 
 

@@ -38,7 +38,8 @@ Layout under the base ``B`` (``{…}`` = one encoded segment)::
         C/model-prediction/{rank}  C/perturbation
       R/explanation/{index}/{setting}[/{perturbation}][/{weighting}]   (E)
         E/active/{layer}/{filter}  E/vote/{class}  E/last-layer-vote/{class}
-        E/cluster/{layer}/{rank}  E/cluster/{layer}/{rank}/label/{class}   feature-map clusters
+        C/cluster/{layer}/{rank}  E/cluster/{layer}/{rank}/label/{class}   feature-map clusters (once per
+                                                  image variant) and their labels (per explanation)
       R/file/{path}/{in}/{run folder}             a file of the run folder (a cluster's map PNG)
       R/kg/clusters                               the graph of the class-level cluster aggregates
       R/cluster-aggregate/{setting}/{class}/{layer}   (A)
@@ -369,19 +370,21 @@ class Minter:
         return f"{classification_iri}/perturbation"
 
     # -- feature-map clusters (explain --clusters) ----------------------------------------
-    def cluster(self, explanation_iri: str, layer: str, rank: int) -> str:
-        """``E/cluster/{layer}/{rank}``: a feature-map cluster of an image explanation."""
-        return f"{self.cluster_prefix(explanation_iri)}{self.layer_segment(layer)}/{int(rank)}"
+    def cluster(self, classification_iri: str, layer: str, rank: int) -> str:
+        """``C/cluster/{layer}/{rank}``: a feature-map cluster of an image variant, stated once in
+        its classification graph ``C`` (members, weight and map do not depend on the setting)."""
+        return f"{self.cluster_prefix(classification_iri)}{self.layer_segment(layer)}/{int(rank)}"
 
     @staticmethod
-    def cluster_prefix(explanation_iri: str) -> str:
-        """``E/cluster/``, to which the encoder appends ``{layer segment}/{rank}``."""
-        return f"{explanation_iri}/cluster/"
+    def cluster_prefix(graph_iri: str) -> str:
+        """``C/cluster/`` (or ``E/cluster/`` for labels), to which ``{layer segment}/{rank}`` is appended."""
+        return f"{graph_iri}/cluster/"
 
-    @staticmethod
-    def cluster_label(cluster_iri: str, class_id: str) -> str:
-        """``E/cluster/{layer}/{rank}/label/{class}``: a qualified label of a cluster."""
-        return f"{cluster_iri}/label/{segment(class_id)}"
+    def cluster_label(self, explanation_iri: str, layer: str, rank: int, class_id: str) -> str:
+        """``E/cluster/{layer}/{rank}/label/{class}``: a label of the cluster ``C/cluster/{layer}/{rank}``
+        under the explanation ``E``'s setting (labels are the one part that depends on it)."""
+        return (f"{self.cluster_prefix(explanation_iri)}{self.layer_segment(layer)}/{int(rank)}"
+                f"/label/{segment(class_id)}")
 
     @staticmethod
     def run_file(run_iri: str, path: str) -> str:

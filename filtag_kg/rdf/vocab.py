@@ -265,14 +265,15 @@ class FK(DefinedNamespace):
     ClusterMap: URIRef  # The saliency map file (PNG in the run folder) of a feature-map cluster.
     ClusterAggregate: URIRef  # Global explanation: a class's cluster concepts at one layer under one setting.
     AggregateConcept: URIRef  # One concept of a cluster aggregate, with its count and weight.
-    hasCluster: URIRef  # A feature-map cluster of the explanation's image.
+    hasCluster: URIRef  # A feature-map cluster of the classified image (variant).
     clusterLayer: URIRef  # The layer a feature-map cluster or a cluster aggregate is about.
     clusterWeight: URIRef  # A cluster's generalised Grad-CAM weight (>= 0).
     memberFilter: URIRef  # A filter whose feature map belongs to the cluster.
     memberCount: URIRef  # How many filters a cluster has.
     clusterMap: URIRef  # The saliency map file of a cluster.
     filePath: URIRef  # A file's path relative to the run folder.
-    hasClusterLabel: URIRef  # A qualified label of a cluster.
+    hasClusterLabel: URIRef  # A label, under the explanation's setting, of one of its image's clusters.
+    labelledCluster: URIRef  # The feature-map cluster a cluster label is about.
     clusterConcept: URIRef  # The concept a cluster label names.
     clusterLabelScore: URIRef  # How strongly the cluster's tags point to the label's concept.
     aggregatedClass: URIRef  # The predicted class whose images a cluster aggregate covers.

@@ -112,8 +112,8 @@ class ClusterPages(SiteContext):
         if rec is None:
             return ""
         method, param = _setting_of(rec)
-        e_iri = self.mint.explanation(self.run_iri, rec.get("index"), method, param, None,
-                                      rec.get("weighting") or None)
+        # the clusters are stated once per image variant, in its classification graph (as the export mints)
+        c_iri = self.mint.classification(self.run_iri, rec.get("index"), None)
         top = (rec.get("model_top") or [{}])[0].get("class_id")
         agg = self.cluster_page(str(top)) if top is not None else None
         parts = [
@@ -140,7 +140,7 @@ class ClusterPages(SiteContext):
                 ) or '<span class="muted">no tagged member</span>'
                 cap = (f"#{rank} · weight {fmt_num(float(row['weight']))} · {len(members)} filter(s): {who}"
                        f"<br>{concepts}<br>"
-                       f"{rdf_link(self.mint.cluster(e_iri, layer, rank), text='RDF', short=True)}")
+                       f"{rdf_link(self.mint.cluster(c_iri, layer, rank), text='RDF', short=True)}")
                 figs.append(self.figure(page, files.get((-2, f"{layer}\0{rank}")), cap, width=self.thumb_size,
                                         alt=f"{layer} cluster {rank}"))
             if not figs:
