@@ -117,26 +117,20 @@ class LayerClusters:
     has_map: torch.Tensor | None
 
 
-def scaled_maps(acts: torch.Tensor) -> torch.Tensor:
-    """[B, F, H*W] float64: each map min-max scaled to [0, 1] on its own (a constant map: 0)."""
-    x = acts.detach().to(torch.float64).flatten(2)
-    return _scaled(x)
-
-
 def _scaled(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=2, keepdim=True)
     span = x.amax(dim=2, keepdim=True) - lo
     return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
 
 
-def similarity(scaled: torch.Tensor) -> torch.Tensor:
-    """[B, F, F] cosine similarity of scaled maps; two all-zero maps have similarity 1,
-    an all-zero map and any other 0."""
+def unit_maps(scaled: torch.Tensor) -> torch.Tensor:
+    """[B, F, H*W + 1]: each scaled map as a unit vector, with one more coordinate that is 1
+    for an all-zero map and 0 otherwise, so that one product gives every pair's similarity
+    as docs/cluster-method.md defines it: the cosine of two maps, 1 for two all-zero maps, 0
+    for an all-zero map and any other (the extra coordinate adds exactly 0 to the others)."""
     norm = scaled.norm(dim=2, keepdim=True)
-    unit = scaled / torch.where(norm > 0, norm, 1.0)
-    sim = unit @ unit.transpose(1, 2)
-    flat = norm.squeeze(2) == 0
-    return torch.where(flat[:, :, None] & flat[:, None, :], 1.0, sim)
+    flat = norm == 0
+    return torch.cat([scaled / torch.where(flat, 1.0, norm), flat.to(scaled.dtype)], dim=2)
 
 
 def cluster_layer(
@@ -155,16 +149,24 @@ def cluster_layer(
     device = acts.device
     flat = acts.detach().to(torch.float64).flatten(2)
     scaled = _scaled(flat)
-    sim = similarity(scaled)
     raw_mean = flat.mean(dim=2)
     alpha = (torch.zeros_like(raw_mean) if grads is None
              else grads.detach().to(torch.float64).mean(dim=(2, 3)))
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
-    sim_o = sim.gather(1, order[:, :, None].expand(n, width, width)).gather(2, order[:, None, :].expand(
-        n, width, width))
-    earlier = torch.ones(width, width, dtype=torch.bool, device=device).tril(-1)
-    cand = torch.where(earlier & (sim_o >= threshold), sim_o, -math.inf)
+    # similarities in importance order: permute whichever is smaller, the unit maps
+    # [B, F, H*W+1] before their product (deep layers: many small maps) or the product
+    # [B, F, F] after it (early layers: few large maps); the candidates are masked in place
+    unit = unit_maps(scaled)
+    if unit.shape[2] <= width:
+        unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
+        sim_o = unit_o @ unit_o.transpose(1, 2)
+    else:
+        sim = unit @ unit.transpose(1, 2)
+        sim_o = sim.gather(1, order[:, :, None].expand(n, width, width)).gather(
+            2, order[:, None, :].expand(n, width, width))
+    later = torch.ones(width, width, dtype=torch.bool, device=device).triu()
+    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
     best = cand.argmax(dim=2)  # the first (most important) of equally similar maps
     pos = torch.arange(width, device=device).expand(n, width)
     root = torch.where(cand.amax(dim=2) > -math.inf, best, pos) if width else pos
@@ -458,9 +460,8 @@ __all__ = [
     "cluster_concepts",
     "cluster_layer",
     "map_path",
-    "scaled_maps",
     "sync_maps",
-    "similarity",
+    "unit_maps",
     "variant_name",
     "write_map",
 ]

@@ -436,3 +436,28 @@ def test_copies_of_a_file_keep_their_own_noisy_maps(tiny_run: tuple[Path, Path],
     assert top[("a.png", "clean")] == top[("b.png", "clean")]
     assert top[("a.png", "gaussian")] and top[("b.png", "gaussian")]
     assert set(top[("a.png", "gaussian")]).isdisjoint(top[("b.png", "gaussian")])
+
+
+@pytest.mark.parametrize(("width", "side"), [(40, 3), (6, 7)], ids=["many-small-maps", "few-large-maps"])
+def test_cluster_layer_equals_the_plain_rule_for_both_product_orders(width: int, side: int) -> None:
+    """The similarities are put in importance order before the product when the layer has
+    more filters than map cells, after it otherwise: both give the plain rule's clusters
+    (random maps with flat ones and ties, several thresholds)."""
+    gen = torch.Generator().manual_seed(width)
+    for trial in range(4):
+        acts = torch.relu(torch.randn(3, width, side, side, generator=gen, dtype=torch.float64))
+        acts[:, : width // 4] = 0  # flat maps
+        if trial % 2:
+            acts = torch.round(acts * 2) / 2  # tied maps and importances
+        grads = torch.randn(3, width, side, side, generator=gen, dtype=torch.float64)
+        for threshold in (0.3, 0.6, 1.0):
+            lc = cluster_layer(acts, grads, threshold)
+            for b in range(3):
+                want = plain_cluster(acts[b].numpy(), grads[b].numpy(), threshold)
+                members = lc.members[b].tolist()
+                got, at = [], 0
+                for k in range(int(lc.count[b])):
+                    size = int(lc.sizes[b, k])
+                    got.append((sorted(members[at:at + size]), float(lc.weights[b, k])))
+                    at += size
+                assert [(sorted(c["filters"]), pytest.approx(c["weight"])) for c in want] == got
