@@ -4,7 +4,8 @@ On the same synthetic JPEGs, device and batch size, in one run, prints images/s
 of plain inference (same loader and model, no hooks), of the explanation pass
 (``filtag_kg.explain.explain_dataset`` end to end: hooks, active filters,
 votes, Parquet rows written), and of the pass with ``--weighting gradcam`` (a
-forward and a backward pass), with the ratios. Plain and explain passes
+forward and a backward pass), with the ratios; ``--clusters`` adds the pass with
+``explain --clusters`` (issue 18's target: at most 2x the gradcam pass). Plain and explain passes
 alternate ``--repeats`` times; the headline ratio is the median of each
 repeat's paired ratio (see ``bench_profile.py``). Target (issue 16): explain >= 0.95x
 plain on CPU without weighting.
@@ -25,6 +26,7 @@ above-average <= 5 KiB per image.
 
 Usage:
     python benchmarks/bench_explain.py --model resnet50 --images 64 --batch-size 8
+    python benchmarks/bench_explain.py --model resnet50 --images 64 --batch-size 8 --clusters
     python benchmarks/bench_explain.py --synthetic --images 2048 --batch-size 128 --jsonl
     python benchmarks/bench_explain.py --synthetic --images 1024 --batch-size 128 --columns
 """
@@ -187,6 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(ap)
     ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--clusters", action="store_true", help="also time explain --clusters (default options)")
     ap.add_argument("--synthetic", action="store_true",
                     help="time the host-side work alone on random values of VGG16 widths, 1000 classes")
     ap.add_argument("--jsonl", action="store_true", help="with --synthetic: also time explanations.jsonl")
@@ -272,6 +275,14 @@ def main() -> None:
             run, imageset, ExplainOptions(weighting="gradcam", **opts), profile=profile, loaded=loaded
         )
         grad = args.images / (time.perf_counter() - t0)
+        clus = None
+        if args.clusters:
+            from filtag_kg.clusters import ClusterOptions
+
+            t0 = time.perf_counter()
+            explain_dataset(run, imageset, ExplainOptions(clusters=ClusterOptions(), **opts), profile=profile,
+                            loaded=loaded)
+            clus = args.images / (time.perf_counter() - t0)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
         print(f"explain pass           {med_expl:9.2f} images/s  (whole call: dry run, tag index "
@@ -282,6 +293,10 @@ def main() -> None:
         print(f"ratio explain/plain    {ratio:.3f}  (median of the paired ratios; target >= 0.95 on CPU)")
         print(f"ratio batch loop/plain {loop_ratio:.3f}  (the ratio a large dataset tends to)")
         print(f"gradcam cost           {med_expl / grad:.2f}x the time of the unweighted pass")
+        if clus is not None:
+            print(f"explain with clusters  {clus:9.2f} images/s (threshold 0.5, 3 maps per layer)")
+            print(f"clusters cost          {grad / clus:.2f}x the time of the gradcam pass (target <= 2), "
+                  f"{med_expl / clus:.2f}x the unweighted pass")
 
 
 if __name__ == "__main__":
