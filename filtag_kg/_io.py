@@ -142,20 +142,30 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     """Flush to disk everything written to the file system that holds ``path``.
 
     One call makes many files durable at once (one journal commit instead of an fsync
-    each). Linux's ``syncfs`` flushes only that file system, not every disk of the machine
-    as ``os.sync`` does (which would also wait for other programs' writes on a shared box);
-    elsewhere, ``os.sync``.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
+    each). Linux's ``syncfs`` flushes only that file system, not every mounted one as
+    ``os.sync`` does; where there is no ``syncfs``, ``os.sync``.
 
-        libc = ctypes.CDLL(None, use_errno=True)
+    Raises:
+        OutputError: the flush failed (a write-back error: files written before may be
+            lost, so nothing may name them yet).
+    """
+    import ctypes
+    import errno
+
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        syncfs = None
+    if syncfs is not None:
         fd = os.open(path, os.O_RDONLY)
         try:
-            if libc.syncfs(fd) == 0:
+            if syncfs(fd) == 0:
                 return
+            err = ctypes.get_errno()
         finally:
             os.close(fd)
+        if err != errno.ENOSYS:
+            raise OutputError(f"cannot flush {path} to disk: {os.strerror(err)}")
     if hasattr(os, "sync"):
         os.sync()
 

@@ -98,3 +98,22 @@ def test_sync_filesystem_flushes_one_file_system_not_every_disk(
 
     monkeypatch.setattr(os, "sync", whole_machine)
     sync_filesystem(tmp_path)
+
+
+def test_sync_filesystem_reports_a_write_back_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed syncfs (EIO: written data lost) is an OutputError, not a silent os.sync:
+    the pass must not name files that may not be on disk."""
+    import ctypes
+    import errno
+
+    from filtag_kg._io import sync_filesystem
+
+    class Libc:
+        @staticmethod
+        def syncfs(fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
+    with pytest.raises(OutputError, match="cannot flush"):
+        sync_filesystem(tmp_path)
