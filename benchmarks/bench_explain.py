@@ -204,14 +204,14 @@ def main() -> None:
         print(f"host-side work per image: {args.images} synthetic images, batch {args.batch_size}, "
               f"VGG16 widths ({sum(VGG16_WIDTHS)} filters), 1000 classes, one Python thread "
               f"(NumPy's BLAS may use more), best of {args.repeats}")
-        print(f"  {'setting':<18} {'form':<8} {'all':>8} {'explain':>8} {'host':>8} {'(rows':>8} "
+        print(f"  {'setting':<20} {'form':<8} {'all':>8} {'explain':>8} {'host':>8} {'(rows':>8} "
               f"{'write)':>8}  ms/image;  KiB/image")
         results = synthetic_host_cost(args.images, args.batch_size, jsonl=args.jsonl, repeats=args.repeats,
                                       backend=args.backend, value_bits=args.value_bits)
         for r in results:
             write = r["host_ms_per_image"] - r["rows_ms_per_image"]
             label = r["setting"] + ("" if r["value_bits"] is None else f" 2^-{r['value_bits']}")
-            print(f"  {label:<18} {r['form']:<8} {r['ms_per_image']:8.4f} "
+            print(f"  {label:<20} {r['form']:<8} {r['ms_per_image']:8.4f} "
                   f"{r['explain_ms_per_image']:8.4f} {r['host_ms_per_image']:8.4f} "
                   f"{r['rows_ms_per_image']:8.4f} {write:8.4f}  {r['bytes_per_image'] / 1024:9.2f}")
         print("all = explain + host; explain = active filters and votes (explain_tensors: on this CPU "

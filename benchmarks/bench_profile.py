@@ -253,6 +253,8 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true",
                     help="instead: where the time beside the forward pass goes, on one batch")
     args = ap.parse_args()
+    if args.breakdown and args.amp != "off":
+        ap.error("--breakdown times float32 passes only; leave out --amp")
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
