@@ -172,7 +172,9 @@ def encode_rows(
             values)`` (:func:`filtag_kg.clusters.cluster_columns`); ``None``: no such columns.
         value_bits: round values to multiples of 2^-``value_bits`` and store them as
             per-layer gaps (see the module's docstring); ``None``: float32 / float64.
-            Values that are not finite or too large for 30-bit codes are stored unrounded.
+            If any value of the batch (one setting and input variant) is not finite, too large
+            for 30-bit codes or out of rank order, the whole batch is stored unrounded (float32),
+            as the rows then say (``value_bits`` null).
 
     Returns:
         A ``pyarrow.RecordBatch`` of B rows.
