@@ -17,7 +17,7 @@ import pytest
 from conftest import write_images
 from test_cluster_rdf import add_clusters
 from test_profile import PRE
-from test_report import _chromium, check_site, render
+from test_report import _chromium, assert_pages_render, check_site
 
 from filtag_kg.data import image_folder
 from filtag_kg.explain import ExplainOptions, explain_dataset
@@ -187,18 +187,11 @@ def test_a_malformed_aggregate_entry_is_a_one_line_error(tmp_path: Path) -> None
 @pytest.mark.skipif(_chromium() is None,
                     reason="Chromium is not installed (Debian: apt-get install chromium)")
 def test_cluster_pages_render_in_headless_chromium(clustered_site: tuple, tmp_path: Path) -> None:
-    from PIL import Image
 
     _, out, _ = clustered_site
     pages = [sorted((out / "explanations").glob("[0-9]*.html"))[0], out / "clusters" / "index.html"]
     pages.append(next(p for p in sorted((out / "clusters").glob("*.html")) if p.name != "index.html"))
-    for i, page in enumerate(pages):
-        shot = tmp_path / f"shot{i}.png"
-        messages = render(_chromium() or "", page, shot, tmp_path / "profile")
-        loaded = [m for m in messages if m.startswith("FILTAG-LOADED")]
-        assert loaded and messages == loaded, f"{page}: console messages {messages}"
-        with Image.open(shot) as im:
-            assert im.convert("RGB").getcolors(1) is None, f"{page}: the screenshot is blank"
+    assert_pages_render(pages, tmp_path)
 
 
 def test_hostile_names_in_cluster_sections_are_escaped(tmp_path: Path) -> None:

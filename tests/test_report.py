@@ -423,17 +423,11 @@ def render(browser: str, page: Path, shot: Path, profile: Path) -> list[str]:
     return [m.group(1) for m in re.finditer(r':CONSOLE[^\]]*\] "(.*)", source:', r.stderr)]
 
 
-@pytest.mark.skipif(
-    _chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
-)
-def test_pages_render_in_headless_chromium(site: tuple[Path, ReportSummary], tmp_path: Path) -> None:
+def assert_pages_render(pages: list[Path], tmp_path: Path) -> None:
+    """Each page loads in headless Chromium with no console message but the probe's, and its
+    screenshot is not blank (one colour)."""
     from PIL import Image
 
-    out, _ = site
-    pages = [out / "index.html", out / "concepts" / "index.html", out / "explanations" / "index.html"]
-    pages += [
-        next(p for p in sorted((out / kind).rglob("*.html")) if p.name != "index.html") for kind in KINDS
-    ]
     for i, page in enumerate(pages):
         shot = tmp_path / f"shot{i}.png"
         messages = render(_chromium() or "", page, shot, tmp_path / "profile")
@@ -442,3 +436,15 @@ def test_pages_render_in_headless_chromium(site: tuple[Path, ReportSummary], tmp
         assert messages == loaded, f"{page}: console messages {messages}"
         with Image.open(shot) as im:
             assert im.convert("RGB").getcolors(1) is None, f"{page}: the screenshot is blank"
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
+)
+def test_pages_render_in_headless_chromium(site: tuple[Path, ReportSummary], tmp_path: Path) -> None:
+    out, _ = site
+    pages = [out / "index.html", out / "concepts" / "index.html", out / "explanations" / "index.html"]
+    pages += [
+        next(p for p in sorted((out / kind).rglob("*.html")) if p.name != "index.html") for kind in KINDS
+    ]
+    assert_pages_render(pages, tmp_path)

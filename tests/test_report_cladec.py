@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_images
-from test_report import _chromium, check_site, parse, render
+from test_report import _chromium, assert_pages_render, check_site, parse
 
 from filtag_kg.cladec import CladecOptions, run_cladec
 from filtag_kg.data import image_folder
@@ -77,13 +77,6 @@ def test_cladec_pages_show_reconstructions_and_active_tagged_filters(
 def test_cladec_pages_render_in_headless_chromium(
     site: tuple[Path, Path, ReportSummary], tmp_path: Path
 ) -> None:
-    from PIL import Image
 
     _, out, _ = site
-    for i, page in enumerate([out / "cladec" / "index.html", _page(out, "conv2")]):
-        shot = tmp_path / f"shot{i}.png"
-        messages = render(_chromium() or "", page, shot, tmp_path / "profile")
-        loaded = [m for m in messages if m.startswith("FILTAG-LOADED")]
-        assert loaded and messages == loaded, f"{page}: console messages {messages}"
-        with Image.open(shot) as im:
-            assert im.convert("RGB").getcolors(1) is None, f"{page}: the screenshot is blank"
+    assert_pages_render([out / "cladec" / "index.html", _page(out, "conv2")], tmp_path)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_report import _chromium, render
+from test_report import _chromium, assert_pages_render
 from test_saliency_pass import FAST, sag_run  # noqa: F401 - the fixture
 
 from filtag_kg.report import write_report
@@ -50,16 +50,9 @@ def test_saliency_pages_draw_every_node_and_edge(site: tuple[Path, dict]) -> Non
     _chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
 )
 def test_saliency_pages_render_in_headless_chromium(site: tuple[Path, dict], tmp_path: Path) -> None:
-    from PIL import Image
 
     out, doc = site
     pages = [out / "saliency" / "index.html"]
     pages += [out / "saliency" / f"{r['index']:04d}.html" for r in doc["images"] if r["sag"]["nodes"]][:1]
     assert len(pages) == 2
-    for i, page in enumerate(pages):
-        shot = tmp_path / f"shot{i}.png"
-        messages = render(_chromium() or "", page, shot, tmp_path / "profile")
-        loaded = [m for m in messages if m.startswith("FILTAG-LOADED")]
-        assert loaded and messages == loaded, f"{page}: console messages {messages}"
-        with Image.open(shot) as im:
-            assert im.convert("RGB").getcolors(1) is None
+    assert_pages_render(pages, tmp_path)
