@@ -969,6 +969,9 @@ def explain_dataset(
         "weighting": opts.weighting,
         "format": form,
         **({"value_bits": opts.value_bits} if opts.value_bits is not None else {}),
+        # the precision the values, votes and gradients were computed in (absent when full:
+        # fingerprints of earlier passes stay valid)
+        **({"amp": opts.amp} if opts.amp not in (None, "off") else {}),
     }
     if copts is not None:  # absent without clusters: fingerprints of earlier passes stay valid
         fingerprint["clusters"] = copts.record()

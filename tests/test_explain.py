@@ -683,3 +683,20 @@ def test_ctrl_c_is_not_held_while_the_writer_has_no_room() -> None:
     finally:
         stuck.set()
         worker.close()
+
+
+def test_resuming_in_another_precision_is_refused(
+    tiny_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass interrupted under --amp bf16 and resumed in float32 would mix rows (and
+    cluster maps) of two precisions in one pass: the fingerprint now holds the precision."""
+    from filtag_kg.errors import ProfileError
+    from filtag_kg.profile import Interrupted
+
+    run, held = tiny_run
+    opts = {"batch_size": 2, "progress": False, "workers": 0}
+    with sigint_in_bookkeeping(monkeypatch, 2), pytest.raises(Interrupted):
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, amp="bf16"))
+    with pytest.raises(ProfileError, match=r"used a different amp; rerun"):
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True))
+    explain_dataset(run, image_folder(held), ExplainOptions(**opts, amp="bf16", resume=True))
