@@ -215,6 +215,13 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         fh.write("\n")
 
 
+def write_png(path: str | os.PathLike[str], image: Any, *, durable: bool = True, **save: Any) -> None:
+    """Write a PIL image as a PNG through :func:`atomic_open` (no half file after a crash);
+    ``durable`` and the folder's creation as there, ``save`` goes to ``Image.save``."""
+    with atomic_open(path, "wb", durable=durable) as fh:
+        image.save(fh, format="PNG", **save)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file written by :func:`write_json`."""
     with open(path, encoding="utf-8") as fh:

@@ -53,12 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_open, ensure_writable_dir, read_json, write_json
+from ._io import atomic_open, ensure_writable_dir, read_json, write_json, write_png
 from .activations import PointHooks
 from .data import ImageDataset, ImageSet, make_loader
 from .errors import FiltagError, ProfileError, UnknownLayerError
 from .measure import MeasurePoint
 from .models import LoadedModel, conv_layer_names, load_recorded_model
+from .preprocess import channel_stats
 from .profile import Engine, Interrupted, first_good_image, resolve_device, software_versions
 from .runfolder import fingerprint_diff
 
@@ -643,8 +644,7 @@ def _explained_paths(run: Path) -> set[str]:
 
 def _to_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalised model inputs back to [0, 1] pixels (clamped)."""
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    m, s = channel_stats(x, mean, std)
     return (x * s + m).clamp(0, 1)
 
 
@@ -661,8 +661,7 @@ def _write_triptych(path: Path, images: Sequence[torch.Tensor], min_height: int 
     for i, a in enumerate(arrs):
         big = a.repeat(f, axis=0).repeat(f, axis=1)
         canvas[:, i * (w * f + gap): i * (w * f + gap) + w * f] = big
-    with atomic_open(path, "wb") as fh:
-        Image.fromarray(canvas).save(fh, format="PNG")
+    write_png(path, Image.fromarray(canvas))
 
 
 def evaluate_cladec(

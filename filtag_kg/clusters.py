@@ -261,10 +261,9 @@ def write_map(run: Path, rel: str, pixels: Any) -> None:
     once before its state names the rows that refer to the maps."""
     from PIL import Image
 
-    from ._io import atomic_open
+    from ._io import write_png
 
-    with atomic_open(run / rel, "wb", durable=False) as fh:
-        Image.fromarray(pixels, mode="L").save(fh, "PNG")
+    write_png(run / rel, Image.fromarray(pixels, mode="L"), durable=False)
 
 
 def sync_maps(run: Path) -> None:

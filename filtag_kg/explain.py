@@ -48,6 +48,7 @@ from .explanations_io import (
     encode_rows,
     iter_explanations,
 )
+from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
 from .runfolder import fingerprint_diff
 from .tagging import TagSetting, order_filters, tag_layer
@@ -105,8 +106,7 @@ class Perturbation:
         self, x: torch.Tensor, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]
     ) -> torch.Tensor:
         """Perturb a normalised batch ``x`` ([B, 3, H, W]) of dataset ``indices``."""
-        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        m, s = channel_stats(x, mean, std)
         pix = x * s + m
         if self.kind == "blur":
             from torchvision.transforms.functional import gaussian_blur

@@ -7,7 +7,7 @@ and rebuilt exactly for the explanation pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,3 +73,13 @@ class Preprocess:
             steps.append(T.CenterCrop(self.crop))
         steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
         return T.Compose(steps)
+
+
+def channel_stats(x: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[Any, Any]:
+    """``mean`` and ``std`` as ``[1, C, 1, 1]`` tensors of ``x``'s dtype and device, to undo
+    (``x * s + m``: pixels in [0, 1]) or redo (``(p - m) / s``) the normalisation of a batch."""
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return m, s

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_open, ensure_writable_dir, sha256_file, write_json
+from ._io import ensure_writable_dir, sha256_file, write_json, write_png
 from .saliency import IgosOptions, SagOptions, SaliencyError, region_positions
 from .saliency_io import SALIENCY_DIR, SALIENCY_JSON, read_saliency
 from .tagging import TagSetting
@@ -122,13 +122,6 @@ def region_concepts(
             }
         )
     return out
-
-
-def _png(img: Any, path: Path) -> None:
-    """Write a PNG atomically, as every other artifact is written (no half file after a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as fh:
-        img.convert("RGB").save(fh, "PNG", optimize=True)
 
 
 def explain_saliency(
@@ -255,7 +248,7 @@ def explain_saliency(
         )
         thumb = thumbnail(shown[i], opts.thumbnail)
         if heats[i] is not None:
-            _png(overlay(thumb, heats[i]), out_dir / folder / "igos.png")
+            write_png(out_dir / folder / "igos.png", overlay(thumb, heats[i]).convert("RGB"), optimize=True)
             rec["igos"] = {
                 "size": int(heats[i].shape[0]),
                 "heatmap": np.round(heats[i].astype(np.float64), 4).tolist(),
@@ -269,7 +262,8 @@ def explain_saliency(
         for k, node in enumerate(sag_rec["nodes"]):
             u = patch_masks([tuple(node["patches"])], g.grid, tuple(pix.shape[-2:]))
             img = compose(pix, blurred, u)[0].clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-            _png(thumbnail(Image.fromarray(img), opts.thumbnail), out_dir / folder / f"node-{k:02d}.png")
+            write_png(out_dir / folder / f"node-{k:02d}.png",
+                      thumbnail(Image.fromarray(img), opts.thumbnail).convert("RGB"), optimize=True)
             node["png"] = f"{folder}/node-{k:02d}.png"
         rec["sag"] = sag_rec
         roots = [g.nodes[r][0] for r in g.roots]
