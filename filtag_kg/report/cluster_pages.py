@@ -22,9 +22,9 @@ import numpy as np
 
 from ..rdf.tag_graph import param_text
 from .context import SiteContext, facts_list
-from .heatmaps import overlay, save_jpeg, thumbnail
+from .heatmaps import overlay, save_jpeg
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
-from .runview import setting_text
+from .runview import setting_of, setting_text
 
 __all__ = ["CLUSTERS_SHOWN", "ClusterPages"]
 
@@ -32,10 +32,6 @@ __all__ = ["CLUSTERS_SHOWN", "ClusterPages"]
 CLUSTERS_SHOWN = 3
 #: concepts listed per layer and setting on a class's cluster page
 CONCEPTS_LISTED = 10
-
-
-def _setting_of(rec: dict[str, Any]) -> tuple[str, str]:
-    return str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param"))
 
 
 class ClusterPages(SiteContext):
@@ -69,17 +65,17 @@ class ClusterPages(SiteContext):
         return path if run in path.parents and path.is_file() else None
 
     def cluster_files(
-        self, group: list[dict[str, Any]], key: str, view: Any
+        self, group: list[dict[str, Any]], key: str, thumb: Any
     ) -> dict[tuple[int, int | str], str]:
-        """Draw the strongest clusters' maps of an image's page: over the image when ``view`` (its
-        preprocessed view) is given, else the grey maps copied. Returns ``(-2, "layer\\0rank")`` ->
+        """Draw the strongest clusters' maps of an image's page: over the image when ``thumb``
+        (the page's thumbnail of its preprocessed view) is given, else the grey maps copied.
+        Returns ``(-2, "layer\\0rank")`` ->
         site path, the keys :meth:`cluster_section` looks up."""
         rec = self.cluster_record(group)
         if rec is None:
             return {}
         from PIL import Image, UnidentifiedImageError
 
-        thumb = thumbnail(view, self.thumb_size) if view is not None else None
         files: dict[tuple[int, int | str], str] = {}
         for layer in self._layers_of(rec["clusters"]):
             for row in self._shown(rec["clusters"][layer]):
@@ -111,7 +107,7 @@ class ClusterPages(SiteContext):
         rec = self.cluster_record(group)
         if rec is None:
             return ""
-        method, param = _setting_of(rec)
+        method, param = setting_of(rec)
         # the clusters are stated once per image variant, in its classification graph (as the export mints)
         c_iri = self.mint.classification(self.run_iri, rec.get("index"), None)
         top = (rec.get("model_top") or [{}])[0].get("class_id")

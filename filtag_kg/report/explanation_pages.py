@@ -16,7 +16,7 @@ from .cluster_pages import ClusterPages
 from .context import facts_list, pct
 from .heatmaps import heat_of, overlay, save_jpeg, thumbnail
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
-from .runview import setting_text
+from .runview import setting_of, setting_text
 from .sentence_view import phrase_voters, sentence_html
 
 # the index at the start of a line as ``explain`` writes it: ``{"index": 12, ...``
@@ -147,7 +147,7 @@ class ExplanationPages(ClusterPages):
         self._explanation_index()
 
     def _active_tagged(self, rec: dict[str, Any], layer: str) -> list[tuple[int, float, list[Tag]]]:
-        setting = (str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param")))
+        setting = setting_of(rec)
         out = []
         for row in (rec.get("active_filters") or {}).get(layer, []):
             f = int(row["filter"])
@@ -193,6 +193,7 @@ class ExplanationPages(ClusterPages):
             idx = g[0].get("index")
             key = file_key(str(idx)) if not isinstance(idx, int) else str(idx)
             files: dict[tuple[int, int | str], str] = {}
+            thumb = None
             if views[i] is not None:
                 self.thumb_of(paths[i], views[i])
                 thumb = thumbnail(views[i], self.thumb_size)
@@ -218,7 +219,7 @@ class ExplanationPages(ClusterPages):
                         save_jpeg(overlay(thumb, heat), self.out / rel)
                         files[(-1, f"phrase{n}")] = rel
                         self.heatmaps += 1
-            files.update(self.cluster_files(g, key, views[i]))
+            files.update(self.cluster_files(g, key, thumb))
             self._explanation_page(g, self.chosen[idx], files, plans[i])
 
     def _explanation_page(
@@ -351,8 +352,7 @@ class ExplanationPages(ClusterPages):
             iri = self.mint.explanation(
                 self.run_iri,
                 idx,
-                str(rec.get("method")),
-                "" if rec.get("param") is None else str(rec.get("param")),
+                *setting_of(rec),
                 rec.get("perturbation") or None,
                 rec.get("weighting") or None,
             )
@@ -378,7 +378,7 @@ class ExplanationPages(ClusterPages):
             rows = []
             for layer in view.layer_names:
                 act = (rec.get("active_filters") or {}).get(layer, [])
-                setting = (str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param")))
+                setting = setting_of(rec)
                 cells = []
                 for row in act[:12]:
                     f = int(row["filter"])
@@ -412,7 +412,7 @@ class ExplanationPages(ClusterPages):
 
     @staticmethod
     def _record_title(rec: dict[str, Any]) -> str:
-        s = setting_text((str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param"))))
+        s = setting_text(setting_of(rec))
         p = rec.get("perturbation")
         if p:
             s += f", {p.get('kind')}:{p.get('param')}"
