@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..rdf.tag_graph import param_text
+from ..sentences import setting_key
 from .context import SiteContext, facts_list
 from .heatmaps import overlay, save_jpeg
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
-from .runview import setting_of, setting_text
+from .runview import setting_text
 
 __all__ = ["CLUSTERS_SHOWN", "ClusterPages"]
 
@@ -107,7 +108,7 @@ class ClusterPages(SiteContext):
         rec = self.cluster_record(group)
         if rec is None:
             return ""
-        method, param = setting_of(rec)
+        method, param = setting_key(rec)
         # the clusters are stated once per image variant, in its classification graph (as the export mints)
         c_iri = self.mint.classification(self.run_iri, rec.get("index"), None)
         top = (rec.get("model_top") or [{}])[0].get("class_id")

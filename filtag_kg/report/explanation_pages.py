@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation import explains_model
+from ..sentences import setting_key
 from ..tagging import Tag
 from . import charts
 from .cluster_pages import ClusterPages
 from .context import facts_list, pct
 from .heatmaps import heat_of, overlay, save_jpeg, thumbnail
 from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
-from .runview import setting_of, setting_text
+from .runview import setting_text
 from .sentence_view import phrase_voters, sentence_html
 
 # the index at the start of a line as ``explain`` writes it: ``{"index": 12, ...``
@@ -147,7 +148,7 @@ class ExplanationPages(ClusterPages):
         self._explanation_index()
 
     def _active_tagged(self, rec: dict[str, Any], layer: str) -> list[tuple[int, float, list[Tag]]]:
-        setting = setting_of(rec)
+        setting = setting_key(rec)
         out = []
         for row in (rec.get("active_filters") or {}).get(layer, []):
             f = int(row["filter"])
@@ -352,7 +353,7 @@ class ExplanationPages(ClusterPages):
             iri = self.mint.explanation(
                 self.run_iri,
                 idx,
-                *setting_of(rec),
+                *setting_key(rec),
                 rec.get("perturbation") or None,
                 rec.get("weighting") or None,
             )
@@ -378,7 +379,7 @@ class ExplanationPages(ClusterPages):
             rows = []
             for layer in view.layer_names:
                 act = (rec.get("active_filters") or {}).get(layer, [])
-                setting = setting_of(rec)
+                setting = setting_key(rec)
                 cells = []
                 for row in act[:12]:
                     f = int(row["filter"])
@@ -412,7 +413,7 @@ class ExplanationPages(ClusterPages):
 
     @staticmethod
     def _record_title(rec: dict[str, Any]) -> str:
-        s = setting_text(setting_of(rec))
+        s = setting_text(setting_key(rec))
         p = rec.get("perturbation")
         if p:
             s += f", {p.get('kind')}:{p.get('param')}"

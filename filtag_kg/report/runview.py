@@ -34,16 +34,11 @@ if TYPE_CHECKING:
     from ..profile import Profile
     from ..wordnet import WordNet
 
-__all__ = ["Concept", "ConceptIndex", "RunView", "setting_of", "setting_text"]
+__all__ = ["Concept", "ConceptIndex", "RunView", "setting_text"]
 
 _WNID = re.compile(r"n\d{8}")
 
 Setting = tuple[str, str]  # (method, param) as in tags.tsv
-
-
-def setting_of(rec: dict[str, Any]) -> Setting:
-    """An explanation record's setting as ``tags.tsv`` writes it: ``(method, param text)``."""
-    return str(rec.get("method")), "" if rec.get("param") is None else str(rec.get("param"))
 
 
 def setting_text(setting: Setting) -> str:
