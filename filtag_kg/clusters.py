@@ -270,7 +270,7 @@ def sync_maps(run: Path) -> None:
     """Make the maps written so far durable: one flush of the run folder's file system."""
     from ._io import sync_filesystem
 
-    sync_filesystem(run / MAPS_DIR if (run / MAPS_DIR).exists() else run)
+    sync_filesystem(run)  # the maps are on the run folder's file system
 
 
 def cluster_batch(
