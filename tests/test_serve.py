@@ -799,13 +799,10 @@ def test_client_answers_are_written_by_the_query_workers(run_dir: Path) -> None:
         app.close()
 
 
-def test_page_labels_are_looked_up_once(run_dir: Path) -> None:
-    """The labels of a page's links (layers, models, runs, properties: the same few, many
-    times over) are read from the read-only store once, not once per link and page."""
+def _count_label_lookups(app: Any) -> list[tuple[str, str]]:
+    """The (subject, predicate) label lookups by subject the app makes from now on."""
     from filtag_kg.rdf.vocab import RDFS, SKOS
-    from filtag_kg.serve import Options, make_app
 
-    app = make_app(load_store(run_dir, "store-labels"), Options(base_iri=BASE), workers=1)
     lookups: list[tuple[str, str]] = []
 
     class Counting:
@@ -816,21 +813,46 @@ def test_page_labels_are_looked_up_once(run_dir: Path) -> None:
             return getattr(self.store, name)
 
         def quads_for_pattern(self, s: Any, p: Any, *rest: Any) -> Any:
-            if p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
+            if s is not None and p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
                 lookups.append((s.value, p.value))
             return self.store.quads_for_pattern(s, p, *rest)
 
     app.store = Counting(app.store)
-    try:
-        path = urllib.parse.urlsplit(_first_filter(app)).path + ".html"
-        first = _call(app, path, "text/html")
-        assert first[0].startswith("200") and lookups
-        assert len(lookups) == len(set(lookups))  # each label once, within the page too
-        assert len({s for s, _ in lookups}) > 3  # the layer, model, run, properties, ...
-        n = len(lookups)
-        assert _call(app, path, "text/html") == first and len(lookups) == n
-    finally:
-        app.close()
+    return lookups
+
+
+def test_page_labels_are_looked_up_once(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels of a page's links (layers, models, runs, properties: the same few, many
+    times over; explanations and referrers: hundreds, mostly without a label) are read
+    from the read-only store at start when there are at most LABEL_CACHE of them, so a
+    page looks none up (before, two index lookups per new IRI: 26 of a concept page's 75
+    ms at 10 M quads); with more, each is looked up once, not once per link and page.
+    Both ways give the same page."""
+    import filtag_kg.serve as serve
+
+    store = load_store(run_dir, "store-labels")
+    pages = []
+    for bound in (serve.LABEL_CACHE, 20):  # the store has more than 20 labels
+        monkeypatch.setattr(serve, "LABEL_CACHE", bound)
+        app = serve.make_app(store, serve.Options(base_iri=BASE), workers=1)
+        lookups = _count_label_lookups(app)
+        try:
+            path = urllib.parse.urlsplit(_first_filter(app)).path + ".html"
+            first = _call(app, path, "text/html")
+            assert first[0].startswith("200")
+            if bound == 20:  # more labels than the bound: looked up, each once
+                assert app._all_labels is None and lookups
+                assert len(lookups) == len(set(lookups))  # each label once, within the page too
+                assert len({s for s, _ in lookups}) > 3  # the layer, model, run, properties, ...
+            else:  # all read at start: none looked up by a page
+                assert app._all_labels and lookups == []
+            n = len(lookups)
+            assert _call(app, path, "text/html") == first and len(lookups) == n
+            pages.append(first[2])
+        finally:
+            app.close()
+    assert pages[0] == pages[1]
+    assert re.search(rb"<h1>conv\d filter \d+</h1>", pages[0])  # the filter's rdfs:label, not "3"
 
 
 def _first_filter(app: Any) -> str:
