@@ -20,8 +20,8 @@ our own). It answers
 Queries run in worker processes. The server's own page queries have their
 own workers, and a query that runs past ``fast_s`` counts as slow: at most
 ``max_slow`` slow queries hold workers at once, so cheap queries and pages keep
-answering while slow ones run. Clients' answers are kept for identical requests
-while the store's files are unchanged (:class:`_AnswerCache`), and the workers end
+answering while slow ones run. Clients' answers and the resource documents are kept
+for identical requests while the server runs (:class:`_AnswerCache`), and the workers end
 with the server. Anything that would change data (PUT, DELETE,
 PATCH, POST outside ``/sparql``, SPARQL Update) is refused; malformed requests
 get 4xx answers; every answer carries ``Access-Control-Allow-Origin: *``.
@@ -104,7 +104,8 @@ class Options:
         fast_s: how long a query may run before it counts as slow.
         page_workers: processes running the server's own page queries.
         cache_mib: memory for answers kept for identical requests (same query text,
-            graphs and formats), valid while the store's files stay as they are; 0: none.
+            graphs and formats) and for resource documents (same IRI and format), valid
+            while the store's files stay as they are; 0: none.
     """
 
     base_iri: str | None
@@ -380,7 +381,6 @@ class App:
         """A resource IRI answers ``303 See Other`` to the document about it that the
         Accept header prefers (``R.html``, ``R.ttl``, ``R.jsonld``, ``R.nt``, ``R.rdf``);
         a document IRI answers 200 with the description in its format."""
-        import pyoxigraph as ox
 
         iri = self._iri_of(environ, path)
         if not self._exists(iri):
@@ -388,14 +388,18 @@ class App:
             if suffix is None or not self._exists(iri[: -len(suffix)]):
                 raise _Reply("404 Not Found", f"no resource {iri}")
             subject, mtype = iri[: -len(suffix)], DOC_SUFFIX[suffix]
-            triples = self._describe(ox.NamedNode(subject))
             headers = [
                 ("Content-Type", f"{mtype}; charset=utf-8"),
                 ("Link", f'<{_header_iri(subject)}>; rel="about"'),
             ]
-            if mtype == "text/html":
-                return "200 OK", headers, self._resource_page(subject, triples)
-            return "200 OK", headers, _serialize_triples(triples, GRAPH_TYPES[mtype])
+            # kept like clients' answers: a page repeated is sent without touching the store
+            # or a worker; identical requests arriving while one renders wait for it (never
+            # 503: a page is not a client's slow query, it is rendered anyway after wait_s)
+            _, body = self.answers.get_or_run(
+                (subject, None, None, ("document", mtype)), lambda: self._document(subject, mtype),
+                document=True,
+            )
+            return "200 OK", headers, body
         mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_SUFFIX.values(), "text/html")
         if mtype is None:
             raise _Reply("406 Not Acceptable", "resources are described as " + ", ".join(DOC_SUFFIX.values()))
@@ -406,6 +410,18 @@ class App:
             ("Vary", "Accept"),
             ("Content-Type", "text/plain; charset=utf-8"),
         ], f"{iri} is described by {location}\n".encode()
+
+    def _document(self, subject: str, mtype: str) -> tuple[str, bytes]:
+        """The document about ``subject`` in ``mtype``: ``("ok", body)``, or
+        ``("partial", body)`` for a page whose own query failed (a time-out under load, say:
+        the page says so), which the answer cache does not keep."""
+        import pyoxigraph as ox
+
+        triples = self._describe(ox.NamedNode(subject))
+        if mtype == "text/html":
+            body, complete = self._resource_page(subject, triples)
+            return ("ok" if complete else "partial"), body
+        return "ok", _serialize_triples(triples, GRAPH_TYPES[mtype])
 
     def _exists(self, iri: str) -> bool:
         import pyoxigraph as ox
@@ -629,7 +645,9 @@ class App:
             return html.escape(term.value)
         return html.escape(str(term))
 
-    def _resource_page(self, iri: str, triples: list[Any]) -> bytes:
+    def _resource_page(self, iri: str, triples: list[Any]) -> tuple[bytes, bool]:
+        """The HTML page about a resource, and whether it is complete (its own library
+        query, if it has one, answered)."""
         import pyoxigraph as ox
 
         node = ox.NamedNode(iri)
@@ -653,18 +671,20 @@ class App:
         )
         local = _header_iri(self._local(iri) or "")
         alt = " ".join(f'<a href="{html.escape(local + s)}">{s[1:]}</a>' for s in RDF_SUFFIX)
+        typed, complete = self._typed_section(node, own)
         body = (
             f"<p><code>{html.escape(iri)}</code> — as {alt}</p>"
-            + self._typed_section(node, own)
+            + typed
             + f"<h2>Properties</h2><table>{rows}</table>"
             + (f"<h2>Referenced by</h2><table>{''.join(incoming)}</table>" if incoming else "")
             + (f"<h2>Related statements</h2><table>{related}</table>" if related else "")
         )
-        return self._page(self._label(iri), body)[2]
+        return self._page(self._label(iri), body)[2], complete
 
-    def _typed_section(self, node: Any, own: list[Any]) -> str:
+    def _typed_section(self, node: Any, own: list[Any]) -> tuple[str, bool]:
         """What people look for on a filter page (its tags and abstract tags) and a concept
-        page (the filters that represent it, counting hyponyms), from the query library."""
+        page (the filters that represent it, counting hyponyms), from the query library;
+        and whether its query answered."""
         import pyoxigraph as ox
 
         from .rdf.vocab import FK, RDF
@@ -676,22 +696,24 @@ class App:
             names = self.store.quads_for_pattern(value[in_layer], ox.NamedNode(str(FK.layerName)), None, None)
             layer = next(iter(names), None)
             if layer is None:
-                return ""
+                return "", True
             bound = {"layer": layer.object, "filter": value[index]}
             return self._query_table("Tags and abstract tags", "concepts-of-filter", bound)
         if (str(FK.Concept) in types or str(FK.Synset) in types) and wnid in value:
             title = "Filters that represent it (counting hyponyms)"
             # images-for-concept is not run here: it sums every vote for the concept's hyponyms
             # (dog.n.01 at ImageNet-validation scale: about a minute), too slow for a page
-            return self._query_table(title, "filters-for-concept", {"concept": value[wnid]}) + (
+            table, answered = self._query_table(title, "filters-for-concept", {"concept": value[wnid]})
+            return table + (
                 "<p>Images explained by it: the library query <code>images-for-concept</code> "
                 f"(<code>filtag-kg query images-for-concept --param concept={html.escape(value[wnid].value)}"
                 "</code>, or its text at the SPARQL endpoint).</p>"
-            )
-        return ""
+            ), answered
+        return "", True
 
-    def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> str:
-        """A library query with fixed values for some variables, as an HTML table."""
+    def _query_table(self, title: str, name: str, bound: dict[str, Any]) -> tuple[str, bool]:
+        """A library query with fixed values for some variables, as an HTML table, and
+        whether the query answered (else the table says why not)."""
         info = self._library.get(name)
         if info is None:  # read and parsed once per server, not on every page
             from .sparql.library import find_query
@@ -708,15 +730,15 @@ class App:
                 text, self.tag_graphs() if info.graphs == "tags" else None, page=True
             )
         except _Reply as r:
-            return f"<h2>{html.escape(title)}</h2><p>{html.escape(r.text)}</p>"
+            return f"<h2>{html.escape(title)}</h2><p>{html.escape(r.text)}</p>", False
         if not rows:
-            return f"<h2>{html.escape(title)}</h2><p>none</p>"
+            return f"<h2>{html.escape(title)}</h2><p>none</p>", True
         head = "".join(f"<th>{html.escape(v)}</th>" for v in variables)
         cells = "".join(
             "<tr>" + "".join(f"<td>{self._cell(r.get(v))}</td>" for v in variables) + "</tr>"
             for r in rows[:PAGE_ROWS]
         )
-        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{cells}</table>"
+        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{cells}</table>", True
 
     def _cell(self, term: dict[str, str] | None) -> str:
         if not term:
@@ -1035,7 +1057,8 @@ class _Flight:
 
 class _AnswerCache:
     """Answers to clients' queries, kept for identical requests (query text, graphs and
-    formats), least recently used first out, within ``max_bytes``.
+    formats), and the documents about resources (IRI and format), least recently used
+    first out, within ``max_bytes``.
 
     A library query a page or client repeats (``filters-for-concept`` for dog.n.01 reads
     thousands of tags: seconds under load) is then answered without a worker. Only
@@ -1046,7 +1069,8 @@ class _AnswerCache:
     error: a query past the time limit would only reach it again) instead of running the
     query again, for at most ``wait_s`` seconds: then they get 503, as a slow query past
     the server's limit of slow queries does, so waiting requests never hold every
-    server thread while cheap requests queue behind them.
+    server thread while cheap requests queue behind them (a document is then rendered by
+    the waiting request itself). A page whose own query failed is not kept.
     """
 
     def __init__(self, max_bytes: int, wait_s: float | None = None) -> None:
@@ -1060,10 +1084,17 @@ class _AnswerCache:
         self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
         self.hits = self.misses = self.shared = 0
 
-    def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
-        """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits)."""
+    def get_or_run(
+        self, key: Any, run: Callable[[], tuple[str, Any]], *, document: bool = False
+    ) -> tuple[str, Any]:
+        """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits).
 
-        if self.max_bytes <= 0 or _NONDETERMINISTIC.search(key[0]):
+        ``key[0]`` is a query text, the rest what else makes the answer differ; ``run()``
+        gives ``(kind, payload)``, kept only for kind ``"ok"``. A request that waited
+        ``wait_s`` for an identical one gets 503. With ``document``, ``key[0]`` is the IRI of
+        a resource whose document the server renders: no query text to vet, and a request
+        that waited ``wait_s`` renders it itself (a page is never refused as busy)."""
+        if self.max_bytes <= 0 or (not document and _NONDETERMINISTIC.search(key[0])):
             return run()
         with self.lock:
             got = self.kept.get(key)
@@ -1080,6 +1111,8 @@ class _AnswerCache:
                 self.shared += 1
         if not leader:  # an identical request is running: its outcome is this one's too
             if not flight.done.wait(self.wait_s):
+                if document:
+                    return run()
                 raise _Reply("503 Service Unavailable", f"an identical query has been running for over "
                              f"{self.wait_s:g} s; try again later")
             if isinstance(flight.outcome, BaseException):
@@ -1101,8 +1134,9 @@ class _AnswerCache:
         kind, payload = reply
         if kind != "ok":
             return
-        body = payload[1] if isinstance(payload, tuple) else b""
-        size = len(body or b"") + len(key[0]) + 200  # the answer, the query, and overhead
+        body = payload[1] if isinstance(payload, tuple) else payload
+        # the answer, the query (or IRI), and overhead
+        size = len(body if isinstance(body, bytes) else b"") + len(key[0]) + 200
         if size > self.max_bytes // 4:  # one answer never takes most of the room
             return
         with self.lock:

@@ -1088,6 +1088,121 @@ def test_requests_waiting_for_an_identical_slow_query_give_up_like_slow_queries(
     assert cache.get_or_run(key, slow) == ("ok", ("solutions", b"late"))  # kept once it came
 
 
+def _concept_page_path(app: Any, wnid: str) -> str:
+    import pyoxigraph as ox
+
+    node = next(app.store.quads_for_pattern(None, ox.NamedNode(FK + "wnid"), ox.Literal(wnid))).subject
+    return urllib.parse.urlsplit(node.value).path
+
+
+def _count_store_reads(app: Any) -> list[int]:
+    """A one-item list counting the app's quads_for_pattern calls from now on."""
+    reads = [0]
+
+    class Counting:
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def quads_for_pattern(self, *args: Any) -> Any:
+            reads[0] += 1
+            return self.store.quads_for_pattern(*args)
+
+    app.store = Counting(app.store)
+    return reads
+
+
+def test_documents_are_answered_from_the_cache(run_dir: Path) -> None:
+    """A document asked again (a filter or concept page, its Turtle) is sent from the
+    answer cache: no page query, and no store read beyond the resource's existence check
+    (before, every request rendered it again: a concept page's query, its hundreds of
+    links). With cache_mib=0 every request renders it."""
+    from filtag_kg.serve import Options, make_app
+
+    store = load_store(run_dir, "store-documents")
+    for mib in (64.0, 0.0):
+        app = make_app(store, Options(base_iri=BASE, cache_mib=mib), workers=1)
+        sent = _record_page_queries(app)
+        filter_page = urllib.parse.urlsplit(_first_filter(app)).path
+        paths = [filter_page + ".html", _concept_page_path(app, "n02084071") + ".html", filter_page + ".ttl"]
+        reads = _count_store_reads(app)
+        try:
+            for path in paths:
+                queries, before = len(sent), reads[0]
+                first = _call(app, path, "*/*")
+                assert first[0].startswith("200") and len(sent) == queries + path.endswith(".html")
+                rendering = reads[0] - before
+                again = _call(app, path, "*/*")
+                assert again == first
+                if mib:
+                    assert len(sent) == queries + path.endswith(".html")  # no page query
+                    assert reads[0] - before - rendering <= 3 < rendering  # the existence check only
+                else:
+                    assert len(sent) == queries + 2 * path.endswith(".html")
+                    assert reads[0] - before - rendering > 3  # rendered again
+            if mib:  # the documents count against the cache's memory, by their size
+                assert app.answers.size >= sum(len(_call(app, p, "*/*")[2]) for p in paths)
+        finally:
+            app.close()
+
+
+def test_a_page_whose_query_failed_is_not_kept(run_dir: Path) -> None:
+    """A page rendered while its own library query failed (the page says why) is not kept:
+    the next request renders it again, with the query's answer."""
+    from filtag_kg.serve import Options, _Reply, make_app
+
+    app = make_app(load_store(run_dir, "store-partial"), Options(base_iri=BASE), workers=1)
+    real = app.page_pool.run
+    fail = [True]
+
+    def flaky(*args: Any) -> Any:
+        if fail[0]:
+            raise _Reply("503 Service Unavailable", "all query workers are busy; try again")
+        return real(*args)
+
+    app.page_pool.run = flaky  # type: ignore[method-assign]
+    try:
+        path = _concept_page_path(app, "n02084071") + ".html"
+        status, _, page = _call(app, path, "text/html")
+        assert status.startswith("200") and b"all query workers are busy" in page
+        fail[0] = False
+        status, _, page = _call(app, path, "text/html")
+        assert status.startswith("200") and b"busy" not in page and b"<th>filterIri</th>" in page
+        assert _call(app, path, "text/html")[2] == page  # now kept
+    finally:
+        app.close()
+
+
+def test_requests_waiting_for_an_identical_page_render_it_after_waiting() -> None:
+    """A request for a document that another request is rendering waits at most wait_s,
+    then renders it itself: a page is never refused as busy (a client's query is, with 503);
+    a document's key is an IRI, never vetted as query text (an IRI with "service" in it is kept)."""
+    import threading
+
+    from filtag_kg.serve import _AnswerCache
+
+    cache = _AnswerCache(1 << 20, wait_s=0.2)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> tuple[str, Any]:
+        started.set()
+        release.wait(30)
+        return "ok", b"slow page"
+
+    key = (BASE + "service/x", None, None, ("document", "text/html"))
+    first = threading.Thread(target=lambda: cache.get_or_run(key, slow, document=True))
+    first.start()
+    try:
+        assert started.wait(30)
+        assert cache.get_or_run(key, lambda: ("ok", b"own page"), document=True) == ("ok", b"own page")
+    finally:
+        release.set()
+        first.join(30)
+    assert cache.get_or_run(key, lambda: ("ok", b"other"), document=True) == ("ok", b"slow page")
+
+
 def _children_of(pid: int) -> set[int]:
     """Processes whose parent is ``pid`` (from /proc)."""
     kids = set()
