@@ -17,8 +17,9 @@ loopback port, and runs ``--clients`` concurrent clients for ``--seconds`` secon
   ``Graphs: tags`` header asks.
 
 Prints p50/p99 latency per kind, errors per kind (with their HTTP statuses), how many
-library requests repeated an earlier identical one (the server's answer cache answers
-those; ``--cache-mib 0`` turns it off), and the server's resident memory (with its
+library requests and dereferences repeated an earlier identical one (the server's answer
+cache answers those: queries, and the documents a dereference fetches; ``--cache-mib 0``
+turns it off), and the server's resident memory (with its
 query workers) before, at peak and after.
 Targets (issue 13): library query p50 < 100 ms and dereference p50 < 50 ms while the
 slow queries run, at >= 10 M quads.
@@ -180,8 +181,10 @@ def main() -> None:
         by_sub: dict[tuple[str, str], list[float]] = {}  # answered, by page or query
         lock = threading.Lock()
         peak = [0.0]
-        seen: set[str] = set()  # library requests sent so far (a repeat may come from the cache)
-        repeats = [0, 0]  # library requests answered: repeating an earlier one, all
+        # library requests and dereferences (URL and Accept) sent so far: a repeat may come
+        # from the server's answer cache
+        seen: dict[str, set[str]] = {"library": set(), "deref": set()}
+        repeats = {"library": [0, 0], "deref": [0, 0]}  # answered: repeating an earlier one, all
         try:
             for _ in range(600):
                 try:
@@ -227,6 +230,7 @@ def main() -> None:
                 rng = random.Random(seed)
                 while time.monotonic() < stop:
                     kind, sub, req = request(rng, slow)
+                    request_id = f"{req.full_url} {req.get_header('Accept')}"
                     t0 = time.perf_counter()
                     try:
                         with urllib.request.urlopen(req, timeout=args.timeout + 30) as r:
@@ -244,13 +248,13 @@ def main() -> None:
                         if why is None:
                             lat[kind].append(dt)
                             by_sub.setdefault((kind, sub), []).append(dt)
-                            if kind == "library":
-                                repeats[0] += req.full_url in seen
-                                repeats[1] += 1
+                            if kind in seen:
+                                repeats[kind][0] += request_id in seen[kind]
+                                repeats[kind][1] += 1
                         else:
                             errors[kind][why] += 1
-                        if kind == "library":
-                            seen.add(req.full_url)
+                        if kind in seen:
+                            seen[kind].add(request_id)
 
             def sample() -> None:
                 while time.monotonic() < stop:
@@ -293,10 +297,11 @@ def main() -> None:
             if k == kind and kind != "slow":
                 print(f"      {sub:34} n={len(ys):5}  p50 {1000 * statistics.median(ys):8.1f} ms  "
                       f"max {1000 * max(ys):8.1f} ms")
-    print(
-        f"library requests repeating an earlier identical one: {repeats[0]} of {repeats[1]} answered "
-        f"(the server answers those from its cache unless --cache-mib 0)"
-    )
+    for kind, what in (("library", "library requests"), ("deref", "dereferences")):
+        print(
+            f"{what} repeating an earlier identical one: {repeats[kind][0]} of {repeats[kind][1]} "
+            "answered (the server answers those from its cache unless --cache-mib 0)"
+        )
     print(
         f"server memory (with query workers): {before:.0f} MiB before, {peak[0]:.0f} MiB peak, "
         f"{after:.0f} MiB after"
