@@ -594,12 +594,14 @@ class App:
         from .rdf.vocab import RDFS, SKOS
 
         labels: dict[str, str] = {}
+        read = 0  # label statements read (a subject may have several): bounds the start-up time
         for pred in (SKOS.prefLabel, RDFS.label):  # a prefLabel wins over an rdfs:label
             for q in self.store.quads_for_pattern(None, ox.NamedNode(str(pred)), None, None):
                 if isinstance(q.subject, ox.NamedNode):
                     # the first label of a subject in index order, as a lookup by subject finds it
                     labels.setdefault(q.subject.value, q.object.value)
-                if len(labels) > LABEL_CACHE:
+                read += 1
+                if len(labels) > LABEL_CACHE or read > 2 * LABEL_CACHE:
                     return None
         return labels
 

@@ -855,6 +855,34 @@ def test_page_labels_are_looked_up_once(run_dir: Path, monkeypatch: pytest.Monke
     assert re.search(rb"<h1>conv\d filter \d+</h1>", pages[0])  # the filter's rdfs:label, not "3"
 
 
+def test_reading_labels_at_start_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels read at start stop after 2 x LABEL_CACHE statements, even when they
+    label few resources (many languages, say), so the start-up time stays bounded; links
+    then look their labels up, with the same result."""
+    import pyoxigraph as ox
+
+    import filtag_kg.serve as serve
+    from filtag_kg.rdf.vocab import RDFS
+
+    store_dir = tmp_path / "store"
+    s = ox.Store(str(store_dir))
+    node = ox.NamedNode(BASE + "thing")
+    for i in range(50):
+        s.add(ox.Quad(node, ox.NamedNode(str(RDFS.label)), ox.Literal(f"label {i:02}", language="en")))
+    s.flush()
+    del s
+    labels = []
+    for bound in (1000, 20):
+        monkeypatch.setattr(serve, "LABEL_CACHE", bound)
+        app = serve.make_app(store_dir, serve.Options(base_iri=BASE), workers=1)
+        try:
+            assert (app._all_labels is None) == (bound == 20)
+            labels.append(app._label(node.value))
+        finally:
+            app.close()
+    assert labels[0] == labels[1] == "label 00"
+
+
 def _first_filter(app: Any) -> str:
     import pyoxigraph as ox
 
