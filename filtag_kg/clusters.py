@@ -133,8 +133,152 @@ def unit_maps(scaled: torch.Tensor) -> torch.Tensor:
     return torch.cat([scaled / torch.where(flat, 1.0, norm), flat.to(scaled.dtype)], dim=2)
 
 
+#: unit roundoff of float32 and float64
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+
+
+def _gamma(k: int, u: float) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the bound on the relative error of k roundings."""
+    return k * u / (1 - k * u) if k * u < 1 else math.inf
+
+
+def screen_bound(cells: int) -> float:
+    """A bound on |float32 screen similarity - float64 similarity| of two maps of ``cells``
+    cells (derivation: docs/cluster-method.md, "Precision and cost"): the screen is within
+    gamma_(n+8) (float32) of the exact cosine, a float64 evaluation within gamma_(3n+32)
+    (float64), n = ``cells``; plus n 2^-126 for float32 products that underflow."""
+    return _gamma(cells + 8, _U32) + _gamma(3 * cells + 32, _U64) + cells * 2.0**-126
+
+
+def _screen_allowed(device: torch.device) -> bool:
+    """The float32 screen's bound assumes float32 products rounded in float32; a matmul
+    allowed to use TF32 or bfloat16 (``torch.set_float32_matmul_precision``) breaks it."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
+def _links_float64(
+    scaled: torch.Tensor, order: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's link (step 4) from float64 similarities of every pair: ``(best, linked)``,
+    [B, F] in importance order: the position of the map each map links to, and whether it
+    links at all."""
+    n, width = order.shape
+    unit = unit_maps(scaled)
+    unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
+    sim_o = unit_o @ unit_o.transpose(1, 2)
+    later = torch.ones(width, width, dtype=torch.bool, device=scaled.device).triu()
+    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
+    return cand.argmax(dim=2), cand.amax(dim=2) > -math.inf
+
+
+def _screen_units(diff: torch.Tensor, is_flat: torch.Tensor) -> torch.Tensor:
+    """[B, F, n] float32 unit vectors of the scaled maps (zero for a flat map), from the
+    float64 ``diff = A - min A`` (the scaled map's direction: the span cancels): ``diff``
+    rounded to float32 times 1 / |diff|, the norm taken in float64."""
+    norm = torch.linalg.vector_norm(diff, dim=2, keepdim=True)
+    inv = torch.where(is_flat[:, :, None], 0.0, 1.0 / torch.where(is_flat[:, :, None], 1.0, norm))
+    return diff.to(torch.float32).mul_(inv.to(torch.float32))
+
+
+#: rows of the [B, rows, F] similarity block the screen computes at once
+_BLOCK = 256
+
+
+def _links_screened(
+    scaled: torch.Tensor, unit: torch.Tensor, order: torch.Tensor, is_flat: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_links_float64`'s result from a float32 screen with an exact float64 recheck
+    of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost").
+
+    Args:
+        scaled: [B, F, n] float64 scaled maps (for the recheck); unit: [B, F, n] their float32
+            screen unit vectors (:func:`_screen_units`); order: [B, F] importance order;
+            is_flat: [B, F] constant maps.
+    """
+    n, width, cells = unit.shape
+    device = unit.device
+    bound = screen_bound(cells)
+    m1 = torch.empty((n, width), dtype=torch.float32, device=device)
+    m2 = torch.empty_like(m1)
+    best = torch.empty((n, width), dtype=torch.long, device=device)
+    # the maps in importance order, so that only the lower triangle of the product is
+    # computed: row block [r0, r1) against the columns before r1
+    unit_o = unit[torch.arange(n, device=device)[:, None], order]
+    for r0 in range(0, width, _BLOCK):
+        r1 = min(width, r0 + _BLOCK)
+        blk = unit_o[:, r0:r1] @ unit_o[:, :r1].transpose(1, 2)  # [B, r1 - r0, r1]
+        diag = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=device).triu()
+        blk[:, :, r0:].masked_fill_(diag, -math.inf)  # a map and those after it
+        v, i = blk.max(dim=2)
+        m1[:, r0:r1], best[:, r0:r1] = v, i
+        m2[:, r0:r1] = blk.scatter_(2, i[:, :, None], -math.inf).amax(dim=2)
+    low = threshold - bound
+    # decided: no similarity can reach T, or one is surely >= T and no other can match it
+    surely_none = m1 < low
+    surely_best = (m1 >= threshold + bound) & (m2 < torch.clamp(m1 - 2 * bound, min=low))
+    linked = ~surely_none
+    # flat maps: exact 0 / 1 similarities, each links to the first flat map (ties: the earlier)
+    pos = torch.arange(width, device=device).expand(n, width)
+    flat_o = is_flat.gather(1, order)
+    first_flat = torch.where(flat_o, pos, width).amin(dim=1, keepdim=True)
+    linked = torch.where(flat_o, pos > first_flat, linked)
+    best = torch.where(flat_o, first_flat.expand(n, width), best)
+    unsure = ~(surely_none | surely_best | flat_o)
+    if bool(unsure.any()):
+        _recheck(scaled, unit_o, order, unsure, m1, threshold, bound, best, linked)
+    return best, linked
+
+
+def _recheck(
+    scaled: torch.Tensor, unit_o: torch.Tensor, order: torch.Tensor, unsure: torch.Tensor, m1: torch.Tensor,
+    threshold: float, bound: float, best: torch.Tensor, linked: torch.Tensor,
+) -> None:
+    """Decide the screen's undecided rows (``unsure``, [B, F] by position) in float64, in
+    place. Only a column whose float32 similarity is at least ``max(T, m1 - bound) - bound``
+    can win in float64 (``m1``: the row's largest float32 similarity), so only those pairs
+    are computed again (``unit_o``: the screen's unit maps in importance order)."""
+    n, width, cells = unit_o.shape
+    device = unit_o.device
+    per_image = unsure.sum(dim=1)
+    r_max = int(per_image.max())
+    # each image's unsure positions first (stable sort keeps them ascending), padded
+    rows = torch.sort((~unsure).to(torch.int8), dim=1, stable=True).indices[:, :r_max]  # [B, R]
+    valid = torch.arange(r_max, device=device)[None, :] < per_image[:, None]
+    u_rows = unit_o.gather(1, rows[:, :, None].expand(n, r_max, cells))
+    sim = u_rows @ unit_o.transpose(1, 2)  # [B, R, F] the rows' float32 similarities again
+    low = torch.clamp(m1.gather(1, rows) - 2 * bound, min=threshold - bound)
+    earlier = torch.arange(width, device=device)[None, None, :] < rows[:, :, None]
+    may = earlier & (sim >= low[:, :, None]) & valid[:, :, None]
+    b, r, j = may.nonzero(as_tuple=True)  # the pairs (image, row slot, column position)
+    # rows of the [B * F, n] scaled maps: each pair's two maps
+    fa, fc = b * width + order[b, rows[b, r]], b * width + order[b, j]
+    by_map = scaled.view(n * width, cells)
+    s64 = torch.empty(len(b), dtype=torch.float64, device=device)
+    step = max(1, (1 << 22) // max(cells, 1))
+    for c0 in range(0, len(b), step):  # float64 unit maps of both maps of each pair, as step 2 defines
+        sl = slice(c0, c0 + step)
+        ua = unit_maps(by_map.index_select(0, fa[sl])[None])[0]
+        uc = unit_maps(by_map.index_select(0, fc[sl])[None])[0]
+        s64[sl] = (ua * uc).sum(dim=1)
+    key = b * r_max + r
+    cand = s64 >= threshold
+    top = torch.full((n * r_max,), -math.inf, dtype=torch.float64, device=device)
+    top.scatter_reduce_(0, key[cand], s64[cand], reduce="amax")
+    win = cand & (s64 == top[key])
+    first = torch.full((n * r_max,), width, dtype=torch.long, device=device)
+    first.scatter_reduce_(0, key[win], j[win], reduce="amin")  # ties: the earlier map
+    has = (top > -math.inf).view(n, r_max)
+    first = first.view(n, r_max)
+    linked.scatter_(1, rows, torch.where(valid, has, linked.gather(1, rows)))
+    best.scatter_(1, rows, torch.where(valid & has, first, best.gather(1, rows)))
+
+
 def cluster_layer(
-    acts: torch.Tensor, grads: torch.Tensor | None, threshold: float, n_maps: int = 0
+    acts: torch.Tensor, grads: torch.Tensor | None, threshold: float, n_maps: int = 0,
+    screen: bool | None = None,
 ) -> LayerClusters:
     """Cluster one layer's maps of a batch (docs/cluster-method.md, steps 1-5).
 
@@ -144,39 +288,42 @@ def cluster_layer(
             to the maps (``None``: zero, e.g. a layer the score does not depend on).
         threshold: the cosine similarity a link needs, in (0, 1].
         n_maps: merged maps for the first ``n_maps`` rank slots.
+        screen: the links from a float32 screen with a float64 recheck of the rows it
+            cannot decide (the same links, cheaper) or from float64 similarities of every
+            pair; ``None``: the screen unless the float32 matmul precision is lowered.
     """
     n, width = acts.shape[:2]
     device = acts.device
-    flat = acts.detach().to(torch.float64).flatten(2)
-    scaled = _scaled(flat)
+    flat = acts.detach().flatten(2).to(torch.float64, copy=True)  # a copy: scaled in place below
     raw_mean = flat.mean(dim=2)
     alpha = (torch.zeros_like(raw_mean) if grads is None
              else grads.detach().to(torch.float64).mean(dim=(2, 3)))
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
-    # similarities in importance order: permute whichever is smaller, the unit maps
-    # [B, F, H*W+1] before their product (deep layers: many small maps) or the product
-    # [B, F, F] after it (early layers: few large maps); the candidates are masked in place
-    unit = unit_maps(scaled)
-    if unit.shape[2] <= width:
-        unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
-        sim_o = unit_o @ unit_o.transpose(1, 2)
-    else:
-        sim = unit @ unit.transpose(1, 2)
-        sim_o = sim.gather(1, order[:, :, None].expand(n, width, width)).gather(
-            2, order[:, None, :].expand(n, width, width))
-    later = torch.ones(width, width, dtype=torch.bool, device=device).triu()
-    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
-    best = cand.argmax(dim=2)  # the first (most important) of equally similar maps
+    # step 1 in place: (A - min A) / (max A - min A), a constant map to zeros (A - min A = 0)
+    lo = flat.amin(dim=2, keepdim=True)
+    span = flat.amax(dim=2, keepdim=True) - lo
+    is_flat = span[:, :, 0] == 0
+    scaled = flat.sub_(lo)
+    if screen is None:
+        screen = _screen_allowed(device)
+    unit = _screen_units(scaled, is_flat) if screen and width and scaled.shape[2] else None
+    scaled.div_(torch.where(is_flat[:, :, None], 1.0, span))
     pos = torch.arange(width, device=device).expand(n, width)
-    root = torch.where(cand.amax(dim=2) > -math.inf, best, pos) if width else pos
+    if unit is not None:
+        best, linked = _links_screened(scaled, unit, order, is_flat, threshold)
+        del unit
+    elif width:
+        best, linked = _links_float64(scaled, order, threshold)
+    else:
+        best, linked = pos, torch.zeros_like(is_flat)
+    root = torch.where(linked, best, pos)
     for _ in range(max(1, math.ceil(math.log2(max(width, 2)))) + 1):  # pointer jumping to the tree roots
         root = root.gather(1, root)
     # each filter's cluster, named by its root filter's index
     leader = torch.empty_like(order).scatter_(1, order, order.gather(1, root))
     weight = torch.zeros_like(alpha).scatter_add_(1, leader, alpha).clamp(min=0)
-    flat_root = scaled.amax(dim=2) == 0
-    weight = torch.where(flat_root, 0.0, weight)  # the cluster of constant maps has no spatial content
+    weight = torch.where(is_flat, 0.0, weight)  # the cluster of constant maps has no spatial content
     is_root = leader == torch.arange(width, device=device)[None, :]
     # rank: weight descending, ties by the smallest member (a cluster's smallest member is found by
     # scatter amin); non-roots last
