@@ -369,15 +369,50 @@ def cluster_concepts(
     """
     n, width = lc.rank_of.shape
     n_classes = incidence.shape[1]
+    device = lc.rank_of.device
     g = lc.alpha.clamp(min=0) * values.to(torch.float64)
     den = torch.zeros_like(g).scatter_add_(1, lc.rank_of, g)
-    num = torch.zeros((n, width, n_classes), dtype=torch.float64, device=g.device)
-    num.scatter_add_(1, lc.rank_of[:, :, None].expand(n, width, n_classes), g[:, :, None] * incidence[None])
-    keep = (den > 0) & (lc.weights > 0)
-    score = torch.where(keep[:, :, None], num / torch.where(den > 0, den, 1.0)[:, :, None], 0.0)
     k = min(top, n_classes)
-    scores, classes = torch.sort(-score, dim=2, stable=True)
-    return classes[:, :, :k], -scores[:, :, :k]
+    # only the tagged (filter, class) pairs carry mass: sum g f x incidence over each slot's
+    # members per class, filter by filter in ascending order (as a dense scatter would)
+    f_idx, c_idx = incidence.nonzero(as_tuple=True)  # row-major: ascending filter
+    slot = lc.rank_of[:, f_idx]  # [B, nnz]
+    group = torch.arange(n, device=device)[:, None] * width + slot  # (image, rank slot)
+    key = (group * n_classes + c_idx[None, :]).reshape(-1)
+    mass = (g[:, f_idx] * incidence[f_idx, c_idx][None, :]).reshape(-1)
+    keys, where = torch.unique(key, return_inverse=True)  # sorted: by group, then class
+    num = torch.zeros(len(keys), dtype=torch.float64, device=device).scatter_add_(0, where, mass)
+    grp, cls = keys // n_classes, keys % n_classes
+    d = den.reshape(-1)[grp]
+    keep = (d > 0) & (lc.weights.reshape(-1)[grp] > 0)
+    score = num / torch.where(d > 0, d, 1.0)
+    pos = keep & (score > 0)
+    grp, cls, score = grp[pos], cls[pos], score[pos]
+    # best first, ties by the lower class: stable sorts by score, then by group
+    by_score = torch.sort(-score, stable=True).indices
+    by_group = by_score[torch.sort(grp[by_score], stable=True).indices]
+    grp, cls, score = grp[by_group], cls[by_group], score[by_group]
+    starts = torch.searchsorted(grp, grp, right=False)
+    rank = torch.arange(len(grp), device=device) - starts
+    top_k = rank < k
+    classes = torch.zeros((n * width, k), dtype=torch.long, device=device)
+    scores = torch.zeros((n * width, k), dtype=torch.float64, device=device)
+    classes[grp[top_k], rank[top_k]] = cls[top_k]
+    scores[grp[top_k], rank[top_k]] = score[top_k]
+    # the places after a cluster's concepts hold the lowest classes without a score, in
+    # order (a dense stable sort puts them there): among the first 2k classes
+    count = torch.zeros(n * width, dtype=torch.long, device=device).scatter_add_(
+        0, grp, torch.ones_like(grp)).clamp(max=k)
+    cand = min(2 * k, n_classes)
+    scored = torch.zeros((n * width, cand), dtype=torch.bool, device=device)
+    low = cls < cand
+    scored[grp[low], cls[low]] = True
+    free = ~scored
+    at = count[:, None] + free.cumsum(dim=1) - 1  # the place each unscored class would take
+    fill = free & (at < k)
+    rows = torch.arange(n * width, device=device)[:, None].expand(n * width, cand)
+    classes[rows[fill], at[fill]] = torch.arange(cand, device=device)[None, :].expand(n * width, cand)[fill]
+    return classes.view(n, width, k), scores.view(n, width, k)
 
 
 def variant_name(perturbation: dict[str, Any] | None, index: int) -> str:
