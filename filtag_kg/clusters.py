@@ -175,12 +175,49 @@ def _links_float64(
 
 
 def _screen_units(diff: torch.Tensor, is_flat: torch.Tensor) -> torch.Tensor:
-    """[B, F, n] float32 unit vectors of the scaled maps (zero for a flat map), from the
+    """[..., n] float32 unit vectors of the scaled maps (zero for a flat map), from the
     float64 ``diff = A - min A`` (the scaled map's direction: the span cancels): ``diff``
-    rounded to float32 times 1 / |diff|, the norm taken in float64."""
-    norm = torch.linalg.vector_norm(diff, dim=2, keepdim=True)
-    inv = torch.where(is_flat[:, :, None], 0.0, 1.0 / torch.where(is_flat[:, :, None], 1.0, norm))
-    return diff.to(torch.float32).mul_(inv.to(torch.float32))
+    times 1 / |diff| in float64, rounded once to float32."""
+    norm = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
+    flat = is_flat[..., None]
+    return (diff * torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, norm))).to(torch.float32)
+
+
+#: float64 elements of the maps the per-map steps hold at once (a few MiB: they stay in
+#: the cache, where whole layers in float64 would stream through memory several times)
+_CHUNK = 1 << 20
+
+
+def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """Step 1 for some maps ([R, n] as measured, their minima and spans [R]): the float64
+    scaled maps, ``(A - min A) / (max A - min A)``, a constant map to zeros."""
+    x = rows.to(torch.float64, copy=True).sub_(lo[:, None])
+    return x.div_(torch.where(span == 0, 1.0, span)[:, None])
+
+
+def _map_stats(
+    rows: torch.Tensor, grads: torch.Tensor | None, screen: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per map ([N, n] as measured, gradients likewise or ``None``), in float64: mean,
+    gradient mean, minimum, span, and with ``screen`` the float32 screen vectors [N, n];
+    a few thousand maps at a time."""
+    count, cells = rows.shape
+    f64 = dict(dtype=torch.float64, device=rows.device)
+    mean, alpha, lo, span = (torch.zeros(count, **f64) for _ in range(4))
+    unit = torch.empty((count, cells), dtype=torch.float32, device=rows.device) if screen else None
+    step = max(1, _CHUNK // max(cells, 1))
+    for r0 in range(0, count, step):
+        sl = slice(r0, r0 + step)
+        x = rows[sl].to(torch.float64, copy=True)
+        mean[sl] = x.mean(dim=1)
+        low = x.amin(dim=1, keepdim=True)
+        width = x.amax(dim=1, keepdim=True) - low
+        lo[sl], span[sl] = low[:, 0], width[:, 0]
+        if unit is not None:
+            unit[sl] = _screen_units(x.sub_(low), width[:, 0] == 0)
+        if grads is not None:
+            alpha[sl] = grads[sl].to(torch.float64).mean(dim=1)
+    return mean, alpha, lo, span, unit
 
 
 #: rows of the [B, rows, F] similarity block the screen computes at once
@@ -188,15 +225,17 @@ _BLOCK = 256
 
 
 def _links_screened(
-    scaled: torch.Tensor, unit: torch.Tensor, order: torch.Tensor, is_flat: torch.Tensor, threshold: float
+    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit: torch.Tensor, order: torch.Tensor,
+    is_flat: torch.Tensor, threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_links_float64`'s result from a float32 screen with an exact float64 recheck
     of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost").
 
     Args:
-        scaled: [B, F, n] float64 scaled maps (for the recheck); unit: [B, F, n] their float32
-            screen unit vectors (:func:`_screen_units`); order: [B, F] importance order;
-            is_flat: [B, F] constant maps.
+        rows: [B * F, n] the maps as measured, lo / span: [B * F] their minima and spans
+            (for the recheck); unit: [B, F, n] their float32 screen unit vectors
+            (:func:`_screen_units`); order: [B, F] importance order; is_flat: [B, F]
+            constant maps.
     """
     n, width, cells = unit.shape
     device = unit.device
@@ -228,12 +267,13 @@ def _links_screened(
     best = torch.where(flat_o, first_flat.expand(n, width), best)
     unsure = ~(surely_none | surely_best | flat_o)
     if bool(unsure.any()):
-        _recheck(scaled, unit_o, order, unsure, m1, threshold, bound, best, linked)
+        _recheck(rows, lo, span, unit_o, order, unsure, m1, threshold, bound, best, linked)
     return best, linked
 
 
 def _recheck(
-    scaled: torch.Tensor, unit_o: torch.Tensor, order: torch.Tensor, unsure: torch.Tensor, m1: torch.Tensor,
+    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit_o: torch.Tensor, order: torch.Tensor,
+    unsure: torch.Tensor, m1: torch.Tensor,
     threshold: float, bound: float, best: torch.Tensor, linked: torch.Tensor,
 ) -> None:
     """Decide the screen's undecided rows (``unsure``, [B, F] by position) in float64, in
@@ -253,15 +293,14 @@ def _recheck(
     earlier = torch.arange(width, device=device)[None, None, :] < rows[:, :, None]
     may = earlier & (sim >= low[:, :, None]) & valid[:, :, None]
     b, r, j = may.nonzero(as_tuple=True)  # the pairs (image, row slot, column position)
-    # rows of the [B * F, n] scaled maps: each pair's two maps
+    # rows of the [B * F, n] maps: each pair's two maps
     fa, fc = b * width + order[b, rows[b, r]], b * width + order[b, j]
-    by_map = scaled.view(n * width, cells)
     s64 = torch.empty(len(b), dtype=torch.float64, device=device)
-    step = max(1, (1 << 22) // max(cells, 1))
+    step = max(1, _CHUNK // max(cells, 1))
     for c0 in range(0, len(b), step):  # float64 unit maps of both maps of each pair, as step 2 defines
         sl = slice(c0, c0 + step)
-        ua = unit_maps(by_map.index_select(0, fa[sl])[None])[0]
-        uc = unit_maps(by_map.index_select(0, fc[sl])[None])[0]
+        ua, uc = (unit_maps(_scaled_rows(maps.index_select(0, f), lo[f], span[f])[None])[0]
+                  for f in (fa[sl], fc[sl]))
         s64[sl] = (ua * uc).sum(dim=1)
     key = b * r_max + r
     cand = s64 >= threshold
@@ -294,26 +333,24 @@ def cluster_layer(
     """
     n, width = acts.shape[:2]
     device = acts.device
-    flat = acts.detach().flatten(2).to(torch.float64, copy=True)  # a copy: scaled in place below
-    raw_mean = flat.mean(dim=2)
-    alpha = (torch.zeros_like(raw_mean) if grads is None
-             else grads.detach().to(torch.float64).mean(dim=(2, 3)))
-    # importance order: alpha * mean map descending, ties by the lower filter index
-    order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
-    # step 1 in place: (A - min A) / (max A - min A), a constant map to zeros (A - min A = 0)
-    lo = flat.amin(dim=2, keepdim=True)
-    span = flat.amax(dim=2, keepdim=True) - lo
-    is_flat = span[:, :, 0] == 0
-    scaled = flat.sub_(lo)
+    measured = acts.detach().reshape(n * width, -1)  # float64 only a few maps at a time
+    cells = measured.shape[1]
     if screen is None:
         screen = _screen_allowed(device)
-    unit = _screen_units(scaled, is_flat) if screen and width and scaled.shape[2] else None
-    scaled.div_(torch.where(is_flat[:, :, None], 1.0, span))
+    screen = bool(screen and width and cells)
+    mean, alpha, lo, span, unit = _map_stats(
+        measured, None if grads is None else grads.detach().reshape(n * width, -1), screen)
+    raw_mean, alpha = mean.view(n, width), alpha.view(n, width)
+    # importance order: alpha * mean map descending, ties by the lower filter index
+    order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
+    is_flat = (span == 0).view(n, width)  # constant maps scale to all zeros
     pos = torch.arange(width, device=device).expand(n, width)
     if unit is not None:
-        best, linked = _links_screened(scaled, unit, order, is_flat, threshold)
+        best, linked = _links_screened(measured, lo, span, unit.view(n, width, cells), order, is_flat,
+                                       threshold)
         del unit
     elif width:
+        scaled = _scaled_rows(measured, lo, span).view(n, width, cells)
         best, linked = _links_float64(scaled, order, threshold)
     else:
         best, linked = pos, torch.zeros_like(is_flat)
@@ -341,14 +378,34 @@ def cluster_layer(
     maps = has_map = None
     k = min(n_maps, width)
     if k > 0:
-        onehot = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]).to(torch.float64)
-        merged = (onehot @ scaled) / sizes[:, :k, None].clamp(min=1)
+        merged = _merged_maps(measured, lo, span, rank_of, k).view(n, k, cells)
+        merged = merged / sizes[:, :k, None].clamp(min=1)
         top = merged.amax(dim=2, keepdim=True)
         png = torch.where(top > 0, merged / torch.where(top > 0, top, 1.0), 0.0)
         maps = torch.round(png * 255).to(torch.uint8).view(n, k, *acts.shape[2:])
         has_map = (slot_weight[:, :k] > 0) & (top.squeeze(2) > 0)
     return LayerClusters(members=members, sizes=sizes, weights=slot_weight, count=count, rank_of=rank_of,
                          alpha=alpha, maps=maps, has_map=has_map)
+
+
+def _merged_maps(
+    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, rank_of: torch.Tensor, k: int
+) -> torch.Tensor:
+    """[B * k, n] float64 sums of the scaled maps of each image's first k rank slots (maps
+    [B * F, n] as measured, lo / span [B * F]), a few thousand maps at a time."""
+    n, width = rank_of.shape
+    cells = maps.shape[1]
+    out = torch.zeros((n * k, cells), dtype=torch.float64, device=maps.device)
+    slot = (torch.arange(n, device=maps.device)[:, None] * k + rank_of).reshape(-1)
+    wanted = (rank_of < k).reshape(-1)
+    step = max(1, _CHUNK // max(cells, 1))
+    for r0 in range(0, n * width, step):
+        sl = slice(r0, r0 + step)
+        take = wanted[sl].nonzero().squeeze(1)
+        if len(take):
+            rows = take + r0
+            out.index_add_(0, slot[rows], _scaled_rows(maps.index_select(0, rows), lo[rows], span[rows]))
+    return out
 
 
 def cluster_concepts(
