@@ -333,13 +333,13 @@ def cluster_layer(
     """
     n, width = acts.shape[:2]
     device = acts.device
-    measured = acts.detach().reshape(n * width, -1)  # float64 only a few maps at a time
-    cells = measured.shape[1]
+    cells = math.prod(acts.shape[2:])
+    measured = acts.detach().reshape(n * width, cells)  # float64 only a few maps at a time
     if screen is None:
         screen = _screen_allowed(device)
     screen = bool(screen and width and cells)
     mean, alpha, lo, span, unit = _map_stats(
-        measured, None if grads is None else grads.detach().reshape(n * width, -1), screen)
+        measured, None if grads is None else grads.detach().reshape(n * width, cells), screen)
     raw_mean, alpha = mean.view(n, width), alpha.view(n, width)
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices

@@ -94,3 +94,20 @@ def test_screen_and_float64_links_agree_on_tied_maps(dtype: torch.dtype) -> None
             for field in ("members", "sizes", "weights", "count", "rank_of", "maps", "has_map"):
                 assert torch.equal(getattr(a, field), getattr(b, field)), (trial, threshold, field)
         assert torch.equal(acts, before)  # the maps are scaled in a copy
+
+
+def test_maps_taken_a_few_at_a_time_give_the_same_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
+    import filtag_kg.clusters as clusters
+
+    gen = torch.Generator().manual_seed(5)
+    acts = torch.relu(torch.randn(3, 37, 4, 4, generator=gen))
+    acts[:, :5] = 0
+    grads = torch.randn(3, 37, 4, 4, generator=gen)
+    whole = cluster_layer(acts, grads, 0.5, 3)
+    monkeypatch.setattr(clusters, "_CHUNK", 40)  # two or three 4x4 maps per step, across images
+    parts = cluster_layer(acts, grads, 0.5, 3)
+    for field in ("members", "sizes", "weights", "count", "rank_of", "alpha", "maps", "has_map"):
+        assert torch.equal(getattr(whole, field), getattr(parts, field)), field
+    for b in range(3):
+        ref = plain_cluster(acts[b].double().numpy(), grads[b].double().numpy(), 0.5)
+        assert clusters_of(parts, b) == [sorted(c["filters"]) for c in ref]
