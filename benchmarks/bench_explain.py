@@ -5,7 +5,9 @@ of plain inference (same loader and model, no hooks), of the explanation pass
 (``filtag_kg.explain.explain_dataset`` end to end: hooks, active filters,
 votes, Parquet rows written), and of the pass with ``--weighting gradcam`` (a
 forward and a backward pass), with the ratios; ``--clusters`` adds the pass with
-``explain --clusters`` (issue 18's target: at most 2x the gradcam pass). Plain and explain passes
+``explain --clusters`` (issue 18's target: at most 2x the gradcam pass) and a table per
+layer shape (filters x resolution) of what the clustering costs per image against that
+layer's share of the gradcam pass. Plain and explain passes
 alternate ``--repeats`` times; the headline ratio is the median of each
 repeat's paired ratio (see ``bench_profile.py``). Target (issue 16): explain >= 0.95x
 plain on CPU without weighting.
@@ -185,6 +187,101 @@ def _column_bytes(folder: Path) -> dict[str, int]:
     return sizes
 
 
+def capture_cluster_inputs(run: Path, imageset: Any, opts: dict[str, Any], profile: Any, loaded: Any,
+                           batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The maps and gradients one clustered pass hands to ``cluster_layer`` for its first
+    batch (each layer's [B, F, H, W]), recorded by wrapping the function for one pass."""
+    import dataclasses
+
+    import filtag_kg.clusters as clusters
+
+    first = dataclasses.replace(imageset, samples=imageset.samples[:batch_size])
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    real = clusters.cluster_layer
+
+    def recording(acts: torch.Tensor, grads: torch.Tensor | None, *a: Any, **k: Any) -> Any:
+        seen.append((acts.clone(), None if grads is None else grads.clone()))
+        return real(acts, grads, *a, **k)
+
+    clusters.cluster_layer = recording
+    try:
+        explain_dataset(run, first, ExplainOptions(clusters=clusters.ClusterOptions(), **opts),
+                        profile=profile, loaded=loaded)
+    finally:
+        clusters.cluster_layer = real
+    return seen
+
+
+def conv_macs(loaded: Any, engine: Engine, x: torch.Tensor) -> list[int]:
+    """Multiply-adds per image of each measured conv layer (output cells x weights)."""
+    modules = dict(loaded.module.named_modules())
+    macs: list[int] = []
+    hooks = [modules[p.layer].register_forward_hook(
+        lambda m, i, o: macs.append(o.shape[2] * o.shape[3] * m.weight.numel())) for p in engine.points]
+    try:
+        with torch.no_grad():
+            loaded.module(x[:1].to(engine.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def cluster_cost_by_width(
+    inputs: list[tuple[torch.Tensor, torch.Tensor | None]], macs: list[int], gradcam_ms: float,
+    classes: int = 1000, repeats: int = 3,
+) -> list[dict[str, Any]]:
+    """Per distinct layer shape (width x resolution): milliseconds per image of the clustering
+    (``cluster_layer`` with the float32 screen, and with float64 similarities of every pair,
+    the method before the screen), the labels under one setting (``cluster_concepts``, a
+    top-k 1 tag matrix of ``classes`` classes), the PNG maps (``write_map``, 3 per layer and
+    image), summed over the layers of that shape, best of ``repeats``; and the shape's
+    share of the gradcam pass (its conv multiply-adds' share of the model's, times the
+    gradcam pass's ms per image: forward and backward cost about in proportion)."""
+    from filtag_kg.clusters import ClusterOptions, cluster_concepts, cluster_layer, to_host, write_map
+
+    threshold, n_maps = ClusterOptions().threshold, ClusterOptions().maps
+    rng = np.random.default_rng(0)
+    total_macs = sum(macs)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for li, (acts, _) in enumerate(inputs):
+        groups.setdefault(tuple(acts.shape[1:]), []).append(li)
+
+    def best(fn: Any, *args: Any, **kwargs: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def write(folder: Path, layer: int, host: dict[str, Any]) -> None:
+        for b, k in zip(*np.nonzero(host["has_map"])):
+            write_map(folder, f"{layer}/{b}-{k}.png", host["maps"][b, k])
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape, layers in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+            n = inputs[layers[0]][0].shape[0]
+            inc = np.zeros((shape[0], classes))
+            inc[rng.integers(0, shape[0], size=classes), np.arange(classes)] = 1
+            inc_t = torch.from_numpy(inc)
+            values = torch.rand(n, shape[0], dtype=torch.float64)
+            screen = float64 = labels = pngs = 0.0
+            for li in layers:
+                acts, grads = inputs[li]
+                screen += best(cluster_layer, acts, grads, threshold, n_maps)
+                float64 += best(cluster_layer, acts, grads, threshold, n_maps, screen=False)
+                lc = cluster_layer(acts, grads, threshold, n_maps)
+                labels += best(cluster_concepts, lc, values, inc_t)
+                pngs += best(write, Path(tmp), li, to_host({"layers": [lc], "concepts": []})["layers"][0])
+            share = gradcam_ms * sum(macs[li] for li in layers) / total_macs
+            rows.append({"shape": shape, "layers": len(layers), "screen": 1000 * screen / n,
+                         "float64": 1000 * float64 / n, "labels": 1000 * labels / n, "maps": 1000 * pngs / n,
+                         "gradcam_share": share})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(ap)
@@ -283,6 +380,9 @@ def main() -> None:
             explain_dataset(run, imageset, ExplainOptions(clusters=ClusterOptions(), **opts), profile=profile,
                             loaded=loaded)
             clus = args.images / (time.perf_counter() - t0)
+            inputs = capture_cluster_inputs(run, imageset, opts, profile, loaded, args.batch_size)
+            macs = conv_macs(loaded, engine, next(iter(loader)).images)
+            by_width = cluster_cost_by_width(inputs, macs, 1000 / grad)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
         print(f"explain pass           {med_expl:9.2f} images/s  (whole call: dry run, tag index "
@@ -297,6 +397,23 @@ def main() -> None:
             print(f"explain with clusters  {clus:9.2f} images/s (threshold 0.5, 3 maps per layer)")
             print(f"clusters cost          {grad / clus:.2f}x the time of the gradcam pass (target <= 2), "
                   f"{med_expl / clus:.2f}x the unweighted pass")
+            print(f"clustering per layer shape, ms per image (this run's maps and gradients of one batch of "
+                  f"{args.batch_size}, all layers of a shape summed, best of 3; labels: one setting, top-k 1 "
+                  "tags of 1000 classes; maps: 3 PNGs per layer; gradcam share: the layers' conv "
+                  "multiply-adds' share of the gradcam pass):")
+            print(f"  {'filters x cells':<16} {'layers':>6} {'screen':>8} {'float64':>8} {'labels':>8} "
+                  f"{'maps':>8} {'gradcam share':>14}")
+            for r in by_width:
+                f, h, w = r["shape"]
+                print(f"  {f'{f} x {h}x{w}':<16} {r['layers']:>6} {r['screen']:8.2f} {r['float64']:8.2f} "
+                      f"{r['labels']:8.2f} {r['maps']:8.2f} {r['gradcam_share']:14.2f}")
+            tot = {k: sum(r[k] for r in by_width)
+                   for k in ("screen", "float64", "labels", "maps", "gradcam_share")}
+            print(f"  {'all':<16} {sum(r['layers'] for r in by_width):>6} {tot['screen']:8.2f} "
+                  f"{tot['float64']:8.2f} {tot['labels']:8.2f} {tot['maps']:8.2f} "
+                  f"{tot['gradcam_share']:14.2f}")
+            print("  screen: cluster_layer as the pass runs it (float32 screen, float64 recheck); float64: "
+                  "cluster_layer(screen=False), float64 similarities of every pair (same clusters)")
 
 
 if __name__ == "__main__":

@@ -133,8 +133,191 @@ def unit_maps(scaled: torch.Tensor) -> torch.Tensor:
     return torch.cat([scaled / torch.where(flat, 1.0, norm), flat.to(scaled.dtype)], dim=2)
 
 
+#: unit roundoff of float32 and float64
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+
+
+def _gamma(k: int, u: float) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the bound on the relative error of k roundings."""
+    return k * u / (1 - k * u) if k * u < 1 else math.inf
+
+
+def screen_bound(cells: int) -> float:
+    """A bound on |float32 screen similarity - float64 similarity| of two maps of ``cells``
+    cells (derivation: docs/cluster-method.md, "Precision and cost"): the screen is within
+    gamma_(n+8) (float32) of the exact cosine, a float64 evaluation within gamma_(3n+32)
+    (float64), n = ``cells``; plus n 2^-126 for float32 products that underflow."""
+    return _gamma(cells + 8, _U32) + _gamma(3 * cells + 32, _U64) + cells * 2.0**-126
+
+
+def _screen_allowed(device: torch.device) -> bool:
+    """The float32 screen's bound assumes float32 products rounded in float32; a matmul
+    allowed to use TF32 or bfloat16 (``torch.set_float32_matmul_precision``) breaks it."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
+def _links_float64(
+    scaled: torch.Tensor, order: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's link (step 4) from float64 similarities of every pair: ``(best, linked)``,
+    [B, F] in importance order: the position of the map each map links to, and whether it
+    links at all."""
+    n, width = order.shape
+    unit = unit_maps(scaled)
+    unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
+    sim_o = unit_o @ unit_o.transpose(1, 2)
+    later = torch.ones(width, width, dtype=torch.bool, device=scaled.device).triu()
+    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
+    return cand.argmax(dim=2), cand.amax(dim=2) > -math.inf
+
+
+def _screen_units(diff: torch.Tensor, is_flat: torch.Tensor) -> torch.Tensor:
+    """[..., n] float32 unit vectors of the scaled maps (zero for a flat map), from the
+    float64 ``diff = A - min A`` (the scaled map's direction: the span cancels): ``diff``
+    times 1 / |diff| in float64, rounded once to float32."""
+    norm = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
+    flat = is_flat[..., None]
+    return (diff * torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, norm))).to(torch.float32)
+
+
+#: float64 elements of the maps the per-map steps hold at once (a few MiB: they stay in
+#: the cache, where whole layers in float64 would stream through memory several times)
+_CHUNK = 1 << 20
+
+
+def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """Step 1 for some maps ([R, n] as measured, their minima and spans [R]): the float64
+    scaled maps, ``(A - min A) / (max A - min A)``, a constant map to zeros."""
+    x = rows.to(torch.float64, copy=True).sub_(lo[:, None])
+    return x.div_(torch.where(span == 0, 1.0, span)[:, None])
+
+
+def _map_stats(
+    rows: torch.Tensor, grads: torch.Tensor | None, screen: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per map ([N, n] as measured, gradients likewise or ``None``), in float64: mean,
+    gradient mean, minimum, span, and with ``screen`` the float32 screen vectors [N, n];
+    a few thousand maps at a time."""
+    count, cells = rows.shape
+    f64 = dict(dtype=torch.float64, device=rows.device)
+    mean, alpha, lo, span = (torch.zeros(count, **f64) for _ in range(4))
+    unit = torch.empty((count, cells), dtype=torch.float32, device=rows.device) if screen else None
+    step = max(1, _CHUNK // max(cells, 1))
+    for r0 in range(0, count, step):
+        sl = slice(r0, r0 + step)
+        x = rows[sl].to(torch.float64, copy=True)
+        mean[sl] = x.mean(dim=1)
+        low = x.amin(dim=1, keepdim=True)
+        width = x.amax(dim=1, keepdim=True) - low
+        lo[sl], span[sl] = low[:, 0], width[:, 0]
+        if unit is not None:
+            unit[sl] = _screen_units(x.sub_(low), width[:, 0] == 0)
+        if grads is not None:
+            alpha[sl] = grads[sl].to(torch.float64).mean(dim=1)
+    return mean, alpha, lo, span, unit
+
+
+#: rows of the [B, rows, F] similarity block the screen computes at once
+_BLOCK = 256
+
+
+def _links_screened(
+    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit: torch.Tensor, order: torch.Tensor,
+    is_flat: torch.Tensor, threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_links_float64`'s result from a float32 screen with an exact float64 recheck
+    of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost").
+
+    Args:
+        rows: [B * F, n] the maps as measured, lo / span: [B * F] their minima and spans
+            (for the recheck); unit: [B, F, n] their float32 screen unit vectors
+            (:func:`_screen_units`); order: [B, F] importance order; is_flat: [B, F]
+            constant maps.
+    """
+    n, width, cells = unit.shape
+    device = unit.device
+    bound = screen_bound(cells)
+    m1 = torch.empty((n, width), dtype=torch.float32, device=device)
+    m2 = torch.empty_like(m1)
+    best = torch.empty((n, width), dtype=torch.long, device=device)
+    # the maps in importance order, so that only the lower triangle of the product is
+    # computed: row block [r0, r1) against the columns before r1
+    unit_o = unit[torch.arange(n, device=device)[:, None], order]
+    for r0 in range(0, width, _BLOCK):
+        r1 = min(width, r0 + _BLOCK)
+        blk = unit_o[:, r0:r1] @ unit_o[:, :r1].transpose(1, 2)  # [B, r1 - r0, r1]
+        diag = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=device).triu()
+        blk[:, :, r0:].masked_fill_(diag, -math.inf)  # a map and those after it
+        v, i = blk.max(dim=2)
+        m1[:, r0:r1], best[:, r0:r1] = v, i
+        m2[:, r0:r1] = blk.scatter_(2, i[:, :, None], -math.inf).amax(dim=2)
+    low = threshold - bound
+    # decided: no similarity can reach T, or one is surely >= T and no other can match it
+    surely_none = m1 < low
+    surely_best = (m1 >= threshold + bound) & (m2 < torch.clamp(m1 - 2 * bound, min=low))
+    linked = ~surely_none
+    # flat maps: exact 0 / 1 similarities, each links to the first flat map (ties: the earlier)
+    pos = torch.arange(width, device=device).expand(n, width)
+    flat_o = is_flat.gather(1, order)
+    first_flat = torch.where(flat_o, pos, width).amin(dim=1, keepdim=True)
+    linked = torch.where(flat_o, pos > first_flat, linked)
+    best = torch.where(flat_o, first_flat.expand(n, width), best)
+    unsure = ~(surely_none | surely_best | flat_o)
+    if bool(unsure.any()):
+        _recheck(rows, lo, span, unit_o, order, unsure, m1, threshold, bound, best, linked)
+    return best, linked
+
+
+def _recheck(
+    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit_o: torch.Tensor, order: torch.Tensor,
+    unsure: torch.Tensor, m1: torch.Tensor,
+    threshold: float, bound: float, best: torch.Tensor, linked: torch.Tensor,
+) -> None:
+    """Decide the screen's undecided rows (``unsure``, [B, F] by position) in float64, in
+    place. Only a column whose float32 similarity is at least ``max(T, m1 - bound) - bound``
+    can win in float64 (``m1``: the row's largest float32 similarity), so only those pairs
+    are computed again (``unit_o``: the screen's unit maps in importance order)."""
+    n, width, cells = unit_o.shape
+    device = unit_o.device
+    per_image = unsure.sum(dim=1)
+    r_max = int(per_image.max())
+    # each image's unsure positions first (stable sort keeps them ascending), padded
+    rows = torch.sort((~unsure).to(torch.int8), dim=1, stable=True).indices[:, :r_max]  # [B, R]
+    valid = torch.arange(r_max, device=device)[None, :] < per_image[:, None]
+    u_rows = unit_o.gather(1, rows[:, :, None].expand(n, r_max, cells))
+    sim = u_rows @ unit_o.transpose(1, 2)  # [B, R, F] the rows' float32 similarities again
+    low = torch.clamp(m1.gather(1, rows) - 2 * bound, min=threshold - bound)
+    earlier = torch.arange(width, device=device)[None, None, :] < rows[:, :, None]
+    may = earlier & (sim >= low[:, :, None]) & valid[:, :, None]
+    b, r, j = may.nonzero(as_tuple=True)  # the pairs (image, row slot, column position)
+    # rows of the [B * F, n] maps: each pair's two maps
+    fa, fc = b * width + order[b, rows[b, r]], b * width + order[b, j]
+    s64 = torch.empty(len(b), dtype=torch.float64, device=device)
+    step = max(1, _CHUNK // max(cells, 1))
+    for c0 in range(0, len(b), step):  # float64 unit maps of both maps of each pair, as step 2 defines
+        sl = slice(c0, c0 + step)
+        ua, uc = (unit_maps(_scaled_rows(maps.index_select(0, f), lo[f], span[f])[None])[0]
+                  for f in (fa[sl], fc[sl]))
+        s64[sl] = (ua * uc).sum(dim=1)
+    key = b * r_max + r
+    cand = s64 >= threshold
+    top = torch.full((n * r_max,), -math.inf, dtype=torch.float64, device=device)
+    top.scatter_reduce_(0, key[cand], s64[cand], reduce="amax")
+    win = cand & (s64 == top[key])
+    first = torch.full((n * r_max,), width, dtype=torch.long, device=device)
+    first.scatter_reduce_(0, key[win], j[win], reduce="amin")  # ties: the earlier map
+    has = (top > -math.inf).view(n, r_max)
+    first = first.view(n, r_max)
+    linked.scatter_(1, rows, torch.where(valid, has, linked.gather(1, rows)))
+    best.scatter_(1, rows, torch.where(valid & has, first, best.gather(1, rows)))
+
+
 def cluster_layer(
-    acts: torch.Tensor, grads: torch.Tensor | None, threshold: float, n_maps: int = 0
+    acts: torch.Tensor, grads: torch.Tensor | None, threshold: float, n_maps: int = 0,
+    screen: bool | None = None,
 ) -> LayerClusters:
     """Cluster one layer's maps of a batch (docs/cluster-method.md, steps 1-5).
 
@@ -144,39 +327,40 @@ def cluster_layer(
             to the maps (``None``: zero, e.g. a layer the score does not depend on).
         threshold: the cosine similarity a link needs, in (0, 1].
         n_maps: merged maps for the first ``n_maps`` rank slots.
+        screen: the links from a float32 screen with a float64 recheck of the rows it
+            cannot decide (the same links, cheaper) or from float64 similarities of every
+            pair; ``None``: the screen unless the float32 matmul precision is lowered.
     """
     n, width = acts.shape[:2]
     device = acts.device
-    flat = acts.detach().to(torch.float64).flatten(2)
-    scaled = _scaled(flat)
-    raw_mean = flat.mean(dim=2)
-    alpha = (torch.zeros_like(raw_mean) if grads is None
-             else grads.detach().to(torch.float64).mean(dim=(2, 3)))
+    cells = math.prod(acts.shape[2:])
+    measured = acts.detach().reshape(n * width, cells)  # float64 only a few maps at a time
+    if screen is None:
+        screen = _screen_allowed(device)
+    screen = bool(screen and width and cells)
+    mean, alpha, lo, span, unit = _map_stats(
+        measured, None if grads is None else grads.detach().reshape(n * width, cells), screen)
+    raw_mean, alpha = mean.view(n, width), alpha.view(n, width)
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
-    # similarities in importance order: permute whichever is smaller, the unit maps
-    # [B, F, H*W+1] before their product (deep layers: many small maps) or the product
-    # [B, F, F] after it (early layers: few large maps); the candidates are masked in place
-    unit = unit_maps(scaled)
-    if unit.shape[2] <= width:
-        unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
-        sim_o = unit_o @ unit_o.transpose(1, 2)
-    else:
-        sim = unit @ unit.transpose(1, 2)
-        sim_o = sim.gather(1, order[:, :, None].expand(n, width, width)).gather(
-            2, order[:, None, :].expand(n, width, width))
-    later = torch.ones(width, width, dtype=torch.bool, device=device).triu()
-    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
-    best = cand.argmax(dim=2)  # the first (most important) of equally similar maps
+    is_flat = (span == 0).view(n, width)  # constant maps scale to all zeros
     pos = torch.arange(width, device=device).expand(n, width)
-    root = torch.where(cand.amax(dim=2) > -math.inf, best, pos) if width else pos
+    if unit is not None:
+        best, linked = _links_screened(measured, lo, span, unit.view(n, width, cells), order, is_flat,
+                                       threshold)
+        del unit
+    elif width:
+        scaled = _scaled_rows(measured, lo, span).view(n, width, cells)
+        best, linked = _links_float64(scaled, order, threshold)
+    else:
+        best, linked = pos, torch.zeros_like(is_flat)
+    root = torch.where(linked, best, pos)
     for _ in range(max(1, math.ceil(math.log2(max(width, 2)))) + 1):  # pointer jumping to the tree roots
         root = root.gather(1, root)
     # each filter's cluster, named by its root filter's index
     leader = torch.empty_like(order).scatter_(1, order, order.gather(1, root))
     weight = torch.zeros_like(alpha).scatter_add_(1, leader, alpha).clamp(min=0)
-    flat_root = scaled.amax(dim=2) == 0
-    weight = torch.where(flat_root, 0.0, weight)  # the cluster of constant maps has no spatial content
+    weight = torch.where(is_flat, 0.0, weight)  # the cluster of constant maps has no spatial content
     is_root = leader == torch.arange(width, device=device)[None, :]
     # rank: weight descending, ties by the smallest member (a cluster's smallest member is found by
     # scatter amin); non-roots last
@@ -194,14 +378,34 @@ def cluster_layer(
     maps = has_map = None
     k = min(n_maps, width)
     if k > 0:
-        onehot = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]).to(torch.float64)
-        merged = (onehot @ scaled) / sizes[:, :k, None].clamp(min=1)
+        merged = _merged_maps(measured, lo, span, rank_of, k).view(n, k, cells)
+        merged = merged / sizes[:, :k, None].clamp(min=1)
         top = merged.amax(dim=2, keepdim=True)
         png = torch.where(top > 0, merged / torch.where(top > 0, top, 1.0), 0.0)
         maps = torch.round(png * 255).to(torch.uint8).view(n, k, *acts.shape[2:])
         has_map = (slot_weight[:, :k] > 0) & (top.squeeze(2) > 0)
     return LayerClusters(members=members, sizes=sizes, weights=slot_weight, count=count, rank_of=rank_of,
                          alpha=alpha, maps=maps, has_map=has_map)
+
+
+def _merged_maps(
+    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, rank_of: torch.Tensor, k: int
+) -> torch.Tensor:
+    """[B * k, n] float64 sums of the scaled maps of each image's first k rank slots (maps
+    [B * F, n] as measured, lo / span [B * F]), a few thousand maps at a time."""
+    n, width = rank_of.shape
+    cells = maps.shape[1]
+    out = torch.zeros((n * k, cells), dtype=torch.float64, device=maps.device)
+    slot = (torch.arange(n, device=maps.device)[:, None] * k + rank_of).reshape(-1)
+    wanted = (rank_of < k).reshape(-1)
+    step = max(1, _CHUNK // max(cells, 1))
+    for r0 in range(0, n * width, step):
+        sl = slice(r0, r0 + step)
+        take = wanted[sl].nonzero().squeeze(1)
+        if len(take):
+            rows = take + r0
+            out.index_add_(0, slot[rows], _scaled_rows(maps.index_select(0, rows), lo[rows], span[rows]))
+    return out
 
 
 def cluster_concepts(
@@ -222,15 +426,50 @@ def cluster_concepts(
     """
     n, width = lc.rank_of.shape
     n_classes = incidence.shape[1]
+    device = lc.rank_of.device
     g = lc.alpha.clamp(min=0) * values.to(torch.float64)
     den = torch.zeros_like(g).scatter_add_(1, lc.rank_of, g)
-    num = torch.zeros((n, width, n_classes), dtype=torch.float64, device=g.device)
-    num.scatter_add_(1, lc.rank_of[:, :, None].expand(n, width, n_classes), g[:, :, None] * incidence[None])
-    keep = (den > 0) & (lc.weights > 0)
-    score = torch.where(keep[:, :, None], num / torch.where(den > 0, den, 1.0)[:, :, None], 0.0)
     k = min(top, n_classes)
-    scores, classes = torch.sort(-score, dim=2, stable=True)
-    return classes[:, :, :k], -scores[:, :, :k]
+    # only the tagged (filter, class) pairs carry mass: sum g f x incidence over each slot's
+    # members per class, filter by filter in ascending order (as a dense scatter would)
+    f_idx, c_idx = incidence.nonzero(as_tuple=True)  # row-major: ascending filter
+    slot = lc.rank_of[:, f_idx]  # [B, nnz]
+    group = torch.arange(n, device=device)[:, None] * width + slot  # (image, rank slot)
+    key = (group * n_classes + c_idx[None, :]).reshape(-1)
+    mass = (g[:, f_idx] * incidence[f_idx, c_idx][None, :]).reshape(-1)
+    keys, where = torch.unique(key, return_inverse=True)  # sorted: by group, then class
+    num = torch.zeros(len(keys), dtype=torch.float64, device=device).scatter_add_(0, where, mass)
+    grp, cls = keys // n_classes, keys % n_classes
+    d = den.reshape(-1)[grp]
+    keep = (d > 0) & (lc.weights.reshape(-1)[grp] > 0)
+    score = num / torch.where(d > 0, d, 1.0)
+    pos = keep & (score > 0)
+    grp, cls, score = grp[pos], cls[pos], score[pos]
+    # best first, ties by the lower class: stable sorts by score, then by group
+    by_score = torch.sort(-score, stable=True).indices
+    by_group = by_score[torch.sort(grp[by_score], stable=True).indices]
+    grp, cls, score = grp[by_group], cls[by_group], score[by_group]
+    starts = torch.searchsorted(grp, grp, right=False)
+    rank = torch.arange(len(grp), device=device) - starts
+    top_k = rank < k
+    classes = torch.zeros((n * width, k), dtype=torch.long, device=device)
+    scores = torch.zeros((n * width, k), dtype=torch.float64, device=device)
+    classes[grp[top_k], rank[top_k]] = cls[top_k]
+    scores[grp[top_k], rank[top_k]] = score[top_k]
+    # the places after a cluster's concepts hold the lowest classes without a score, in
+    # order (a dense stable sort puts them there): among the first 2k classes
+    count = torch.zeros(n * width, dtype=torch.long, device=device).scatter_add_(
+        0, grp, torch.ones_like(grp)).clamp(max=k)
+    cand = min(2 * k, n_classes)
+    scored = torch.zeros((n * width, cand), dtype=torch.bool, device=device)
+    low = cls < cand
+    scored[grp[low], cls[low]] = True
+    free = ~scored
+    at = count[:, None] + free.cumsum(dim=1) - 1  # the place each unscored class would take
+    fill = free & (at < k)
+    rows = torch.arange(n * width, device=device)[:, None].expand(n * width, cand)
+    classes[rows[fill], at[fill]] = torch.arange(cand, device=device)[None, :].expand(n * width, cand)[fill]
+    return classes.view(n, width, k), scores.view(n, width, k)
 
 
 def variant_name(perturbation: dict[str, Any] | None, index: int) -> str:

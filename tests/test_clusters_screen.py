@@ -1,0 +1,113 @@
+"""The float32 similarity screen of explain --clusters decides every link as float64 does
+(docs/cluster-method.md, "Precision and cost"): rows it cannot decide within its error
+bound are recomputed in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_clusters import plain_cluster
+
+from filtag_kg.clusters import _scaled, _screen_units, cluster_layer, screen_bound, unit_maps
+
+
+def clusters_of(lc, b: int = 0) -> list[list[int]]:
+    """Image b's clusters as sorted member lists, in rank order."""
+    members, out, at = lc.members[b].tolist(), [], 0
+    for k in range(int(lc.count[b])):
+        size = int(lc.sizes[b, k])
+        out.append(sorted(members[at:at + size]))
+        at += size
+    return out
+
+
+def maps(
+    rows: list[list[float]], alphas: list[float], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's 2x2 maps (given as 4 cells each) and gradients whose spatial means are
+    ``alphas`` (so the importance order is alpha x mean map)."""
+    acts = torch.tensor(rows, dtype=dtype).view(1, len(rows), 2, 2)
+    grads = torch.tensor(alphas, dtype=dtype).view(1, -1, 1, 1).expand(1, len(rows), 2, 2).contiguous()
+    return acts, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_similarity_just_below_the_threshold_does_not_link(dtype: torch.dtype) -> None:
+    # map 1 = [1, 0, 0, 0] after map 0 = [1, 0.75, 0, 0] (norm 1.25, exact in both precisions):
+    # their cosine is 0.8 in float64 but 0.800000012 in float32 (1 / 1.25 rounds up there),
+    # so at T = 0.8 + 1e-12 float32 alone would link them and float64 does not
+    acts, grads = maps([[1, 0.75, 0, 0], [1, 0, 0, 0]], [1.0, 0.5], dtype)
+    assert float(np.float32(0.8)) > 0.8 + 1e-12  # the float32 rounding the case relies on
+    for threshold, want in ((0.8, [[0, 1]]), (0.8 + 1e-12, [[0], [1]])):
+        assert clusters_of(cluster_layer(acts, grads, threshold)) == want
+        assert clusters_of(cluster_layer(acts, grads, threshold, screen=False)) == want
+        ref = plain_cluster(acts[0].double().numpy(), grads[0].double().numpy(), threshold)
+        assert [sorted(c["filters"]) for c in ref] == want
+
+
+def test_two_candidates_equal_in_float32_link_to_the_more_similar() -> None:
+    # map 0 = [1, 1 - 1e-9, 0, 0] is more similar to map 1 = [1, 0, 0, 0] than to map 2 =
+    # [0, 1, 0, 0] by about 7e-10 (cosines 0.70710678154 and 0.70710678083); in float32
+    # 1 - 1e-9 is 1, an exact tie that the rule would give to map 2, the earlier in the
+    # importance order (map 2, map 1, map 0), while float64 links map 0 to map 1
+    acts, grads = maps([[1, 1 - 1e-9, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 2.0, 4.0], torch.float64)
+    assert np.float32(1 - 1e-9) == 1
+    want = [[2], [0, 1]]  # weights: {2} 4.0, {0, 1} 2.1
+    assert clusters_of(cluster_layer(acts, grads, 0.5)) == want
+    assert clusters_of(cluster_layer(acts, grads, 0.5, screen=False)) == want
+    ref = plain_cluster(acts[0].numpy(), grads[0].numpy(), 0.5)
+    assert [sorted(c["filters"]) for c in ref] == want
+
+
+@pytest.mark.parametrize("side", [3, 12, 40])
+def test_the_screen_stays_within_its_bound(side: int) -> None:
+    gen = torch.Generator().manual_seed(side)
+    scale = torch.rand(2, 24, 1, generator=gen) * 100
+    acts = torch.relu(torch.randn(2, 24, side * side, generator=gen)) * scale
+    acts[:, :3] = 7.0  # flat maps
+    flat = acts.to(torch.float64)
+    lo = flat.amin(dim=2, keepdim=True)
+    is_flat = (flat.amax(dim=2, keepdim=True) == lo)[:, :, 0]
+    unit = _screen_units(flat - lo, is_flat)
+    s32 = (unit @ unit.transpose(1, 2)).double()
+    u64 = unit_maps(_scaled(flat))
+    s64 = u64 @ u64.transpose(1, 2)
+    nonflat = ~(is_flat[:, :, None] | is_flat[:, None, :])
+    err = (s32 - s64).abs()[nonflat].max().item()
+    assert 0 < err <= screen_bound(side * side)
+    assert (s32[~nonflat] == 0).all()  # a flat map's screen similarity is exactly 0 (decided exactly)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_screen_and_float64_links_agree_on_tied_maps(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(3):
+        acts = torch.relu(torch.randn(3, 70, 4, 4, generator=gen, dtype=dtype))
+        acts[:, :10] = 0
+        acts = torch.round(acts * (2 + 2 * trial)) / (2 + 2 * trial)  # many equal and proportional maps
+        grads = torch.round(torch.randn(3, 70, 4, 4, generator=gen, dtype=dtype) * 4) / 4
+        before = acts.clone()
+        for threshold in (0.3, 0.5, 0.9, 1.0):
+            a = cluster_layer(acts, grads, threshold, 3)
+            b = cluster_layer(acts, grads, threshold, 3, screen=False)
+            for field in ("members", "sizes", "weights", "count", "rank_of", "maps", "has_map"):
+                assert torch.equal(getattr(a, field), getattr(b, field)), (trial, threshold, field)
+        assert torch.equal(acts, before)  # the maps are scaled in a copy
+
+
+def test_maps_taken_a_few_at_a_time_give_the_same_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
+    import filtag_kg.clusters as clusters
+
+    gen = torch.Generator().manual_seed(5)
+    acts = torch.relu(torch.randn(3, 37, 4, 4, generator=gen))
+    acts[:, :5] = 0
+    grads = torch.randn(3, 37, 4, 4, generator=gen)
+    whole = cluster_layer(acts, grads, 0.5, 3)
+    monkeypatch.setattr(clusters, "_CHUNK", 40)  # two or three 4x4 maps per step, across images
+    parts = cluster_layer(acts, grads, 0.5, 3)
+    for field in ("members", "sizes", "weights", "count", "rank_of", "alpha", "maps", "has_map"):
+        assert torch.equal(getattr(whole, field), getattr(parts, field)), field
+    for b in range(3):
+        ref = plain_cluster(acts[b].double().numpy(), grads[b].double().numpy(), 0.5)
+        assert clusters_of(parts, b) == [sorted(c["filters"]) for c in ref]
