@@ -494,15 +494,22 @@ def map_path(
     return f"{MAPS_DIR}/{image}/{variant_name(perturbation, index)}/{layer}-{rank}.png"
 
 
-def write_map(run: Path, rel: str, pixels: Any) -> None:
-    """Write an 8-bit grey PNG atomically (no half file after a crash), without an fsync
-    per file (3-4 ms apiece, more than the clustering): the pass calls :func:`sync_maps`
-    once before its state names the rows that refer to the maps."""
+def map_png(pixels: Any) -> bytes:
+    """An 8-bit grey map (``[H, W]`` uint8) as PNG bytes."""
+    import io
+
     from PIL import Image
 
-    from ._io import write_png
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
-    write_png(run / rel, Image.fromarray(pixels, mode="L"), durable=False)
+
+def write_map(run: Path, rel: str, pixels: Any) -> None:
+    """Write one map as :func:`write_maps` does."""
+    from ._io import write_many
+
+    write_many([(run / rel, map_png(pixels))])
 
 
 def sync_maps(run: Path) -> None:
@@ -566,10 +573,17 @@ def write_maps(
     run: Path, host: dict[str, Any], names: Sequence[str], indices: Sequence[int],
     sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
 ) -> None:
-    """Write the PNG maps of one input variant of a batch."""
-    for b, li, k in _map_slots(host):
-        rel = map_path(sha256[b], indices[b], perturbation, names[li], k + 1)
-        write_map(run, rel, host["layers"][li]["maps"][b, k])
+    """Write the PNG maps of one input variant of a batch, each atomically (no half file
+    after a crash) and without an fsync per file (3-4 ms apiece, more than the
+    clustering): the pass calls :func:`sync_maps` once before its state names the rows
+    that refer to them."""
+    from ._io import write_many
+
+    write_many(
+        (run / map_path(sha256[b], indices[b], perturbation, names[li], k + 1),
+         map_png(host["layers"][li]["maps"][b, k]))
+        for b, li, k in _map_slots(host)
+    )
 
 
 def cluster_columns(
