@@ -255,9 +255,11 @@ def _links_screened(
         m1[:, r0:r1], best[:, r0:r1] = v, i
         m2[:, r0:r1] = blk.scatter_(2, i[:, :, None], -math.inf).amax(dim=2)
     low = threshold - bound
-    # decided: no similarity can reach T, or one is surely >= T and no other can match it
-    surely_none = m1 < low
-    surely_best = (m1 >= threshold + bound) & (m2 < torch.clamp(m1 - 2 * bound, min=low))
+    # decided: no similarity can reach T, or one is surely >= T and no other can match it;
+    # compared in float64, so that no rounding of T +- bound to float32 eats into the bound
+    m1d, m2d = m1.to(torch.float64), m2.to(torch.float64)
+    surely_none = m1d < low
+    surely_best = (m1d >= threshold + bound) & (m2d < torch.clamp(m1d - 2 * bound, min=low))
     linked = ~surely_none
     # flat maps: exact 0 / 1 similarities, each links to the first flat map (ties: the earlier)
     pos = torch.arange(width, device=device).expand(n, width)
@@ -288,8 +290,8 @@ def _recheck(
     rows = torch.sort((~unsure).to(torch.int8), dim=1, stable=True).indices[:, :r_max]  # [B, R]
     valid = torch.arange(r_max, device=device)[None, :] < per_image[:, None]
     u_rows = unit_o.gather(1, rows[:, :, None].expand(n, r_max, cells))
-    sim = u_rows @ unit_o.transpose(1, 2)  # [B, R, F] the rows' float32 similarities again
-    low = torch.clamp(m1.gather(1, rows) - 2 * bound, min=threshold - bound)
+    sim = (u_rows @ unit_o.transpose(1, 2)).to(torch.float64)  # [B, R, F] the rows' screen similarities
+    low = torch.clamp(m1.gather(1, rows).to(torch.float64) - 2 * bound, min=threshold - bound)
     earlier = torch.arange(width, device=device)[None, None, :] < rows[:, :, None]
     may = earlier & (sim >= low[:, :, None]) & valid[:, :, None]
     b, r, j = may.nonzero(as_tuple=True)  # the pairs (image, row slot, column position)
