@@ -48,6 +48,7 @@ from .explanations_io import (
     encode_rows,
     iter_explanations,
 )
+from .measure import RecordedPass, point_from_record
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
 from .runfolder import fingerprint_diff
@@ -901,6 +902,30 @@ def _gradcam_weights(
     return torch.cat(out, dim=1)
 
 
+def _reusable_points(profile: Profile, loaded: Any, *, amp: str | None, grads: bool) -> list[Any] | None:
+    """The profile's measure points rebuilt from its records, for a pass whose first batch
+    can check them (an eager model, no autocast, no gradients); ``None``: find them with a
+    dry run instead."""
+    module = loaded.module
+    if (grads or amp not in (None, "off") or isinstance(module, torch.jit.ScriptModule)
+            or hasattr(module, "filtag_graph_probes")):
+        return None
+    points = [point_from_record(lp.measure, layer=lp.name, width=lp.width) for lp in profile.layers]
+    modules = dict(module.named_modules())
+    if any(p is None or p.hook_module not in modules for p in points):
+        return None
+    return points
+
+
+def _check_points(points: Sequence[Any], profile: Profile, expected: Sequence[Any] | None = None) -> None:
+    """Raise unless ``points`` (found on this model) are where the profile measured (and,
+    given ``expected``, the points the pass measured at: every field alike)."""
+    if [p.describe() for p in points] != [lp.measured_at for lp in profile.layers] or (
+        expected is not None and [p.record() for p in points] != [p.record() for p in expected]
+    ):
+        raise ProfileError("the model's measure points differ from the profile's; profile again")
+
+
 def explain_dataset(
     run_dir: str | os.PathLike[str],
     imageset: ImageSet,
@@ -944,17 +969,26 @@ def explain_dataset(
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True,
                            max_pixels=imageset.max_pixels)
-    engine = Engine.build(
-        loaded,
-        first_good_image(imageset, dataset),
-        layers=names,
-        measure=measure,
-        device=device,
-        amp=opts.amp,
-    )
-    recorded = [lp.measured_at for lp in profile.layers]
-    if [p.describe() for p in engine.points] != recorded:
-        raise ProfileError("the model's measure points differ from the profile's; profile again")
+    # the profile's measure points, checked on the pass's first batch (recorded, see
+    # RecordedPass) instead of a separate dry run, where the records rebuild them all and
+    # that batch runs as the profile's dry run did (an eager model, full precision, no
+    # gradients); else a dry run finds them, as the profile pass did
+    reused = _reusable_points(profile, loaded, amp=opts.amp, grads=grads_needed)
+    if reused is not None:
+        from .models import select_layers
+
+        select_layers(loaded.module, names)
+        engine = Engine(loaded, reused, device, opts.amp)
+    else:
+        engine = Engine.build(
+            loaded,
+            first_good_image(imageset, dataset),
+            layers=names,
+            measure=measure,
+            device=device,
+            amp=opts.amp,
+        )
+        _check_points(engine.points, profile)
     index = TagIndex.build(profile, settings)
     model_ids = [c["id"] for c in profile.meta.get("model_classes") or []]
     model_labels = [c["label"] for c in profile.meta.get("model_classes") or []]
@@ -1047,6 +1081,7 @@ def explain_dataset(
             )
 
     cluster_inc: list[list[torch.Tensor]] = []  # per setting and layer, on the device
+    unchecked = [True] if reused is not None else []  # the reused points await their check
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
@@ -1073,6 +1108,15 @@ def explain_dataset(
                     clustered = cluster_batch(acts, grads, values, cluster_inc, copts)
             probe.outputs = [None] * len(probe.outputs)  # free the maps before the next batch
             return values, probs, top, weights, clustered
+        if unchecked:  # the first batch is the dry run: recorded, with version counters
+            with torch.no_grad(), RecordedPass(module) as recorded:
+                logits = module(x)
+            _check_points(recorded.points(names, measure=measure), profile, engine.points)
+            unchecked.clear()
+            with torch.inference_mode():
+                values = probe.take_flat()
+                probs, top = _model_top(logits)
+            return values, probs, top, None, None
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
@@ -1170,6 +1214,10 @@ def explain_dataset(
         sink.close()
         raise
     bar.close()
+    if unchecked and first == 0 and len(skipped) + len(local_skipped) == n:
+        worker.close()
+        sink.close()
+        raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
     try:
         synchronise(save=False)
     finally:
