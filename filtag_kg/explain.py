@@ -972,8 +972,9 @@ def explain_dataset(
     # the profile's measure points, checked on the pass's first batch (recorded, see
     # RecordedPass) instead of a separate dry run, where the records rebuild them all and
     # that batch runs as the profile's dry run did (an eager model, full precision, no
-    # gradients); else a dry run finds them, as the profile pass did
-    reused = _reusable_points(profile, loaded, amp=opts.amp, grads=grads_needed)
+    # gradients; one process, so a set in which nothing decodes is refused alike); else
+    # a dry run finds them, as the profile pass did
+    reused = None if dist.active else _reusable_points(profile, loaded, amp=opts.amp, grads=grads_needed)
     if reused is not None:
         from .models import select_layers
 
