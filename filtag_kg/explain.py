@@ -1017,6 +1017,7 @@ def explain_dataset(
         state_path.unlink(missing_ok=True)
     dist.barrier()
     done, committed, skipped, started = 0, 0, [], _now()
+    remove_stale = False  # a new pass with reused points: earlier rows go once its first batch passed
     if state_path.exists():
         if not opts.resume:
             raise ProfileError(
@@ -1038,7 +1039,9 @@ def explain_dataset(
             meta = read_json(run / EXPLANATIONS_META)
             if meta.get("fingerprint") == fingerprint:
                 return meta  # already finished
-        if dist.main:  # a new pass: the other form's rows would be stale
+        if dist.main and reused is not None:
+            remove_stale = True
+        elif dist.main:  # a new pass: the other form's rows would be stale
             _remove_outputs(run)
     dist.barrier()
 
@@ -1051,7 +1054,19 @@ def explain_dataset(
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     names_doc = {"layers": names, "class_ids": list(profile.class_ids), "model_ids": model_ids,
                  "model_labels": model_labels}
-    sink = _Sink(run, form, committed, dist, names_doc, clusters=copts is not None)
+    sinks: list[_Sink] = []
+
+    def open_sink() -> _Sink:
+        """The pass's sink, made on first use; with reused measure points that is after
+        the first batch's check, so a refused pass leaves the run's earlier rows as they were."""
+        if not sinks:
+            if remove_stale:
+                _remove_outputs(run)
+            sinks.append(_Sink(run, form, committed, dist, names_doc, clusters=copts is not None))
+        return sinks[0]
+
+    if reused is None:
+        open_sink()
     local_skipped: list[tuple[int, dict[str, str]]] = []
     from ._progress import progress
 
@@ -1069,7 +1084,7 @@ def explain_dataset(
             from .clusters import sync_maps
 
             sync_maps(run)
-        committed = sink.synchronise()
+        committed = open_sink().synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         with held_interrupt():  # moved, not copied, even if Ctrl-C comes now
             skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
@@ -1114,6 +1129,7 @@ def explain_dataset(
                 logits = module(x)
             _check_points(recorded.points(names, measure=measure), profile, engine.points)
             unchecked.clear()
+            open_sink()
             with torch.inference_mode():
                 values = probe.take_flat()
                 probs, top = _model_top(logits)
@@ -1147,9 +1163,9 @@ def explain_dataset(
                 for r, h in zip(results, host):
                     write_maps(run, h, names, info["indices"], info["sha256"], r[0])
             rows = encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type, widths=widths,
+                                weighting=opts.weighting, value_type=open_sink().value_type, widths=widths,
                                 clusters=host, value_bits=opts.value_bits)
-        sink.write(rows)
+        open_sink().write(rows)
 
     widths = [p.width for p in engine.points]
     rounds = 0
@@ -1208,22 +1224,26 @@ def explain_dataset(
         if not dist.active:  # alone, the rows so far are consistent: keep them
             synchronise(save=True)
         worker.close()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
         worker.close()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         raise
     bar.close()
     if unchecked and first == 0 and len(skipped) + len(local_skipped) == n:
         worker.close()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
     try:
         synchronise(save=False)
     finally:
         worker.close()
-        sink.close(remove_part=True)
+        for sink in sinks:
+            sink.close(remove_part=True)
     dist.barrier()
     if dist.main:  # parts left by a killed run with more processes
         for stale in run.glob("explanations.part*.*"):

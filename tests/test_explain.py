@@ -742,15 +742,19 @@ def test_first_batch_is_the_dry_run_with_the_same_rows(
 
 def test_reused_points_on_a_changed_model_are_refused(module_act_run: tuple[Path, Path]) -> None:
     """A model whose conv no longer feeds its ReLU directly (same modules, same calls, same
-    values) has other measure points: the first batch's check refuses it, as the dry run did."""
+    values) has other measure points: the first batch's check refuses it, as the dry run did,
+    and leaves the run's earlier explanations in place."""
     from filtag_kg.errors import ProfileError
 
     run, held = module_act_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
+    before = list(read_explanations(run))
     changed = load_model("tiny_models:build_module_act", preprocess=PRE)
     changed.module.scaled = True
     with pytest.raises(ProfileError, match="measure points differ from the profile's"):
         explain_dataset(run, image_folder(held), ExplainOptions(progress=False, restart=True), loaded=changed)
-    assert not (run / "explanations.json").exists()
+    # refused before anything was removed: the earlier pass's rows stay
+    assert list(read_explanations(run)) == before and len(before) == 9
 
 
 def test_a_set_of_undecodable_files_is_refused(module_act_run: tuple[Path, Path], tmp_path: Path) -> None:
