@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
 from torch.utils._pytree import tree_flatten
 
 from .errors import UnknownLayerError
@@ -146,6 +146,7 @@ class _Recorder(TorchFunctionMode):
         self.events: list[_Event] = []
         self.seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self.serial = 0
+        self.suspended = False  # off the mode stack while a hooked module runs
         self.depth = 0
         self.busy = False
         self.pending: list[tuple[str, nn.Module, list[tuple[int, int]]]] = []
@@ -183,15 +184,30 @@ class _Recorder(TorchFunctionMode):
             self.busy = True
             self.pending.append((name, module, self.keys(inputs)))
             self.busy = False
+            # calls inside a hooked module are not recorded: leave the mode stack until it
+            # returns, so they do not each pay a Python call through __torch_function__
+            if _get_current_function_mode() is self:
+                _pop_mode()
+                self.suspended = True
         self.depth += 1
 
     def post_hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
+            self._resume()
             self.busy = True
             pname, pmod, ins = self.pending.pop()
             self.events.append(_Event("module", pname, pmod, ins, self.keys(output)))
             self.busy = False
+
+    def _resume(self) -> None:
+        if self.suspended:
+            _push_mode(self)
+            self.suspended = False
+
+    def __exit__(self, *exc: Any) -> None:
+        self._resume()  # a module that raised never reached its post-hook
+        super().__exit__(*exc)
 
 
 class RecordedPass:

@@ -126,6 +126,25 @@ def test_recording_a_pass_keeps_no_tensor_alive() -> None:
         "relu1 (ReLU)", "block.relu (ReLU, call 1 of 2)", "block.conv_b (conv output)", "conv3 (conv output)"]
 
 
+def test_a_recorded_pass_that_raises_leaves_no_mode_behind() -> None:
+    """The recorder leaves the function-mode stack while a hooked module runs; a module that
+    raises never returns to it, yet the block ends with the stack as it found it and the
+    next recorded pass finds the same points."""
+    from torch.overrides import _get_current_function_mode
+
+    from filtag_kg.measure import RecordedPass
+
+    model = build_module_act()
+    layers = ["conv1", "block.conv_a", "block.conv_b", "conv3"]
+    handle = model.block.conv_b.register_forward_hook(lambda m, i, o: 1 / 0)  # inside: before its post-hook
+    with pytest.raises(ZeroDivisionError), torch.no_grad(), RecordedPass(model):
+        model(torch.zeros(1, 3, 8, 8))
+    assert _get_current_function_mode() is None
+    handle.remove()
+    again = find_measure_points(model, layers, torch.zeros(1, 3, 8, 8))
+    assert [p.describe() for p in again][:2] == ["relu1 (ReLU)", "block.relu (ReLU, call 1 of 2)"]
+
+
 def test_measure_points_on_torchvision_models() -> None:
     import torchvision
 
