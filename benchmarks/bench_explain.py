@@ -385,8 +385,8 @@ def main() -> None:
             by_width = cluster_cost_by_width(inputs, macs, 1000 / grad)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
-        print(f"explain pass           {med_expl:9.2f} images/s  (whole call: dry run, tag index "
-              "and decoding the first image included)")
+        print(f"explain pass           {med_expl:9.2f} images/s  (whole call: setup, tag index and "
+              "the first batch's check of the measure points included)")
         print(f"  its batch loop       {med_loop:9.2f} images/s")
         print(f"explain with gradcam   {grad:9.2f} images/s")
         ratio, loop_ratio = paired_ratio(expl, plain), paired_ratio(loop, plain)

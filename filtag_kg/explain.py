@@ -48,6 +48,7 @@ from .explanations_io import (
     encode_rows,
     iter_explanations,
 )
+from .measure import RecordedPass, point_from_record
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
 from .runfolder import fingerprint_diff
@@ -901,6 +902,30 @@ def _gradcam_weights(
     return torch.cat(out, dim=1)
 
 
+def _reusable_points(profile: Profile, loaded: Any, *, amp: str | None, grads: bool) -> list[Any] | None:
+    """The profile's measure points rebuilt from its records, for a pass whose first batch
+    can check them (an eager model, no autocast, no gradients); ``None``: find them with a
+    dry run instead."""
+    module = loaded.module
+    if (grads or amp not in (None, "off") or isinstance(module, torch.jit.ScriptModule)
+            or hasattr(module, "filtag_graph_probes")):
+        return None
+    points = [point_from_record(lp.measure, layer=lp.name, width=lp.width) for lp in profile.layers]
+    modules = dict(module.named_modules())
+    if any(p is None or p.hook_module not in modules for p in points):
+        return None
+    return points
+
+
+def _check_points(points: Sequence[Any], profile: Profile, expected: Sequence[Any] | None = None) -> None:
+    """Raise unless ``points`` (found on this model) are where the profile measured (and,
+    given ``expected``, the points the pass measured at: every field alike)."""
+    if [p.describe() for p in points] != [lp.measured_at for lp in profile.layers] or (
+        expected is not None and [p.record() for p in points] != [p.record() for p in expected]
+    ):
+        raise ProfileError("the model's measure points differ from the profile's; profile again")
+
+
 def explain_dataset(
     run_dir: str | os.PathLike[str],
     imageset: ImageSet,
@@ -944,17 +969,27 @@ def explain_dataset(
     measure = "conv" if all(lp.measure.get("kind") == "conv" for lp in profile.layers) else "activation"
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), with_sha256=True,
                            max_pixels=imageset.max_pixels)
-    engine = Engine.build(
-        loaded,
-        first_good_image(imageset, dataset),
-        layers=names,
-        measure=measure,
-        device=device,
-        amp=opts.amp,
-    )
-    recorded = [lp.measured_at for lp in profile.layers]
-    if [p.describe() for p in engine.points] != recorded:
-        raise ProfileError("the model's measure points differ from the profile's; profile again")
+    # the profile's measure points, checked on the pass's first batch (recorded, see
+    # RecordedPass) instead of a separate dry run, where the records rebuild them all and
+    # that batch runs as the profile's dry run did (an eager model, full precision, no
+    # gradients; one process, so a set in which nothing decodes is refused alike); else
+    # a dry run finds them, as the profile pass did
+    reused = None if dist.active else _reusable_points(profile, loaded, amp=opts.amp, grads=grads_needed)
+    if reused is not None:
+        from .models import select_layers
+
+        select_layers(loaded.module, names)
+        engine = Engine(loaded, reused, device, opts.amp)
+    else:
+        engine = Engine.build(
+            loaded,
+            first_good_image(imageset, dataset),
+            layers=names,
+            measure=measure,
+            device=device,
+            amp=opts.amp,
+        )
+        _check_points(engine.points, profile)
     index = TagIndex.build(profile, settings)
     model_ids = [c["id"] for c in profile.meta.get("model_classes") or []]
     model_labels = [c["label"] for c in profile.meta.get("model_classes") or []]
@@ -982,6 +1017,7 @@ def explain_dataset(
         state_path.unlink(missing_ok=True)
     dist.barrier()
     done, committed, skipped, started = 0, 0, [], _now()
+    remove_stale = False  # a new pass with reused points: earlier rows go once its first batch passed
     if state_path.exists():
         if not opts.resume:
             raise ProfileError(
@@ -1003,7 +1039,9 @@ def explain_dataset(
             meta = read_json(run / EXPLANATIONS_META)
             if meta.get("fingerprint") == fingerprint:
                 return meta  # already finished
-        if dist.main:  # a new pass: the other form's rows would be stale
+        if dist.main and reused is not None:
+            remove_stale = True
+        elif dist.main:  # a new pass: the other form's rows would be stale
             _remove_outputs(run)
     dist.barrier()
 
@@ -1016,7 +1054,19 @@ def explain_dataset(
     loader = make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=device.type == "cuda")
     names_doc = {"layers": names, "class_ids": list(profile.class_ids), "model_ids": model_ids,
                  "model_labels": model_labels}
-    sink = _Sink(run, form, committed, dist, names_doc, clusters=copts is not None)
+    sinks: list[_Sink] = []
+
+    def open_sink() -> _Sink:
+        """The pass's sink, made on first use; with reused measure points that is after
+        the first batch's check, so a refused pass leaves the run's earlier rows as they were."""
+        if not sinks:
+            if remove_stale:
+                _remove_outputs(run)
+            sinks.append(_Sink(run, form, committed, dist, names_doc, clusters=copts is not None))
+        return sinks[0]
+
+    if reused is None:
+        open_sink()
     local_skipped: list[tuple[int, dict[str, str]]] = []
     from ._progress import progress
 
@@ -1034,7 +1084,7 @@ def explain_dataset(
             from .clusters import sync_maps
 
             sync_maps(run)
-        committed = sink.synchronise()
+        committed = open_sink().synchronise()
         gathered = [x for part in dist.gather_objects(local_skipped) for x in part]
         with held_interrupt():  # moved, not copied, even if Ctrl-C comes now
             skipped.extend(entry for _, entry in sorted(gathered, key=lambda e: e[0]))
@@ -1047,6 +1097,7 @@ def explain_dataset(
             )
 
     cluster_inc: list[list[torch.Tensor]] = []  # per setting and layer, on the device
+    unchecked = [True] if reused is not None else []  # the reused points await their check
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
@@ -1073,6 +1124,16 @@ def explain_dataset(
                     clustered = cluster_batch(acts, grads, values, cluster_inc, copts)
             probe.outputs = [None] * len(probe.outputs)  # free the maps before the next batch
             return values, probs, top, weights, clustered
+        if unchecked:  # the first batch is the dry run: recorded, with version counters
+            with torch.no_grad(), RecordedPass(module) as recorded:
+                logits = module(x)
+            _check_points(recorded.points(names, measure=measure), profile, engine.points)
+            unchecked.clear()
+            open_sink()
+            with torch.inference_mode():
+                values = probe.take_flat()
+                probs, top = _model_top(logits)
+            return values, probs, top, None, None
         with torch.inference_mode(), engine.autocast():
             logits = module(x)
             values = probe.take_flat()
@@ -1102,9 +1163,9 @@ def explain_dataset(
                 for r, h in zip(results, host):
                     write_maps(run, h, names, info["indices"], info["sha256"], r[0])
             rows = encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=sink.value_type, widths=widths,
+                                weighting=opts.weighting, value_type=open_sink().value_type, widths=widths,
                                 clusters=host, value_bits=opts.value_bits)
-        sink.write(rows)
+        open_sink().write(rows)
 
     widths = [p.width for p in engine.points]
     rounds = 0
@@ -1163,18 +1224,26 @@ def explain_dataset(
         if not dist.active:  # alone, the rows so far are consistent: keep them
             synchronise(save=True)
         worker.close()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
         worker.close()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         raise
     bar.close()
+    if unchecked and first == 0 and len(skipped) + len(local_skipped) == n:
+        worker.close()
+        for sink in sinks:
+            sink.close()
+        raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
     try:
         synchronise(save=False)
     finally:
         worker.close()
-        sink.close(remove_part=True)
+        for sink in sinks:
+            sink.close(remove_part=True)
     dist.barrier()
     if dist.main:  # parts left by a killed run with more processes
         for stale in run.glob("explanations.part*.*"):

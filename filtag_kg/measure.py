@@ -19,7 +19,9 @@ is a function call, which pure activation to apply in the hook.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
 from torch.utils._pytree import tree_flatten
 
 from .errors import UnknownLayerError
@@ -105,6 +107,20 @@ class MeasurePoint:
         }
 
 
+def point_from_record(record: dict[str, Any], *, layer: str, width: int) -> MeasurePoint | None:
+    """The :class:`MeasurePoint` a profile recorded for ``layer`` (``record``: the layer's
+    entry in ``profile.json``, see :meth:`MeasurePoint.record`), or ``None`` where the
+    record cannot rebuild it (an activation applied in the hook needs the function's
+    arguments, which only a recorded pass holds; a profile older than these fields)."""
+    keys = ("hook_module", "kind", "call_index", "calls_per_forward")
+    if record.get("applied_in_hook") or any(k not in record for k in keys):
+        return None
+    return MeasurePoint(
+        layer, int(width), str(record["hook_module"]), str(record["kind"]), record.get("activation"),
+        list(record.get("through") or []), None, int(record["call_index"]), int(record["calls_per_forward"]),
+    )
+
+
 @dataclass
 class _Event:
     kind: str  # "module" or "func"
@@ -112,24 +128,36 @@ class _Event:
     module: nn.Module | None
     ins: list[tuple[int, int]]
     outs: list[tuple[int, int]]
-    args: tuple[Any, ...] = ()
+    rest: tuple[Any, ...] = ()  # an activation function's arguments after the tensor
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class _Recorder(TorchFunctionMode):
-    """Logs leaf-module calls and top-level tensor functions with tensor identities."""
+    """Logs leaf-module calls and top-level tensor functions with tensor identities.
+
+    A tensor's identity is a serial number given the first time it is seen and kept
+    while it lives (a weak reference tells whether the object behind an ``id`` is still
+    the same), with its in-place version counter: so the recorded pass keeps no tensor
+    alive and a freed tensor's reused ``id`` is never taken for the old tensor.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[_Event] = []
-        self.keep: list[torch.Tensor] = []  # holds tensors so ids are not reused
+        self.seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self.serial = 0
+        self.suspended = False  # off the mode stack while a hooked module runs
         self.depth = 0
         self.busy = False
         self.pending: list[tuple[str, nn.Module, list[tuple[int, int]]]] = []
 
     def key(self, t: torch.Tensor) -> tuple[int, int]:
-        self.keep.append(t)
-        return (id(t), t._version)
+        known = self.seen.get(id(t))
+        if known is None or known[0]() is not t:
+            self.serial += 1
+            known = (weakref.ref(t), self.serial)
+            self.seen[id(t)] = known
+        return (known[1], t._version)
 
     def keys(self, obj: Any) -> list[tuple[int, int]]:
         leaves, _ = tree_flatten(obj)
@@ -144,7 +172,10 @@ class _Recorder(TorchFunctionMode):
         self.busy = False
         out = func(*args, **kwargs)
         self.busy = True
-        self.events.append(_Event("func", func, None, ins, self.keys(out), args, kwargs))
+        if func in _ACTIVATION_FUNCS:  # only an activation's extra arguments are needed later
+            self.events.append(_Event("func", func, None, ins, self.keys(out), tuple(args[1:]), kwargs))
+        else:
+            self.events.append(_Event("func", func, None, ins, self.keys(out)))
         self.busy = False
         return out
 
@@ -153,39 +184,84 @@ class _Recorder(TorchFunctionMode):
             self.busy = True
             self.pending.append((name, module, self.keys(inputs)))
             self.busy = False
+            # calls inside a hooked module are not recorded: leave the mode stack until it
+            # returns, so they do not each pay a Python call through __torch_function__
+            if _get_current_function_mode() is self:
+                _pop_mode()
+                self.suspended = True
         self.depth += 1
 
     def post_hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
+            self._resume()
             self.busy = True
             pname, pmod, ins = self.pending.pop()
             self.events.append(_Event("module", pname, pmod, ins, self.keys(output)))
             self.busy = False
 
+    def _resume(self) -> None:
+        if self.suspended:
+            _push_mode(self)
+            self.suspended = False
+
+    def __exit__(self, *exc: Any) -> None:
+        self._resume()  # a module that raised never reached its post-hook
+        super().__exit__(*exc)
+
+
+class RecordedPass:
+    """Records the forward passes run inside its ``with`` block, for :meth:`points`.
+
+    Hooks every leaf module (and every ``Conv2d``) and watches top-level tensor
+    functions; the hooks go after any the model already has, so the reductions of
+    a :class:`~filtag_kg.activations.FilterProbe` entered before (which run inside
+    module hooks) are not taken for consumers of the outputs. Run the pass with
+    gradients off but not under ``torch.inference_mode`` (inference tensors have no
+    version counter, which tells in-place changes apart). This is how a real batch
+    can serve as the dry run: the explanation pass finds the points on its first
+    batch and compares them with the profile's, instead of a separate forward pass.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.recorder = _Recorder()
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> RecordedPass:
+        rec = self.recorder
+        with contextlib.ExitStack() as stack:  # undone at once if a hook cannot be added
+            for name, m in self.model.named_modules():
+                if next(iter(m.children()), None) is None or isinstance(m, nn.Conv2d):
+                    stack.callback(m.register_forward_pre_hook(functools.partial(rec.pre_hook, name)).remove)
+                    stack.callback(m.register_forward_hook(functools.partial(rec.post_hook, name)).remove)
+            stack.enter_context(rec)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)
+
+    def points(self, layers: Sequence[str], *, measure: str = "activation") -> list[MeasurePoint]:
+        """The measure points of ``layers`` as the recorded pass shows them (see
+        :func:`find_measure_points`, which this is after its dry run)."""
+        return _points_from_events(self.model, layers, self.recorder.events, measure)
+
 
 def _record_forward(model: nn.Module, example: torch.Tensor) -> list[_Event]:
-    rec = _Recorder()
-    handles = []
     was_training = model.training
     try:
-        for name, m in model.named_modules():
-            if next(iter(m.children()), None) is None or isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_pre_hook(functools.partial(rec.pre_hook, name)))
-                handles.append(m.register_forward_hook(functools.partial(rec.post_hook, name)))
         model.eval()
-        with torch.no_grad(), rec:
+        with torch.no_grad(), RecordedPass(model) as recorded:
             model(example)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return rec.events
+    return recorded.recorder.events
 
 
 def _pure_func_activation(ev: _Event) -> Callable[[torch.Tensor], torch.Tensor]:
     base = _ACTIVATION_FUNCS[ev.target]
-    rest = tuple(ev.args[1:])
+    rest = ev.rest
     kwargs = {k: v for k, v in ev.kwargs.items() if k != "inplace"}
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -216,9 +292,14 @@ def find_measure_points(
     Raises:
         UnknownLayerError: a layer is not called exactly once per forward pass.
     """
+    return _points_from_events(model, layers, _record_forward(model, example), measure)
+
+
+def _points_from_events(
+    model: nn.Module, layers: Sequence[str], events: list[_Event], measure: str
+) -> list[MeasurePoint]:
     modules = dict(model.named_modules())
     widths = {n: int(getattr(modules[n], "out_channels", 0)) for n in layers}
-    events = _record_forward(model, example)
     calls: dict[str, list[int]] = {}
     consumers: dict[tuple[int, int], list[int]] = {}
     for i, ev in enumerate(events):

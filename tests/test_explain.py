@@ -700,3 +700,71 @@ def test_resuming_in_another_precision_is_refused(
     with pytest.raises(ProfileError, match=r"used a different amp; rerun"):
         explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True))
     explain_dataset(run, image_folder(held), ExplainOptions(**opts, amp="bf16", resume=True))
+
+
+@pytest.fixture
+def module_act_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A profiled, tagged run of a model whose measure points the profile's records rebuild."""
+    run = tmp_path / "run"
+    prof = profile_dataset(load_model("tiny_models:build_module_act", preprocess=PRE),
+                           image_folder(write_images(tmp_path / "train", per_class=4)), run,
+                           ProfileOptions(progress=False))
+    write_tags(run, prof, [TagSetting("top-k", 2)])
+    return run, write_images(tmp_path / "held", per_class=3, seed=5)
+
+
+def _forward_calls(loaded: object) -> list[int]:
+    calls: list[int] = []
+    loaded.module.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))  # type: ignore[attr-defined]
+    return calls
+
+
+def test_first_batch_is_the_dry_run_with_the_same_rows(
+    module_act_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass reuses the profile's measure points and checks them on its first batch: one
+    forward pass per batch (no dry run), and the rows of a pass with a dry run, bit for bit."""
+    import filtag_kg.explain as ex
+
+    run, held = module_act_run
+    opts = ExplainOptions(progress=False, batch_size=4, restart=True)
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    calls = _forward_calls(loaded)
+    explain_dataset(run, image_folder(held), opts, loaded=loaded)
+    assert calls == [4, 4, 1]  # 9 images: three batches, nothing else
+    reused = list(read_explanations(run))
+    monkeypatch.setattr(ex, "_reusable_points", lambda *a, **k: None)  # the dry-run path
+    del calls[:]
+    explain_dataset(run, image_folder(held), opts, loaded=loaded)
+    assert calls == [1, 4, 4, 1]
+    assert list(read_explanations(run)) == reused and len(reused) == 9
+
+
+def test_reused_points_on_a_changed_model_are_refused(module_act_run: tuple[Path, Path]) -> None:
+    """A model whose conv no longer feeds its ReLU directly (same modules, same calls, same
+    values) has other measure points: the first batch's check refuses it, as the dry run did,
+    and leaves the run's earlier explanations in place."""
+    from filtag_kg.errors import ProfileError
+
+    run, held = module_act_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
+    before = list(read_explanations(run))
+    changed = load_model("tiny_models:build_module_act", preprocess=PRE)
+    changed.module.scaled = True
+    with pytest.raises(ProfileError, match="measure points differ from the profile's"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, restart=True), loaded=changed)
+    # refused before anything was removed: the earlier pass's rows stay
+    assert list(read_explanations(run)) == before and len(before) == 9
+
+
+def test_a_set_of_undecodable_files_is_refused(module_act_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without a dry run, a set in which no file decodes is still refused (no empty pass)."""
+    from filtag_kg.errors import ProfileError
+
+    run, _ = module_act_run
+    bad = tmp_path / "bad" / CLASSES[0]
+    bad.mkdir(parents=True)
+    for i in range(3):
+        (bad / f"x{i}.png").write_text("not an image\n")
+    with pytest.raises(ProfileError, match="could be decoded"):
+        explain_dataset(run, image_folder(bad.parent), ExplainOptions(progress=False, restart=True))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASSES, cli_env, sigint_in_bookkeeping, write_images
-from tiny_models import build_shared, build_tiny
+from tiny_models import build_module_act, build_shared, build_tiny
 
 from filtag_kg.activations import FilterProbe, scaled_filter_values
 from filtag_kg.data import image_folder
@@ -106,6 +106,43 @@ def test_measure_points_of_known_structures() -> None:
 
     forced = find_measure_points(tiny, ["conv1"], torch.zeros(1, 3, 8, 8), measure="conv")
     assert forced[0].kind == "conv" and forced[0].hook_module == "conv1"
+
+
+def test_recording_a_pass_keeps_no_tensor_alive() -> None:
+    """The recorder names tensors by serial numbers and weak references, not by holding
+    them, so recording a real batch (the explanation pass's first) needs no more memory
+    than the pass itself; the points found are still those of a ResNet-style block."""
+    import weakref
+
+    model = build_module_act()
+    outs: list[weakref.ref[torch.Tensor]] = []
+    model.block.bn_a.register_forward_hook(lambda m, i, o: outs.append(weakref.ref(o)))
+    alive: list[bool] = []  # bn_a's output is freed once conv_b has read it
+    model.fc.register_forward_pre_hook(lambda m, i: alive.append(outs[-1]() is not None))
+    layers = ["conv1", "block.conv_a", "block.conv_b", "conv3"]
+    pts = find_measure_points(model, layers, torch.zeros(2, 3, 8, 8))
+    assert alive == [False]
+    assert [p.describe() for p in pts] == [
+        "relu1 (ReLU)", "block.relu (ReLU, call 1 of 2)", "block.conv_b (conv output)", "conv3 (conv output)"]
+
+
+def test_a_recorded_pass_that_raises_leaves_no_mode_behind() -> None:
+    """The recorder leaves the function-mode stack while a hooked module runs; a module that
+    raises never returns to it, yet the block ends with the stack as it found it and the
+    next recorded pass finds the same points."""
+    from torch.overrides import _get_current_function_mode
+
+    from filtag_kg.measure import RecordedPass
+
+    model = build_module_act()
+    layers = ["conv1", "block.conv_a", "block.conv_b", "conv3"]
+    handle = model.block.conv_b.register_forward_hook(lambda m, i, o: 1 / 0)  # inside: before its post-hook
+    with pytest.raises(ZeroDivisionError), torch.no_grad(), RecordedPass(model):
+        model(torch.zeros(1, 3, 8, 8))
+    assert _get_current_function_mode() is None
+    handle.remove()
+    again = find_measure_points(model, layers, torch.zeros(1, 3, 8, 8))
+    assert [p.describe() for p in again][:2] == ["relu1 (ReLU)", "block.relu (ReLU, call 1 of 2)"]
 
 
 def test_measure_points_on_torchvision_models() -> None:

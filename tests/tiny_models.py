@@ -101,3 +101,41 @@ def build_shared(seed: int = 1) -> nn.Module:
     """A SharedNet with deterministic weights."""
     torch.manual_seed(seed)
     return SharedNet().eval()
+
+
+class ModuleActNet(nn.Module):
+    """Activations as modules only (as in torchvision's VGG and ResNet), so a profile's
+    records rebuild every measure point: ``conv1`` -> ``relu1``, a
+    :class:`SharedReLUBlock`, ``conv3`` measured at its output.
+
+    ``scaled=True`` multiplies ``conv1``'s output by 1 before ``relu1``: the same values
+    and the same module calls, but the ReLU no longer follows the conv directly, so
+    ``conv1`` is measured at its output.
+    """
+
+    def __init__(self, scaled: bool = False) -> None:
+        super().__init__()
+        self.scaled = scaled
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.block = SharedReLUBlock()
+        self.conv3 = nn.Conv2d(4, 5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        x = self.block(self.relu1(y * 1.0 if self.scaled else y))
+        return self.fc(torch.flatten(self.pool(self.conv3(x)), 1))
+
+
+def build_module_act(scaled: bool = False) -> nn.Module:
+    """A ModuleActNet with deterministic weights (the same for both forms)."""
+    torch.manual_seed(2)
+    net = ModuleActNet(scaled)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
