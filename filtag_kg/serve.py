@@ -77,6 +77,8 @@ PAGE_ROWS = 300
 #: at most this many link labels are kept between pages (a store with at most this many
 #: labels has them all read at start, so no page looks one up)
 LABEL_CACHE = 200_000
+#: ... and at most this many characters of label text are read at start
+LABEL_TEXT = 32 << 20
 CORS = [("Access-Control-Allow-Origin", "*")]
 
 
@@ -104,8 +106,9 @@ class Options:
         fast_s: how long a query may run before it counts as slow.
         page_workers: processes running the server's own page queries.
         cache_mib: memory for answers kept for identical requests (same query text,
-            graphs and formats) and for resource documents (same IRI and format), valid
-            while the store's files stay as they are; 0: none.
+            graphs and formats), three quarters, and for resource documents (same IRI and
+            format), a quarter, so a crawler's pages never push the answers out; kept while
+            the server runs (restart it after a load); 0: none.
     """
 
     base_iri: str | None
@@ -171,6 +174,8 @@ class App:
         parsed = urllib.parse.urlsplit(options.base_iri or "")
         self.mount = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
         size = workers if workers is not None else options.workers
+        # read before any worker starts: an error here leaves no process behind
+        self._all_labels = self._read_labels()  # every label of the store, if they fit
         self.pool = _QueryPool(
             store_path, size, options.timeout_s, options.max_results,
             max_slow=max(1, min(options.max_slow, size - 1)), fast_s=options.fast_s,
@@ -184,8 +189,11 @@ class App:
         self._void: list[Any] | None = None
         self._library: dict[str, Any] = {}  # library queries the pages run, by name
         self._labels: dict[str, str] = {}  # link labels looked up so far (see _label)
-        self._all_labels = self._read_labels()  # every label of the store, if they fit
-        self.answers = _AnswerCache(int(options.cache_mib * 2**20), wait_s=options.fast_s)
+        room = int(options.cache_mib * 2**20)
+        self.answers = _AnswerCache(room - room // 4, wait_s=options.fast_s)
+        # a page is rendered by its first request, however long its query takes (at most
+        # the time limit); identical requests wait for it rather than render it again
+        self.documents = _AnswerCache(room // 4, wait_s=options.timeout_s + options.fast_s, documents=True)
 
     def close(self) -> None:
         """Stop the query worker processes."""
@@ -395,9 +403,8 @@ class App:
             # kept like clients' answers: a page repeated is sent without touching the store
             # or a worker; identical requests arriving while one renders wait for it (never
             # 503: a page is not a client's slow query, it is rendered anyway after wait_s)
-            _, body = self.answers.get_or_run(
-                (subject, None, None, ("document", mtype)), lambda: self._document(subject, mtype),
-                document=True,
+            _, body = self.documents.get_or_run(
+                (subject, None, None, ("document", mtype)), lambda: self._document(subject, mtype)
             )
             return "200 OK", headers, body
         mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_SUFFIX.values(), "text/html")
@@ -582,7 +589,8 @@ class App:
 
     def _read_labels(self) -> dict[str, str] | None:
         """Every link label of the store (see :meth:`_label`), read once at start in two
-        index scans, or ``None`` if there are more than :data:`LABEL_CACHE` of them.
+        index scans, or ``None`` if there are more than :data:`LABEL_CACHE` of them (or
+        more than :data:`LABEL_TEXT` characters).
 
         A page links hundreds of resources (a concept page's explanations, a filter's
         referrers), most of them without a label: looked up one by one, two index
@@ -594,14 +602,16 @@ class App:
         from .rdf.vocab import RDFS, SKOS
 
         labels: dict[str, str] = {}
-        read = 0  # label statements read (a subject may have several): bounds the start-up time
+        read = text = 0  # label statements and characters read: bound the start-up time and memory
         for pred in (SKOS.prefLabel, RDFS.label):  # a prefLabel wins over an rdfs:label
             for q in self.store.quads_for_pattern(None, ox.NamedNode(str(pred)), None, None):
-                if isinstance(q.subject, ox.NamedNode):
-                    # the first label of a subject in index order, as a lookup by subject finds it
-                    labels.setdefault(q.subject.value, q.object.value)
+                # the first literal label of a subject in index order, as a lookup by subject finds it
+                if (isinstance(q.subject, ox.NamedNode) and isinstance(q.object, ox.Literal)
+                        and q.subject.value not in labels):
+                    labels[q.subject.value] = q.object.value
+                    text += len(q.object.value)
                 read += 1
-                if len(labels) > LABEL_CACHE or read > 2 * LABEL_CACHE:
+                if len(labels) > LABEL_CACHE or read > 2 * LABEL_CACHE or text > LABEL_TEXT:
                     return None
         return labels
 
@@ -623,7 +633,8 @@ class App:
         node = ox.NamedNode(iri)
         got = next(
             (q.object.value for pred in (SKOS.prefLabel, RDFS.label)
-             for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None)),
+             for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None)
+             if isinstance(q.object, ox.Literal)),  # a label is a literal (not an IRI or a triple term)
             None,
         )
         if got is None:
@@ -1059,8 +1070,9 @@ class _Flight:
 
 class _AnswerCache:
     """Answers to clients' queries, kept for identical requests (query text, graphs and
-    formats), and the documents about resources (IRI and format), least recently used
-    first out, within ``max_bytes``.
+    formats), least recently used first out, within ``max_bytes``; or, with
+    ``documents``, the documents about resources (IRI and format: the server keeps them
+    in a cache of their own, so a crawler's pages never push the answers out).
 
     A library query a page or client repeats (``filters-for-concept`` for dog.n.01 reads
     thousands of tags: seconds under load) is then answered without a worker. Only
@@ -1071,31 +1083,31 @@ class _AnswerCache:
     error: a query past the time limit would only reach it again) instead of running the
     query again, for at most ``wait_s`` seconds: then they get 503, as a slow query past
     the server's limit of slow queries does, so waiting requests never hold every
-    server thread while cheap requests queue behind them (a document is then rendered by
-    the waiting request itself). A page whose own query failed is not kept.
+    server thread while cheap requests queue behind them. A document is never refused
+    as busy: after ``wait_s`` the waiting request renders it itself. A page whose own
+    query failed is not kept.
     """
 
-    def __init__(self, max_bytes: int, wait_s: float | None = None) -> None:
+    def __init__(self, max_bytes: int, wait_s: float | None = None, *, documents: bool = False) -> None:
         import threading
         from collections import OrderedDict
 
-        self.max_bytes, self.wait_s = max_bytes, wait_s
+        self.max_bytes, self.wait_s, self.documents = max_bytes, wait_s, documents
         self.lock = threading.Lock()
         self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
         self.size = 0
         self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
         self.hits = self.misses = self.shared = 0
 
-    def get_or_run(
-        self, key: Any, run: Callable[[], tuple[str, Any]], *, document: bool = False
-    ) -> tuple[str, Any]:
+    def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
         """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits).
 
         ``key[0]`` is a query text, the rest what else makes the answer differ; ``run()``
         gives ``(kind, payload)``, kept only for kind ``"ok"``. A request that waited
-        ``wait_s`` for an identical one gets 503. With ``document``, ``key[0]`` is the IRI of
-        a resource whose document the server renders: no query text to vet, and a request
-        that waited ``wait_s`` renders it itself (a page is never refused as busy)."""
+        ``wait_s`` for an identical one gets 503. In a cache of ``documents``, ``key[0]`` is
+        the IRI of a resource whose document the server renders: no query text to vet, and
+        a request that waited ``wait_s`` renders it itself."""
+        document = self.documents
         if self.max_bytes <= 0 or (not document and _NONDETERMINISTIC.search(key[0])):
             return run()
         with self.lock:

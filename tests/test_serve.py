@@ -1171,7 +1171,8 @@ def test_documents_are_answered_from_the_cache(run_dir: Path) -> None:
                     assert len(sent) == queries + 2 * path.endswith(".html")
                     assert reads[0] - before - rendering > 3  # rendered again
             if mib:  # the documents count against the cache's memory, by their size
-                assert app.answers.size >= sum(len(_call(app, p, "*/*")[2]) for p in paths)
+                assert app.documents.size >= sum(len(_call(app, p, "*/*")[2]) for p in paths)
+                assert app.answers.size == 0  # the documents' own memory
         finally:
             app.close()
 
@@ -1211,7 +1212,7 @@ def test_requests_waiting_for_an_identical_page_render_it_after_waiting() -> Non
 
     from filtag_kg.serve import _AnswerCache
 
-    cache = _AnswerCache(1 << 20, wait_s=0.2)
+    cache = _AnswerCache(1 << 20, wait_s=0.2, documents=True)
     started, release = threading.Event(), threading.Event()
 
     def slow() -> tuple[str, Any]:
@@ -1220,15 +1221,15 @@ def test_requests_waiting_for_an_identical_page_render_it_after_waiting() -> Non
         return "ok", b"slow page"
 
     key = (BASE + "service/x", None, None, ("document", "text/html"))
-    first = threading.Thread(target=lambda: cache.get_or_run(key, slow, document=True))
+    first = threading.Thread(target=lambda: cache.get_or_run(key, slow))
     first.start()
     try:
         assert started.wait(30)
-        assert cache.get_or_run(key, lambda: ("ok", b"own page"), document=True) == ("ok", b"own page")
+        assert cache.get_or_run(key, lambda: ("ok", b"own page")) == ("ok", b"own page")
     finally:
         release.set()
         first.join(30)
-    assert cache.get_or_run(key, lambda: ("ok", b"other"), document=True) == ("ok", b"slow page")
+    assert cache.get_or_run(key, lambda: ("ok", b"other")) == ("ok", b"slow page")
 
 
 def _children_of(pid: int) -> set[int]:
@@ -1305,3 +1306,135 @@ def test_cache_size_must_be_a_finite_number(tmp_path: Path, mib: str) -> None:
 
     with pytest.raises(ServeError, match="--cache-mib must be"):
         make_app(tmp_path / "no-store", Options(base_iri=None, cache_mib=float(mib)))
+
+
+def test_identical_page_requests_share_one_render(run_dir: Path) -> None:
+    """Requests for a page being rendered wait for it up to the query time limit, so a
+    page whose query takes longer than fast_s runs that query once (before, each waiter
+    rendered the page again after fast_s: four requests, four queries queued on the page
+    workers behind the first, none finishing before it)."""
+    import threading
+    import time
+
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-share"), Options(base_iri=BASE, fast_s=0.2), workers=1)
+    real, sent = app.page_pool.run, []
+
+    def slow(*args: Any) -> Any:
+        sent.append(args[0])
+        time.sleep(0.6)  # three times fast_s
+        return real(*args)
+
+    app.page_pool.run = slow  # type: ignore[method-assign]
+    try:
+        path = _concept_page_path(app, "n02084071") + ".html"
+        got: list[tuple[str, dict[str, str], bytes]] = []
+        threads = [threading.Thread(target=lambda: got.append(_call(app, path, "text/html")))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join(30)
+        assert len(got) == 4 and len({g[2] for g in got}) == 1 and got[0][0].startswith("200")
+        assert len(sent) == 1
+    finally:
+        app.close()
+
+
+def test_documents_never_push_the_answers_out(run_dir: Path) -> None:
+    """Documents have a quarter of --cache-mib of their own: a crawler reading every page
+    once leaves the clients' kept answers in place (before, one LRU held both, and pages of
+    100-300 KB pushed the library answers out)."""
+    from filtag_kg.serve import Options, make_app
+
+    app = make_app(load_store(run_dir, "store-crawl"), Options(base_iri=BASE, cache_mib=0.05), workers=1)
+    try:
+        query = urllib.parse.urlencode({"query": "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }"})
+        assert _call(app, "/sparql", "application/sparql-results+json", query)[0].startswith("200")
+        assert len(app.answers.kept) == 1
+        import pyoxigraph as ox
+
+        filters = [q.subject.value for q in app.store.quads_for_pattern(
+            None, ox.NamedNode(RDF_TYPE), ox.NamedNode(FK + "Filter"), None)]
+        for iri in filters[:40]:
+            for suffix in (".html", ".ttl"):
+                assert _call(app, urllib.parse.urlsplit(iri).path + suffix)[0].startswith("200")
+        assert 0 < app.documents.size <= app.documents.max_bytes
+        assert len(app.answers.kept) == 1  # the answer is still there
+    finally:
+        app.close()
+
+
+def _label_store(tmp_path: Path, extra: list[Any]) -> Path:
+    import pyoxigraph as ox
+
+    store_dir = tmp_path / "labels-store"
+    s = ox.Store(str(store_dir))
+    for q in extra:
+        s.add(q)
+    s.flush()
+    del s
+    return store_dir
+
+
+def test_labels_read_at_start_are_those_a_lookup_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subjects with several labels (both properties, several graphs and languages, long
+    and short texts), a label that is an IRI and one that is a triple term: the labels
+    read at start are those the per-link lookup finds, literals only (before, a triple
+    term's label stopped serve at start with an AttributeError traceback)."""
+    import pyoxigraph as ox
+
+    import filtag_kg.serve as serve
+    from filtag_kg.rdf.vocab import RDFS, SKOS
+
+    pref, lab = ox.NamedNode(str(SKOS.prefLabel)), ox.NamedNode(str(RDFS.label))
+    graphs = [ox.DefaultGraph(), ox.NamedNode(BASE + "g1"), ox.NamedNode(BASE + "g2")]
+    quads, subjects = [], []
+    for i in range(12):
+        node = ox.NamedNode(f"{BASE}thing/{i}")
+        subjects.append(node.value)
+        for j in range(i % 4 + 1):
+            text = f"label {i} {j} " + "x" * (20 * ((i + j) % 3))
+            lit = ox.Literal(text, language=["en", "de"][j % 2]) if j % 3 else ox.Literal(text)
+            quads.append(ox.Quad(node, pref if (i + j) % 2 else lab, lit, graphs[(i + j) % 3]))
+    odd = ox.NamedNode(BASE + "odd")
+    triple = ox.Triple(odd, lab, ox.Literal("x"))
+    quads += [ox.Quad(odd, lab, ox.NamedNode(BASE + "not-a-label")), ox.Quad(odd, pref, triple)]
+    store_dir = _label_store(tmp_path, quads)
+    seen = []
+    for bound in (1000, 0):  # all read at start; each looked up
+        monkeypatch.setattr(serve, "LABEL_CACHE", bound)
+        app = serve.make_app(store_dir, serve.Options(base_iri=BASE), workers=1)
+        try:
+            assert (app._all_labels is None) == (bound == 0)
+            seen.append([app._label(s) for s in [*subjects, odd.value]])
+            page = _call(app, urllib.parse.urlsplit(odd.value).path + ".html", "text/html")
+            assert page[0].startswith("200")
+        finally:
+            app.close()
+    assert seen[0] == seen[1]
+    assert seen[0][-1] == "odd" and all(x.startswith("label") for x in seen[0][:-1])
+
+
+def test_labels_read_at_start_are_bounded_in_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More label text than LABEL_TEXT characters is not read at start (a store of few but
+    huge labels would hold them all in memory); links look them up instead, alike."""
+    import pyoxigraph as ox
+
+    import filtag_kg.serve as serve
+    from filtag_kg.rdf.vocab import RDFS
+
+    nodes = [ox.NamedNode(f"{BASE}big/{i}") for i in range(5)]
+    store_dir = _label_store(tmp_path, [ox.Quad(n, ox.NamedNode(str(RDFS.label)), ox.Literal(f"{i}" * 1000))
+                                        for i, n in enumerate(nodes)])
+    monkeypatch.setattr(serve, "LABEL_TEXT", 4000)
+    app = serve.make_app(store_dir, serve.Options(base_iri=BASE), workers=1)
+    try:
+        assert app._all_labels is None
+        assert [app._label(n.value) for n in nodes] == [f"{i}" * 1000 for i in range(5)]
+    finally:
+        app.close()
