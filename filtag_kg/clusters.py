@@ -153,10 +153,23 @@ def screen_bound(cells: int) -> float:
 
 def _screen_allowed(device: torch.device) -> bool:
     """The float32 screen's bound assumes float32 products rounded in float32; a matmul
-    allowed to use TF32 or bfloat16 (``torch.set_float32_matmul_precision``) breaks it."""
-    if torch.get_float32_matmul_precision() != "highest":
+    allowed to use TF32 or bfloat16 breaks it: set by ``torch.set_float32_matmul_precision``,
+    by the per-backend ``fp32_precision`` settings of newer torch (mixing them with the
+    former makes the getter raise), or by oneDNN's fast-math variable (an ARM server's
+    bfloat16 setting). Then every similarity is computed in float64."""
+    for var in ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
+        if os.environ.get(var, "strict").strip().lower() not in ("", "strict", "f32"):
+            return False
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+        b = torch.backends
+        for level in (b, b.mkldnn, getattr(b.mkldnn, "matmul", None), b.cuda, b.cuda.matmul):
+            if getattr(level, "fp32_precision", "none") not in ("none", "ieee"):
+                return False
+        return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # torch could not say
         return False
-    return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
 
 
 def _links_float64(
@@ -190,9 +203,11 @@ _CHUNK = 1 << 20
 
 def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
     """Step 1 for some maps ([R, n] as measured, their minima and spans [R]): the float64
-    scaled maps, ``(A - min A) / (max A - min A)``, a constant map to zeros."""
+    scaled maps, ``(A - min A) / (max A - min A)``, a flat map (constant, or with a NaN:
+    its span is not > 0) to zeros."""
     x = rows.to(torch.float64, copy=True).sub_(lo[:, None])
-    return x.div_(torch.where(span == 0, 1.0, span)[:, None])
+    spread = (span > 0)[:, None]
+    return torch.where(spread, x.div_(torch.where(spread, span[:, None], 1.0)), 0.0)
 
 
 def _map_stats(
@@ -214,7 +229,7 @@ def _map_stats(
         width = x.amax(dim=1, keepdim=True) - low
         lo[sl], span[sl] = low[:, 0], width[:, 0]
         if unit is not None:
-            unit[sl] = _screen_units(x.sub_(low), width[:, 0] == 0)
+            unit[sl] = _screen_units(x.sub_(low), ~(width[:, 0] > 0))
         if grads is not None:
             alpha[sl] = grads[sl].to(torch.float64).mean(dim=1)
     return mean, alpha, lo, span, unit
@@ -345,7 +360,7 @@ def cluster_layer(
     raw_mean, alpha = mean.view(n, width), alpha.view(n, width)
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
-    is_flat = (span == 0).view(n, width)  # constant maps scale to all zeros
+    is_flat = ~(span > 0).view(n, width)  # constant maps (and maps with a NaN) scale to all zeros
     pos = torch.arange(width, device=device).expand(n, width)
     if unit is not None:
         best, linked = _links_screened(measured, lo, span, unit.view(n, width, cells), order, is_flat,

@@ -80,7 +80,11 @@ def test_the_screen_stays_within_its_bound(side: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_screen_and_float64_links_agree_on_tied_maps(dtype: torch.dtype) -> None:
+def test_screen_and_float64_links_agree_on_tied_maps(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filtag_kg.clusters as clusters
+
     gen = torch.Generator().manual_seed(3)
     for trial in range(3):
         acts = torch.relu(torch.randn(3, 70, 4, 4, generator=gen, dtype=dtype))
@@ -88,7 +92,8 @@ def test_screen_and_float64_links_agree_on_tied_maps(dtype: torch.dtype) -> None
         acts = torch.round(acts * (2 + 2 * trial)) / (2 + 2 * trial)  # many equal and proportional maps
         grads = torch.round(torch.randn(3, 70, 4, 4, generator=gen, dtype=dtype) * 4) / 4
         before = acts.clone()
-        for threshold in (0.3, 0.5, 0.9, 1.0):
+        for threshold, block in ((0.3, 256), (0.5, 256), (0.9, 256), (1.0, 256), (0.5, 16), (0.9, 7)):
+            monkeypatch.setattr(clusters, "_BLOCK", block)  # small: rows past the first block too
             a = cluster_layer(acts, grads, threshold, 3)
             b = cluster_layer(acts, grads, threshold, 3, screen=False)
             for field in ("members", "sizes", "weights", "count", "rank_of", "maps", "has_map"):
@@ -111,3 +116,55 @@ def test_maps_taken_a_few_at_a_time_give_the_same_clusters(monkeypatch: pytest.M
     for b in range(3):
         ref = plain_cluster(acts[b].double().numpy(), grads[b].double().numpy(), 0.5)
         assert clusters_of(parts, b) == [sorted(c["filters"]) for c in ref]
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_a_map_with_a_nan_is_flat(screen: bool) -> None:
+    """A map holding a NaN (an overflow under --amp fp16, say) has no span > 0: it scales to
+    zeros and joins the flat cluster of weight 0, as docs/cluster-method.md's step 1 treats
+    a map without a positive span (the first version of the screen made it a cluster of its
+    own, weight 1, with no map)."""
+    acts, grads = maps([[1, float("nan"), 0, 2], [0, 0, 0, 0], [3, 1, 0, 0], [1, 2, 3, 4]],
+                       [1.0, 1.0, 1.0, 1.0], torch.float32)
+    lc = cluster_layer(acts, grads, 0.5, 3, screen=screen)
+    assert clusters_of(lc) == [[2], [3], [0, 1]]
+    assert lc.weights[0, :3].tolist() == [1.0, 1.0, 0.0]
+    assert lc.has_map[0].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("setting", ["mkldnn-bf16", "cuda-tf32", "highest-medium", "env-bf16"])
+def test_reduced_precision_matmuls_turn_the_screen_off(setting: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With float32 products allowed in TF32 or bfloat16 (either torch API, or oneDNN's
+    environment variable) the screen's bound does not hold: every similarity is float64.
+    (Before, torch's newer per-backend setting made the precision check raise, so explain
+    --clusters stopped even on a CPU.)"""
+    import filtag_kg.clusters as clusters
+
+    gen = torch.Generator().manual_seed(7)
+    acts = torch.relu(torch.randn(2, 20, 3, 3, generator=gen))
+    grads = torch.randn(2, 20, 3, 3, generator=gen)
+    reference = cluster_layer(acts, grads, 0.5, 2, screen=False)
+    used: list[bool] = []
+    real = clusters._links_screened
+    monkeypatch.setattr(clusters, "_links_screened", lambda *a: used.append(True) or real(*a))
+    backends = torch.backends
+    try:
+        if setting == "mkldnn-bf16":
+            backends.mkldnn.matmul.fp32_precision = "bf16"
+        elif setting == "cuda-tf32":
+            backends.cuda.matmul.fp32_precision = "tf32"
+        elif setting == "highest-medium":
+            torch.set_float32_matmul_precision("medium")
+        else:
+            monkeypatch.setenv("DNNL_DEFAULT_FPMATH_MODE", "BF16")
+        got = cluster_layer(acts, grads, 0.5, 2)
+    finally:
+        monkeypatch.delenv("DNNL_DEFAULT_FPMATH_MODE", raising=False)
+        backends.mkldnn.matmul.fp32_precision = "none"
+        backends.cuda.matmul.fp32_precision = "none"
+        torch.set_float32_matmul_precision("highest")
+    assert used == []
+    for field in ("members", "sizes", "weights", "count", "rank_of", "maps", "has_map"):
+        assert torch.equal(getattr(got, field), getattr(reference, field)), field
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert bool(cluster_layer(acts, grads, 0.5, 2).count.sum()) and used == [True]  # the screen is back
