@@ -876,3 +876,20 @@ def test_a_refused_restart_keeps_the_interrupted_pass_resumable(
     explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True), loaded=loaded)
     assert calls == [1]  # B's last image: the pass was resumed, not taken as finished
     assert list(read_explanations(run)) == full and not (run / STATE).exists()
+
+
+def test_a_chain_that_depends_on_the_batch_size_is_refused_unless_batches_of_one(
+    module_act_run: tuple[Path, Path],
+) -> None:
+    """As the README says: the profile's dry run ran on one image, so a model whose conv no
+    longer feeds its ReLU directly in larger batches is refused on the first batch with the
+    profile's error; with --batch-size 1 the checked batch has the dry run's size."""
+    from filtag_kg.errors import ProfileError
+
+    run, held = module_act_run
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    loaded.module.register_forward_pre_hook(lambda m, i: setattr(m, "scaled", i[0].shape[0] > 1))
+    with pytest.raises(ProfileError, match="measure points differ from the profile's"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4), loaded=loaded)
+    ones = ExplainOptions(progress=False, batch_size=1)
+    assert explain_dataset(run, image_folder(held), ones, loaded=loaded)["images"] == 9
