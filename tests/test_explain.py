@@ -893,3 +893,30 @@ def test_a_chain_that_depends_on_the_batch_size_is_refused_unless_batches_of_one
         explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4), loaded=loaded)
     ones = ExplainOptions(progress=False, batch_size=1)
     assert explain_dataset(run, image_folder(held), ones, loaded=loaded)["images"] == 9
+
+
+def test_resuming_where_only_undecodable_files_are_left_checks_the_points_with_a_dry_run(
+    module_act_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed pass in which no batch decodes still checks the reused points (a dry run on
+    an earlier image) and finishes: only a set where nothing decodes is refused."""
+    import shutil
+
+    from filtag_kg.profile import Interrupted
+
+    run, held = module_act_run
+    mixed = tmp_path / "mixed"
+    shutil.copytree(held, mixed)
+    _undecodable(mixed / CLASSES[-1], 3, prefix="z")  # the last three files
+    opts = {"progress": False, "batch_size": 3}
+    full = explain_dataset(run, image_folder(mixed), ExplainOptions(**opts))
+    rows = list(read_explanations(run))
+    with sigint_in_bookkeeping(monkeypatch, 3), pytest.raises(Interrupted):  # after 9 of 12
+        explain_dataset(run, image_folder(mixed), ExplainOptions(**opts, restart=True))
+    assert json.loads((run / STATE).read_text())["done"] == 9
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    calls = _forward_calls(loaded)
+    meta = explain_dataset(run, image_folder(mixed), ExplainOptions(**opts, resume=True), loaded=loaded)
+    assert calls == [1]  # the dry run only: the last batch did not decode
+    assert list(read_explanations(run)) == rows and len(rows) == 9
+    assert meta["dataset"]["skipped"] == full["dataset"]["skipped"] and len(full["dataset"]["skipped"]) == 3
