@@ -1234,6 +1234,9 @@ def explain_dataset(
         worker.close()
         for sink in sinks:
             sink.close()
+        if not sinks:  # nothing of this pass was kept
+            raise Interrupted("interrupted before the first batch's check; the run is as it was, "
+                              "rerun the same command") from None
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
         worker.close()

@@ -842,7 +842,7 @@ def test_ctrl_c_in_the_first_recorded_batch_keeps_the_earlier_rows(module_act_ru
         raise KeyboardInterrupt
 
     handle = loaded.module.block.register_forward_pre_hook(ctrl_c)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="before the first batch's check; the run is as it was"):
         explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4, restart=True),
                         loaded=loaded)
     assert list(read_explanations(run)) == before and len(before) == 9
