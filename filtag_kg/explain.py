@@ -48,7 +48,7 @@ from .explanations_io import (
     encode_rows,
     iter_explanations,
 )
-from .measure import RecordedPass, point_from_record
+from .measure import RecordedPass, find_measure_points, point_from_record
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
 from .runfolder import fingerprint_diff
@@ -1012,13 +1012,16 @@ def explain_dataset(
         fingerprint["clusters"] = copts.record()
     out_path = run / (EXPLANATIONS if form == FORMAT_JSONL else EXPLANATIONS_DIR)
     state_path = run / STATE
+    # with reused points, --restart discards the interrupted pass (its state and rows) only
+    # once the first batch's check passed: a refused restart leaves it resumable
+    deferred_restart = opts.restart and reused is not None
     dist.barrier()
-    if opts.restart and dist.main:  # the rows go with the new pass below
+    if opts.restart and dist.main and not deferred_restart:  # the rows go with the new pass below
         state_path.unlink(missing_ok=True)
     dist.barrier()
     done, committed, skipped, started = 0, 0, [], _now()
     remove_stale = False  # a new pass with reused points: earlier rows go once its first batch passed
-    if state_path.exists():
+    if state_path.exists() and not deferred_restart:
         if not opts.resume:
             raise ProfileError(
                 f"{run} holds an interrupted explanation pass ({STATE}); rerun with --resume to "
@@ -1061,6 +1064,7 @@ def explain_dataset(
         the first batch's check, so a refused pass leaves the run's earlier rows as they were."""
         if not sinks:
             if remove_stale:
+                state_path.unlink(missing_ok=True)  # --restart: the interrupted pass goes now
                 _remove_outputs(run)
             sinks.append(_Sink(run, form, committed, dist, names_doc, clusters=copts is not None))
         return sinks[0]
@@ -1217,15 +1221,22 @@ def explain_dataset(
                     new_done = sampler.done_after(rounds)
                     bar.update(new_done - done)
                     done = new_done
-                if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n:
+                # no checkpoint before the reused points' check opened the sink: it would
+                # remove the earlier rows and save a state for an unchecked pass
+                if opts.checkpoint_every and rounds % opts.checkpoint_every == 0 and done < n and sinks:
                     synchronise(save=True)
     except KeyboardInterrupt:
         bar.close()
-        if not dist.active:  # alone, the rows so far are consistent: keep them
+        # alone, the rows so far are consistent: keep them (none yet while the reused
+        # points await their check: the run stays as it was)
+        if not dist.active and sinks:
             synchronise(save=True)
         worker.close()
         for sink in sinks:
             sink.close()
+        if not sinks:  # nothing of this pass was kept
+            raise Interrupted("interrupted before the first batch's check; the run is as it was, "
+                              "rerun the same command") from None
         raise Interrupted(f"interrupted after {done} of {n} images; rerun with --resume to finish") from None
     except BaseException:
         worker.close()
@@ -1233,11 +1244,14 @@ def explain_dataset(
             sink.close()
         raise
     bar.close()
-    if unchecked and first == 0 and len(skipped) + len(local_skipped) == n:
-        worker.close()
-        for sink in sinks:
-            sink.close()
-        raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
+    if unchecked:  # no batch of this pass decoded: a dry run checks the points, as before
+        try:  # (refused where no file of the set decodes, resumed pass or not)
+            found = find_measure_points(module, names, first_good_image(imageset, dataset).to(device),
+                                        measure=measure)
+            _check_points(found, profile, engine.points)
+        except BaseException:
+            worker.close()
+            raise
     try:
         synchronise(save=False)
     finally:

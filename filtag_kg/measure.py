@@ -186,9 +186,11 @@ class _Recorder(TorchFunctionMode):
             self.busy = False
             # calls inside a hooked module are not recorded: leave the mode stack until it
             # returns, so they do not each pay a Python call through __torch_function__
+            # the flag first: a Ctrl-C between the two finds it set, and _resume reads the
+            # stack itself, so the block's exit neither pops an empty stack nor pushes twice
             if _get_current_function_mode() is self:
-                _pop_mode()
                 self.suspended = True
+                _pop_mode()
         self.depth += 1
 
     def post_hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -201,8 +203,11 @@ class _Recorder(TorchFunctionMode):
             self.busy = False
 
     def _resume(self) -> None:
+        """Back on the mode stack after a hooked module, unless already there (a Ctrl-C
+        may come between any two steps: the flag is cleared only once the stack holds it)."""
         if self.suspended:
-            _push_mode(self)
+            if _get_current_function_mode() is not self:
+                _push_mode(self)
             self.suspended = False
 
     def __exit__(self, *exc: Any) -> None:

@@ -768,3 +768,155 @@ def test_a_set_of_undecodable_files_is_refused(module_act_run: tuple[Path, Path]
         (bad / f"x{i}.png").write_text("not an image\n")
     with pytest.raises(ProfileError, match="could be decoded"):
         explain_dataset(run, image_folder(bad.parent), ExplainOptions(progress=False, restart=True))
+
+
+def _undecodable(folder: Path, count: int, prefix: str = "x") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"{prefix}{i}.png").write_text("not an image\n")
+
+
+def test_a_checkpoint_before_the_first_decoded_batch_keeps_the_earlier_rows(
+    module_act_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Checkpoints while no batch has decoded yet (the points unchecked) once opened the sink:
+    a set of undecodable files deleted the earlier rows and left a state file behind, which
+    --resume then 'finished' with no images. Now nothing is saved or removed before the
+    check, and the set is refused both times."""
+    from filtag_kg.errors import ProfileError
+
+    run, held = module_act_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
+    before = list(read_explanations(run))
+    meta_before = (run / "explanations.json").read_text()
+    _undecodable(tmp_path / "bad" / CLASSES[0], 3)
+    opts = {"progress": False, "checkpoint_every": 1, "batch_size": 1}
+    with pytest.raises(ProfileError, match="could be decoded"):
+        explain_dataset(run, image_folder(tmp_path / "bad"), ExplainOptions(**opts, restart=True))
+    assert list(read_explanations(run)) == before and len(before) == 9
+    assert not (run / STATE).exists()
+    with pytest.raises(ProfileError, match="could be decoded"):
+        explain_dataset(run, image_folder(tmp_path / "bad"), ExplainOptions(**opts, resume=True))
+    assert list(read_explanations(run)) == before
+    assert (run / "explanations.json").read_text() == meta_before and not (run / STATE).exists()
+
+
+def test_undecodable_files_first_then_a_changed_model_keeps_the_earlier_rows(
+    module_act_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Undecodable files before the first image, a checkpoint after each: the changed
+    model is refused on the first decoded batch with the earlier rows and no state file."""
+    import shutil
+
+    from filtag_kg.errors import ProfileError
+
+    run, held = module_act_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
+    before = list(read_explanations(run))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(held, mixed)
+    _undecodable(mixed / CLASSES[0], 3, prefix="a")  # sorted before img00.png
+    changed = load_model("tiny_models:build_module_act", preprocess=PRE)
+    changed.module.scaled = True
+    with pytest.raises(ProfileError, match="measure points differ"):
+        explain_dataset(run, image_folder(mixed),
+                        ExplainOptions(progress=False, checkpoint_every=1, batch_size=1, restart=True),
+                        loaded=changed)
+    assert list(read_explanations(run)) == before and len(before) == 9
+    assert not (run / STATE).exists()
+
+
+def test_ctrl_c_in_the_first_recorded_batch_keeps_the_earlier_rows(module_act_run: tuple[Path, Path]) -> None:
+    """Ctrl-C while the first batch (the points' check) runs: the interrupt path once opened
+    the sink, removing the earlier rows and saving a state file before any check."""
+    from filtag_kg.profile import Interrupted
+
+    run, held = module_act_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False))
+    before = list(read_explanations(run))
+    meta_before = (run / "explanations.json").read_text()
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+
+    def ctrl_c(module: torch.nn.Module, inputs: object) -> None:
+        handle.remove()
+        raise KeyboardInterrupt
+
+    handle = loaded.module.block.register_forward_pre_hook(ctrl_c)
+    with pytest.raises(Interrupted, match="before the first batch's check; the run is as it was"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4, restart=True),
+                        loaded=loaded)
+    assert list(read_explanations(run)) == before and len(before) == 9
+    assert (run / "explanations.json").read_text() == meta_before and not (run / STATE).exists()
+
+
+def test_a_refused_restart_keeps_the_interrupted_pass_resumable(
+    module_act_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--restart removed the interrupted pass's state before the first batch's check: a
+    refused restart left that pass's rows beside the finished pass's metadata, and --resume
+    then returned the old metadata as 'already finished'. The state now goes only once the
+    check passed, so --resume finishes the interrupted pass."""
+    from filtag_kg.errors import ProfileError
+    from filtag_kg.profile import Interrupted
+
+    run, held = module_act_run
+    opts = {"progress": False, "batch_size": 4, "checkpoint_every": 1}
+    explain_dataset(run, image_folder(held), ExplainOptions(**opts))  # pass A, finished
+    full = list(read_explanations(run))
+    with sigint_in_bookkeeping(monkeypatch, 2), pytest.raises(Interrupted):  # pass B, interrupted
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, restart=True))
+    state = (run / STATE).read_text()
+    changed = load_model("tiny_models:build_module_act", preprocess=PRE)
+    changed.module.scaled = True
+    with pytest.raises(ProfileError, match="measure points differ"):
+        explain_dataset(run, image_folder(held), ExplainOptions(**opts, restart=True), loaded=changed)
+    assert (run / STATE).read_text() == state
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    calls = _forward_calls(loaded)
+    explain_dataset(run, image_folder(held), ExplainOptions(**opts, resume=True), loaded=loaded)
+    assert calls == [1]  # B's last image: the pass was resumed, not taken as finished
+    assert list(read_explanations(run)) == full and not (run / STATE).exists()
+
+
+def test_a_chain_that_depends_on_the_batch_size_is_refused_unless_batches_of_one(
+    module_act_run: tuple[Path, Path],
+) -> None:
+    """As the README says: the profile's dry run ran on one image, so a model whose conv no
+    longer feeds its ReLU directly in larger batches is refused on the first batch with the
+    profile's error; with --batch-size 1 the checked batch has the dry run's size."""
+    from filtag_kg.errors import ProfileError
+
+    run, held = module_act_run
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    loaded.module.register_forward_pre_hook(lambda m, i: setattr(m, "scaled", i[0].shape[0] > 1))
+    with pytest.raises(ProfileError, match="measure points differ from the profile's"):
+        explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4), loaded=loaded)
+    ones = ExplainOptions(progress=False, batch_size=1)
+    assert explain_dataset(run, image_folder(held), ones, loaded=loaded)["images"] == 9
+
+
+def test_resuming_where_only_undecodable_files_are_left_checks_the_points_with_a_dry_run(
+    module_act_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed pass in which no batch decodes still checks the reused points (a dry run on
+    an earlier image) and finishes: only a set where nothing decodes is refused."""
+    import shutil
+
+    from filtag_kg.profile import Interrupted
+
+    run, held = module_act_run
+    mixed = tmp_path / "mixed"
+    shutil.copytree(held, mixed)
+    _undecodable(mixed / CLASSES[-1], 3, prefix="z")  # the last three files
+    opts = {"progress": False, "batch_size": 3}
+    full = explain_dataset(run, image_folder(mixed), ExplainOptions(**opts))
+    rows = list(read_explanations(run))
+    with sigint_in_bookkeeping(monkeypatch, 3), pytest.raises(Interrupted):  # after 9 of 12
+        explain_dataset(run, image_folder(mixed), ExplainOptions(**opts, restart=True))
+    assert json.loads((run / STATE).read_text())["done"] == 9
+    loaded = load_model("tiny_models:build_module_act", preprocess=PRE)
+    calls = _forward_calls(loaded)
+    meta = explain_dataset(run, image_folder(mixed), ExplainOptions(**opts, resume=True), loaded=loaded)
+    assert calls == [1]  # the dry run only: the last batch did not decode
+    assert list(read_explanations(run)) == rows and len(rows) == 9
+    assert meta["dataset"]["skipped"] == full["dataset"]["skipped"] and len(full["dataset"]["skipped"]) == 3
