@@ -936,8 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query processes (default 6; at most 4 of them run slow queries at once)")
     p.add_argument("--cache-mib", type=float, default=64.0, metavar="MIB",
                    help="memory for answers kept for identical SPARQL requests and for resource "
-                   "documents (default 64, a quarter of it for documents; 0: none); restart serve after loading "
-                   "new data into its store")
+                   "documents (default 64, a quarter of it for documents; 0: none); restart serve "
+                   "after loading new data into its store")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
