@@ -14,11 +14,13 @@ read the references through it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Region", "atlas_layout", "map_ref", "split_map_ref"]
+__all__ = ["Region", "atlas_layout", "load_map", "map_ref", "split_map_ref"]
 
 #: the fragment of a map reference: a spatial media fragment in pixels, as the shapes check it
 _FRAGMENT = re.compile(r"xywh=([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
@@ -74,3 +76,24 @@ def split_map_ref(ref: str) -> tuple[str, Region | None]:
         if m:
             return path, Region(*(int(v) for v in m.groups()))
     return ref, None
+
+
+def load_map(file: str | os.PathLike[str], region: Region | None = None) -> Any:
+    """A stored cluster map as a ``[H, W]`` uint8 array (255 = the map's maximum): ``region``
+    of the atlas ``file``, or the whole file (``None``: a map of a run before the atlas).
+
+    Raises:
+        OSError, PIL.UnidentifiedImageError: the file cannot be read as an image.
+        ValueError: the region is empty or reaches outside the image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(file) as im:
+        if region is not None:
+            inside = region.x + region.w <= im.width and region.y + region.h <= im.height
+            if region.w <= 0 or region.h <= 0 or not inside:
+                raise ValueError(f"region {region.fragment} is not inside the {im.width}x{im.height} "
+                                 f"image {file}")
+            im = im.crop(region.box)
+        return np.asarray(im.convert("L"), dtype=np.uint8)
