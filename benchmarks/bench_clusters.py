@@ -59,8 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
     import torch
-    from PIL import Image
 
+    from filtag_kg.cluster_atlas import load_map, split_map_ref
     from filtag_kg.clusters import ClusterOptions, cluster_batch
     from filtag_kg.data import ImageSet, Sample, load_rgb
     from filtag_kg.explain import ExplainOptions, TagIndex, explain_dataset, read_explanations
@@ -105,7 +105,8 @@ def main() -> None:
                 missing += 1
                 maps[rec["index"]] = None
             else:
-                maps[rec["index"]] = np.asarray(Image.open(run / top["map"]), dtype=np.float32) / 255
+                file, region = split_map_ref(top["map"])
+                maps[rec["index"]] = load_map(run / file, region).astype(np.float32) / 255
     module = loaded.module.to(args.device).eval()
     tf = loaded.preprocess.transform()
     x_all = torch.stack([tf(load_rgb(str(f))) for f in explained]).to(args.device)

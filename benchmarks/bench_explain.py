@@ -230,15 +230,17 @@ def conv_macs(loaded: Any, engine: Engine, x: torch.Tensor) -> list[int]:
 def cluster_cost_by_width(
     inputs: list[tuple[torch.Tensor, torch.Tensor | None]], macs: list[int], gradcam_ms: float,
     classes: int = 1000, repeats: int = 3,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], float]:
     """Per distinct layer shape (width x resolution): milliseconds per image of the clustering
     (``cluster_layer`` with the float32 screen, and with float64 similarities of every pair,
     the method before the screen), the labels under one setting (``cluster_concepts``, a
-    top-k 1 tag matrix of ``classes`` classes), the PNG maps (``write_map``, 3 per layer and
-    image), summed over the layers of that shape, best of ``repeats``; and the shape's
-    share of the gradcam pass (its conv multiply-adds' share of the model's, times the
-    gradcam pass's ms per image: forward and backward cost about in proportion)."""
-    from filtag_kg.clusters import ClusterOptions, cluster_concepts, cluster_layer, to_host, write_map
+    top-k 1 tag matrix of ``classes`` classes), summed over the layers of that shape, best of
+    ``repeats``; and the shape's share of the gradcam pass (its conv multiply-adds' share of
+    the model's, times the gradcam pass's ms per image: forward and backward cost about in
+    proportion). Second: ms per image of writing the maps as the pass does (``write_maps``:
+    one atlas PNG per image holding its maps of every layer, so not split by shape), best
+    of ``repeats``, each repeat into a new folder (the pass writes new files)."""
+    from filtag_kg.clusters import ClusterOptions, cluster_concepts, cluster_layer, to_host, write_maps
 
     threshold, n_maps = ClusterOptions().threshold, ClusterOptions().maps
     rng = np.random.default_rng(0)
@@ -255,11 +257,8 @@ def cluster_cost_by_width(
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    def write(folder: Path, layer: int, host: dict[str, Any]) -> None:
-        for b, k in zip(*np.nonzero(host["has_map"])):
-            write_map(folder, f"{layer}/{b}-{k}.png", host["maps"][b, k])
-
     rows = []
+    clustered: list[Any] = [None] * len(inputs)
     with tempfile.TemporaryDirectory() as tmp:
         for shape, layers in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
             n = inputs[layers[0]][0].shape[0]
@@ -267,19 +266,23 @@ def cluster_cost_by_width(
             inc[rng.integers(0, shape[0], size=classes), np.arange(classes)] = 1
             inc_t = torch.from_numpy(inc)
             values = torch.rand(n, shape[0], dtype=torch.float64)
-            screen = float64 = labels = pngs = 0.0
+            screen = float64 = labels = 0.0
             for li in layers:
                 acts, grads = inputs[li]
                 screen += best(cluster_layer, acts, grads, threshold, n_maps)
                 float64 += best(cluster_layer, acts, grads, threshold, n_maps, screen=False)
-                lc = cluster_layer(acts, grads, threshold, n_maps)
+                lc = clustered[li] = cluster_layer(acts, grads, threshold, n_maps)
                 labels += best(cluster_concepts, lc, values, inc_t)
-                pngs += best(write, Path(tmp), li, to_host({"layers": [lc], "concepts": []})["layers"][0])
             share = gradcam_ms * sum(macs[li] for li in layers) / total_macs
             rows.append({"shape": shape, "layers": len(layers), "screen": 1000 * screen / n,
-                         "float64": 1000 * float64 / n, "labels": 1000 * labels / n, "maps": 1000 * pngs / n,
-                         "gradcam_share": share})
-    return rows
+                         "float64": 1000 * float64 / n, "labels": 1000 * labels / n, "gradcam_share": share})
+        host = to_host({"layers": clustered, "concepts": []})
+        n = inputs[0][0].shape[0] if inputs else 1
+        runs = iter(range(repeats))
+        names = [str(li) for li in range(len(inputs))]
+        maps = best(lambda: write_maps(Path(tmp) / f"maps-{next(runs)}", host, names, list(range(n)),
+                                       [None] * n, None))
+    return rows, 1000 * maps / n
 
 
 def main() -> None:
@@ -382,7 +385,7 @@ def main() -> None:
             clus = args.images / (time.perf_counter() - t0)
             inputs = capture_cluster_inputs(run, imageset, opts, profile, loaded, args.batch_size)
             macs = conv_macs(loaded, engine, next(iter(loader)).images)
-            by_width = cluster_cost_by_width(inputs, macs, 1000 / grad)
+            by_width, maps_ms = cluster_cost_by_width(inputs, macs, 1000 / grad)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
         print(f"explain pass           {med_expl:9.2f} images/s  (whole call: setup, tag index and "
@@ -399,18 +402,19 @@ def main() -> None:
                   f"{med_expl / clus:.2f}x the unweighted pass")
             print(f"clustering per layer shape, ms per image (this run's maps and gradients of one batch of "
                   f"{args.batch_size}, all layers of a shape summed, best of 3; labels: one setting, top-k 1 "
-                  "tags of 1000 classes; maps: 3 PNGs per layer; gradcam share: the layers' conv "
+                  "tags of 1000 classes; maps: writing one atlas PNG per image with its 3 maps per layer "
+                  "of every layer, so only in the 'all' row; gradcam share: the layers' conv "
                   "multiply-adds' share of the gradcam pass):")
             print(f"  {'filters x cells':<16} {'layers':>6} {'screen':>8} {'float64':>8} {'labels':>8} "
                   f"{'maps':>8} {'gradcam share':>14}")
             for r in by_width:
                 f, h, w = r["shape"]
                 print(f"  {f'{f} x {h}x{w}':<16} {r['layers']:>6} {r['screen']:8.2f} {r['float64']:8.2f} "
-                      f"{r['labels']:8.2f} {r['maps']:8.2f} {r['gradcam_share']:14.2f}")
+                      f"{r['labels']:8.2f} {'-':>8} {r['gradcam_share']:14.2f}")
             tot = {k: sum(r[k] for r in by_width)
-                   for k in ("screen", "float64", "labels", "maps", "gradcam_share")}
+                   for k in ("screen", "float64", "labels", "gradcam_share")}
             print(f"  {'all':<16} {sum(r['layers'] for r in by_width):>6} {tot['screen']:8.2f} "
-                  f"{tot['float64']:8.2f} {tot['labels']:8.2f} {tot['maps']:8.2f} "
+                  f"{tot['float64']:8.2f} {tot['labels']:8.2f} {maps_ms:8.2f} "
                   f"{tot['gradcam_share']:14.2f}")
             print("  screen: cluster_layer as the pass runs it (float32 screen, float64 recheck); float64: "
                   "cluster_layer(screen=False), float64 similarities of every pair (same clusters)")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cluster_atlas import Region, atlas_layout, map_ref
 from .errors import FiltagError
 
 CLUSTERS_DIR = "clusters"
@@ -105,6 +106,9 @@ class LayerClusters:
         maps: [B, N, H, W] uint8 merged maps of the first N slots (255 = the map's
             maximum), ``None`` when N = 0.
         has_map: [B, N] bool: slot has weight > 0, so its map is written.
+        slots: N as asked (``--cluster-maps``; ``maps`` has fewer slots in a layer with
+            fewer filters): with ``size`` it fixes the layout of the maps' atlas.
+        size: ``(H, W)`` of the layer's maps.
     """
 
     members: torch.Tensor
@@ -115,6 +119,8 @@ class LayerClusters:
     alpha: torch.Tensor
     maps: torch.Tensor | None
     has_map: torch.Tensor | None
+    slots: int = 0
+    size: tuple[int, int] = (0, 0)
 
 
 def _scaled(x: torch.Tensor) -> torch.Tensor:
@@ -401,8 +407,9 @@ def cluster_layer(
         png = torch.where(top > 0, merged / torch.where(top > 0, top, 1.0), 0.0)
         maps = torch.round(png * 255).to(torch.uint8).view(n, k, *acts.shape[2:])
         has_map = (slot_weight[:, :k] > 0) & (top.squeeze(2) > 0)
+    size = (int(acts.shape[2]), int(acts.shape[3])) if acts.dim() == 4 else (1, cells)
     return LayerClusters(members=members, sizes=sizes, weights=slot_weight, count=count, rank_of=rank_of,
-                         alpha=alpha, maps=maps, has_map=has_map)
+                         alpha=alpha, maps=maps, has_map=has_map, slots=max(0, int(n_maps)), size=size)
 
 
 def _merged_maps(
@@ -502,17 +509,17 @@ def variant_name(perturbation: dict[str, Any] | None, index: int) -> str:
     return f"{name}-seed{perturbation.get('seed', 0)}-index{index}"
 
 
-def map_path(
-    sha256: str | None, index: int, perturbation: dict[str, Any] | None, layer: str, rank: int
-) -> str:
-    """A cluster map's path relative to the run folder: by the file's checksum, so copies of
-    one file share their clean and blurred maps (they are the same)."""
+def map_path(sha256: str | None, index: int, perturbation: dict[str, Any] | None) -> str:
+    """The path of an image variant's map atlas (all its cluster maps in one PNG, see
+    :mod:`filtag_kg.cluster_atlas`) relative to the run folder: by the file's checksum, so
+    copies of one file share their clean and blurred maps (they are the same)."""
     image = sha256 or f"index-{index}"
-    return f"{MAPS_DIR}/{image}/{variant_name(perturbation, index)}/{layer}-{rank}.png"
+    return f"{MAPS_DIR}/{image}/{variant_name(perturbation, index)}.png"
 
 
 def map_png(pixels: Any) -> bytes:
-    """An 8-bit grey map (``[H, W]`` uint8) as PNG bytes."""
+    """An 8-bit grey map or atlas (``[H, W]`` uint8) as PNG bytes (no ``optimize``: its
+    search costs more than the bytes it saves are worth here)."""
     import io
 
     from PIL import Image
@@ -523,7 +530,7 @@ def map_png(pixels: Any) -> bytes:
 
 
 def write_map(run: Path, rel: str, pixels: Any) -> None:
-    """Write one map as :func:`write_maps` does."""
+    """Write one grey image (a map or an atlas) as :func:`write_maps` does."""
     from ._io import write_many
 
     write_many([(run / rel, map_png(pixels))])
@@ -570,7 +577,8 @@ def to_host(batch: dict[str, Any]) -> dict[str, Any]:
         return None if t is None else t.cpu().numpy()
 
     layers = [{"members": np_(lc.members), "sizes": np_(lc.sizes), "weights": np_(lc.weights),
-               "count": np_(lc.count), "maps": np_(lc.maps), "has_map": np_(lc.has_map)}
+               "count": np_(lc.count), "maps": np_(lc.maps), "has_map": np_(lc.has_map), "slots": lc.slots,
+               "size": lc.size}
               for lc in batch["layers"]]
     concepts = [[(np_(c), np_(s)) for c, s in per_setting] for per_setting in batch["concepts"]]
     return {"layers": layers, "concepts": concepts}
@@ -586,21 +594,41 @@ def _map_slots(host: dict[str, Any]) -> list[tuple[int, int, int]]:
     return sorted(out)
 
 
+def host_layout(host: dict[str, Any]) -> tuple[int, int, list[list[Region]]]:
+    """The atlas layout of a batch's maps (:func:`filtag_kg.cluster_atlas.atlas_layout`):
+    from the layers' map shapes and the number of map slots alone."""
+    layers = host["layers"]
+    slots = max((int(h["slots"]) for h in layers), default=0)
+    return atlas_layout([tuple(h["size"]) for h in layers], slots)
+
+
+def atlases(host: dict[str, Any]) -> dict[int, np.ndarray]:
+    """Image -> its ``[height, width]`` uint8 atlas: each map at its slot's region, 0
+    elsewhere; images without any map are left out (they get no file)."""
+    width, height, regions = host_layout(host)
+    out: dict[int, np.ndarray] = {}
+    for b, li, k in _map_slots(host):
+        atlas = out.get(b)
+        if atlas is None:
+            atlas = out[b] = np.zeros((height, width), dtype=np.uint8)
+        r = regions[li][k]
+        atlas[r.y:r.y + r.h, r.x:r.x + r.w] = host["layers"][li]["maps"][b, k]
+    return out
+
+
 def write_maps(
     run: Path, host: dict[str, Any], names: Sequence[str], indices: Sequence[int],
     sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
 ) -> None:
-    """Write the PNG maps of one input variant of a batch, each atomically (no half file
-    after a crash) and without an fsync per file (3-4 ms apiece, more than the
-    clustering): the pass calls :func:`sync_maps` once before its state names the rows
-    that refer to them."""
+    """Write the map atlases of one input variant of a batch, one PNG per image (its maps
+    of every layer; none for an image without a map), each atomically (no half file after
+    a crash) and without an fsync per file: the pass calls :func:`sync_maps` once before
+    its state names the rows that refer to them. ``names`` is unused (the layout is by
+    layer position) and kept for the callers."""
     from ._io import write_many
 
-    write_many(
-        (run / map_path(sha256[b], indices[b], perturbation, names[li], k + 1),
-         map_png(host["layers"][li]["maps"][b, k]))
-        for b, li, k in _map_slots(host)
-    )
+    write_many((run / map_path(sha256[b], indices[b], perturbation), map_png(atlas))
+               for b, atlas in atlases(host).items())
 
 
 def cluster_columns(
@@ -630,9 +658,10 @@ def cluster_columns(
     paths: list[str | None] = [None] * int(c_off[-1])
     first_slot = np.concatenate([[0], np.cumsum([h["sizes"].shape[1] for h in layers])[:-1]])
     flat_pos = np.cumsum(valid.reshape(-1)).reshape(valid.shape) - 1  # slot -> position among clusters
+    regions = host_layout(host)[2]
     for b, li, k in _map_slots(host):
-        paths[int(flat_pos[b, first_slot[li] + k])] = map_path(sha256[b], indices[b], perturbation, names[li],
-                                                               k + 1)
+        paths[int(flat_pos[b, first_slot[li] + k])] = map_ref(map_path(sha256[b], indices[b], perturbation),
+                                                              regions[li][k])
     return {
         "cluster_layer": (np.arange(n + 1, dtype=np.int64) * len(layers), counts.reshape(-1)),
         "cluster_size": (c_off, sizes[valid]),
@@ -725,12 +754,15 @@ __all__ = [
     "ClusterOptions",
     "LayerClusters",
     "aggregate_records",
+    "atlases",
     "class_aggregates",
     "cluster_concepts",
     "cluster_layer",
     "map_path",
+    "map_png",
     "sync_maps",
     "unit_maps",
     "variant_name",
     "write_map",
+    "write_maps",
 ]

@@ -33,15 +33,21 @@ def _partition(width: int, i: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+#: side of every layer's (square) maps in the atlases these tests write
+SIDE = 8
+
+
 def clusters_for(rec: dict[str, Any], layers: list[tuple[str, int]], classes: list[str], *,
-                 maps: int = 2) -> dict[str, list[dict[str, Any]]]:
+                 maps: int = 2, atlas: bool = True) -> dict[str, list[dict[str, Any]]]:
     """A record's "clusters" (contract, section 1): every filter of each layer in one cluster,
-    ranked by weight, the last one of weight 0 without labels or map; the top ``maps`` have maps."""
+    ranked by weight, the last one of weight 0 without labels or map; the top ``maps`` have maps:
+    regions ``#xywh=`` of the variant's atlas (one row of ``maps`` SIDE x SIDE slots per layer),
+    or with ``atlas=False`` one file per map, as runs before the atlas stored them."""
     i = int(rec["index"])
     out: dict[str, list[dict[str, Any]]] = {}
     p = rec.get("perturbation")
     variant = "clean" if not p else f"{p['kind']}-{p['param']}"
-    for layer, width in layers:
+    for li, (layer, width) in enumerate(layers):
         groups = _partition(width, i)
         weights = [round(0.9 / (r + 1) + 0.01 * i, 6) for r in range(len(groups) - 1)] + [0.0]
         rows = []
@@ -50,23 +56,47 @@ def clusters_for(rec: dict[str, Any], layers: list[tuple[str, int]], classes: li
                 {"class_id": classes[(i + r) % len(classes)], "score": round(0.8 / r, 6)},
                 {"class_id": classes[(i + r + 1) % len(classes)], "score": round(0.3 / r, 6)},
             ]
-            path = f"clusters/maps/{rec['sha256']}/{variant}/{layer}-{r}.png" if r <= maps and w else None
+            if not (r <= maps and w):
+                path = None
+            elif atlas:
+                region = f"xywh={(r - 1) * SIDE},{li * SIDE},{SIDE},{SIDE}"
+                path = f"clusters/maps/{rec['sha256']}/{variant}.png#{region}"
+            else:
+                path = f"clusters/maps/{rec['sha256']}/{variant}/{layer}-{r}.png"
             rows.append({"rank": r, "filters": members, "weight": w, "map": path, "concepts": concepts})
         out[layer] = rows
     return out
 
 
-def write_map(run: Path, rel: str, seed: int) -> None:
-    """A small 8-bit grey map PNG (a bright blob that moves with ``seed``)."""
+def blob(seed: int) -> Any:
+    """A SIDE x SIDE 8-bit grey map: a bright blob that moves with ``seed``."""
+    import numpy as np
+
+    y, x = np.mgrid[0:SIDE, 0:SIDE]
+    cy, cx = 2 + seed % 4, 5 - seed % 4
+    return (255 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 6.0)).astype("uint8")
+
+
+def write_map(run: Path, ref: str, seed: int) -> None:
+    """Put the map ``blob(seed)`` where ``ref`` names it: its region of an atlas (made all 0
+    first, as big as the region needs), or a file of its own (``ref`` without a fragment)."""
     import numpy as np
     from PIL import Image
 
-    y, x = np.mgrid[0:8, 0:8]
-    cy, cx = 2 + seed % 4, 5 - seed % 4
-    arr = (255 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 6.0)).astype("uint8")
+    rel, _, frag = ref.partition("#")
     path = run / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, "L").save(path)
+    if not frag:
+        Image.fromarray(blob(seed), "L").save(path)
+        return
+    x, y, w, h = (int(v) for v in frag.removeprefix("xywh=").split(","))
+    atlas = np.asarray(Image.open(path)).copy() if path.exists() else np.zeros((0, 0), np.uint8)
+    if atlas.shape[0] < y + h or atlas.shape[1] < x + w:
+        grown = np.zeros((max(atlas.shape[0], y + h), max(atlas.shape[1], x + w)), np.uint8)
+        grown[:atlas.shape[0], :atlas.shape[1]] = atlas
+        atlas = grown
+    atlas[y:y + h, x:x + w] = blob(seed)
+    Image.fromarray(atlas, "L").save(path)
 
 
 def aggregates_for(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,19 +132,22 @@ def aggregates_for(records: list[dict[str, Any]]) -> dict[str, Any]:
             "classes": classes}
 
 
-def add_clusters(run: Path, *, aggregates: bool = True) -> list[dict[str, Any]]:
+def add_clusters(run: Path, *, aggregates: bool = True, atlas: bool = True) -> list[dict[str, Any]]:
     """Give every explanation of ``run`` (``explanations.jsonl``) its clusters over the profile's
-    layers, labelled with the run's classes, write their map files and ``clusters.json``."""
+    layers, labelled with the run's classes, write their map files (atlases, or one file per
+    map: ``atlas=False``) and ``clusters.json``."""
     profile = json.loads((run / "profile.json").read_text(encoding="utf-8"))
     layers = [(lr["name"], int(lr["width"])) for lr in profile["layers"]]
     classes = [c["id"] for c in profile["model_classes"]]
     path = run / "explanations.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    written: set[str] = set()
     for rec in records:
-        rec["clusters"] = clusters_for(rec, layers, classes)
+        rec["clusters"] = clusters_for(rec, layers, classes, atlas=atlas)
         for rows in rec["clusters"].values():
             for row in rows:
-                if row["map"] and not (run / row["map"]).exists():
+                if row["map"] and row["map"] not in written:
+                    written.add(row["map"])
                     write_map(run, row["map"], row["rank"] + rec["index"])
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     if aggregates:
@@ -188,12 +221,18 @@ def test_each_cluster_is_in_its_classification_graph_and_its_labels_in_the_expla
                 if row["map"] is None:
                     assert maps == []
                 else:
-                    # the file is described once per image variant, with its classification
-                    assert (maps[0], FK.filePath, Literal(row["map"])) in cg
+                    # the map is described once per image variant, with its classification: the
+                    # variant's atlas file and the cluster's region of it (layer row, rank column)
+                    file, frag = row["map"].split("#")
+                    li = list(rec["clusters"]).index(layer)
+                    region = f"xywh={(row['rank'] - 1) * SIDE},{li * SIDE},{SIDE},{SIDE}"
+                    assert frag == region
+                    assert (maps[0], FK.filePath, Literal(file)) in cg
+                    assert (maps[0], FK.mapRegion, Literal(region)) in cg
                     assert (maps[0], RDF.type, FK.ClusterMap) in cg
                     assert (maps[0], DCTERMS.format, Literal("image/png")) in cg
-                    assert str(maps[0]).endswith("/file/" + row["map"])  # R/file/{path}
-                    assert (run / row["map"]).is_file()
+                    assert str(maps[0]).endswith(f"/file/{file}#{region}")  # R/file/{path}#xywh=…
+                    assert (run / file).is_file()
 
 
 def test_explanation_graphs_with_clusters_conform_and_broken_clusters_do_not(clustered: tuple) -> None:
@@ -214,6 +253,8 @@ def test_explanation_graphs_with_clusters_conform_and_broken_clusters_do_not(clu
     other = next(o for s, p, o in by_graph[_explanation_graph(by_graph, records[1]["index"])]
                  if p == FK.labelledCluster)  # a cluster of another image
     unlinked = _about(unit, label, FK.labelledCluster)
+    maps = {o for s, p, o in cls if p == FK.clusterMap}
+    assert maps and {str(m).split("#")[1] for m in maps} == {str(o) for s, p, o in cls if p == FK.mapRegion}
     broken = {
         "a filter in two clusters": unit | {(k1, FK.memberFilter, member)},
         "a member count that does not match": unit - {(k1, FK.memberCount, count)}
@@ -226,6 +267,9 @@ def test_explanation_graphs_with_clusters_conform_and_broken_clusters_do_not(clu
         | {(k1, FK.clusterWeight, Literal(-1.0))},
         "a member of another layer": unit | {(k1, FK.memberFilter, next(
             o for s, p, o in cls if p == FK.memberFilter and f"/layer/{LAYERS[1][0]}/" in str(o)))},
+        "a map region that is not a pixel rectangle": {t for t in unit if t[1] != FK.mapRegion}
+        | {(m, FK.mapRegion, Literal("xywh=percent:0,0,50,50")) for m in maps},
+        "a map with two regions": unit | {(m, FK.mapRegion, Literal("xywh=0,0,1,1")) for m in maps},
     }
     for what, triples in broken.items():
         assert not validate(union({(*t, None) for t in triples}))[0], what
@@ -384,6 +428,22 @@ def test_hostile_layer_class_and_file_names_give_valid_cluster_graphs(tmp_path: 
                               for row in rows)
     assert {o for s, p, o in g.triples((None, FK.labelledCluster, None))} <= clusters
     paths = {str(o) for o in g.objects(None, FK.filePath)}
-    written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows}
-    assert paths == written - {None}
-    assert len(set(g.subjects(RDF.type, FK.ClusterMap))) == len(paths)  # one IRI per file, no collision
+    written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows} - {None}
+    assert paths == {m.split("#")[0] for m in written}
+    assert len(set(g.subjects(RDF.type, FK.ClusterMap))) == len(written)  # one IRI per map, no collision
+
+
+def test_maps_stored_before_the_atlas_are_whole_files(tmp_path: Path) -> None:
+    """Records of runs before the atlas name one PNG per map, without a region: the map node is
+    the file (R/file/{path}), has no fk:mapRegion, and the graphs still conform."""
+    run = make_run(tmp_path / "run", images=2)
+    records = add_clusters(run, atlas=False)
+    g = union(quads_rdflib(export_run(run, fmt="nq", wordnet=wordnet()), "nq"))
+    conforms, report = validate(g)
+    assert conforms, report
+    written = {row["map"] for r in records for rows in r["clusters"].values() for row in rows} - {None}
+    assert written and not any("#" in m for m in written)
+    assert {str(o) for o in g.objects(None, FK.filePath)} == written
+    nodes = set(g.subjects(RDF.type, FK.ClusterMap))
+    assert {str(m).split("/file/", 1)[1] for m in nodes} == written
+    assert not set(g.objects(None, FK.mapRegion))

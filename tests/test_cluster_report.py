@@ -51,6 +51,21 @@ def clustered_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     return run, out, records
 
 
+def cut_region(run: Path, ref: str) -> np.ndarray:
+    """The map a stored reference names, cut by hand: ``PATH#xywh=x,y,w,h`` -> that rectangle of
+    the atlas PATH, a reference without a fragment -> the whole file."""
+    from PIL import Image
+
+    rel, _, frag = ref.partition("#")
+    with Image.open(run / rel) as im:
+        grey = np.asarray(im.convert("L"))
+    if not frag:
+        return grey
+    x, y, w, h = (int(v) for v in frag.removeprefix("xywh=").split(","))
+    assert x + w <= grey.shape[1] and y + h <= grey.shape[0]
+    return grey[y:y + h, x:x + w]
+
+
 def _clean(records: list[dict[str, Any]], index: int) -> dict[str, Any]:
     return next(r for r in records if r["index"] == index and not r.get("perturbation"))
 
@@ -93,8 +108,8 @@ def test_explanation_pages_show_each_layers_strongest_clusters(clustered_site: t
                 with Image.open(drawn) as im:  # the map over the image: coloured where the map is bright
                     arr = np.asarray(im.convert("RGB"), dtype=np.int16)
                 assert np.abs(arr[..., 0] - arr[..., 2]).max() > 60
-                with Image.open(run / row["map"]) as m:  # the hottest cell of the map is the most coloured
-                    grey = np.asarray(m.convert("L"), dtype=np.float32)
+                # the hottest cell of the map (its region of the atlas) is the most coloured
+                grey = cut_region(run, row["map"]).astype(np.float32)
                 hy, hx = np.unravel_index(int(grey.argmax()), grey.shape)
                 h, w = arr.shape[:2]
                 hot = arr[int((hy + 0.5) * h / grey.shape[0]), int((hx + 0.5) * w / grey.shape[1])]
@@ -151,14 +166,23 @@ def test_runs_without_clusters_have_no_cluster_section(tmp_path: Path) -> None:
     assert "clusters" not in summary.pages and not (out / "clusters").exists()
     for page in (out / "explanations").glob("[0-9]*.html"):
         assert 'id="clusters"' not in page.read_text(encoding="utf-8")
-    # with clusters but no readable images, the grey maps themselves are shown
-    add_clusters(run)
-    summary = write_report(run, out, wordnet=load_wordnet(source="slice"), progress=False, heatmaps=False)
-    assert summary.pages["clusters"] >= 2
-    html = (out / "explanations" / "0.html").read_text(encoding="utf-8")
-    assert 'id="clusters"' in html
-    assert re.search(r'src="../maps/c/0/[^"]+\.png" alt="features.0 cluster 1"', html)
-    check_site(out)
+    # with clusters but no readable images, the grey maps themselves are shown: each cut from the
+    # image variant's atlas; maps stored one file each (runs before the atlas) as whole files
+    from PIL import Image
+
+    for atlas in (True, False):
+        records = add_clusters(run, atlas=atlas)
+        summary = write_report(run, out, wordnet=load_wordnet(source="slice"), progress=False, heatmaps=False)
+        assert summary.pages["clusters"] >= 2
+        html = (out / "explanations" / "0.html").read_text(encoding="utf-8")
+        assert 'id="clusters"' in html
+        src = re.search(r'src="\.\./(maps/c/0/[^"]+\.png)" alt="features.0 cluster 1"', html)
+        assert src is not None
+        row = next(r for r in _clean(records, 0)["clusters"]["features.0"] if r["rank"] == 1)
+        assert ("#xywh=" in row["map"]) == atlas
+        with Image.open(out / src.group(1)) as im:
+            assert np.array_equal(np.asarray(im), cut_region(run, row["map"]))
+        check_site(out)
 
 
 def test_a_malformed_aggregate_entry_is_a_one_line_error(tmp_path: Path) -> None:

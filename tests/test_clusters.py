@@ -160,6 +160,14 @@ def test_pass_equals_plain_per_image_implementation(tiny_run: tuple[Path, Path],
     for rec in records:
         plain = plain_maps(model, files[rec["index"]])
         assert list(rec["clusters"]) == LAYERS
+        # the atlas of the image: one row per layer (as high as its maps), 2 slots of its width each
+        shapes = [plain[layer][0].shape[1:] for layer in LAYERS]
+        tops = dict(zip(LAYERS, np.cumsum([0] + [h for h, _ in shapes])))
+        atlas_file = run / f"clusters/maps/{rec['sha256']}/clean.png"
+        with Image.open(atlas_file) as im:
+            atlas = np.asarray(im, dtype=np.float64)
+            assert im.mode == "L" and im.size == (2 * max(w for _, w in shapes), sum(h for h, _ in shapes))
+        covered = np.zeros(atlas.shape, dtype=bool)
         for layer in LAYERS:
             acts, grads = plain[layer]
             want = plain_cluster(acts, grads, 0.8)
@@ -176,13 +184,17 @@ def test_pass_equals_plain_per_image_implementation(tiny_run: tuple[Path, Path],
                                            rtol=1e-5)
                 seen_concepts += bool(concepts)
                 if w["rank"] <= 2 and w["weight"] > 0:
-                    assert g["map"] == (f"clusters/maps/{rec['sha256']}/clean/{layer}-{w['rank']}.png")
-                    png = np.asarray(Image.open(run / g["map"]), dtype=np.float64)
+                    h, wd = acts.shape[1:]
+                    x, y = (w["rank"] - 1) * wd, int(tops[layer])
+                    assert g["map"] == f"clusters/maps/{rec['sha256']}/clean.png#xywh={x},{y},{wd},{h}"
+                    png = atlas[y:y + h, x:x + wd]
+                    covered[y:y + h, x:x + wd] = True
                     expect = np.round(w["merged"] / w["merged"].max() * 255).reshape(png.shape)
                     assert np.abs(png - expect).max() <= 1
                     seen_maps += 1
                 else:
                     assert g["map"] is None
+        assert not atlas[~covered].any()  # slots without a map stay 0
     assert seen_concepts > 5 and seen_maps > 5, (seen_concepts, seen_maps)  # labels and maps were compared
 
 
@@ -262,8 +274,8 @@ def test_records_equal_between_parquet_and_jsonl_and_old_files_read(tiny_run: tu
     columnar, lines = list(read_explanations(run)), list(read_explanations(other))
     assert len(columnar) == len(lines) == 9 * 2 * 2
     assert [r["clusters"] for r in columnar] == [r["clusters"] for r in lines]
-    assert any(c["map"] and "/blur-1.0/" in c["map"] for r in columnar for cl in r["clusters"].values()
-               for c in cl)
+    assert any(c["map"] and "/blur-1.0.png#xywh=" in c["map"] for r in columnar
+               for cl in r["clusters"].values() for c in cl)
     aggregates = [json.loads((f / "clusters.json").read_text()) for f in (run, other)]
     assert aggregates[0] == aggregates[1] and aggregates[0]["classes"]
     # a pass without --clusters removes the maps and aggregates, and its records say None
@@ -432,7 +444,7 @@ def test_copies_of_a_file_keep_their_own_noisy_maps(tiny_run: tuple[Path, Path],
         maps = [c["map"] for cs in rec["clusters"].values() for c in cs if c["map"]]
         top[(Path(rec["image"]).name, kind)] = maps
         for m in maps:
-            assert (run / m).is_file()
+            assert (run / m.split("#")[0]).is_file() and "#xywh=" in m
     assert top[("a.png", "clean")] == top[("b.png", "clean")]
     assert top[("a.png", "gaussian")] and top[("b.png", "gaussian")]
     assert set(top[("a.png", "gaussian")]).isdisjoint(top[("b.png", "gaussian")])
@@ -461,3 +473,60 @@ def test_cluster_layer_equals_the_plain_rule_for_both_product_orders(width: int,
                     got.append((sorted(members[at:at + size]), float(lc.weights[b, k])))
                     at += size
                 assert [(sorted(c["filters"]), pytest.approx(c["weight"])) for c in want] == got
+
+
+def test_a_batch_writes_one_map_file_per_image_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cluster map was a file of its own (3 per layer: 159 per image variant on ResNet-50,
+    each file's creation costing more than the clustering); now one atlas per image variant,
+    whose regions hold exactly the per-cluster maps, where a layout fixed by the layer shapes
+    and --cluster-maps alone puts them."""
+    import tempfile
+
+    from PIL import Image
+
+    from filtag_kg.clusters import cluster_batch, cluster_columns, to_host, write_maps
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(6, 5, 7), (4, 9, 3), (2, 2, 2)]  # (filters, H, W); the third has fewer filters than slots
+    acts = [torch.rand(3, f, h, w, generator=gen) for f, h, w in shapes]
+    grads = [torch.randn(3, f, h, w, generator=gen) + 0.5 for f, h, w in shapes]
+    for a in acts:
+        a[2] = 0.0  # image 2: all maps flat, so no cluster has weight > 0 and no map
+    values = torch.rand(3, sum(f for f, _, _ in shapes), generator=gen)
+    incidence = [[(torch.rand(f, 4, generator=gen) > 0.5).to(torch.float64) for f, _, _ in shapes]]
+    batch = cluster_batch(acts, grads, values, incidence, ClusterOptions(0.6, 3))
+    host = to_host(batch)
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp",
+                        lambda *a, **k: made.append(k.get("prefix", "")) or real_mkstemp(*a, **k))
+    names, indices, sha = ["a", "b", "c"], [10, 11, 12], ["s0", None, "s2"]
+    write_maps(tmp_path, host, names, indices, sha, {"kind": "blur", "param": 2.0})
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["clusters/maps/index-11/blur-2.0.png", "clusters/maps/s0/blur-2.0.png"]
+    assert len(made) == 2  # one file created per image variant with maps
+    blur = {"kind": "blur", "param": 2.0}
+    col_off, paths = cluster_columns(host, 0, names, indices, sha, blur)["cluster_map"]
+    tops = [0, 5, 14]  # rows of the layers: heights 5, 9, 2
+    seen = 0
+    for b in range(3):
+        rows = paths[col_off[b]:col_off[b + 1]]
+        at = 0
+        for li, (lc, (_, h, w)) in enumerate(zip(batch["layers"], shapes)):
+            count = int(lc.count[b])
+            for k, ref in enumerate(rows[at:at + count]):
+                if k < 3 and bool(lc.weights[b, k] > 0):
+                    atlas, _, frag = ref.partition("#")
+                    assert frag == f"xywh={k * w},{tops[li]},{w},{h}"
+                    with Image.open(tmp_path / atlas) as im:
+                        assert im.mode == "L" and im.size == (3 * 7, 16)
+                        region = np.asarray(im.crop((k * w, tops[li], k * w + w, tops[li] + h)))
+                    assert np.array_equal(region, lc.maps[b, k].numpy())
+                    seen += 1
+                else:
+                    assert ref is None
+            at += count
+        assert at == len(rows)
+    assert seen == sum(int(h["has_map"].sum()) for h in host["layers"]) and seen > 3

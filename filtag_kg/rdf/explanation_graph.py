@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cluster_atlas import split_map_ref
 from . import terms as T
 from .errors import ExplanationFileError
 from .mint import segment
@@ -123,6 +124,7 @@ _MEMBER = _p(FK.memberFilter)
 _CLUSTER_CONCEPT = _p(FK.clusterConcept)
 _LABEL_SCORE = _p(FK.clusterLabelScore)
 _FILE_PATH = _p(FK.filePath)
+_MAP_REGION = _p(FK.mapRegion)
 _FORMAT = _p(DCTERMS.format)
 _PNG = T.string("image/png")
 
@@ -265,7 +267,14 @@ class ExplanationEncoder:
             C fk:hasCluster K … .
             K a fk:FeatureMapCluster ; fk:clusterLayer L ; fk:rank 1 ; fk:clusterWeight 0.41 ;
               fk:memberCount 3 ; fk:memberFilter F3, F7, F12 ; [fk:clusterMap M] .
-            M a fk:ClusterMap ; fk:filePath "clusters/maps/…png" ; dcterms:format "image/png" .
+            M a fk:ClusterMap ; fk:filePath "clusters/maps/…/clean.png" ; dcterms:format "image/png" ;
+              fk:mapRegion "xywh=0,56,28,28" .
+
+        ``M = R/file/{atlas path}#xywh=x,y,w,h``: the cluster's region of the image variant's map
+        atlas (one PNG holds all its clusters' maps), a Media Fragments IRI, so each cluster has
+        its own map node and dereferencing it gets the atlas file. A map stored without a
+        region (runs before the atlas: one file per map) is ``R/file/{path}``, without
+        ``fk:mapRegion``.
 
         The record is the first of its variant (in file order); members, weight, rank and map are
         the same in every record of a variant (docs/cluster-method.md: they are computed once per
@@ -352,11 +361,15 @@ class ExplanationEncoder:
                     add(f"{k} {_MEMBER} {self._filter(layer, f)}{end}")
                 path = row.get("map")
                 if path:
-                    m = f"<{mint.run_file(ctx.run_iri, str(path))}>"
+                    file, region = split_map_ref(str(path))
+                    m = mint.run_file(ctx.run_iri, file)
+                    m = f"<{m}#{region.fragment}>" if region is not None else f"<{m}>"
                     add(f"{k} {_CLUSTER_MAP} {m}{end}")
                     add(f"{m} {_A} {_C_CLUSTER_MAP}{end}")
                     add(f"{m} {_FORMAT} {_PNG}{end}")
-                    add(f"{m} {_FILE_PATH} {T.string(str(path))}{end}")
+                    add(f"{m} {_FILE_PATH} {T.string(file)}{end}")
+                    if region is not None:
+                        add(f"{m} {_MAP_REGION} {T.string(region.fragment)}{end}")
         unique = sorted(set(lines))
         return c_iri, "".join(unique), len(unique)
 

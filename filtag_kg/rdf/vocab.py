@@ -43,7 +43,7 @@ ONTOLOGY_IRI = "https://w3id.org/filtag-kg/ontology"
 #: Namespace of every term of :class:`FK`.
 FK_NAMESPACE = ONTOLOGY_IRI + "#"
 #: Version of ``ontology/filtag.ttl``; its ``owl:versionIRI`` ends with it.
-ONTOLOGY_VERSION = "0.3.0"
+ONTOLOGY_VERSION = "0.4.0"
 ONTOLOGY_VERSION_IRI = f"{ONTOLOGY_IRI}/{ONTOLOGY_VERSION}"
 
 #: ML-Schema (W3C ML Schema Community Group).
@@ -262,7 +262,7 @@ class FK(DefinedNamespace):
     # -- feature-map clusters (explain --clusters; docs/cluster-method.md) ---------
     FeatureMapCluster: URIRef  # Similar feature maps of one layer for one image, merged and weighted.
     ClusterLabel: URIRef  # A qualified label of a feature-map cluster: one concept with its score.
-    ClusterMap: URIRef  # The saliency map file (PNG in the run folder) of a feature-map cluster.
+    ClusterMap: URIRef  # A cluster's saliency map: a PNG of the run folder, or a region of one.
     ClusterAggregate: URIRef  # Global explanation: a class's cluster concepts at one layer under one setting.
     AggregateConcept: URIRef  # One concept of a cluster aggregate, with its count and weight.
     hasCluster: URIRef  # A feature-map cluster of the classified image (variant).
@@ -272,6 +272,7 @@ class FK(DefinedNamespace):
     memberCount: URIRef  # How many filters a cluster has.
     clusterMap: URIRef  # The saliency map file of a cluster.
     filePath: URIRef  # A file's path relative to the run folder.
+    mapRegion: URIRef  # The rectangle of the PNG ("xywh=x,y,w,h", pixels) that holds a cluster map.
     hasClusterLabel: URIRef  # A label, under the explanation's setting, of one of its image's clusters.
     labelledCluster: URIRef  # The feature-map cluster a cluster label is about.
     clusterConcept: URIRef  # The concept a cluster label names.

@@ -2,9 +2,11 @@
 
 On each explanation page, a section shows the image's layers from the input side down, each
 with its strongest clusters (by the rank the pass gave them, weight first): the cluster's
-saliency map (``RUN/clusters/maps/…png``, named by the record) drawn over the image like the
-filters' heatmaps, captioned with its weight, its member filters and its top concepts (linked
-to their concept pages). Without a readable image the grey map itself is copied into the site.
+saliency map (its region ``#xywh=x,y,w,h`` of the image variant's atlas
+``RUN/clusters/maps/…png``, named by the record; a record of a run before the atlas names a
+whole file) drawn over the image like the filters' heatmaps, captioned with its weight, its
+member filters and its top concepts (linked to their concept pages). Without a readable image
+the grey map itself is saved into the site.
 
 Per predicted class, ``clusters/{class}.html`` lists, for each tagging setting and layer, the
 concepts that label the top clusters of the class's images (``RUN/clusters.json``): in how many
@@ -14,12 +16,12 @@ concept page links to its page.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cluster_atlas import Region, load_map, split_map_ref
 from ..rdf.tag_graph import param_text
 from ..sentences import setting_key
 from .context import SiteContext, facts_list
@@ -57,19 +59,22 @@ class ClusterPages(SiteContext):
         strong = [r for r in rows if float(r.get("weight") or 0) > 0]
         return sorted(strong, key=lambda r: int(r["rank"]))[:CLUSTERS_SHOWN]
 
-    def _map_path(self, rel: Any) -> Path | None:
-        """A map file of the run folder named by a record, or ``None`` (missing, or outside the folder)."""
+    def _map_path(self, rel: Any) -> tuple[Path, Region | None] | None:
+        """The map file of the run folder a record names and the map's region of it (``None``:
+        the whole file), or ``None`` (missing, or outside the folder)."""
         if not rel or not isinstance(rel, str):
             return None
+        file, region = split_map_ref(rel)
         run = Path(self.view.run_dir).resolve()
-        path = (run / rel).resolve()
-        return path if run in path.parents and path.is_file() else None
+        path = (run / file).resolve()
+        return (path, region) if run in path.parents and path.is_file() else None
 
     def cluster_files(
         self, group: list[dict[str, Any]], key: str, thumb: Any
     ) -> dict[tuple[int, int | str], str]:
         """Draw the strongest clusters' maps of an image's page: over the image when ``thumb``
-        (the page's thumbnail of its preprocessed view) is given, else the grey maps copied.
+        (the page's thumbnail of its preprocessed view) is given, else the grey maps saved
+        (each cut from its atlas).
         Returns ``(-2, "layer\\0rank")`` ->
         site path, the keys :meth:`cluster_section` looks up."""
         rec = self.cluster_record(group)
@@ -85,15 +90,14 @@ class ClusterPages(SiteContext):
                     continue
                 stem = f"maps/c/{key}/{file_key(layer)}-{int(row['rank'])}"
                 try:
+                    grey = load_map(*src)
                     if thumb is not None:
-                        with Image.open(src) as im:
-                            heat = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
                         rel = stem + ".jpg"
-                        save_jpeg(overlay(thumb, heat), self.out / rel)
+                        save_jpeg(overlay(thumb, grey.astype(np.float32) / 255.0), self.out / rel)
                     else:
                         rel = stem + ".png"
                         (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(src, self.out / rel)
+                        Image.fromarray(grey, mode="L").save(self.out / rel, format="PNG")
                 except (OSError, UnidentifiedImageError, ValueError) as exc:
                     self.notes.append(f"cluster map {row.get('map')} not drawn: {type(exc).__name__}: {exc}")
                     continue
