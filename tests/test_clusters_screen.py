@@ -168,3 +168,35 @@ def test_reduced_precision_matmuls_turn_the_screen_off(setting: str, monkeypatch
         assert torch.equal(getattr(got, field), getattr(reference, field)), field
     assert torch.get_float32_matmul_precision() == "highest"
     assert bool(cluster_layer(acts, grads, 0.5, 2).count.sum()) and used == [True]  # the screen is back
+
+
+def test_a_batch_labelled_in_one_go_equals_layer_by_layer() -> None:
+    """cluster_batch labels all layers of a batch in one go (layers side by side): the
+    classes and scores equal those of cluster_concepts layer by layer, bit for bit, for
+    sparse and dense tags, ties included; a tag matrix changed in place is read again."""
+    from filtag_kg.clusters import batch_concepts, cluster_concepts
+
+    gen = torch.Generator().manual_seed(11)
+    layers, incidences = [], []
+    for width, side, tags in ((6, 3, 1), (40, 2, 3), (17, 4, 1), (25, 1, 8)):
+        acts = torch.relu(torch.randn(3, width, side, side, generator=gen))
+        acts[:, :2] = 0
+        grads = torch.round(torch.randn(3, width, side, side, generator=gen) * 2) / 2
+        layers.append(cluster_layer(acts, grads, 0.4, 2))
+        inc = torch.zeros(width, 9, dtype=torch.float64)
+        for f in range(width):
+            inc[f, torch.randperm(9, generator=gen)[:tags]] = 1.0
+        incidences.append(inc)
+    values = torch.round(torch.rand(3, sum(lc.rank_of.shape[1] for lc in layers), generator=gen) * 4) / 4
+    for _ in range(2):
+        together = batch_concepts(layers, values, incidences)
+        at = 0
+        for lc, inc, (classes, scores) in zip(layers, incidences, together):
+            width = lc.rank_of.shape[1]
+            c1, s1 = cluster_concepts(lc, values[:, at:at + width], inc)
+            assert torch.equal(classes, c1) and torch.equal(scores, s1)
+            at += width
+        assert any(bool((s[..., 0] > 0).any()) for _, s in together)
+        incidences[1][:, :] = 0  # changed in place: the cached pairs must not be used
+        incidences[1][:, 4] = 1.0
+    assert all(bool((c[..., 0] == 4)[s[..., 0] > 0].all()) for c, s in [together[1]])
