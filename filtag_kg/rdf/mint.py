@@ -40,7 +40,8 @@ Layout under the base ``B`` (``{…}`` = one encoded segment)::
         E/active/{layer}/{filter}  E/vote/{class}  E/last-layer-vote/{class}
         C/cluster/{layer}/{rank}  E/cluster/{layer}/{rank}/label/{class}   feature-map clusters (once per
                                                   image variant) and their labels (per explanation)
-      R/file/{path}/{in}/{run folder}             a file of the run folder (a cluster's map PNG)
+      R/file/{path}/{in}/{run folder}             a file of the run folder (a cluster map atlas; each
+                                                  cluster's map is a region: R/file/{path}#xywh=x,y,w,h)
       R/kg/clusters                               the graph of the class-level cluster aggregates
       R/cluster-aggregate/{setting}/{class}/{layer}   (A)
         A/concept/{class}
