@@ -6,7 +6,7 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +135,31 @@ def sigint_in_bookkeeping(monkeypatch: pytest.MonkeyPatch, at: int) -> Iterator[
         yield
     finally:
         monkeypatch.setattr(RoundSampler, "done_after", original)
+
+
+def kill_when_done(
+    cmd: list[str], env: dict[str, str], done: Callable[[], int], at: int, timeout: float = 60.0
+) -> None:
+    """Run ``cmd`` and SIGKILL it (no chance to clean up, as a crash or OOM kill gives)
+    once ``done()`` (the pass's count of finished images, read from its checkpoint) reaches
+    ``at``, or after ``timeout`` seconds."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and done() < at:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def state_done(path: Path) -> int:
+    """Images a JSON pass state (``explanations.state``) counts as done; 0 before it exists."""
+    import json
+
+    try:
+        return int(json.loads(path.read_text())["done"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0

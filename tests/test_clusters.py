@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLASSES, cli_env, write_images
+from conftest import CLASSES, cli_env, kill_when_done, state_done, write_images
 from test_profile import PRE
 from tiny_models import build_tiny
 
@@ -309,15 +307,7 @@ def test_resume_after_kill_gives_the_same_clusters(tiny_run: tuple[Path, Path], 
     prof["model"]["spec"] = "tiny_models:build_slow"
     (run / "profile.json").write_text(json.dumps(prof))
     env["TINY_SLEEP"] = "0.4"
-    proc = subprocess.Popen([*cmd, "--restart"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if (run / STATE).exists() and json.loads((run / STATE).read_text())["done"] >= 4:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_when_done([*cmd, "--restart"], env, lambda: state_done(run / STATE), 4)
     assert (run / STATE).exists() and not (run / "clusters.json").exists()
     # other clustering options are a different pass
     res = subprocess.run([*cmd[:-1], "3", "--resume"], env={**env, "TINY_SLEEP": "0"}, capture_output=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, cli_env, sigint_in_bookkeeping, write_images
+from conftest import CLASSES, cli_env, kill_when_done, sigint_in_bookkeeping, state_done, write_images
 from test_profile import PRE
 from tiny_models import build_tiny
 
@@ -233,16 +233,7 @@ def test_explain_resume_after_sigkill(tiny_run: tuple[Path, Path], tmp_path: Pat
     prof["model"]["spec"] = "tiny_models:build_slow"
     (run / "profile.json").write_text(json.dumps(prof))
     env["TINY_SLEEP"] = "0.4"
-    proc = subprocess.Popen(
-        [*cmd, "--restart"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if (run / STATE).exists() and json.loads((run / STATE).read_text())["done"] >= 6:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_when_done([*cmd, "--restart"], env, lambda: state_done(run / STATE), 6)
     assert (run / STATE).exists()
     env["TINY_SLEEP"] = "0"
     res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
