@@ -279,9 +279,8 @@ def cluster_cost_by_width(
         host = to_host({"layers": clustered, "concepts": []})
         n = inputs[0][0].shape[0] if inputs else 1
         runs = iter(range(repeats))
-        names = [str(li) for li in range(len(inputs))]
-        maps = best(lambda: write_maps(Path(tmp) / f"maps-{next(runs)}", host, names, list(range(n)),
-                                       [None] * n, None))
+        maps = best(lambda: write_maps(Path(tmp) / f"maps-{next(runs)}", host, list(range(n)), [None] * n,
+                                       None))
     return rows, 1000 * maps / n
 
 

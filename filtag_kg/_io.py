@@ -20,7 +20,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,23 +71,13 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
         The files removed.
     """
     path = Path(path)
-    return _remove_stale(path.parent, re.escape(f".{path.name}."))
-
-
-def remove_stale_temps_in(folder: str | os.PathLike[str]) -> list[Path]:
-    """:func:`remove_stale_temps` for the temporary files of every target in ``folder``
-    (one scan of the folder for a writer of many files in it)."""
-    return _remove_stale(Path(folder), r"\..+\.")
-
-
-def _remove_stale(folder: Path, target: str) -> list[Path]:
     pattern = re.compile(
-        target + re.escape(f"{TEMP_MARK}.") + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^/]*$"
+        re.escape(f".{path.name}.{TEMP_MARK}.") + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^/]*$"
     )
     removed: list[Path] = []
     host, now = _host(), time.time()
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(path.parent))
     except OSError:
         return removed
     for e in entries:
@@ -216,53 +206,6 @@ def atomic_open(
         if disk_full(exc):
             raise write_error(path, exc) from None  # type: ignore[arg-type]
         raise
-
-
-def write_many(files: Iterable[tuple[str | os.PathLike[str], bytes]]) -> None:
-    """Write many small files, each as :func:`atomic_open` with ``durable=False`` does (a
-    temporary file renamed into place, the umask's mode, no fsync: the caller makes them
-    durable together with :func:`sync_filesystem` before anything names them).
-
-    Each folder is created and rid of killed writers' temporary files once per call, and
-    the umask is read once, where :func:`atomic_open` does both for every file: a pass
-    writing 159 cluster maps per image into one folder per image scanned that folder
-    159 times (its cost grew with the folder).
-
-    Raises:
-        OutputError: a folder cannot be written, or the disk is full (no partial file is
-            left in the target's place).
-    """
-    mode = 0o666 & ~current_umask()
-    tail = f".{TEMP_MARK}.{_host()}.{os.getpid()}."
-    ready: set[Path] = set()
-    for target, data in files:
-        path = Path(target)
-        if path.parent not in ready:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-            remove_stale_temps_in(path.parent)
-            ready.add(path.parent)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{tail}", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise write_error(path, exc) from None
-            raise
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

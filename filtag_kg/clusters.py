@@ -576,25 +576,6 @@ def map_path(sha256: str | None, index: int, perturbation: dict[str, Any] | None
     return f"{MAPS_DIR}/{image}/{variant_name(perturbation, index)}.png"
 
 
-def map_png(pixels: Any) -> bytes:
-    """An 8-bit grey map or atlas (``[H, W]`` uint8) as PNG bytes (no ``optimize``: its
-    search costs more than the bytes it saves are worth here)."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_map(run: Path, rel: str, pixels: Any) -> None:
-    """Write one grey image (a map or an atlas) as :func:`write_maps` does."""
-    from ._io import write_many
-
-    write_many([(run / rel, map_png(pixels))])
-
-
 def sync_maps(run: Path) -> None:
     """Make the maps written so far durable: one flush of the run folder's file system."""
     from ._io import sync_filesystem
@@ -673,26 +654,30 @@ def atlases(host: dict[str, Any]) -> dict[int, np.ndarray]:
 
 
 def write_maps(
-    run: Path, host: dict[str, Any], names: Sequence[str], indices: Sequence[int],
-    sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
+    run: Path, host: dict[str, Any], indices: Sequence[int], sha256: Sequence[str | None],
+    perturbation: dict[str, Any] | None,
 ) -> None:
     """Write the map atlases of one input variant of a batch, one PNG per image (its maps
     of every layer; none for an image without a map), each atomically (no half file after
     a crash) and without an fsync per file: the pass calls :func:`sync_maps` once before
-    its state names the rows that refer to them. ``names`` is unused (the layout is by
-    layer position) and kept for the callers."""
-    from ._io import write_many
+    its state names the rows that refer to them."""
+    from PIL import Image
 
-    write_many((run / map_path(sha256[b], indices[b], perturbation), map_png(atlas))
-               for b, atlas in atlases(host).items())
+    from ._io import write_png
+
+    for b, atlas in atlases(host).items():
+        write_png(run / map_path(sha256[b], indices[b], perturbation), Image.fromarray(atlas, mode="L"),
+                  durable=False)
 
 
-def cluster_columns(
-    host: dict[str, Any], setting: int, names: Sequence[str], indices: Sequence[int],
-    sha256: Sequence[str | None], perturbation: dict[str, Any] | None,
-) -> dict[str, tuple[np.ndarray, Any]]:
-    """The stored columns of one input variant and setting of a batch: per column,
-    ``(row offsets [B + 1], flat values)`` (see :mod:`filtag_kg.explanations_io`)."""
+def variant_columns(
+    host: dict[str, Any], indices: Sequence[int], sha256: Sequence[str | None],
+    perturbation: dict[str, Any] | None,
+) -> tuple[dict[str, tuple[np.ndarray, Any]], np.ndarray]:
+    """The stored columns of one input variant of a batch that are the same under every
+    setting (layers, clusters, weights, members, maps), and the [B, sum F] mask of the
+    rank slots that hold a cluster: made once per variant, :func:`cluster_columns` adds
+    each setting's labels."""
     layers = host["layers"]
     n = len(indices)
     counts = np.stack([h["count"] for h in layers], axis=1).astype(np.int64)  # [B, L]
@@ -701,33 +686,47 @@ def cluster_columns(
     sizes = np.concatenate([h["sizes"] for h in layers], axis=1)
     weights = np.concatenate([h["weights"] for h in layers], axis=1)
     members = np.concatenate([h["members"] for h in layers], axis=1)
-    classes = np.concatenate([c for c, _ in host["concepts"][setting]], axis=1)
-    scores = np.concatenate([s for _, s in host["concepts"][setting]], axis=1)
-    labelled = valid[:, :, None] & (scores > 0)
-
-    def offsets(per_row: np.ndarray) -> np.ndarray:
-        out = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(per_row, out=out[1:])
-        return out
-
-    c_off = offsets(valid.sum(axis=1))
+    c_off = _offsets(valid.sum(axis=1))
     paths: list[str | None] = [None] * int(c_off[-1])
     first_slot = np.concatenate([[0], np.cumsum([h["sizes"].shape[1] for h in layers])[:-1]])
     flat_pos = np.cumsum(valid.reshape(-1)).reshape(valid.shape) - 1  # slot -> position among clusters
     regions = host_layout(host)[2]
+    files = {b: map_path(sha256[b], indices[b], perturbation) for b in range(n)}
     for b, li, k in _map_slots(host):
-        paths[int(flat_pos[b, first_slot[li] + k])] = map_ref(map_path(sha256[b], indices[b], perturbation),
-                                                              regions[li][k])
+        paths[int(flat_pos[b, first_slot[li] + k])] = map_ref(files[b], regions[li][k])
     return {
         "cluster_layer": (np.arange(n + 1, dtype=np.int64) * len(layers), counts.reshape(-1)),
         "cluster_size": (c_off, sizes[valid]),
         "cluster_filter": (np.arange(n + 1, dtype=np.int64) * members.shape[1], members.reshape(-1)),
         "cluster_weight": (c_off, weights[valid]),
         "cluster_map": (c_off, paths),
-        "cluster_concepts": (c_off, labelled.sum(axis=2)[valid]),
-        "cluster_concept": (offsets(labelled.sum(axis=(1, 2))), classes[labelled]),
-        "cluster_score": (offsets(labelled.sum(axis=(1, 2))), scores[labelled]),
+    }, valid
+
+
+def cluster_columns(
+    host: dict[str, Any], setting: int, variant: tuple[dict[str, tuple[np.ndarray, Any]], np.ndarray]
+) -> dict[str, tuple[np.ndarray, Any]]:
+    """The stored columns of one input variant and setting of a batch: per column,
+    ``(row offsets [B + 1], flat values)`` (see :mod:`filtag_kg.explanations_io`);
+    ``variant``: the variant's :func:`variant_columns`."""
+    columns, valid = variant
+    classes = np.concatenate([c for c, _ in host["concepts"][setting]], axis=1)
+    scores = np.concatenate([s for _, s in host["concepts"][setting]], axis=1)
+    labelled = valid[:, :, None] & (scores > 0)
+    l_off = _offsets(labelled.sum(axis=(1, 2)))
+    return {
+        **columns,
+        "cluster_concepts": (columns["cluster_size"][0], labelled.sum(axis=2)[valid]),
+        "cluster_concept": (l_off, classes[labelled]),
+        "cluster_score": (l_off, scores[labelled]),
     }
+
+
+def _offsets(per_row: np.ndarray) -> np.ndarray:
+    """Row offsets [B + 1] of rows holding ``per_row`` values each."""
+    out = np.zeros(len(per_row) + 1, dtype=np.int64)
+    np.cumsum(per_row, out=out[1:])
+    return out
 
 
 def _setting(rec: dict[str, Any]) -> tuple[str, Any]:
@@ -812,13 +811,13 @@ __all__ = [
     "aggregate_records",
     "atlases",
     "class_aggregates",
+    "cluster_columns",
     "cluster_concepts",
     "cluster_layer",
     "map_path",
-    "map_png",
     "sync_maps",
     "unit_maps",
+    "variant_columns",
     "variant_name",
-    "write_map",
     "write_maps",
 ]

@@ -1165,7 +1165,7 @@ def explain_dataset(
 
                 host = [to_host(c) for c in clustered_results]
                 for r, h in zip(results, host):
-                    write_maps(run, h, names, info["indices"], info["sha256"], r[0])
+                    write_maps(run, h, info["indices"], info["sha256"], r[0])
             rows = encode_batch(info, results, settings, index.incidence, names,
                                 weighting=opts.weighting, value_type=open_sink().value_type, widths=widths,
                                 clusters=host, value_bits=opts.value_bits)
@@ -1338,11 +1338,11 @@ def encode_batch(
         value_type: ``"float32"`` (Parquet) or ``"float64"`` (JSON Lines).
         widths: the layers' widths when values come as one tensor.
         clusters: ``explain --clusters``: per input variant, the host arrays of
-            :func:`filtag_kg.clusters.to_host`; the map paths need ``names``.
+            :func:`filtag_kg.clusters.to_host`.
         value_bits: values rounded to multiples of 2^-``value_bits`` (see :class:`ExplainOptions`).
     """
     return encode_explained(info, explain_results(results, settings, incidence, names, widths=widths),
-                            weighting=weighting, value_type=value_type, clusters=clusters, names=names,
+                            weighting=weighting, value_type=value_type, clusters=clusters,
                             value_bits=value_bits)
 
 
@@ -1372,21 +1372,24 @@ def explain_results(
 
 def encode_explained(
     info: dict[str, Any], explained: Sequence[tuple[Any, ...]], *, weighting: str | None, value_type: str,
-    clusters: Sequence[dict[str, Any]] | None = None, names: Sequence[str] = (),
+    clusters: Sequence[dict[str, Any]] | None = None,
     value_bits: int | None = None,
 ) -> Any:
     """The second half of :func:`encode_batch` (all the host does when a GPU explains):
     the rows of :func:`explain_results`' output as one record batch in file order
     (``explained`` holds every setting of the first variant, then of the next, ...)."""
-    from .clusters import cluster_columns
+    from .clusters import cluster_columns, variant_columns
 
     per_variant = len(explained) // len(clusters) if clusters else 0
+    shared: dict[int, Any] = {}  # per variant, its columns that no setting changes
     blocks = []
     for i, (pert, probs, top, s, ex) in enumerate(explained):
         cols = None
         if clusters:
-            cols = cluster_columns(clusters[i // per_variant], i % per_variant, names, info["indices"],
-                                   info["sha256"], pert)
+            v = i // per_variant
+            if v not in shared:
+                shared[v] = variant_columns(clusters[v], info["indices"], info["sha256"], pert)
+            cols = cluster_columns(clusters[v], i % per_variant, shared[v])
         blocks.append(encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
                                   explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
                                   clusters=cols, value_bits=value_bits))

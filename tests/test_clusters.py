@@ -476,7 +476,7 @@ def test_a_batch_writes_one_map_file_per_image_variant(
 
     from PIL import Image
 
-    from filtag_kg.clusters import cluster_batch, cluster_columns, to_host, write_maps
+    from filtag_kg.clusters import cluster_batch, cluster_columns, to_host, variant_columns, write_maps
 
     gen = torch.Generator().manual_seed(5)
     shapes = [(6, 5, 7), (4, 9, 3), (2, 2, 2)]  # (filters, H, W); the third has fewer filters than slots
@@ -492,13 +492,13 @@ def test_a_batch_writes_one_map_file_per_image_variant(
     real_mkstemp = tempfile.mkstemp
     monkeypatch.setattr(tempfile, "mkstemp",
                         lambda *a, **k: made.append(k.get("prefix", "")) or real_mkstemp(*a, **k))
-    names, indices, sha = ["a", "b", "c"], [10, 11, 12], ["s0", None, "s2"]
-    write_maps(tmp_path, host, names, indices, sha, {"kind": "blur", "param": 2.0})
+    indices, sha = [10, 11, 12], ["s0", None, "s2"]
+    write_maps(tmp_path, host, indices, sha, {"kind": "blur", "param": 2.0})
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == ["clusters/maps/index-11/blur-2.0.png", "clusters/maps/s0/blur-2.0.png"]
     assert len(made) == 2  # one file created per image variant with maps
     blur = {"kind": "blur", "param": 2.0}
-    col_off, paths = cluster_columns(host, 0, names, indices, sha, blur)["cluster_map"]
+    col_off, paths = cluster_columns(host, 0, variant_columns(host, indices, sha, blur))["cluster_map"]
     tops = [0, 5, 14]  # rows of the layers: heights 5, 9, 2
     seen = 0
     for b in range(3):

@@ -119,59 +119,6 @@ def test_sync_filesystem_reports_a_write_back_error(tmp_path: Path, monkeypatch:
         sync_filesystem(tmp_path)
 
 
-def test_write_many_writes_atomically_with_the_umask_and_cleans_each_folder_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The bulk writer of the cluster maps: every file complete with the umask's mode, the
-    temps of killed writers of any target in a folder removed (a live writer's kept), and
-    each folder scanned once per call, not once per file (159 scans of a growing folder per
-    image made the maps cost more than the clustering)."""
-    host = _io._host()
-    a, b = tmp_path / "img1" / "clean", tmp_path / "img2" / "clean"
-    a.mkdir(parents=True)
-    dead = a / f".l1-1.png.{_io.TEMP_MARK}.{host}.{_dead_pid()}.abc.tmp"
-    live = a / f".l1-2.png.{_io.TEMP_MARK}.{host}.{os.getppid()}.def.tmp"
-    for p in (dead, live):
-        p.write_bytes(b"partial")
-    scans: list[Path] = []
-    real_scandir = os.scandir
-
-    def counted(path: os.PathLike[str] | str) -> object:
-        scans.append(Path(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counted)
-    old = os.umask(0o027)
-    try:
-        _io.write_many([(a / f"l{i}-1.png", bytes([i]) * 10) for i in range(5)]
-                       + [(b / f"l{i}-1.png", bytes([i]) * 3) for i in range(5)])
-    finally:
-        os.umask(old)
-    assert sorted(scans) == [a, b]
-    assert {p.name for p in a.iterdir()} == {live.name} | {f"l{i}-1.png" for i in range(5)}
-    assert {p.name for p in b.iterdir()} == {f"l{i}-1.png" for i in range(5)}
-    assert (b / "l4-1.png").read_bytes() == b"\x04" * 3
-    assert {_mode(p) for p in b.iterdir()} == {0o666 & ~0o027}
-
-
-def test_write_many_disk_full_is_one_error_and_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "m" / "l-1.png"
-    _io.write_many([(target, b"old")])
-
-    def full(fd: int, data: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(OutputError, match="no space left") as info:
-        _io.write_many([(target, b"new")])
-    monkeypatch.undo()
-    assert "\n" not in str(info.value) and str(target) in str(info.value)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in target.parent.iterdir()] == ["l-1.png"]  # no temp left
-
-
 def test_cluster_maps_of_a_batch_scan_each_image_folder_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,11 +134,10 @@ def test_cluster_maps_of_a_batch_scan_each_image_folder_once(
     sides = (2, 4, 7, 9)
     layers = [{"maps": rng.integers(0, 256, (2, 3, s, s), dtype=np.uint8), "has_map": np.ones((2, 3), bool),
                "slots": 3, "size": (s, s)} for s in sides]
-    names = ["a", "b", "c", "d"]
     scans: list[Path] = []
     real_scandir = os.scandir
     monkeypatch.setattr(os, "scandir", lambda p: scans.append(Path(p)) or real_scandir(p))
-    write_maps(tmp_path, {"layers": layers}, names, [0, 1], ["s0", "s1"], None)
+    write_maps(tmp_path, {"layers": layers}, [0, 1], ["s0", "s1"], None)
     assert len(scans) == 2 and len(set(scans)) == 2
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 2  # one atlas per image
     for b in range(2):
