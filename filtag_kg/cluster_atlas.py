@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Region", "atlas_layout", "load_map", "map_ref", "split_map_ref"]
+__all__ = ["Region", "atlas_layout", "cut_map", "load_grey", "load_map", "map_ref", "split_map_ref"]
 
 #: the fragment of a map reference: a spatial media fragment in pixels, as the shapes check it
 _FRAGMENT = re.compile(r"xywh=([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
@@ -86,14 +86,28 @@ def load_map(file: str | os.PathLike[str], region: Region | None = None) -> Any:
         OSError, PIL.UnidentifiedImageError: the file cannot be read as an image.
         ValueError: the region is empty or reaches outside the image.
     """
+    return cut_map(load_grey(file), region, file)
+
+
+def load_grey(file: str | os.PathLike[str]) -> Any:
+    """An image file as a ``[H, W]`` uint8 grey array (an atlas, decoded once for all of
+    its maps)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(file) as im:
-        if region is not None:
-            inside = region.x + region.w <= im.width and region.y + region.h <= im.height
-            if region.w <= 0 or region.h <= 0 or not inside:
-                raise ValueError(f"region {region.fragment} is not inside the {im.width}x{im.height} "
-                                 f"image {file}")
-            im = im.crop(region.box)
         return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def cut_map(grey: Any, region: Region | None, file: str | os.PathLike[str] = "the atlas") -> Any:
+    """``region`` of a decoded atlas (``None``: all of it).
+
+    Raises:
+        ValueError: the region is empty or reaches outside the image (``file`` names it).
+    """
+    if region is None:
+        return grey
+    height, width = grey.shape
+    if region.w <= 0 or region.h <= 0 or region.x + region.w > width or region.y + region.h > height:
+        raise ValueError(f"region {region.fragment} is not inside the {width}x{height} image {file}")
+    return grey[region.y:region.y + region.h, region.x:region.x + region.w]

@@ -510,15 +510,15 @@ class ExplanationEncoder:
 
         # feature-map clusters (explain --clusters): their labels under E's setting; the clusters
         # themselves are in the classification graph C
+        c_iri = mint.classification(ctx.run_iri, index, pert)
         clusters = rec.get("clusters")
         if clusters:
-            n += self._cluster_labels(e_iri, index, pert, clusters, cut, end, blocks, links)
+            n += self._cluster_labels(e_iri, c_iri, clusters, cut, end, blocks, links)
 
         # the explanation node E (key ">"), predicates in E_PREDICATE_ORDER; E's links follow
         # the sorted subject keys, whose groups ("/active/" < "/cluster/" < "/last-layer-vote/" <
         # "/model-prediction/" < "/vote/") are in the order of their predicates
         keys = sorted(blocks)
-        c_iri = mint.classification(ctx.run_iri, index, pert)
         out = [
             f"{e} {_A} {_C_LOCAL}{end}{e} {_A} {_C_EXPL}{end}{e} {_GENERATED} {self._x}{end}"
             f"{e} {_CLASSIFICATION} <{c_iri}>{end}"
@@ -551,11 +551,12 @@ class ExplanationEncoder:
         return got
 
     def _cluster_labels(
-        self, e_iri: str, index: Any, pert: dict[str, Any] | None, clusters: dict[str, Any], cut: int,
+        self, e_iri: str, c_iri: str, clusters: dict[str, Any], cut: int,
         end: str, blocks: dict[str, str], links: dict[str, tuple[str, str]],
     ) -> int:
         """Add the labels of a record's ``"clusters"`` to ``blocks`` and ``links``; returns how many
-        lines were added. The clusters ``K = C/cluster/{layer}/{rank}`` are stated once per image
+        lines were added (``c_iri``: the record's classification ``C``). The clusters
+        ``K = C/cluster/{layer}/{rank}`` are stated once per image
         variant, in its classification graph (:meth:`classify`); only their labels depend on the
         setting. Per label ``N = E/cluster/{layer}/{rank}/label/{class}``::
 
@@ -569,7 +570,7 @@ class ExplanationEncoder:
         ctx, mint = self.ctx, self.mint
         concepts, concept = ctx.concepts, ctx.concept
         e_prefix = mint.cluster_prefix(e_iri)
-        c_prefix = mint.cluster_prefix(mint.classification(ctx.run_iri, index, pert))
+        c_prefix = mint.cluster_prefix(c_iri)
         n = 0
         for layer, by_rank in cluster_rows(clusters).items():
             seg = mint.layer_segment(layer)

@@ -381,12 +381,6 @@ class Minter:
         """``C/cluster/`` (or ``E/cluster/`` for labels), to which ``{layer segment}/{rank}`` is appended."""
         return f"{graph_iri}/cluster/"
 
-    def cluster_label(self, explanation_iri: str, layer: str, rank: int, class_id: str) -> str:
-        """``E/cluster/{layer}/{rank}/label/{class}``: a label of the cluster ``C/cluster/{layer}/{rank}``
-        under the explanation ``E``'s setting (labels are the one part that depends on it)."""
-        return (f"{self.cluster_prefix(explanation_iri)}{self.layer_segment(layer)}/{int(rank)}"
-                f"/label/{segment(class_id)}")
-
     @staticmethod
     def run_file(run_iri: str, path: str) -> str:
         """``R/file/{path}``: a file of the run folder, by its path relative to the folder

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster_atlas import Region, load_map, split_map_ref
+from ..cluster_atlas import Region, cut_map, load_grey, split_map_ref
 from ..rdf.tag_graph import param_text
 from ..sentences import setting_key
 from .context import SiteContext, facts_list
@@ -59,13 +59,13 @@ class ClusterPages(SiteContext):
         strong = [r for r in rows if float(r.get("weight") or 0) > 0]
         return sorted(strong, key=lambda r: int(r["rank"]))[:CLUSTERS_SHOWN]
 
-    def _map_path(self, rel: Any) -> tuple[Path, Region | None] | None:
-        """The map file of the run folder a record names and the map's region of it (``None``:
-        the whole file), or ``None`` (missing, or outside the folder)."""
+    @staticmethod
+    def _map_path(run: Path, rel: Any) -> tuple[Path, Region | None] | None:
+        """The map file of the run folder ``run`` (resolved) a record names and the map's
+        region of it (``None``: the whole file), or ``None`` (missing, or outside the folder)."""
         if not rel or not isinstance(rel, str):
             return None
         file, region = split_map_ref(rel)
-        run = Path(self.view.run_dir).resolve()
         path = (run / file).resolve()
         return (path, region) if run in path.parents and path.is_file() else None
 
@@ -83,14 +83,19 @@ class ClusterPages(SiteContext):
         from PIL import Image, UnidentifiedImageError
 
         files: dict[tuple[int, int | str], str] = {}
+        run = Path(self.view.run_dir).resolve()
+        decoded: dict[Path, Any] = {}  # the image variant's atlas, decoded once for all its maps
         for layer in self._layers_of(rec["clusters"]):
             for row in self._shown(rec["clusters"][layer]):
-                src = self._map_path(row.get("map"))
+                src = self._map_path(run, row.get("map"))
                 if src is None:
                     continue
                 stem = f"maps/c/{key}/{file_key(layer)}-{int(row['rank'])}"
                 try:
-                    grey = load_map(*src)
+                    path, region = src
+                    if path not in decoded:
+                        decoded[path] = load_grey(path)
+                    grey = cut_map(decoded[path], region, path)
                     if thumb is not None:
                         rel = stem + ".jpg"
                         save_jpeg(overlay(thumb, grey.astype(np.float32) / 255.0), self.out / rel)
