@@ -55,7 +55,7 @@ def fingerprint_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
     the keys only ``old`` has (an option given only to the interrupted pass, such as
     ``--clusters``, is a difference too)."""
     old = old or {}
-    return [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return [k for k in new if k not in old or old[k] != new[k]] + [k for k in old if k not in new]
 
 
 def check_same_run(

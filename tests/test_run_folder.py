@@ -299,3 +299,14 @@ def test_retagging_without_the_explanations_setting_says_they_are_stale(
     # tagging with both settings keeps the k = 1 explanations valid: no warning
     code, _, err = cli(capsys, "tag", str(run), "--k", "1", "--k", "2", "--quiet")
     assert code == 0 and "stale" not in err and "top-k" not in err, err
+
+
+def test_fingerprint_diff_names_a_key_only_one_side_has_even_when_it_is_none() -> None:
+    """A key only the new pass's fingerprint has is a difference whatever its value (a new
+    option recorded as None once made the refusal read "used a different ; rerun")."""
+    from filtag_kg.runfolder import fingerprint_diff
+
+    assert fingerprint_diff({"a": 1}, {"a": 1, "weighting": None}) == ["weighting"]
+    assert fingerprint_diff({"a": 1, "clusters": None}, {"a": 1}) == ["clusters"]
+    assert fingerprint_diff({"a": 1, "b": None}, {"a": 1, "b": None}) == []
+    assert fingerprint_diff(None, {"a": 1}) == ["a"]
