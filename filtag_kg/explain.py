@@ -884,13 +884,10 @@ def _class_gradients(
 
 
 def _gradcam_weights(
-    outputs: Sequence[torch.Tensor], points: Sequence[Any], logits: torch.Tensor,
-    grads: Sequence[torch.Tensor | None] | None = None,
+    outputs: Sequence[torch.Tensor], points: Sequence[Any], grads: Sequence[torch.Tensor | None]
 ) -> torch.Tensor:
     """[B, sum F] float64 on the device, per layer: relu(spatial mean of d score / d map *
-    spatial mean of the map) (``grads``: :func:`_class_gradients`, when already taken)."""
-    if grads is None:
-        grads = _class_gradients(outputs, logits)
+    spatial mean of the map) (``grads``: :func:`_class_gradients`)."""
     out = []
     for o, g, p in zip(outputs, grads, points):
         act = o.detach() if p.apply is None else p.apply(o.detach())
@@ -1101,7 +1098,6 @@ def explain_dataset(
             )
 
     cluster_inc: list[list[torch.Tensor]] = []  # per setting and layer, on the device
-    unchecked = [True] if reused is not None else []  # the reused points await their check
 
     def forward(
         x: torch.Tensor, probe: FilterProbe
@@ -1113,7 +1109,7 @@ def explain_dataset(
                 values = probe.take_flat()
                 probs, top = _model_top(logits)
                 grads = _class_gradients(probe.outputs, logits.float(), top[:, 0])
-                weights = (_gradcam_weights(probe.outputs, engine.points, logits.float(), grads)
+                weights = (_gradcam_weights(probe.outputs, engine.points, grads)
                            if opts.weighting == "gradcam" else None)
             clustered = None
             if copts is not None:  # one forward and one backward pass serve votes and clusters
@@ -1128,11 +1124,10 @@ def explain_dataset(
                     clustered = cluster_batch(acts, grads, values, cluster_inc, copts)
             probe.outputs = [None] * len(probe.outputs)  # free the maps before the next batch
             return values, probs, top, weights, clustered
-        if unchecked:  # the first batch is the dry run: recorded, with version counters
+        if not sinks:  # reused points, unchecked: the first batch is the dry run, recorded
             with torch.no_grad(), RecordedPass(module) as recorded:
                 logits = module(x)
             _check_points(recorded.points(names, measure=measure), profile, engine.points)
-            unchecked.clear()
             open_sink()
             with torch.inference_mode():
                 values = probe.take_flat()
@@ -1244,7 +1239,7 @@ def explain_dataset(
             sink.close()
         raise
     bar.close()
-    if unchecked:  # no batch of this pass decoded: a dry run checks the points, as before
+    if not sinks:  # no batch of this pass decoded: a dry run checks the reused points, as before
         try:  # (refused where no file of the set decodes, resumed pass or not)
             found = find_measure_points(module, names, first_good_image(imageset, dataset).to(device),
                                         measure=measure)
