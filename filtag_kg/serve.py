@@ -400,12 +400,10 @@ class App:
                 ("Content-Type", f"{mtype}; charset=utf-8"),
                 ("Link", f'<{_header_iri(subject)}>; rel="about"'),
             ]
-            # kept like clients' answers: a page repeated is sent without touching the store
-            # or a worker; identical requests arriving while one renders wait for it (never
-            # 503: a page is not a client's slow query, it is rendered anyway after wait_s)
-            _, body = self.documents.get_or_run(
-                (subject, None, None, ("document", mtype)), lambda: self._document(subject, mtype)
-            )
+            # kept like clients' answers: a page repeated is sent without a worker and with
+            # no store read beyond the existence checks above; identical requests arriving
+            # while one renders wait for it (never 503: a page is rendered anyway after wait_s)
+            _, body = self.documents.get_or_run((subject, mtype), lambda: self._document(subject, mtype))
             return "200 OK", headers, body
         mtype = _negotiate(environ.get("HTTP_ACCEPT", ""), DOC_SUFFIX.values(), "text/html")
         if mtype is None:
@@ -1097,7 +1095,7 @@ class _AnswerCache:
         self.kept: OrderedDict[Any, tuple[tuple[str, Any], int]] = OrderedDict()  # (reply, bytes)
         self.size = 0
         self.running: dict[Any, _Flight] = {}  # the requests being computed, by key
-        self.hits = self.misses = self.shared = 0
+        self.shared = 0  # requests that waited for an identical one
 
     def get_or_run(self, key: Any, run: Callable[[], tuple[str, Any]]) -> tuple[str, Any]:
         """The kept answer for ``key``, else ``run()``'s (kept if it is an answer that fits).
@@ -1114,13 +1112,11 @@ class _AnswerCache:
             got = self.kept.get(key)
             if got is not None:
                 self.kept.move_to_end(key)
-                self.hits += 1
                 return got[0]
             flight = self.running.get(key)
             leader = flight is None
             if leader:  # nobody computes it: this request does
                 flight = self.running[key] = _Flight()
-                self.misses += 1
             else:
                 self.shared += 1
         if not leader:  # an identical request is running: its outcome is this one's too
