@@ -163,3 +163,22 @@ def state_done(path: Path) -> int:
         return int(json.loads(path.read_text())["done"])
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A profiled and tagged run of the tiny model, and held-out images to explain."""
+    from test_profile import PRE
+
+    from filtag_kg.data import image_folder
+    from filtag_kg.models import load_model
+    from filtag_kg.profile import ProfileOptions, profile_dataset
+    from filtag_kg.tagging import TagSetting, write_tags
+
+    data = write_images(tmp_path / "train", per_class=5)
+    held = write_images(tmp_path / "held", per_class=3, seed=11)
+    run = tmp_path / "run"
+    prof = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(data), run,
+                           ProfileOptions(progress=False))
+    write_tags(run, prof, [TagSetting("top-k", 2), TagSetting("above-average")])
+    return run, held

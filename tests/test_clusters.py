@@ -27,23 +27,8 @@ from filtag_kg.clusters import (
 )
 from filtag_kg.data import image_folder, load_rgb
 from filtag_kg.explain import STATE, ExplainOptions, explain_dataset, read_explanations
-from filtag_kg.models import load_model
-from filtag_kg.profile import ProfileOptions, profile_dataset
-from filtag_kg.tagging import TagSetting, write_tags
 
 LAYERS = ["conv1", "conv2", "conv3"]
-
-
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A profiled and tagged run of the tiny model, and held-out images to explain."""
-    data = write_images(tmp_path / "train", per_class=5)
-    held = write_images(tmp_path / "held", per_class=3, seed=11)
-    run = tmp_path / "run"
-    prof = profile_dataset(load_model("tiny_models:build_tiny", preprocess=PRE), image_folder(data), run,
-                           ProfileOptions(progress=False))
-    write_tags(run, prof, [TagSetting("top-k", 2), TagSetting("above-average")])
-    return run, held
 
 
 # ---------------------------------------------------------------- the plain reference

@@ -70,22 +70,6 @@ def per_image_values(model: torch.nn.Module, files: list[Path]) -> list[dict[str
     return out
 
 
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A profiled and tagged run of the tiny model, and held-out images to explain."""
-    data = write_images(tmp_path / "train", per_class=5)
-    held = write_images(tmp_path / "held", per_class=3, seed=11)
-    run = tmp_path / "run"
-    prof = profile_dataset(
-        load_model("tiny_models:build_tiny", preprocess=PRE),
-        image_folder(data),
-        run,
-        ProfileOptions(progress=False),
-    )
-    write_tags(run, prof, [TagSetting("top-k", 2), TagSetting("above-average")])
-    return run, held
-
-
 @pytest.mark.parametrize("jsonl", [False, True], ids=["parquet", "jsonl"])
 def test_explanations_match_reference(tiny_run: tuple[Path, Path], jsonl: bool) -> None:
     run, held = tiny_run
@@ -754,9 +738,7 @@ def test_a_set_of_undecodable_files_is_refused(module_act_run: tuple[Path, Path]
 
     run, _ = module_act_run
     bad = tmp_path / "bad" / CLASSES[0]
-    bad.mkdir(parents=True)
-    for i in range(3):
-        (bad / f"x{i}.png").write_text("not an image\n")
+    _undecodable(bad, 3)
     with pytest.raises(ProfileError, match="could be decoded"):
         explain_dataset(run, image_folder(bad.parent), ExplainOptions(progress=False, restart=True))
 

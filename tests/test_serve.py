@@ -799,25 +799,34 @@ def test_client_answers_are_written_by_the_query_workers(run_dir: Path) -> None:
         app.close()
 
 
-def _count_label_lookups(app: Any) -> list[tuple[str, str]]:
-    """The (subject, predicate) label lookups by subject the app makes from now on."""
-    from filtag_kg.rdf.vocab import RDFS, SKOS
+def _spy_store(app: Any, on_read: Any) -> None:
+    """From now on, call ``on_read(*args)`` on each of the app's ``quads_for_pattern`` reads."""
 
-    lookups: list[tuple[str, str]] = []
-
-    class Counting:
+    class Spy:
         def __init__(self, store: Any) -> None:
             self.store = store
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.store, name)
 
-        def quads_for_pattern(self, s: Any, p: Any, *rest: Any) -> Any:
-            if s is not None and p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
-                lookups.append((s.value, p.value))
-            return self.store.quads_for_pattern(s, p, *rest)
+        def quads_for_pattern(self, *args: Any) -> Any:
+            on_read(*args)
+            return self.store.quads_for_pattern(*args)
 
-    app.store = Counting(app.store)
+    app.store = Spy(app.store)
+
+
+def _count_label_lookups(app: Any) -> list[tuple[str, str]]:
+    """The (subject, predicate) label lookups by subject the app makes from now on."""
+    from filtag_kg.rdf.vocab import RDFS, SKOS
+
+    lookups: list[tuple[str, str]] = []
+
+    def label_lookup(s: Any, p: Any, *rest: Any) -> None:
+        if s is not None and p is not None and p.value in (str(SKOS.prefLabel), str(RDFS.label)):
+            lookups.append((s.value, p.value))
+
+    _spy_store(app, label_lookup)
     return lookups
 
 
@@ -864,13 +873,10 @@ def test_reading_labels_at_start_is_bounded(tmp_path: Path, monkeypatch: pytest.
     import filtag_kg.serve as serve
     from filtag_kg.rdf.vocab import RDFS
 
-    store_dir = tmp_path / "store"
-    s = ox.Store(str(store_dir))
     node = ox.NamedNode(BASE + "thing")
-    for i in range(50):
-        s.add(ox.Quad(node, ox.NamedNode(str(RDFS.label)), ox.Literal(f"label {i:02}", language="en")))
-    s.flush()
-    del s
+    label = ox.NamedNode(str(RDFS.label))
+    store_dir = _label_store(tmp_path, [ox.Quad(node, label, ox.Literal(f"label {i:02}", language="en"))
+                                        for i in range(50)])
     labels = []
     for bound in (1000, 20):
         monkeypatch.setattr(serve, "LABEL_CACHE", bound)
@@ -931,17 +937,22 @@ def _with_values_ffc(wnid: str) -> str:
     return _with_values(find_query("filters-for-concept").text, {"concept": ox.Literal(wnid)})
 
 
-def _record_page_queries(app: Any) -> list[str]:
-    """The texts of the page queries the app runs from now on, in order."""
+def _record_queries(pool: Any) -> list[str]:
+    """The texts of the queries a query pool runs from now on, in order."""
     sent: list[str] = []
-    real_run = app.page_pool.run
+    real_run = pool.run
 
     def recording(text: str, *args: object) -> object:
         sent.append(text)
         return real_run(text, *args)
 
-    app.page_pool.run = recording
+    pool.run = recording
     return sent
+
+
+def _record_page_queries(app: Any) -> list[str]:
+    """The texts of the page queries the app runs from now on, in order."""
+    return _record_queries(app.page_pool)
 
 
 def test_identical_sparql_requests_are_answered_from_the_cache(run_dir: Path) -> None:
@@ -954,14 +965,7 @@ def test_identical_sparql_requests_are_answered_from_the_cache(run_dir: Path) ->
     store = load_store(run_dir, "store-cache")
     for mib, runs_expected in ((64.0, 4), (0.0, 6)):
         app = make_app(store, Options(base_iri=BASE, cache_mib=mib), workers=1)
-        runs: list[str] = []
-        real = app.pool.run
-
-        def counted(text: str, *rest: Any, real: Any = real, runs: list[str] = runs) -> Any:
-            runs.append(text)
-            return real(text, *rest)
-
-        app.pool.run = counted  # type: ignore[method-assign]
+        runs = _record_queries(app.pool)
         try:
             q = urllib.parse.urlencode({"query": _with_values_ffc("n02084071")})
             other = urllib.parse.urlencode({"query": f"SELECT ?f WHERE {{ ?f a <{FK}Filter> }}"})
@@ -1127,18 +1131,10 @@ def _count_store_reads(app: Any) -> list[int]:
     """A one-item list counting the app's quads_for_pattern calls from now on."""
     reads = [0]
 
-    class Counting:
-        def __init__(self, store: Any) -> None:
-            self.store = store
+    def count(*args: Any) -> None:
+        reads[0] += 1
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.store, name)
-
-        def quads_for_pattern(self, *args: Any) -> Any:
-            reads[0] += 1
-            return self.store.quads_for_pattern(*args)
-
-    app.store = Counting(app.store)
+    _spy_store(app, count)
     return reads
 
 
