@@ -34,26 +34,18 @@ def main() -> None:
     import torch
 
     from filtag_kg.cladec import CladecOptions, claim_line, format_evaluation, run_cladec
-    from filtag_kg.demo import DEMO_CLADEC_EPOCHS, DEMO_CLADEC_LAYERS, DEMO_MODEL
-    from filtag_kg.models import ClassInfo, load_model
+    from filtag_kg.demo import DEMO_CLADEC_EPOCHS, DEMO_CLADEC_LAYERS
     from filtag_kg.pipeline import load_images, run
     from filtag_kg.profile import ProfileOptions
-    from filtag_kg.shapes import (
-        SHAPE_CLASSES,
-        SHAPES_OUTPUT_WNIDS,
-        SHAPES_PREPROCESS,
-        load_or_train_shapes_net,
-    )
+    from filtag_kg.shapes import load_or_train_shapes_net, load_shapes_model
     from filtag_kg.tagging import TagSetting
 
     torch.set_num_threads(args.threads)
     layers = args.layers or list(DEMO_CLADEC_LAYERS)
     epochs = args.epochs or DEMO_CLADEC_EPOCHS
     _, metrics, data_root = load_or_train_shapes_net(progress=False)
-    label = dict(SHAPE_CLASSES)
-    classes = [ClassInfo(w, label[w]) for w in SHAPES_OUTPUT_WNIDS]
-    loaded = load_model(DEMO_MODEL, weights_file=data_root.parent / "weights.pt",
-                        preprocess=SHAPES_PREPROCESS, classes=classes)
+    loaded = load_shapes_model(data_root.parent / "weights.pt")
+    classes = loaded.classes
     docs, times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"

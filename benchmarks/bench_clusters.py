@@ -28,21 +28,10 @@ from pathlib import Path
 
 def demo_model(cache: Path | None) -> tuple[object, Path]:
     """The demo network and its data folder, from the cache (trained there when missing)."""
-    from filtag_kg.models import ClassInfo, load_model
-    from filtag_kg.shapes import (
-        SHAPE_CLASSES,
-        SHAPES_OUTPUT_WNIDS,
-        SHAPES_PREPROCESS,
-        default_cache_dir,
-        load_or_train_shapes_net,
-    )
+    from filtag_kg.shapes import default_cache_dir, load_or_train_shapes_net, load_shapes_model
 
     _, _, data = load_or_train_shapes_net(cache or default_cache_dir(), progress=False)
-    weights = data.parent / "weights.pt"
-    label = dict(SHAPE_CLASSES)
-    classes = [ClassInfo(w, label[w]) for w in SHAPES_OUTPUT_WNIDS]
-    return load_model("filtag_kg.shapes:build_shapes_net", weights_file=weights, preprocess=SHAPES_PREPROCESS,
-                      classes=classes), data
+    return load_shapes_model(data.parent / "weights.pt"), data
 
 
 def main() -> None:
@@ -76,7 +65,7 @@ def main() -> None:
     profiled = files[1::2][:: max(1, len(files[1::2]) // args.profile_images)][: args.profile_images]
 
     def imageset(paths: list[Path]) -> ImageSet:
-        classes = [loaded.classes[SHAPES_OUTPUT_WNIDS.index(w)] for w in SHAPES_OUTPUT_WNIDS]
+        classes = list(loaded.classes)
         samples = [Sample(str(p), SHAPES_OUTPUT_WNIDS.index(p.parent.name)) for p in paths]
         return ImageSet("files", str(data / "heldout"), samples, classes)
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .models import ClassInfo, load_model
 from .pipeline import RunResult, run, summarize
 from .profile import ProfileOptions
 from .tagging import TagSetting
@@ -69,13 +68,7 @@ def run_demo(
     from .data import image_folder
     from .evaluation import evaluate_run, format_table
     from .explain import ExplainOptions, explain_dataset
-    from .shapes import (
-        SHAPE_CLASSES,
-        SHAPES_OUTPUT_WNIDS,
-        SHAPES_PREPROCESS,
-        default_cache_dir,
-        load_or_train_shapes_net,
-    )
+    from .shapes import default_cache_dir, load_or_train_shapes_net, load_shapes_model
     from .wordnet import load_wordnet, write_abstractions
 
     t0 = time.perf_counter()
@@ -85,9 +78,8 @@ def run_demo(
                                                        **(sizes or {}))
     weights = data_root.parent / "weights.pt"
     cached = before.get(weights) == weights.stat().st_mtime_ns
-    label = dict(SHAPE_CLASSES)
-    classes = [ClassInfo(wnid, label[wnid]) for wnid in SHAPES_OUTPUT_WNIDS]  # logit order
-    loaded = load_model(DEMO_MODEL, weights_file=weights, preprocess=SHAPES_PREPROCESS, classes=classes)
+    loaded = load_shapes_model(weights)
+    classes = loaded.classes  # logit order
     imageset = image_folder(data_root / "train", classes)
     options = ProfileOptions(batch_size=64, device="cpu", workers=0, progress=progress, checkpoint_every=0,
                              top_images=6, overwrite=_holds_a_demo_run(out))

@@ -623,6 +623,18 @@ def train_shapes_net(
 # --------------------------------------------------------------------------- cache
 
 
+def load_shapes_model(weights_file: Path) -> Any:
+    """The demo network from its trained weights, as :func:`filtag_kg.models.load_model`
+    loads it: its preprocessing, its classes named by WordNet in logit order (the demo and
+    the benchmarks on the demo network load it alike)."""
+    from .models import ClassInfo, load_model
+
+    label = dict(SHAPE_CLASSES)
+    classes = [ClassInfo(w, label[w]) for w in SHAPES_OUTPUT_WNIDS]  # logit order
+    return load_model("filtag_kg.shapes:build_shapes_net", weights_file=weights_file,
+                      preprocess=SHAPES_PREPROCESS, classes=classes)
+
+
 def default_cache_dir() -> Path:
     """Where the demo caches its dataset and weights.
 
