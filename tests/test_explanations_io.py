@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_explain
 
 from filtag_kg.cli import main
 from filtag_kg.data import image_folder
@@ -24,8 +23,6 @@ from filtag_kg.explanations_io import (
     values_from_codes,
 )
 from filtag_kg.tagging import TagSetting
-
-tiny_run = test_explain.tiny_run  # the fixture: a profiled, tagged tiny run and held-out images
 
 
 def _descending_segments(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
