@@ -153,9 +153,9 @@ def _gamma(k: int, u: float) -> float:
 def screen_bound(cells: int) -> float:
     """A bound on |float32 screen similarity - float64 similarity| of two maps of ``cells``
     cells (derivation: docs/cluster-method.md, "Precision and cost"): the screen is within
-    gamma_(n+8) (float32) of the exact cosine, a float64 evaluation within gamma_(3n+32)
+    gamma_(n+10) (float32) of the exact cosine, a float64 evaluation within gamma_(3n+32)
     (float64), n = ``cells``; plus n 2^-126 for float32 products that underflow."""
-    return _gamma(cells + 8, _U32) + _gamma(3 * cells + 32, _U64) + cells * 2.0**-126
+    return _gamma(cells + 10, _U32) + _gamma(3 * cells + 32, _U64) + cells * 2.0**-126
 
 
 def _screen_allowed(device: torch.device) -> bool:
@@ -194,18 +194,46 @@ def _links_float64(
     return cand.argmax(dim=2), cand.amax(dim=2) > -math.inf
 
 
-def _screen_units(diff: torch.Tensor, is_flat: torch.Tensor) -> torch.Tensor:
-    """[..., n] float32 unit vectors of the scaled maps (zero for a flat map), from the
-    float64 ``diff = A - min A`` (the scaled map's direction: the span cancels): ``diff``
-    times 1 / |diff| in float64, rounded once to float32."""
-    norm = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
-    flat = is_flat[..., None]
-    return (diff * torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, norm))).to(torch.float32)
+def _screen_units(
+    rows: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor, is_flat: torch.Tensor
+) -> torch.Tensor:
+    """[R, n] float32 unit vectors of the scaled maps' directions (zero for a flat map), from
+    the maps as measured (``rows``, any float dtype; a fresh tensor this may overwrite), their
+    minima ``lo`` and ``inv = 1 / |A - min A|`` (float64, :func:`_map_stats`) and ``is_flat``:
+    ``D = A - min A`` (in float32 from half or float32 maps: one rounding, none when the
+    difference is subnormal; in float64 from float64 maps) times ``inv`` rounded to float32.
+    Each coordinate is within gamma_5 (float32) of the exact direction's
+    (docs/cluster-method.md). The caller keeps every non-flat map's span within
+    [2^-100, 2^100] (:func:`_screen_safe`), so no step overflows and ``inv`` is a normal float32."""
+    count, cells = rows.shape
+    if rows.dtype == torch.float64:
+        out = torch.empty((count, cells), dtype=torch.float32, device=rows.device)
+        step = max(1, _CHUNK // max(cells, 1))
+        for r0 in range(0, count, step):
+            sl = slice(r0, r0 + step)
+            out[sl] = rows[sl].sub_(lo[sl, None]).mul_(inv[sl, None])
+    else:
+        out = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+        if bool((lo != 0).any()):  # after a ReLU most maps have minimum 0: no subtraction
+            out.sub_(lo.to(torch.float32)[:, None])
+        out.mul_(inv.to(torch.float32)[:, None])
+    flat = is_flat.nonzero().squeeze(1)
+    if len(flat):
+        out.index_fill_(0, flat, 0.0)  # a map with a NaN is flat: its direction is zero too
+    return out
 
 
-#: float64 elements of the maps the per-map steps hold at once (a few MiB: they stay in
-#: the cache, where whole layers in float64 would stream through memory several times)
-_CHUNK = 1 << 20
+def _screen_safe(lo: torch.Tensor, span: torch.Tensor, is_flat: torch.Tensor) -> bool:
+    """Whether the screen's steps stay in float32's normal range for these maps: every
+    non-flat map finite, with a span in [2^-100, 2^100] (activations are nowhere near;
+    otherwise the layer's similarities are all float64)."""
+    ok = is_flat | ((span >= 2.0**-100) & (span <= 2.0**100) & torch.isfinite(lo))
+    return bool(ok.all())
+
+
+#: float64 elements of the maps the per-map steps hold at once (2 MiB: they stay in the
+#: cache, where whole layers in float64 would stream through memory several times)
+_CHUNK = 1 << 18
 
 
 def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
@@ -218,107 +246,135 @@ def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> to
 
 
 def _map_stats(
-    rows: torch.Tensor, grads: torch.Tensor | None, screen: bool
+    rows: torch.Tensor, grads: torch.Tensor | None, norms: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per map ([N, n] as measured, gradients likewise or ``None``), in float64: mean,
-    gradient mean, minimum, span, and with ``screen`` the float32 screen vectors [N, n];
-    a few thousand maps at a time."""
+    gradient mean, minimum, span and with ``norms`` the norm of ``A - min A``. Minima and
+    maxima are elements of the maps (exact in any dtype); means and norms are float64 sums
+    over a few thousand maps at a time (whose float64 copy stays in the cache)."""
     count, cells = rows.shape
     f64 = dict(dtype=torch.float64, device=rows.device)
-    mean, alpha, lo, span = (torch.zeros(count, **f64) for _ in range(4))
-    unit = torch.empty((count, cells), dtype=torch.float32, device=rows.device) if screen else None
-    step = max(1, _CHUNK // max(cells, 1))
+    if not count or not cells:
+        zero = torch.zeros(count, **f64)
+        return zero, zero.clone(), zero.clone(), zero.clone(), zero.clone() if norms else None
+    lo = rows.amin(dim=1).to(torch.float64)
+    span = rows.amax(dim=1).to(torch.float64) - lo
+    mean, alpha = torch.zeros(count, **f64), torch.zeros(count, **f64)
+    norm = torch.zeros(count, **f64) if norms else None
+    step = max(1, _CHUNK // cells)
     for r0 in range(0, count, step):
         sl = slice(r0, r0 + step)
-        x = rows[sl].to(torch.float64, copy=True)
-        mean[sl] = x.mean(dim=1)
-        low = x.amin(dim=1, keepdim=True)
-        width = x.amax(dim=1, keepdim=True) - low
-        lo[sl], span[sl] = low[:, 0], width[:, 0]
-        if unit is not None:
-            unit[sl] = _screen_units(x.sub_(low), ~(width[:, 0] > 0))
+        x = rows[sl].to(torch.float64, copy=True)  # a copy even of float64 maps: changed below
+        mean[sl] = x.sum(dim=1)
+        if norm is not None:
+            norm[sl] = torch.linalg.vector_norm(x.sub_(lo[sl, None]), dim=1)
         if grads is not None:
-            alpha[sl] = grads[sl].to(torch.float64).mean(dim=1)
-    return mean, alpha, lo, span, unit
+            alpha[sl] = grads[sl].sum(dim=1, dtype=torch.float64)
+    return mean.div_(cells), alpha.div_(cells), lo, span, norm
 
 
-#: rows of the [B, rows, F] similarity block the screen computes at once
-_BLOCK = 256
+#: rows of the [B, rows, F] similarity block the screen computes at once: small enough that
+#: little more than the lower triangle of a layer's product is computed
+_BLOCK = 64
+#: columns per part when a block's row maxima are found in two steps (:func:`_row_top2`)
+_PART = 64
+
+
+def _row_top2(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's largest value, its first position, and the largest value at any other
+    position, of ``blk`` [B, R, C] (left as it was). A wide block is searched in two steps:
+    the maxima of parts of ``_PART`` columns (a plain vectorised reduction), then the best
+    part alone; a reduction that keeps positions is several times slower per element."""
+    n, rows, cols = blk.shape
+    if cols >= 8 * _PART and cols % _PART == 0:
+        parts = blk.view(n, rows, cols // _PART, _PART)
+        part_max = parts.amax(dim=3)
+        m1, j = part_max.max(dim=2)  # ties: the first part
+        others = part_max.scatter_(2, j[..., None], -math.inf).amax(dim=2)
+        inside = parts.gather(2, j[:, :, None, None].expand(n, rows, 1, _PART)).squeeze(2)
+        _, i = inside.max(dim=2)  # ties: the first position
+        second = inside.scatter_(2, i[..., None], -math.inf).amax(dim=2)
+        return m1, j * _PART + i, torch.maximum(others, second)
+    m1, i = blk.max(dim=2)
+    m2 = blk.scatter_(2, i[..., None], -math.inf).amax(dim=2)
+    blk.scatter_(2, i[..., None], m1[..., None])
+    return m1, i, m2
 
 
 def _links_screened(
-    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit: torch.Tensor, order: torch.Tensor,
+    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, inv: torch.Tensor, order: torch.Tensor,
     is_flat: torch.Tensor, threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_links_float64`'s result from a float32 screen with an exact float64 recheck
-    of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost").
+    of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost"),
+    and the screen's [B, F, n] unit vectors in importance order.
 
     Args:
-        rows: [B * F, n] the maps as measured, lo / span: [B * F] their minima and spans
-            (for the recheck); unit: [B, F, n] their float32 screen unit vectors
-            (:func:`_screen_units`); order: [B, F] importance order; is_flat: [B, F]
-            constant maps.
+        rows: [B * F, n] the maps as measured, lo / span / inv: [B * F] their minima, spans
+            and ``1 / |A - min A|`` (0 for a flat map); order: [B, F] importance order;
+            is_flat: [B, F] constant maps.
     """
-    n, width, cells = unit.shape
-    device = unit.device
+    n, width = order.shape
+    cells = rows.shape[1]
+    device = rows.device
     bound = screen_bound(cells)
-    m1 = torch.empty((n, width), dtype=torch.float32, device=device)
-    m2 = torch.empty_like(m1)
-    best = torch.empty((n, width), dtype=torch.long, device=device)
-    # the maps in importance order, so that only the lower triangle of the product is
-    # computed: row block [r0, r1) against the columns before r1
-    unit_o = unit[torch.arange(n, device=device)[:, None], order]
-    for r0 in range(0, width, _BLOCK):
-        r1 = min(width, r0 + _BLOCK)
-        blk = unit_o[:, r0:r1] @ unit_o[:, :r1].transpose(1, 2)  # [B, r1 - r0, r1]
-        diag = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=device).triu()
-        blk[:, :, r0:].masked_fill_(diag, -math.inf)  # a map and those after it
-        v, i = blk.max(dim=2)
-        m1[:, r0:r1], best[:, r0:r1] = v, i
-        m2[:, r0:r1] = blk.scatter_(2, i[:, :, None], -math.inf).amax(dim=2)
     low = threshold - bound
-    # decided: no similarity can reach T, or one is surely >= T and no other can match it;
-    # compared in float64, so that no rounding of T +- bound to float32 eats into the bound
-    m1d, m2d = m1.to(torch.float64), m2.to(torch.float64)
-    surely_none = m1d < low
-    surely_best = (m1d >= threshold + bound) & (m2d < torch.clamp(m1d - 2 * bound, min=low))
-    linked = ~surely_none
-    # flat maps: exact 0 / 1 similarities, each links to the first flat map (ties: the earlier)
+    # the screen vectors in importance order, so that only the lower triangle of the
+    # product is computed: row block [r0, r1) against the columns before r1
+    at = (torch.arange(n, device=device)[:, None] * width + order).reshape(-1)
+    unit_o = _screen_units(rows.index_select(0, at), lo[at], inv[at], is_flat.reshape(-1)[at]).view(
+        n, width, cells)
     pos = torch.arange(width, device=device).expand(n, width)
     flat_o = is_flat.gather(1, order)
+    best = torch.empty((n, width), dtype=torch.long, device=device)
+    linked = torch.empty((n, width), dtype=torch.bool, device=device)
+    work = torch.empty(n * min(width, _BLOCK) * width, dtype=torch.float32, device=device)
+    later = torch.zeros(_BLOCK, _BLOCK, dtype=torch.float32, device=device).masked_fill_(
+        torch.ones(_BLOCK, _BLOCK, dtype=torch.bool, device=device).triu(), -math.inf)
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, row, column) to recheck
+    for r0 in range(0, width, _BLOCK):
+        r1 = min(width, r0 + _BLOCK)
+        blk = torch.bmm(unit_o[:, r0:r1], unit_o[:, :r1].transpose(1, 2),
+                        out=work[:n * (r1 - r0) * r1].view(n, r1 - r0, r1))  # [B, r1 - r0, r1]
+        blk[:, :, r0:].add_(later[:r1 - r0, :r1 - r0])  # -inf: a map and those after it
+        m1, i, m2 = _row_top2(blk)
+        # decided: no similarity can reach T, or one is surely >= T and no other can match it;
+        # compared in float64, so that no rounding of T +- bound to float32 eats into the bound
+        m1d, m2d = m1.to(torch.float64), m2.to(torch.float64)
+        rival = torch.clamp(m1d - 2 * bound, min=low)  # a column below this cannot win in float64
+        surely_none = m1d < low
+        surely_best = (m1d >= threshold + bound) & (m2d < rival)
+        best[:, r0:r1], linked[:, r0:r1] = i, ~surely_none
+        unsure = ~(surely_none | surely_best | flat_o[:, r0:r1])
+        if bool(unsure.any()):  # the columns that may win each undecided row, from this block
+            b, r = unsure.nonzero(as_tuple=True)
+            p, j = (blk[b, r].to(torch.float64) >= rival[b, r][:, None]).nonzero(as_tuple=True)
+            pairs.append((b[p], r[p] + r0, j))
+    del work
+    # flat maps: exact 0 / 1 similarities, each links to the first flat map (ties: the earlier)
     first_flat = torch.where(flat_o, pos, width).amin(dim=1, keepdim=True)
     linked = torch.where(flat_o, pos > first_flat, linked)
     best = torch.where(flat_o, first_flat.expand(n, width), best)
-    unsure = ~(surely_none | surely_best | flat_o)
-    if bool(unsure.any()):
-        _recheck(rows, lo, span, unit_o, order, unsure, m1, threshold, bound, best, linked)
-    return best, linked
+    if pairs:
+        b, r, j = (torch.cat(t) for t in zip(*pairs))
+        _recheck(rows, lo, span, order, b, r, j, threshold, best, linked)
+    return best, linked, unit_o
 
 
 def _recheck(
-    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit_o: torch.Tensor, order: torch.Tensor,
-    unsure: torch.Tensor, m1: torch.Tensor,
-    threshold: float, bound: float, best: torch.Tensor, linked: torch.Tensor,
+    maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, order: torch.Tensor,
+    b: torch.Tensor, r: torch.Tensor, j: torch.Tensor, threshold: float, best: torch.Tensor,
+    linked: torch.Tensor,
 ) -> None:
-    """Decide the screen's undecided rows (``unsure``, [B, F] by position) in float64, in
-    place. Only a column whose float32 similarity is at least ``max(T, m1 - bound) - bound``
-    can win in float64 (``m1``: the row's largest float32 similarity), so only those pairs
-    are computed again (``unit_o``: the screen's unit maps in importance order)."""
-    n, width, cells = unit_o.shape
-    device = unit_o.device
-    per_image = unsure.sum(dim=1)
-    r_max = int(per_image.max())
-    # each image's unsure positions first (stable sort keeps them ascending), padded
-    rows = torch.sort((~unsure).to(torch.int8), dim=1, stable=True).indices[:, :r_max]  # [B, R]
-    valid = torch.arange(r_max, device=device)[None, :] < per_image[:, None]
-    u_rows = unit_o.gather(1, rows[:, :, None].expand(n, r_max, cells))
-    sim = (u_rows @ unit_o.transpose(1, 2)).to(torch.float64)  # [B, R, F] the rows' screen similarities
-    low = torch.clamp(m1.gather(1, rows).to(torch.float64) - 2 * bound, min=threshold - bound)
-    earlier = torch.arange(width, device=device)[None, None, :] < rows[:, :, None]
-    may = earlier & (sim >= low[:, :, None]) & valid[:, :, None]
-    b, r, j = may.nonzero(as_tuple=True)  # the pairs (image, row slot, column position)
+    """Decide the screen's undecided rows in float64, in place: ``(b, r, j)`` are the pairs
+    (image, row position, column position in importance order) whose float64 similarity
+    may win their row, every row's best screen column among them; each row links to its
+    most similar column at or above ``threshold`` in float64 (ties: the earlier), if any."""
+    n, width = order.shape
+    cells = maps.shape[1]
+    device = maps.device
     # rows of the [B * F, n] maps: each pair's two maps
-    fa, fc = b * width + order[b, rows[b, r]], b * width + order[b, j]
+    fa, fc = b * width + order[b, r], b * width + order[b, j]
     s64 = torch.empty(len(b), dtype=torch.float64, device=device)
     step = max(1, _CHUNK // max(cells, 1))
     for c0 in range(0, len(b), step):  # float64 unit maps of both maps of each pair, as step 2 defines
@@ -326,17 +382,17 @@ def _recheck(
         ua, uc = (unit_maps(_scaled_rows(maps.index_select(0, f), lo[f], span[f])[None])[0]
                   for f in (fa[sl], fc[sl]))
         s64[sl] = (ua * uc).sum(dim=1)
-    key = b * r_max + r
+    key = b * width + r
     cand = s64 >= threshold
-    top = torch.full((n * r_max,), -math.inf, dtype=torch.float64, device=device)
+    top = torch.full((n * width,), -math.inf, dtype=torch.float64, device=device)
     top.scatter_reduce_(0, key[cand], s64[cand], reduce="amax")
     win = cand & (s64 == top[key])
-    first = torch.full((n * r_max,), width, dtype=torch.long, device=device)
+    first = torch.full((n * width,), width, dtype=torch.long, device=device)
     first.scatter_reduce_(0, key[win], j[win], reduce="amin")  # ties: the earlier map
-    has = (top > -math.inf).view(n, r_max)
-    first = first.view(n, r_max)
-    linked.scatter_(1, rows, torch.where(valid, has, linked.gather(1, rows)))
-    best.scatter_(1, rows, torch.where(valid & has, first, best.gather(1, rows)))
+    rows = torch.unique(key)
+    has = top[rows] > -math.inf
+    linked.view(-1)[rows] = has
+    best.view(-1)[rows] = torch.where(has, first[rows], best.view(-1)[rows])
 
 
 def cluster_layer(
@@ -361,18 +417,19 @@ def cluster_layer(
     measured = acts.detach().reshape(n * width, cells)  # float64 only a few maps at a time
     if screen is None:
         screen = _screen_allowed(device)
+    flat_grads = None if grads is None else grads.detach().reshape(n * width, cells)
     screen = bool(screen and width and cells)
-    mean, alpha, lo, span, unit = _map_stats(
-        measured, None if grads is None else grads.detach().reshape(n * width, cells), screen)
+    mean, alpha, lo, span, norm = _map_stats(measured, flat_grads, norms=screen)
     raw_mean, alpha = mean.view(n, width), alpha.view(n, width)
     # importance order: alpha * mean map descending, ties by the lower filter index
     order = torch.sort(-(alpha * raw_mean), dim=1, stable=True).indices
     is_flat = ~(span > 0).view(n, width)  # constant maps (and maps with a NaN) scale to all zeros
     pos = torch.arange(width, device=device).expand(n, width)
-    if unit is not None:
-        best, linked = _links_screened(measured, lo, span, unit.view(n, width, cells), order, is_flat,
-                                       threshold)
-        del unit
+    unit_o = None
+    if screen and norm is not None and _screen_safe(lo, span, is_flat.reshape(-1)):
+        spread = ~is_flat.reshape(-1)
+        inv = torch.where(spread, 1.0 / torch.where(spread, norm, 1.0), 0.0)
+        best, linked, unit_o = _links_screened(measured, lo, span, inv, order, is_flat, threshold)
     elif width:
         scaled = _scaled_rows(measured, lo, span).view(n, width, cells)
         best, linked = _links_float64(scaled, order, threshold)
@@ -402,7 +459,12 @@ def cluster_layer(
     maps = has_map = None
     k = min(n_maps, width)
     if k > 0:
-        merged = _merged_maps(measured, lo, span, rank_of, k).view(n, k, cells)
+        if unit_o is not None:  # the screen's unit vectors times |A - min A| / span are the scaled maps
+            spread = ~is_flat.reshape(-1)
+            scale = torch.where(spread, norm / torch.where(spread, span, 1.0), 0.0).view(n, width)
+            merged = _merged_unit_maps(unit_o, scale.gather(1, order), rank_of.gather(1, order), k)
+        else:
+            merged = _merged_maps(measured, lo, span, rank_of, k)
         merged = merged / sizes[:, :k, None].clamp(min=1)
         top = merged.amax(dim=2, keepdim=True)
         png = torch.where(top > 0, merged / torch.where(top > 0, top, 1.0), 0.0)
@@ -416,21 +478,37 @@ def cluster_layer(
 def _merged_maps(
     maps: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, rank_of: torch.Tensor, k: int
 ) -> torch.Tensor:
-    """[B * k, n] float64 sums of the scaled maps of each image's first k rank slots (maps
-    [B * F, n] as measured, lo / span [B * F]), a few thousand maps at a time."""
+    """[B, k, n] float64 sums of the scaled maps of each image's first k rank slots (maps
+    [B * F, n] as measured, lo / span [B * F]): per group of images, the maps less their
+    minima in float64 times a [k, F] matrix holding ``1 / span`` where a filter is in the
+    slot (0 for a flat map), a product instead of a scaling and a scatter of every map."""
     n, width = rank_of.shape
     cells = maps.shape[1]
-    out = torch.zeros((n * k, cells), dtype=torch.float64, device=maps.device)
-    slot = (torch.arange(n, device=maps.device)[:, None] * k + rank_of).reshape(-1)
-    wanted = (rank_of < k).reshape(-1)
-    step = max(1, _CHUNK // max(cells, 1))
-    for r0 in range(0, n * width, step):
-        sl = slice(r0, r0 + step)
-        take = wanted[sl].nonzero().squeeze(1)
-        if len(take):
-            rows = take + r0
-            out.index_add_(0, slot[rows], _scaled_rows(maps.index_select(0, rows), lo[rows], span[rows]))
+    device = maps.device
+    inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0).view(n, width)
+    weight = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]) * inv[:, None, :]
+    out = torch.empty((n, k, cells), dtype=torch.float64, device=device)
+    group = max(1, _CHUNK // max(width * cells, 1))
+    for b0 in range(0, n, group):
+        b1 = min(n, b0 + group)
+        rows = maps[b0 * width:b1 * width].to(torch.float64, copy=True).sub_(lo[b0 * width:b1 * width, None])
+        flat = (~(span[b0 * width:b1 * width] > 0)).nonzero().squeeze(1)
+        if len(flat):  # a flat map may hold a NaN: its zero weight must not carry it into the sum
+            rows.index_fill_(0, flat, 0.0)
+        torch.bmm(weight[b0:b1], rows.view(b1 - b0, width, cells), out=out[b0:b1])
     return out
+
+
+def _merged_unit_maps(
+    unit_o: torch.Tensor, scale_o: torch.Tensor, rank_o: torch.Tensor, k: int
+) -> torch.Tensor:
+    """[B, k, n] float64 sums of the scaled maps of each image's first k rank slots, from the
+    screen's float32 unit vectors in importance order (``unit_o`` [B, F, n]), each map's
+    ``|A - min A| / span`` and rank slot in that order ([B, F]): one float32 product (the
+    map's grey levels, docs/cluster-method.md step 5)."""
+    slot = torch.arange(k, device=unit_o.device)[None, :, None]
+    weight = (rank_o[:, None, :] == slot) * scale_o.to(torch.float32)[:, None, :]
+    return torch.bmm(weight, unit_o).to(torch.float64)
 
 
 def cluster_concepts(
