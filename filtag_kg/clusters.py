@@ -273,11 +273,26 @@ def _map_stats(
     return mean.div_(cells), alpha.div_(cells), lo, span, norm
 
 
-#: rows of the [B, rows, F] similarity block the screen computes at once: small enough that
-#: little more than the lower triangle of a layer's product is computed
-_BLOCK = 64
+#: rows of the [B, rows, F] similarity blocks the screen computes one at a time (``None``:
+#: :func:`_block_rows` chooses)
+_BLOCK: int | None = None
+#: the product size (images x rows x cells) near which a block's fixed cost (a few dozen
+#: small operations) equals what its square above the diagonal wastes
+_BLOCK_WORK = 1 << 26
 #: columns per part when a block's row maxima are found in two steps (:func:`_row_top2`)
-_PART = 64
+_PART = 32
+
+
+def _block_rows(n: int, cells: int) -> int:
+    """Rows per block of the screen's product for ``n`` images with maps of ``cells`` cells:
+    each block computes a square above the diagonal for nothing (``rows / F`` of the
+    triangle) and costs a few dozen small operations, so large maps (dear products) take
+    small blocks and small maps large ones: ``sqrt(_BLOCK_WORK / (n cells))`` as a power of
+    two in [32, 256] (64 for 56x56 maps in batches of 8, 256 for 7x7 or 14x14)."""
+    if _BLOCK:
+        return _BLOCK
+    rows = math.sqrt(_BLOCK_WORK / (max(n, 1) * max(cells, 64)))
+    return int(min(256, max(32, 2 ** round(math.log2(rows)))))
 
 
 def _row_top2(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,7 +301,7 @@ def _row_top2(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     the maxima of parts of ``_PART`` columns (a plain vectorised reduction), then the best
     part alone; a reduction that keeps positions is several times slower per element."""
     n, rows, cols = blk.shape
-    if cols >= 8 * _PART and cols % _PART == 0:
+    if cols >= 16 * _PART and cols % _PART == 0:
         parts = blk.view(n, rows, cols // _PART, _PART)
         part_max = parts.amax(dim=3)
         m1, j = part_max.max(dim=2)  # ties: the first part
@@ -328,12 +343,13 @@ def _links_screened(
     flat_o = is_flat.gather(1, order)
     best = torch.empty((n, width), dtype=torch.long, device=device)
     linked = torch.empty((n, width), dtype=torch.bool, device=device)
-    work = torch.empty(n * min(width, _BLOCK) * width, dtype=torch.float32, device=device)
-    later = torch.zeros(_BLOCK, _BLOCK, dtype=torch.float32, device=device).masked_fill_(
-        torch.ones(_BLOCK, _BLOCK, dtype=torch.bool, device=device).triu(), -math.inf)
+    step = min(width, _block_rows(n, cells))
+    work = torch.empty(n * step * width, dtype=torch.float32, device=device)
+    later = torch.zeros(step, step, dtype=torch.float32, device=device).masked_fill_(
+        torch.ones(step, step, dtype=torch.bool, device=device).triu(), -math.inf)
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, row, column) to recheck
-    for r0 in range(0, width, _BLOCK):
-        r1 = min(width, r0 + _BLOCK)
+    for r0 in range(0, width, step):
+        r1 = min(width, r0 + step)
         blk = torch.bmm(unit_o[:, r0:r1], unit_o[:, :r1].transpose(1, 2),
                         out=work[:n * (r1 - r0) * r1].view(n, r1 - r0, r1))  # [B, r1 - r0, r1]
         blk[:, :, r0:].add_(later[:r1 - r0, :r1 - r0])  # -inf: a map and those after it
@@ -373,15 +389,22 @@ def _recheck(
     n, width = order.shape
     cells = maps.shape[1]
     device = maps.device
-    # rows of the [B * F, n] maps: each pair's two maps
-    fa, fc = b * width + order[b, r], b * width + order[b, j]
-    s64 = torch.empty(len(b), dtype=torch.float64, device=device)
+    # rows of the [B * F, n] maps: each pair's two maps, each map made a float64 unit map once
+    # (as step 2 defines; a flat map's is zero, its similarity to the row's map 0)
+    pair_maps = torch.cat([b * width + order[b, r], b * width + order[b, j]])
+    used, at = torch.unique(pair_maps, return_inverse=True)
+    unit = torch.empty((len(used), cells), dtype=torch.float64, device=device)
     step = max(1, _CHUNK // max(cells, 1))
-    for c0 in range(0, len(b), step):  # float64 unit maps of both maps of each pair, as step 2 defines
+    for c0 in range(0, len(used), step):
+        f = used[c0:c0 + step]
+        scaled = _scaled_rows(maps.index_select(0, f), lo[f], span[f])
+        norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+        unit[c0:c0 + step] = scaled.div_(torch.where(norm > 0, norm, 1.0))
+    ia, ic = at[:len(b)], at[len(b):]
+    s64 = torch.empty(len(b), dtype=torch.float64, device=device)
+    for c0 in range(0, len(b), step):
         sl = slice(c0, c0 + step)
-        ua, uc = (unit_maps(_scaled_rows(maps.index_select(0, f), lo[f], span[f])[None])[0]
-                  for f in (fa[sl], fc[sl]))
-        s64[sl] = (ua * uc).sum(dim=1)
+        s64[sl] = (unit.index_select(0, ia[sl]) * unit.index_select(0, ic[sl])).sum(dim=1)
     key = b * width + r
     cand = s64 >= threshold
     top = torch.full((n * width,), -math.inf, dtype=torch.float64, device=device)
