@@ -587,19 +587,18 @@ def _concepts(
     den = torch.zeros_like(g).scatter_add_(1, rank_of, g)
     k = min(top, n_classes)
     # only the tagged (filter, class) pairs carry mass: sum g f x incidence over each slot's
-    # members per class, filter by filter in ascending order (as a dense scatter would)
+    # members per class, filter by filter in ascending order (as a dense scatter would); a
+    # pair without mass, or in a cluster of weight 0, cannot give a concept, so it is left out
     slot = rank_of[:, f_idx]  # [B, nnz]
+    mass = g[:, f_idx] * tag[None, :]
     group = torch.arange(n, device=device)[:, None] * width + slot  # (image, rank slot)
-    key = (group * n_classes + c_idx[None, :]).reshape(-1)
-    mass = (g[:, f_idx] * tag[None, :]).reshape(-1)
+    carries = (mass > 0) & (weights.reshape(-1)[group] > 0)
+    group = group[carries]
+    key = group * n_classes + c_idx[None, :].expand(n, -1)[carries]
     keys, where = torch.unique(key, return_inverse=True)  # sorted: by group, then class
-    num = torch.zeros(len(keys), dtype=torch.float64, device=device).scatter_add_(0, where, mass)
+    num = torch.zeros(len(keys), dtype=torch.float64, device=device).scatter_add_(0, where, mass[carries])
     grp, cls = keys // n_classes, keys % n_classes
-    d = den.reshape(-1)[grp]
-    keep = (d > 0) & (weights.reshape(-1)[grp] > 0)
-    score = num / torch.where(d > 0, d, 1.0)
-    pos = keep & (score > 0)
-    grp, cls, score = grp[pos], cls[pos], score[pos]
+    score = num / den.reshape(-1)[grp]  # > 0: the cluster's g sum holds this mass
     # best first, ties by the lower class: stable sorts by score, then by group
     by_score = torch.sort(-score, stable=True).indices
     by_group = by_score[torch.sort(grp[by_score], stable=True).indices]
@@ -607,23 +606,11 @@ def _concepts(
     starts = torch.searchsorted(grp, grp, right=False)
     rank = torch.arange(len(grp), device=device) - starts
     top_k = rank < k
+    # places without a concept hold class 0 and score 0
     classes = torch.zeros((n * width, k), dtype=torch.long, device=device)
     scores = torch.zeros((n * width, k), dtype=torch.float64, device=device)
     classes[grp[top_k], rank[top_k]] = cls[top_k]
     scores[grp[top_k], rank[top_k]] = score[top_k]
-    # the places after a cluster's concepts hold the lowest classes without a score, in
-    # order (a dense stable sort puts them there): among the first 2k classes
-    count = torch.zeros(n * width, dtype=torch.long, device=device).scatter_add_(
-        0, grp, torch.ones_like(grp)).clamp(max=k)
-    cand = min(2 * k, n_classes)
-    scored = torch.zeros((n * width, cand), dtype=torch.bool, device=device)
-    low = cls < cand
-    scored[grp[low], cls[low]] = True
-    free = ~scored
-    at = count[:, None] + free.cumsum(dim=1) - 1  # the place each unscored class would take
-    fill = free & (at < k)
-    rows = torch.arange(n * width, device=device)[:, None].expand(n * width, cand)
-    classes[rows[fill], at[fill]] = torch.arange(cand, device=device)[None, :].expand(n * width, cand)[fill]
     return classes.view(n, width, k), scores.view(n, width, k)
 
 
