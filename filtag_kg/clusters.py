@@ -753,9 +753,9 @@ def write_maps(
 
     from ._io import write_png
 
-    for b, atlas in atlases(host).items():
+    for b, atlas in atlases(host).items():  # zlib level 1: 0.6x the time of the default, 1.1x the bytes
         write_png(run / map_path(sha256[b], indices[b], perturbation), Image.fromarray(atlas, mode="L"),
-                  durable=False)
+                  durable=False, compress_level=1)
 
 
 def variant_columns(
