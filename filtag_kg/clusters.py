@@ -508,17 +508,24 @@ def _merged_maps(
     n, width = rank_of.shape
     cells = maps.shape[1]
     device = maps.device
-    inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0).view(n, width)
-    weight = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]) * inv[:, None, :]
+    inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+    weight = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]) * inv.view(n, 1, width)
     out = torch.empty((n, k, cells), dtype=torch.float64, device=device)
     group = max(1, _CHUNK // max(width * cells, 1))
     for b0 in range(0, n, group):
         b1 = min(n, b0 + group)
         rows = maps[b0 * width:b1 * width].to(torch.float64, copy=True).sub_(lo[b0 * width:b1 * width, None])
-        flat = (~(span[b0 * width:b1 * width] > 0)).nonzero().squeeze(1)
-        if len(flat):  # a flat map may hold a NaN: its zero weight must not carry it into the sum
-            rows.index_fill_(0, flat, 0.0)
+        # a map of weight 0 (flat, possibly with a NaN; or an infinite span) must not carry a NaN
+        # or an infinity into the other maps' sums through 0 x inf
+        dead = (inv[b0 * width:b1 * width] == 0).nonzero().squeeze(1)
+        if len(dead):
+            rows.index_fill_(0, dead, 0.0)
         torch.bmm(weight[b0:b1], rows.view(b1 - b0, width, cells), out=out[b0:b1])
+    # step 1 scales a map with an infinite span to NaN where it is infinite: its slot has no map
+    endless = ((span > 0) & ~torch.isfinite(span)).view(n, width) & (rank_of < k)
+    if bool(endless.any()):
+        b, f = endless.nonzero(as_tuple=True)
+        out[b, rank_of[b, f]] = math.nan
     return out
 
 
@@ -592,7 +599,7 @@ def _concepts(
     slot = rank_of[:, f_idx]  # [B, nnz]
     mass = g[:, f_idx] * tag[None, :]
     group = torch.arange(n, device=device)[:, None] * width + slot  # (image, rank slot)
-    carries = (mass > 0) & (weights.reshape(-1)[group] > 0)
+    carries = (mass > 0) & (weights.reshape(-1)[group] > 0) & torch.isfinite(den.reshape(-1)[group])
     group = group[carries]
     key = group * n_classes + c_idx[None, :].expand(n, -1)[carries]
     keys, where = torch.unique(key, return_inverse=True)  # sorted: by group, then class

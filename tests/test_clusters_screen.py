@@ -209,3 +209,44 @@ def test_a_batch_labelled_in_one_go_equals_layer_by_layer() -> None:
         incidences[1][:, :] = 0  # changed in place: the cached pairs must not be used
         incidences[1][:, 4] = 1.0
     assert all(bool((c[..., 0] == 4)[s[..., 0] > 0].all()) for c, s in [together[1]])
+
+
+def test_a_map_with_an_infinity_spoils_only_its_own_slot() -> None:
+    """A map with an infinite cell (an fp16 overflow) has an infinite span: step 1 scales it
+    to NaN there, so its cluster gets no map; the other slots keep theirs. (The merged maps'
+    product once multiplied its infinities by the zero weights of every other slot, so no
+    slot of the image had a map.)"""
+    gen = torch.Generator().manual_seed(2)
+    acts = torch.rand(1, 6, 4, 4, generator=gen)
+    alphas = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    grads = alphas.view(1, 6, 1, 1).expand(1, 6, 4, 4).contiguous()
+    for spoiled, want in ((5, [True, True, True]), (0, [False, True, True])):
+        bad = acts.clone()
+        bad[0, spoiled, 0, 0] = float("inf")
+        lc = cluster_layer(bad, grads, 0.999, 3)
+        assert [int(lc.sizes[0, k]) for k in range(3)] == [1, 1, 1]  # each map its own cluster
+        assert lc.has_map[0].tolist() == want
+        clean = cluster_layer(acts, grads, 0.999, 3)
+        for k in range(3):
+            if want[k]:
+                assert torch.equal(lc.maps[0, k], clean.maps[0, k])
+
+
+def test_a_nan_value_gives_its_cluster_no_concepts_and_no_nan_scores() -> None:
+    """Step 6 with a member whose FilTag value is NaN: that cluster's weighted sum is not a
+    number, so it has no concepts (score 0, as the docstring says of a place without one);
+    the other cluster keeps its concepts."""
+    from filtag_kg.clusters import cluster_concepts
+
+    acts, grads = maps([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2]], [1.0, 0.5, 0.9, 0.4],
+                       torch.float32)
+    lc = cluster_layer(acts, grads, 0.9)
+    assert clusters_of(lc) == [[0, 1], [2, 3]]
+    inc = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.float64)
+    values = torch.tensor([[0.5, 0.25, 1.0, 0.2]], dtype=torch.float64)
+    _, clean = cluster_concepts(lc, values, inc)
+    values[0, 1] = float("nan")
+    _, scores = cluster_concepts(lc, values, inc)
+    assert torch.isfinite(scores).all()
+    assert (scores[0, 0] == 0).all() and (clean[0, 0] > 0).any()
+    assert torch.equal(scores[0, 1], clean[0, 1]) and (clean[0, 1] > 0).any()
