@@ -158,6 +158,13 @@ def screen_bound(cells: int) -> float:
     return _gamma(cells + 10, _U32) + _gamma(3 * cells + 32, _U64) + cells * 2.0**-126
 
 
+def float64_bound(cells: int) -> float:
+    """A bound on |one float64 evaluation of a similarity - another| of two maps of ``cells``
+    cells: each is within gamma_(3n+32) (float64) of the exact cosine (docs/cluster-method.md),
+    plus n 2^-1022 for products that underflow."""
+    return 2 * _gamma(3 * cells + 32, _U64) + cells * 2.0**-1022
+
+
 def _screen_allowed(device: torch.device) -> bool:
     """The float32 screen's bound assumes float32 products rounded in float32; a matmul
     allowed to use TF32 or bfloat16 breaks it: set by ``torch.set_float32_matmul_precision``,
@@ -179,21 +186,6 @@ def _screen_allowed(device: torch.device) -> bool:
         return False
 
 
-def _links_float64(
-    scaled: torch.Tensor, order: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each map's link (step 4) from float64 similarities of every pair: ``(best, linked)``,
-    [B, F] in importance order: the position of the map each map links to, and whether it
-    links at all."""
-    n, width = order.shape
-    unit = unit_maps(scaled)
-    unit_o = unit.gather(1, order[:, :, None].expand(n, width, unit.shape[2]))
-    sim_o = unit_o @ unit_o.transpose(1, 2)
-    later = torch.ones(width, width, dtype=torch.bool, device=scaled.device).triu()
-    cand = sim_o.masked_fill_(later | (sim_o < threshold), -math.inf)
-    return cand.argmax(dim=2), cand.amax(dim=2) > -math.inf
-
-
 def _screen_units(
     rows: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor, is_flat: torch.Tensor
 ) -> torch.Tensor:
@@ -208,7 +200,7 @@ def _screen_units(
     count, cells = rows.shape
     if rows.dtype == torch.float64:
         out = torch.empty((count, cells), dtype=torch.float32, device=rows.device)
-        step = max(1, _CHUNK // max(cells, 1))
+        step = max(1, _chunk(rows.device) // max(cells, 1))
         for r0 in range(0, count, step):
             sl = slice(r0, r0 + step)
             out[sl] = rows[sl].sub_(lo[sl, None]).mul_(inv[sl, None])
@@ -236,6 +228,12 @@ def _screen_safe(lo: torch.Tensor, span: torch.Tensor, is_flat: torch.Tensor) ->
 _CHUNK = 1 << 18
 
 
+def _chunk(device: torch.device) -> int:
+    """:data:`_CHUNK` on a CPU; 16 times as many on a GPU, where each step is a kernel launch
+    and the cache is not what bounds the work."""
+    return _CHUNK if device.type == "cpu" else 16 * _CHUNK
+
+
 def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
     """Step 1 for some maps ([R, n] as measured, their minima and spans [R]): the float64
     scaled maps, ``(A - min A) / (max A - min A)``, a flat map (constant, or with a NaN:
@@ -261,7 +259,7 @@ def _map_stats(
     span = rows.amax(dim=1).to(torch.float64) - lo
     mean, alpha = torch.zeros(count, **f64), torch.zeros(count, **f64)
     norm = torch.zeros(count, **f64) if norms else None
-    step = max(1, _CHUNK // cells)
+    step = max(1, _chunk(rows.device) // cells)
     for r0 in range(0, count, step):
         sl = slice(r0, r0 + step)
         x = rows[sl].to(torch.float64, copy=True)  # a copy even of float64 maps: changed below
@@ -317,35 +315,34 @@ def _row_top2(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def _links_screened(
-    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, inv: torch.Tensor, order: torch.Tensor,
-    is_flat: torch.Tensor, threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_links_float64`'s result from a float32 screen with an exact float64 recheck
-    of every row the screen cannot decide (docs/cluster-method.md, "Precision and cost"),
-    and the screen's [B, F, n] unit vectors in importance order.
+    rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, unit_o: torch.Tensor, bound: float,
+    order: torch.Tensor, is_flat: torch.Tensor, threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's link (step 4): ``(best, linked)``, [B, F] in importance order (the position
+    of the map each map links to, and whether it links at all), from similarities within
+    ``bound`` of the float64 ones, with every row they cannot decide decided by
+    :func:`_recheck`'s float64 similarities (docs/cluster-method.md, "Precision and cost").
 
     Args:
-        rows: [B * F, n] the maps as measured, lo / span / inv: [B * F] their minima, spans
-            and ``1 / |A - min A|`` (0 for a flat map); order: [B, F] importance order;
-            is_flat: [B, F] constant maps.
+        rows: [B * F, n] the maps as measured, lo / span: [B * F] their minima and spans;
+        unit_o: [B, F, n] the maps' unit vectors in importance order (zero for a flat map):
+            float32 for the screen, float64 without it; bound: their similarities' largest
+            distance from :func:`_recheck`'s (:func:`screen_bound`, :func:`float64_bound`);
+        order: [B, F] importance order; is_flat: [B, F] constant maps.
     """
     n, width = order.shape
     cells = rows.shape[1]
     device = rows.device
-    bound = screen_bound(cells)
     low = threshold - bound
-    # the screen vectors in importance order, so that only the lower triangle of the
-    # product is computed: row block [r0, r1) against the columns before r1
-    at = (torch.arange(n, device=device)[:, None] * width + order).reshape(-1)
-    unit_o = _screen_units(rows.index_select(0, at), lo[at], inv[at], is_flat.reshape(-1)[at]).view(
-        n, width, cells)
+    # the vectors are in importance order, so that only the lower triangle of the product
+    # is computed: row block [r0, r1) against the columns before r1
     pos = torch.arange(width, device=device).expand(n, width)
     flat_o = is_flat.gather(1, order)
     best = torch.empty((n, width), dtype=torch.long, device=device)
     linked = torch.empty((n, width), dtype=torch.bool, device=device)
     step = min(width, _block_rows(n, cells))
-    work = torch.empty(n * step * width, dtype=torch.float32, device=device)
-    later = torch.zeros(step, step, dtype=torch.float32, device=device).masked_fill_(
+    work = torch.empty(n * step * width, dtype=unit_o.dtype, device=device)
+    later = torch.zeros(step, step, dtype=unit_o.dtype, device=device).masked_fill_(
         torch.ones(step, step, dtype=torch.bool, device=device).triu(), -math.inf)
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, row, column) to recheck
     for r0 in range(0, width, step):
@@ -354,8 +351,9 @@ def _links_screened(
                         out=work[:n * (r1 - r0) * r1].view(n, r1 - r0, r1))  # [B, r1 - r0, r1]
         blk[:, :, r0:].add_(later[:r1 - r0, :r1 - r0])  # -inf: a map and those after it
         m1, i, m2 = _row_top2(blk)
-        # decided: no similarity can reach T, or one is surely >= T and no other can match it;
-        # compared in float64, so that no rounding of T +- bound to float32 eats into the bound
+        # decided: no similarity can reach T, or one is surely >= T and no other can match it
+        # (in the recheck's float64); compared in float64, so that no rounding of T +- bound to
+        # float32 eats into the bound
         m1d, m2d = m1.to(torch.float64), m2.to(torch.float64)
         rival = torch.clamp(m1d - 2 * bound, min=low)  # a column below this cannot win in float64
         surely_none = m1d < low
@@ -374,7 +372,7 @@ def _links_screened(
     if pairs:
         b, r, j = (torch.cat(t) for t in zip(*pairs))
         _recheck(rows, lo, span, order, b, r, j, threshold, best, linked)
-    return best, linked, unit_o
+    return best, linked
 
 
 def _recheck(
@@ -394,7 +392,7 @@ def _recheck(
     pair_maps = torch.cat([b * width + order[b, r], b * width + order[b, j]])
     used, at = torch.unique(pair_maps, return_inverse=True)
     unit = torch.empty((len(used), cells), dtype=torch.float64, device=device)
-    step = max(1, _CHUNK // max(cells, 1))
+    step = max(1, _chunk(device) // max(cells, 1))
     for c0 in range(0, len(used), step):
         f = used[c0:c0 + step]
         scaled = _scaled_rows(maps.index_select(0, f), lo[f], span[f])
@@ -449,13 +447,23 @@ def cluster_layer(
     is_flat = ~(span > 0).view(n, width)  # constant maps (and maps with a NaN) scale to all zeros
     pos = torch.arange(width, device=device).expand(n, width)
     unit_o = None
+    at = (torch.arange(n, device=device)[:, None] * width + order).reshape(-1)  # maps in importance order
     if screen and norm is not None and _screen_safe(lo, span, is_flat.reshape(-1)):
         spread = ~is_flat.reshape(-1)
         inv = torch.where(spread, 1.0 / torch.where(spread, norm, 1.0), 0.0)
-        best, linked, unit_o = _links_screened(measured, lo, span, inv, order, is_flat, threshold)
-    elif width:
-        scaled = _scaled_rows(measured, lo, span).view(n, width, cells)
-        best, linked = _links_float64(scaled, order, threshold)
+        unit_o = _screen_units(measured.index_select(0, at), lo[at], inv[at], is_flat.reshape(-1)[at])
+        unit_o = unit_o.view(n, width, cells)
+        best, linked = _links_screened(measured, lo, span, unit_o, screen_bound(cells), order, is_flat,
+                                       threshold)
+    elif width and cells:  # every similarity in float64, close calls decided as the screen's are
+        scaled = _scaled_rows(measured.index_select(0, at), lo[at], span[at])
+        unit64 = scaled.div_(torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp(min=math.ulp(0.0)))
+        endless = (~torch.isfinite(span[at]) & (span[at] > 0)).nonzero().squeeze(1)
+        if len(endless):  # NaN similarities (an infinite span) are below T: as a zero vector's
+            unit64.index_fill_(0, endless, 0.0)
+        best, linked = _links_screened(measured, lo, span, unit64.view(n, width, cells),
+                                       float64_bound(cells), order, is_flat, threshold)
+        del unit64, scaled
     else:
         best, linked = pos, torch.zeros_like(is_flat)
     root = torch.where(linked, best, pos)
@@ -511,7 +519,7 @@ def _merged_maps(
     inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
     weight = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]) * inv.view(n, 1, width)
     out = torch.empty((n, k, cells), dtype=torch.float64, device=device)
-    group = max(1, _CHUNK // max(width * cells, 1))
+    group = max(1, _chunk(device) // max(width * cells, 1))
     for b0 in range(0, n, group):
         b1 = min(n, b0 + group)
         rows = maps[b0 * width:b1 * width].to(torch.float64, copy=True).sub_(lo[b0 * width:b1 * width, None])

@@ -154,8 +154,8 @@ def test_reduced_precision_matmuls_turn_the_screen_off(setting: str, monkeypatch
     grads = torch.randn(2, 20, 3, 3, generator=gen)
     reference = cluster_layer(acts, grads, 0.5, 2, screen=False)
     used: list[bool] = []
-    real = clusters._links_screened
-    monkeypatch.setattr(clusters, "_links_screened", lambda *a: used.append(True) or real(*a))
+    real = clusters._screen_units
+    monkeypatch.setattr(clusters, "_screen_units", lambda *a: used.append(True) or real(*a))
     backends = torch.backends
     try:
         if setting == "mkldnn-bf16":
@@ -250,3 +250,27 @@ def test_a_nan_value_gives_its_cluster_no_concepts_and_no_nan_scores() -> None:
     assert torch.isfinite(scores).all()
     assert (scores[0, 0] == 0).all() and (clean[0, 0] > 0).any()
     assert torch.equal(scores[0, 1], clean[0, 1]) and (clean[0, 1] > 0).any()
+
+
+def test_screen_and_float64_paths_make_close_calls_alike() -> None:
+    """A similarity within rounding of T (T = 1 with equal or proportional maps, or T set to
+    one of the similarities) is decided by the same float64 arithmetic on both paths: the
+    float64 path once took its own product's values, which differ from the recheck's in the
+    last bits, so one path linked where the other did not (about a third of such cases)."""
+    m = [0.37, 0, 0.27, 0.51, 0.58, 0.43, 0.44, 0.17, 0.76]
+    acts = torch.tensor(m * 2).view(1, 2, 3, 3)
+    grads = torch.tensor([1.0, 0.5]).view(1, 2, 1, 1).expand(1, 2, 3, 3).contiguous()
+    once = cluster_layer(acts, grads, 1.0)
+    assert clusters_of(once) == clusters_of(cluster_layer(acts, grads, 1.0, screen=False))
+    gen = torch.Generator().manual_seed(13)
+    for trial in range(60):
+        acts = torch.relu(torch.randn(2, 12, 5, 5, generator=gen))
+        acts[:, 6:] = acts[:, :6] * (1.0 if trial % 2 else 0.37 * (1 + trial))  # equal or proportional maps
+        grads = torch.randn(2, 12, 5, 5, generator=gen)
+        scaled = _scaled(acts.reshape(2, 12, 25).double())
+        unit = unit_maps(scaled)[..., :25]
+        near = float((unit[0, 0] * unit[0, 3]).sum())  # a similarity as one float64 evaluation gives it
+        for threshold in (1.0, near):
+            got = [clusters_of(cluster_layer(acts, grads, threshold, screen=s), b) for s in (True, False)
+                   for b in range(2)]
+            assert got[:2] == got[2:], (trial, threshold)
