@@ -124,22 +124,6 @@ class LayerClusters:
     size: tuple[int, int] = (0, 0)
 
 
-def _scaled(x: torch.Tensor) -> torch.Tensor:
-    lo = x.amin(dim=2, keepdim=True)
-    span = x.amax(dim=2, keepdim=True) - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
-
-
-def unit_maps(scaled: torch.Tensor) -> torch.Tensor:
-    """[B, F, H*W + 1]: each scaled map as a unit vector, with one more coordinate that is 1
-    for an all-zero map and 0 otherwise, so that one product gives every pair's similarity
-    as docs/cluster-method.md defines it: the cosine of two maps, 1 for two all-zero maps, 0
-    for an all-zero map and any other (the extra coordinate adds exactly 0 to the others)."""
-    norm = scaled.norm(dim=2, keepdim=True)
-    flat = norm == 0
-    return torch.cat([scaled / torch.where(flat, 1.0, norm), flat.to(scaled.dtype)], dim=2)
-
-
 #: unit roundoff of float32 and float64
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -241,6 +225,20 @@ def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> to
     x = rows.to(torch.float64, copy=True).sub_(lo[:, None])
     spread = (span > 0)[:, None]
     return torch.where(spread, x.div_(torch.where(spread, span[:, None], 1.0)), 0.0)
+
+
+def _unit_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """Step 2's float64 unit maps of some maps ([R, n] as measured, their minima and spans
+    [R]): each scaled map divided by its norm; a flat map's is zero, and so is a map's with
+    an infinite span (it scales to NaN where it is infinite, and NaN similarities count as
+    below T, as a zero vector's do). Both paths' float64 similarities come from these."""
+    scaled = _scaled_rows(rows, lo, span)
+    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+    unit = scaled.div_(torch.where(norm > 0, norm, 1.0))
+    endless = (~torch.isfinite(span) & (span > 0)).nonzero().squeeze(1)
+    if len(endless):
+        unit.index_fill_(0, endless, 0.0)
+    return unit
 
 
 def _map_stats(
@@ -395,9 +393,7 @@ def _recheck(
     step = max(1, _chunk(device) // max(cells, 1))
     for c0 in range(0, len(used), step):
         f = used[c0:c0 + step]
-        scaled = _scaled_rows(maps.index_select(0, f), lo[f], span[f])
-        norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-        unit[c0:c0 + step] = scaled.div_(torch.where(norm > 0, norm, 1.0))
+        unit[c0:c0 + step] = _unit_rows(maps.index_select(0, f), lo[f], span[f])
     ia, ic = at[:len(b)], at[len(b):]
     s64 = torch.empty(len(b), dtype=torch.float64, device=device)
     for c0 in range(0, len(b), step):
@@ -435,7 +431,7 @@ def cluster_layer(
     n, width = acts.shape[:2]
     device = acts.device
     cells = math.prod(acts.shape[2:])
-    measured = acts.detach().reshape(n * width, cells)  # float64 only a few maps at a time
+    measured = acts.detach().reshape(n * width, cells)  # with the screen, float64 a few maps at a time
     if screen is None:
         screen = _screen_allowed(device)
     flat_grads = None if grads is None else grads.detach().reshape(n * width, cells)
@@ -456,14 +452,10 @@ def cluster_layer(
         best, linked = _links_screened(measured, lo, span, unit_o, screen_bound(cells), order, is_flat,
                                        threshold)
     elif width and cells:  # every similarity in float64, close calls decided as the screen's are
-        scaled = _scaled_rows(measured.index_select(0, at), lo[at], span[at])
-        unit64 = scaled.div_(torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp(min=math.ulp(0.0)))
-        endless = (~torch.isfinite(span[at]) & (span[at] > 0)).nonzero().squeeze(1)
-        if len(endless):  # NaN similarities (an infinite span) are below T: as a zero vector's
-            unit64.index_fill_(0, endless, 0.0)
-        best, linked = _links_screened(measured, lo, span, unit64.view(n, width, cells),
-                                       float64_bound(cells), order, is_flat, threshold)
-        del unit64, scaled
+        unit64 = _unit_rows(measured.index_select(0, at), lo[at], span[at]).view(n, width, cells)
+        best, linked = _links_screened(measured, lo, span, unit64, float64_bound(cells), order, is_flat,
+                                       threshold)
+        del unit64
     else:
         best, linked = pos, torch.zeros_like(is_flat)
     root = torch.where(linked, best, pos)
@@ -919,7 +911,6 @@ __all__ = [
     "cluster_layer",
     "map_path",
     "sync_maps",
-    "unit_maps",
     "variant_columns",
     "variant_name",
     "write_maps",

@@ -9,7 +9,25 @@ import pytest
 import torch
 from test_clusters import plain_cluster
 
-from filtag_kg.clusters import _map_stats, _scaled, _screen_units, cluster_layer, screen_bound, unit_maps
+from filtag_kg.clusters import _map_stats, _screen_units, cluster_layer, screen_bound
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    """Step 1 of [B, F, n] maps, written out: each map less its minimum over its span, a map
+    without a span > 0 to zeros."""
+    lo = x.amin(dim=2, keepdim=True)
+    span = x.amax(dim=2, keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def unit_maps(scaled: torch.Tensor) -> torch.Tensor:
+    """[B, F, n + 1]: each scaled map as a unit vector, with one more coordinate that is 1
+    for an all-zero map and 0 otherwise, so that one product gives every pair's similarity
+    as docs/cluster-method.md defines it: the cosine of two maps, 1 for two all-zero maps, 0
+    for an all-zero map and any other (the extra coordinate adds exactly 0 to the others)."""
+    norm = scaled.norm(dim=2, keepdim=True)
+    flat = norm == 0
+    return torch.cat([scaled / torch.where(flat, 1.0, norm), flat.to(scaled.dtype)], dim=2)
 
 
 def clusters_of(lc, b: int = 0) -> list[list[int]]:
