@@ -597,11 +597,9 @@ class App:
         request. A 10 M-quad export has about 7,000 labels (0.2 s to read)."""
         import pyoxigraph as ox
 
-        from .rdf.vocab import RDFS, SKOS
-
         labels: dict[str, str] = {}
         read = text = 0  # label statements and characters read: bound the start-up time and memory
-        for pred in (SKOS.prefLabel, RDFS.label):  # a prefLabel wins over an rdfs:label
+        for pred in _label_predicates():  # a prefLabel wins over an rdfs:label
             for q in self.store.quads_for_pattern(None, ox.NamedNode(str(pred)), None, None):
                 # the first literal label of a subject in index order, as a lookup by subject finds it
                 if (isinstance(q.subject, ox.NamedNode) and isinstance(q.object, ox.Literal)
@@ -626,11 +624,9 @@ class App:
             return got
         import pyoxigraph as ox
 
-        from .rdf.vocab import RDFS, SKOS
-
         node = ox.NamedNode(iri)
         got = next(
-            (q.object.value for pred in (SKOS.prefLabel, RDFS.label)
+            (q.object.value for pred in _label_predicates()
              for q in self.store.quads_for_pattern(node, ox.NamedNode(str(pred)), None, None)
              if isinstance(q.object, ox.Literal)),  # a label is a literal (not an IRI or a triple term)
             None,
@@ -842,6 +838,14 @@ def _unescape_codepoints(text: str) -> str:
         return chr(code) if code < 0x110000 and not 0xD800 <= code < 0xE000 else m.group()
 
     return re.sub(r"\\u([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})", char, text)
+
+
+def _label_predicates() -> tuple[Any, Any]:
+    """The predicates of a link's label, the one that wins first: ``skos:prefLabel``, then
+    ``rdfs:label`` (for the labels read at start and for those looked up one by one)."""
+    from .rdf.vocab import RDFS, SKOS
+
+    return SKOS.prefLabel, RDFS.label
 
 
 def _iri_tail(iri: str) -> str:
