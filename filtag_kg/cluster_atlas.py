@@ -40,11 +40,6 @@ class Region:
         """``xywh=x,y,w,h``: the region as a Media Fragments spatial fragment."""
         return f"xywh={self.x},{self.y},{self.w},{self.h}"
 
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """``(left, top, right, bottom)``, as PIL's ``Image.crop`` takes it."""
-        return self.x, self.y, self.x + self.w, self.y + self.h
-
 
 def atlas_layout(sizes: Sequence[tuple[int, int]], slots: int) -> tuple[int, int, list[list[Region]]]:
     """The atlas of layers whose maps are ``sizes`` (``(H, W)`` per layer, profile order) with

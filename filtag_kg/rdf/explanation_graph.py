@@ -362,8 +362,7 @@ class ExplanationEncoder:
                 path = row.get("map")
                 if path:
                     file, region = split_map_ref(str(path))
-                    m = mint.run_file(ctx.run_iri, file)
-                    m = f"<{m}#{region.fragment}>" if region is not None else f"<{m}>"
+                    m = f"<{mint.cluster_map(ctx.run_iri, file, region and region.fragment)}>"
                     add(f"{k} {_CLUSTER_MAP} {m}{end}")
                     add(f"{m} {_A} {_C_CLUSTER_MAP}{end}")
                     add(f"{m} {_FORMAT} {_PNG}{end}")

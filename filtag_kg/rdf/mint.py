@@ -388,6 +388,13 @@ class Minter:
         return f"{run_iri}/file/" + "/".join(segment(part) for part in path.split("/"))
 
     @staticmethod
+    def cluster_map(run_iri: str, path: str, fragment: str | None = None) -> str:
+        """A cluster's map: ``R/file/{path}#{fragment}``, its region of the atlas ``path``
+        (``xywh=x,y,w,h``), or the whole file without a fragment (maps of older runs)."""
+        iri = Minter.run_file(run_iri, path)
+        return f"{iri}#{fragment}" if fragment is not None else iri
+
+    @staticmethod
     def clusters_graph(run_iri: str) -> str:
         """``R/kg/clusters``: name of the named graph with the run's class-level cluster aggregates."""
         return f"{run_iri}/kg/clusters"
