@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -477,11 +478,16 @@ def test_a_batch_writes_one_map_file_per_image_variant(
     real_mkstemp = tempfile.mkstemp
     monkeypatch.setattr(tempfile, "mkstemp",
                         lambda *a, **k: made.append(k.get("prefix", "")) or real_mkstemp(*a, **k))
+    scans: list[Path] = []  # each folder is scanned for stale temporary files once per batch
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p: scans.append(Path(p)) or real_scandir(p))
     indices, sha = [10, 11, 12], ["s0", None, "s2"]
     write_maps(tmp_path, host, indices, sha, {"kind": "blur", "param": 2.0})
+    monkeypatch.setattr(os, "scandir", real_scandir)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == ["clusters/maps/index-11/blur-2.0.png", "clusters/maps/s0/blur-2.0.png"]
     assert len(made) == 2  # one file created per image variant with maps
+    assert len(scans) == 2 and len(set(scans)) == 2
     blur = {"kind": "blur", "param": 2.0}
     col_off, paths = cluster_columns(host, 0, variant_columns(host, indices, sha, blur))["cluster_map"]
     tops = [0, 5, 14]  # rows of the layers: heights 5, 9, 2

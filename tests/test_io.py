@@ -117,34 +117,3 @@ def test_sync_filesystem_reports_a_write_back_error(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
     with pytest.raises(OutputError, match="cannot flush"):
         sync_filesystem(tmp_path)
-
-
-def test_cluster_maps_of_a_batch_scan_each_image_folder_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Before write_many, every map's atomic write scanned its folder for stale temps
-    (an image's 3 maps x 4 layers: 12 scans of one folder, O(n^2) entries per image); now an
-    image variant's maps are one atlas file, its folder scanned once per batch."""
-    import numpy as np
-    from PIL import Image
-
-    from filtag_kg.clusters import map_path, write_maps
-
-    rng = np.random.default_rng(0)
-    sides = (2, 4, 7, 9)
-    layers = [{"maps": rng.integers(0, 256, (2, 3, s, s), dtype=np.uint8), "has_map": np.ones((2, 3), bool),
-               "slots": 3, "size": (s, s)} for s in sides]
-    scans: list[Path] = []
-    real_scandir = os.scandir
-    monkeypatch.setattr(os, "scandir", lambda p: scans.append(Path(p)) or real_scandir(p))
-    write_maps(tmp_path, {"layers": layers}, [0, 1], ["s0", "s1"], None)
-    assert len(scans) == 2 and len(set(scans)) == 2
-    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 2  # one atlas per image
-    for b in range(2):
-        with Image.open(tmp_path / map_path(f"s{b}", b, None)) as im:
-            atlas = np.asarray(im)
-            assert im.mode == "L" and atlas.shape == (sum(sides), 3 * max(sides))
-        for li, s in enumerate(sides):
-            for k in range(3):
-                y = sum(sides[:li])
-                assert np.array_equal(atlas[y:y + s, k * s:k * s + s], layers[li]["maps"][b, k])
