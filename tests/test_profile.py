@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, cli_env, sigint_in_bookkeeping, write_images
+from conftest import CLASSES, cli_env, kill_when_done, sigint_in_bookkeeping, write_images
 from tiny_models import build_module_act, build_shared, build_tiny
 
 from filtag_kg.activations import FilterProbe, scaled_filter_values
@@ -268,18 +266,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
 
     env["TINY_SLEEP"] = "0.4"
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_profile_cmd(data, run_dir), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     ckpt = run_dir / CHECKPOINT
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait for the third checkpoint: 6 of 18 images done
-        if ckpt.exists():
-            with np.load(ckpt) as z:
-                if json.loads(z["state"].tobytes())["done"] >= 6:
-                    break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+
+    def checkpoint_done() -> int:
+        if not ckpt.exists():
+            return 0
+        with np.load(ckpt) as z:
+            return int(json.loads(z["state"].tobytes())["done"])
+
+    kill_when_done(_profile_cmd(data, run_dir), env, checkpoint_done, 6)  # third checkpoint: 6 of 18 done
     assert ckpt.exists() and not (run_dir / "profile.json").exists()
 
     again = subprocess.run(_profile_cmd(data, run_dir), env=env, capture_output=True, text=True,
