@@ -253,17 +253,6 @@ class RecordedPass:
         return _points_from_events(self.model, layers, self.recorder.events, measure)
 
 
-def _record_forward(model: nn.Module, example: torch.Tensor) -> list[_Event]:
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), RecordedPass(model) as recorded:
-            model(example)
-    finally:
-        model.train(was_training)
-    return recorded.recorder.events
-
-
 def _pure_func_activation(ev: _Event) -> Callable[[torch.Tensor], torch.Tensor]:
     base = _ACTIVATION_FUNCS[ev.target]
     rest = ev.rest
@@ -297,7 +286,14 @@ def find_measure_points(
     Raises:
         UnknownLayerError: a layer is not called exactly once per forward pass.
     """
-    return _points_from_events(model, layers, _record_forward(model, example), measure)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), RecordedPass(model) as recorded:
+            model(example)
+    finally:
+        model.train(was_training)
+    return recorded.points(layers, measure=measure)
 
 
 def _points_from_events(
