@@ -904,8 +904,7 @@ def _reusable_points(profile: Profile, loaded: Any, *, amp: str | None, grads: b
     can check them (an eager model, no autocast, no gradients); ``None``: find them with a
     dry run instead."""
     module = loaded.module
-    if (grads or amp not in (None, "off") or isinstance(module, torch.jit.ScriptModule)
-            or hasattr(module, "filtag_graph_probes")):
+    if grads or amp not in (None, "off") or isinstance(module, torch.jit.ScriptModule):
         return None
     points = [point_from_record(lp.measure, layer=lp.name, width=lp.width) for lp in profile.layers]
     modules = dict(module.named_modules())
@@ -1161,10 +1160,11 @@ def explain_dataset(
                 host = [to_host(c) for c in clustered_results]
                 for r, h in zip(results, host):
                     write_maps(run, h, info["indices"], info["sha256"], r[0])
+            sink = open_sink()
             rows = encode_batch(info, results, settings, index.incidence, names,
-                                weighting=opts.weighting, value_type=open_sink().value_type, widths=widths,
+                                weighting=opts.weighting, value_type=sink.value_type, widths=widths,
                                 clusters=host, value_bits=opts.value_bits)
-        open_sink().write(rows)
+        sink.write(rows)
 
     widths = [p.width for p in engine.points]
     rounds = 0
