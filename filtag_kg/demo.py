@@ -16,9 +16,10 @@ from typing import Any
 
 from .pipeline import RunResult, run, summarize
 from .profile import ProfileOptions
+from .shapes import SHAPES_MODEL
 from .tagging import TagSetting
 
-DEMO_MODEL = "filtag_kg.shapes:build_shapes_net"
+DEMO_MODEL = SHAPES_MODEL
 #: the layers ``filtag-kg demo --cladec`` decodes (4 x 4 x 64 and 2 x 2 x 10 activations of 32 px images)
 DEMO_CLADEC_LAYERS = ("features.11", "features.15")
 #: ClaDec training epochs of the demo (see benchmarks/bench_cladec.py)

@@ -87,6 +87,7 @@ from ._io import atomic_open, read_json, sha256_file, write_json
 from .preprocess import Preprocess
 
 __all__ = [
+    "SHAPES_MODEL",
     "SHAPE_CLASSES",
     "SHAPES_OUTPUT_WNIDS",
     "SHAPES_PREPROCESS",
@@ -623,6 +624,10 @@ def train_shapes_net(
 # --------------------------------------------------------------------------- cache
 
 
+#: the demo network's model spec (``module:function``) as ``--model`` and run records name it
+SHAPES_MODEL = "filtag_kg.shapes:build_shapes_net"
+
+
 def load_shapes_model(weights_file: Path) -> Any:
     """The demo network from its trained weights, as :func:`filtag_kg.models.load_model`
     loads it: its preprocessing, its classes named by WordNet in logit order (the demo and
@@ -631,7 +636,7 @@ def load_shapes_model(weights_file: Path) -> Any:
 
     label = dict(SHAPE_CLASSES)
     classes = [ClassInfo(w, label[w]) for w in SHAPES_OUTPUT_WNIDS]  # logit order
-    return load_model("filtag_kg.shapes:build_shapes_net", weights_file=weights_file,
+    return load_model(SHAPES_MODEL, weights_file=weights_file,
                       preprocess=SHAPES_PREPROCESS, classes=classes)
 
 
