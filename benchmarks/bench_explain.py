@@ -343,8 +343,9 @@ def main() -> None:
         profile = profile_dataset(loaded, small, run, base)
         write_tags(run, profile, [TagSetting("top-k", args.k)])
         dataset = ImageDataset(imageset.samples, loaded.preprocess.transform())
+        example = first_good_image(imageset, dataset)
         engine = Engine.build(
-            loaded, first_good_image(imageset, dataset), layers=None, measure="activation", device=device
+            loaded, example, layers=None, measure="activation", device=device
         )
         loader = make_loader(dataset, batch_size=args.batch_size, workers=0, pin_memory=device.type == "cuda")
         opts = dict(
@@ -389,7 +390,7 @@ def main() -> None:
                             loaded=loaded)
             clus = args.images / (time.perf_counter() - t0)
             inputs = capture_cluster_inputs(run, imageset, opts, profile, loaded, args.batch_size)
-            macs = conv_macs(loaded, engine, next(iter(loader)).images)
+            macs = conv_macs(loaded, engine, example)
             by_width, maps_ms = cluster_cost_by_width(inputs, macs, 1000 / grad)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
