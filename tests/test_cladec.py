@@ -31,7 +31,7 @@ FAST = dict(epochs=2, batch_size=4, progress=False, checkpoint_every=2, device="
 
 
 @pytest.fixture
-def tiny_run(tmp_path: Path) -> tuple[Path, Path]:
+def cladec_run(tmp_path: Path) -> tuple[Path, Path]:
     """A profiled and tagged run of the tiny model (16 px inputs) and its images."""
     data = write_images(tmp_path / "train", per_class=4)
     run = tmp_path / "run"
@@ -56,8 +56,8 @@ def test_decoder_output_matches_the_image_shape(z: tuple[int, ...], image: tuple
     assert tuple(Decoder(z, image)(torch.zeros(2, *z)).shape) == (2, *image)
 
 
-def test_training_is_deterministic_and_shapes_fit(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
-    run, data = tiny_run
+def test_training_is_deterministic_and_shapes_fit(cladec_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = cladec_run
     first = train_cladec(run, "conv2", image_folder(data), CladecOptions(**FAST))
     w1 = _weights(first.folder)
     nets = first.networks
@@ -80,8 +80,8 @@ def test_training_is_deterministic_and_shapes_fit(tiny_run: tuple[Path, Path], t
     assert record["steps"] == 2 * 3 and len(record["history"]) == 2  # 10 training images, batches of 4
 
 
-def test_resume_after_an_interruption_gives_identical_weights(tiny_run: tuple[Path, Path]) -> None:
-    run, data = tiny_run
+def test_resume_after_an_interruption_gives_identical_weights(cladec_run: tuple[Path, Path]) -> None:
+    run, data = cladec_run
     full = _weights(train_cladec(run, "conv1", image_folder(data), CladecOptions(**FAST)).folder)
     folder = layer_folder(run, "conv1")
     (folder / "decoders.pt").unlink()
@@ -102,8 +102,8 @@ def test_resume_after_an_interruption_gives_identical_weights(tiny_run: tuple[Pa
     assert not (folder / "state.json").exists() and not (folder / "checkpoint.pt").exists()
 
 
-def test_alpha_adds_the_classifier_loss(tiny_run: tuple[Path, Path]) -> None:
-    run, data = tiny_run
+def test_alpha_adds_the_classifier_loss(cladec_run: tuple[Path, Path]) -> None:
+    run, data = cladec_run
     res = train_cladec(run, "conv3", image_folder(data), CladecOptions(**FAST, alpha=0.25))
     assert res.folder.name == "conv3-alpha0.25"
     for h in res.training["history"]:
@@ -114,8 +114,8 @@ def test_alpha_adds_the_classifier_loss(tiny_run: tuple[Path, Path]) -> None:
     assert all(h["cladec_classification_loss"] == 0 for h in plain.training["history"])
 
 
-def test_evaluation_compares_both_and_keeps_the_run_evaluation(tiny_run: tuple[Path, Path]) -> None:
-    run, data = tiny_run
+def test_evaluation_compares_both_and_keeps_the_run_evaluation(cladec_run: tuple[Path, Path]) -> None:
+    run, data = cladec_run
     (run / "evaluation.json").write_text(json.dumps({"format": "filtag-kg evaluation", "groups": [1]}))
     results = run_cladec(run, ["conv1", "conv3"], data=data,
                          options=CladecOptions(**FAST, reconstructions=2))
@@ -137,8 +137,8 @@ def test_evaluation_compares_both_and_keeps_the_run_evaluation(tiny_run: tuple[P
         assert held <= {p.name for p in data.rglob("*.png")}
 
 
-def test_held_out_accuracy_on_originals_is_the_classifiers(tiny_run: tuple[Path, Path]) -> None:
-    run, data = tiny_run
+def test_held_out_accuracy_on_originals_is_the_classifiers(cladec_run: tuple[Path, Path]) -> None:
+    run, data = cladec_run
     res = train_cladec(run, "conv1", image_folder(data), CladecOptions(**FAST))
     doc = evaluate_cladec(run, res, CladecOptions(**FAST))
     model = load_model("tiny_models:build_tiny", preprocess=PRE).module
@@ -152,8 +152,8 @@ def test_held_out_accuracy_on_originals_is_the_classifiers(tiny_run: tuple[Path,
     assert doc["accuracy"]["original"] == hits / len(res.eval_indices)
 
 
-def test_cli_errors_are_one_line(tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    run, data = tiny_run
+def test_cli_errors_are_one_line(cladec_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, data = cladec_run
     cases = [(["--layer", "conv9"], "conv9"), (["--layer", "conv*"], "conv*"),
              (["--layer", "conv1", "--alpha", "1.5"], "--alpha 1.5"),
              (["--layer", "conv1", "--epochs", "0"], "--epochs 0"),
@@ -168,9 +168,9 @@ def test_cli_errors_are_one_line(tiny_run: tuple[Path, Path], capsys: pytest.Cap
 
 
 def test_cli_trains_evaluates_and_prints(
-    tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    cladec_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run, data = tiny_run
+    run, data = cladec_run
     assert main(["cladec", str(run), "--layer", "conv2", "--data", str(data), "--epochs", "1",
                  "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -178,12 +178,12 @@ def test_cli_trains_evaluates_and_prints(
     assert (run / "cladec" / "conv2" / "decoders.pt").is_file()
 
 
-def test_explained_images_come_first_and_evaluate_keeps_the_section(tiny_run: tuple[Path, Path],
+def test_explained_images_come_first_and_evaluate_keeps_the_section(cladec_run: tuple[Path, Path],
                                                                     tmp_path: Path) -> None:
     from filtag_kg.evaluation import evaluate_run
     from filtag_kg.explain import ExplainOptions, explain_dataset
 
-    run, data = tiny_run
+    run, data = cladec_run
     held = write_images(tmp_path / "held", per_class=2, seed=5)
     tabby = sorted((held / "n02123045").glob("*.png"))
     explain_dataset(run, image_files(tabby), ExplainOptions(progress=False))
