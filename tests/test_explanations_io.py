@@ -134,7 +134,22 @@ def test_rounded_forms_agree_and_keep_ranks_votes_predictions(
                 assert abs(a["value"] - b["value"]) <= step / 2 + 1e-7  # b is float32-rounded
 
 
-def test_files_of_format_1_still_read_and_newer_ones_are_refused(tmp_path: Path) -> None:
+def _explicit_classes(table: object) -> object:
+    """``table`` as a writer before format 3 stored it: every row's classes listed, also
+    when they are 0..k-1 (format 3 leaves such lists null)."""
+    import pyarrow as pa
+
+    for cls, counts in (("vote_class", ("vote_count",)), ("last_class", ("last_count", "last_vote"))):
+        rows = table.column(cls).to_pylist()
+        sizes = [next((len(v) for v in (table.column(c)[r].as_py() for c in counts) if v is not None), 0)
+                 for r in range(table.num_rows)]
+        full = [list(range(k)) if row is None else row for row, k in zip(rows, sizes)]
+        table = table.set_column(table.schema.get_field_index(cls), cls, pa.array(full, pa.list_(pa.int32())))
+    return table
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_earlier_formats_still_read_and_newer_ones_are_refused(tmp_path: Path, version: int) -> None:
     import json
 
     import pyarrow as pa
@@ -143,9 +158,12 @@ def test_files_of_format_1_still_read_and_newer_ones_are_refused(tmp_path: Path)
     batch, names = _above_average_rows(4, None)
     ids = [f"c{i}" for i in range(1000)]
     doc = json.loads(names_metadata(names, ids, ids, ids)[b"filtag.explanations"])
-    assert doc.pop("format") == FORMAT_VERSION == 2
-    new = [c for c in ("value_bits", "value_top", "value_gap")]
-    old = pa.Table.from_batches([batch]).drop_columns(new)
+    assert doc.pop("format") == FORMAT_VERSION == 3
+    old = _explicit_classes(pa.Table.from_batches([batch]))
+    if version == 1:
+        old = old.drop_columns(["value_bits", "value_top", "value_gap"])
+    else:
+        doc["format"] = 2
     folder = tmp_path / "old"
     folder.mkdir()
     pq.write_table(old.replace_schema_metadata({b"filtag.explanations": json.dumps(doc).encode()}),
@@ -159,6 +177,56 @@ def test_files_of_format_1_still_read_and_newer_ones_are_refused(tmp_path: Path)
                    folder / "part-000000.parquet")
     with pytest.raises(ProfileError, match="newer than this filtag-kg reads"):
         list(iter_parquet_records(folder))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_voting_for_classes_0_to_k_store_no_class_list(tmp_path: Path, weighted: bool) -> None:
+    """Issue 16: above-average rows vote for every class, and writing their 1,000 class
+    numbers (twice: all layers and the last) took a fifth of the Parquet writing. Such
+    rows store a null list; other rows, and rows without votes, keep theirs."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    widths, n, classes = [8, 16, 32], 9, 50
+    names = ["a", "b", "c"]
+    incidence = [(rng.random((f, classes)) < 0.5).astype(np.float32) for f in widths]
+    for inc in incidence:
+        inc[:, 0] = 0  # class 0 is tagged to one filter only: a's filter 0 ...
+        inc[:, 1:][inc[:, 1:].sum(axis=1) == 0, 1] = 1
+    incidence[0][0, 0] = 1
+    incidence[2][0, 0] = 1  # ... and c's filter 0 (the last layer)
+    values = rng.random((n, sum(widths)))
+    values[0::2, 0] = values[0::2, widths[0] + widths[1]] = 2.0  # filter 0 active: every class
+    values[1::2, 0] = values[1::2, widths[0] + widths[1]] = -1.0  # not: class 0 missing
+    values[8] = 0.5  # nothing above the mean: no votes at all
+    weights = torch.from_numpy(rng.random((n, sum(widths)))) if weighted else None
+    ex = explain_tensors(torch.from_numpy(values), widths, incidence, TagSetting("above-average"), names,
+                         weights=weights)
+    batch = encode_rows(
+        indices=range(n), images=[f"img{i}.jpg" for i in range(n)], sha256=[None] * n,
+        true_classes=[None] * n,
+        top_class=np.zeros((n, 5), dtype=np.int64), top_prob=np.zeros((n, 5), dtype=np.float32),
+        method="above-average", param="", explained=ex, perturbation=None,
+        weighting="gradcam" if weighted else None)
+    every = [r % 2 == 0 and r < 8 for r in range(n)]
+    assert batch.column("vote_class").is_null().to_pylist() == every
+    assert batch.column("last_class").is_null().to_pylist() == every
+    assert batch.column("vote_class")[8].as_py() == []  # no votes: an empty list, not null
+    ids = [f"k{i}" for i in range(classes)]
+    parts = ParquetParts(tmp_path / "rows", 0, names_metadata(names, ids, ids, ids))
+    parts.write(batch)
+    parts.commit()
+    records = list(iter_parquet_records(tmp_path / "rows"))
+    for r, rec in enumerate(records):  # against the pairs explain_tensors computed
+        pairs = slice(ex.count_offsets[r], ex.count_offsets[r + 1])
+        want = dict(zip((ids[c] for c in ex.count_classes[pairs]), ex.counts[pairs].tolist()))
+        assert rec["vote_counts"] == want
+        assert len(want) == classes if every[r] else ids[0] not in want
+        last = slice(ex.last_offsets[r], ex.last_offsets[r + 1])
+        want_last = dict(zip((ids[c] for c in ex.last_classes[last]), ex.last[last].tolist()))
+        assert rec["votes_last_layer"] == want_last and len(want_last) <= classes
+        assert set(want_last) == set(ids) if every[r] else ids[0] not in want_last
+    assert records[8]["vote_counts"] == {} and records[8]["votes_last_layer"] == {}
 
 
 def test_value_bits_out_of_range_is_one_error(
