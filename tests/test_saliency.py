@@ -181,11 +181,16 @@ def test_sag_full_beam_finds_exactly_the_exhaustive_minimal_sets(grid: int, seed
     assert want  # the toy has something to find
 
 
-def test_sag_on_the_tiny_model_matches_direct_forward_passes() -> None:
+@pytest.mark.parametrize("seed, threshold, grows", [(10, 0.9, False), (112, 0.99, True)])
+def test_sag_on_the_tiny_model_matches_direct_forward_passes(
+    seed: int, threshold: float, grows: bool
+) -> None:
+    """Seed 10 gives two single-patch roots (no edges); seed 112 at 0.99 one root of three
+    patches with children and grandchildren, so the edges are checked too."""
     model = build_tiny()
-    image = _inputs(1, side=12, seed=10)[0]
+    image = _inputs(1, side=12, seed=seed)[0]
     t = int(model(image[None]).argmax())
-    opts = S.SagOptions(grid=3, beam=4, roots=2, overlap=1, depth=2, max_nodes=12, threshold=0.9)
+    opts = S.SagOptions(grid=3, beam=4, roots=2, overlap=1, depth=2, max_nodes=12, threshold=threshold)
     score = S.class_probability(model)
     g = S.sag(score, image, t, opts)
     assert g == S.sag(score, image, t, opts)  # deterministic
@@ -200,11 +205,15 @@ def test_sag_on_the_tiny_model_matches_direct_forward_passes() -> None:
     assert 1 <= len(g.roots) <= 2 and len(g.nodes) <= 12
     for r in g.roots:
         patches, q = g.nodes[r]
-        assert q == pytest.approx(p(patches), abs=1e-6) and q >= 0.9 * g.probability
-        assert all(p(patches[:i] + patches[i + 1 :]) < 0.9 * g.probability for i in range(len(patches)))
+        assert q == pytest.approx(p(patches), abs=1e-6) and q >= threshold * g.probability
+        assert all(p(patches[:i] + patches[i + 1 :]) < threshold * g.probability for i in range(len(patches)))
     if len(g.roots) == 2:
         a, b = (set(g.nodes[r][0]) for r in g.roots)
         assert len(a & b) <= 1
+    # every node one patch short of another (within the depth, below max_nodes) hangs from it
+    sets = [frozenset(n[0]) for n in g.nodes]
+    below = {(i, j) for i, a in enumerate(sets) for j, b in enumerate(sets) if b < a and len(a - b) == 1}
+    assert {(parent, child) for parent, child, _ in g.edges} == below and bool(below) == grows
     for parent, child, removed in g.edges:
         assert set(g.nodes[parent][0]) - set(g.nodes[child][0]) == {removed}
         assert g.nodes[child][1] == pytest.approx(p(g.nodes[child][0]), abs=1e-6)
