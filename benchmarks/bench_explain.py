@@ -236,12 +236,22 @@ def cluster_cost_by_width(
     (``cluster_layer`` with the float32 screen, and with float64 similarities of every pair,
     the method before the screen), the labels under one setting (``cluster_concepts``, a
     top-k 1 tag matrix of ``classes`` classes), summed over the layers of that shape, best of
-    ``repeats``; and the shape's share of the gradcam pass (its conv multiply-adds' share of
+    ``repeats`` (the pass labels all layers in one ``batch_concepts`` call: that is the
+    second figure); and the shape's share of the gradcam pass (its conv multiply-adds' share of
     the model's, times the gradcam pass's ms per image: forward and backward cost about in
-    proportion). Second: ms per image of writing the maps as the pass does (``write_maps``:
-    one atlas PNG per image holding its maps of every layer, so not split by shape), best
-    of ``repeats``, each repeat into a new folder (the pass writes new files)."""
-    from filtag_kg.clusters import ClusterOptions, cluster_concepts, cluster_layer, to_host, write_maps
+    proportion). Second: ms per image of labelling every layer as the pass does
+    (``batch_concepts``, the same tag matrices). Third: ms per image of writing the maps as
+    the pass does (``write_maps``: one atlas PNG per image holding its maps of every layer,
+    so not split by shape), best of ``repeats``, each repeat into a new folder (the pass
+    writes new files)."""
+    from filtag_kg.clusters import (
+        ClusterOptions,
+        batch_concepts,
+        cluster_concepts,
+        cluster_layer,
+        to_host,
+        write_maps,
+    )
 
     threshold, n_maps = ClusterOptions().threshold, ClusterOptions().maps
     rng = np.random.default_rng(0)
@@ -260,6 +270,8 @@ def cluster_cost_by_width(
 
     rows = []
     clustered: list[Any] = [None] * len(inputs)
+    tags: list[Any] = [None] * len(inputs)
+    values_of: list[Any] = [None] * len(inputs)
     with tempfile.TemporaryDirectory() as tmp:
         for shape, layers in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
             n = inputs[layers[0]][0].shape[0]
@@ -273,16 +285,18 @@ def cluster_cost_by_width(
                 screen += best(cluster_layer, acts, grads, threshold, n_maps)
                 float64 += best(cluster_layer, acts, grads, threshold, n_maps, screen=False)
                 lc = clustered[li] = cluster_layer(acts, grads, threshold, n_maps)
+                tags[li], values_of[li] = inc_t, values
                 labels += best(cluster_concepts, lc, values, inc_t)
             share = gradcam_ms * sum(macs[li] for li in layers) / total_macs
             rows.append({"shape": shape, "layers": len(layers), "screen": 1000 * screen / n,
                          "float64": 1000 * float64 / n, "labels": 1000 * labels / n, "gradcam_share": share})
-        host = to_host({"layers": clustered, "concepts": []})
         n = inputs[0][0].shape[0] if inputs else 1
+        all_labels = best(batch_concepts, clustered, torch.cat(values_of, dim=1), tags) if inputs else 0.0
+        host = to_host({"layers": clustered, "concepts": []})
         runs = iter(range(repeats))
         maps = best(lambda: write_maps(Path(tmp) / f"maps-{next(runs)}", host, list(range(n)), [None] * n,
                                        None))
-    return rows, 1000 * maps / n
+    return rows, 1000 * all_labels / n, 1000 * maps / n
 
 
 def main() -> None:
@@ -391,7 +405,7 @@ def main() -> None:
             clus = args.images / (time.perf_counter() - t0)
             inputs = capture_cluster_inputs(run, imageset, opts, profile, loaded, args.batch_size)
             macs = conv_macs(loaded, engine, example)
-            by_width, maps_ms = cluster_cost_by_width(inputs, macs, 1000 / grad)
+            by_width, labels_ms, maps_ms = cluster_cost_by_width(inputs, macs, 1000 / grad)
         med_plain, med_expl, med_loop = (statistics.median(v) for v in (plain, expl, loop))
         print(f"plain inference        {med_plain:9.2f} images/s (median of {args.repeats})")
         print(f"explain pass           {med_expl:9.2f} images/s  (whole call: setup, tag index and "
@@ -422,6 +436,8 @@ def main() -> None:
             print(f"  {'all':<16} {sum(r['layers'] for r in by_width):>6} {tot['screen']:8.2f} "
                   f"{tot['float64']:8.2f} {tot['labels']:8.2f} {maps_ms:8.2f} "
                   f"{tot['gradcam_share']:14.2f}")
+            print(f"  labels of all layers in one batch_concepts call, as the pass runs them: "
+                  f"{labels_ms:.2f} ms per image (the column above: cluster_concepts layer by layer)")
             print("  screen: cluster_layer as the pass runs it (float32 screen, float64 recheck); float64: "
                   "cluster_layer(screen=False), float64 similarities of every pair (same clusters)")
 
