@@ -625,29 +625,83 @@ def explanations_format(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _batches(folder: str | os.PathLike[str], batch_size: int) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in order."""
+def _damaged(where: object, what: object) -> ProfileError:
+    """The one-line error for explanations that cannot be read (``where``: a file, or
+    ``file:line``), with the command that writes them again."""
+    return ProfileError(f"cannot read {where}: {what}; regenerate it with `filtag-kg explain`")
+
+
+def _batches(
+    folder: str | os.PathLike[str], batch_size: int
+) -> Iterator[tuple[Any, dict[str, Any], Path]]:
+    """``(record batch, names, part file)`` of every part of an ``explanations.parquet``
+    folder, in order.
+
+    Raises:
+        ProfileError: a part is damaged (cut short, not Parquet, without the names), or newer
+            than this version reads.
+    """
     _pa()
     import pyarrow.parquet as pq
 
     for path in part_files(folder):
-        f = pq.ParquetFile(path)
-        names = json.loads((f.schema_arrow.metadata or {})[_META_KEY])
+        try:
+            f = pq.ParquetFile(path)
+            names = json.loads((f.schema_arrow.metadata or {}).get(_META_KEY, b"null"))
+        except (OSError, ValueError) as exc:
+            raise _damaged(path, exc) from None
+        if not isinstance(names, dict):
+            raise _damaged(path, "it has no filtag-kg names in its metadata")
         if names.get("format", 1) > FORMAT_VERSION:
             raise ProfileError(
                 f"{path} is in explanations format {names['format']}, newer than this filtag-kg "
                 f"reads ({FORMAT_VERSION}); upgrade filtag-kg"
             )
-        for batch in f.iter_batches(batch_size=batch_size):
-            yield batch, names
+        batches = f.iter_batches(batch_size=batch_size)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (OSError, ValueError) as exc:
+                raise _damaged(path, exc) from None
+            yield batch, names, path
+
+
+def _records(batch: Any, names: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """:func:`records_from_batch` of one batch, a row that does not decode named as damage."""
+    try:
+        return list(records_from_batch(batch, names))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise _damaged(path, f"a row does not decode ({exc!r})") from None
+
+
+def jsonl_record(path: str | os.PathLike[str], n: int, line: str) -> dict[str, Any]:
+    """Line ``n`` (from 1) of ``explanations.jsonl`` as its record.
+
+    Raises:
+        ProfileError: the line is not a JSON object (naming file and line).
+    """
+    try:
+        rec = json.loads(line)
+    except ValueError as exc:
+        raise _damaged(f"{path}:{n}", f"not valid JSON ({exc})") from None
+    if not isinstance(rec, dict):
+        raise _damaged(f"{path}:{n}", "not a JSON object")
+    rec.setdefault("clusters", None)  # written before explain --clusters existed
+    return rec
 
 
 def iter_parquet_records(
     folder: str | os.PathLike[str], *, batch_size: int = 1024
 ) -> Iterator[dict[str, Any]]:
-    """The records of an ``explanations.parquet`` folder, streamed batch by batch."""
-    for batch, names in _batches(folder, batch_size):
-        yield from records_from_batch(batch, names)
+    """The records of an ``explanations.parquet`` folder, streamed batch by batch.
+
+    Raises:
+        ProfileError: a part is damaged (see :func:`_batches`) or a row does not decode.
+    """
+    for batch, names, path in _batches(folder, batch_size):
+        yield from _records(batch, names, path)
 
 
 def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024) -> Iterator[tuple[Any, Any]]:
@@ -656,8 +710,8 @@ def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024)
     they look into, each batch once."""
     import functools
 
-    for batch, names in _batches(folder, batch_size):
-        records = functools.cache(lambda b=batch, n=names: list(records_from_batch(b, n)))
+    for batch, names, path in _batches(folder, batch_size):
+        records = functools.cache(functools.partial(_records, batch, names, path))
         for row, index in enumerate(batch.column("index").to_pylist()):
             yield index, functools.partial(lambda r, row: r()[row], records, row)
 
@@ -677,12 +731,11 @@ def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
     if form == FORMAT_PARQUET:
         yield from iter_parquet_records(run / EXPLANATIONS_DIR)
     elif form == FORMAT_JSONL:
-        with open(run / EXPLANATIONS_JSONL, encoding="utf-8") as fh:
-            for line in fh:
+        path = run / EXPLANATIONS_JSONL
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
                 if line.strip():
-                    rec = json.loads(line)
-                    rec.setdefault("clusters", None)  # written before explain --clusters existed
-                    yield rec
+                    yield jsonl_record(path, n, line)
     else:
         raise ProfileError(
             f"{run} holds no {EXPLANATIONS_DIR} or {EXPLANATIONS_JSONL}; create it with `filtag-kg explain`"
@@ -695,7 +748,8 @@ def iter_parquet_batches(
     """``(record batch, names)`` of every part of an ``explanations.parquet`` folder, in row
     order, undecoded: for readers that hand whole batches to other processes (the export's
     ``--jobs``) and decode them there with :func:`records_from_batch`."""
-    yield from _batches(folder, batch_size)
+    for batch, names, _ in _batches(folder, batch_size):
+        yield batch, names
 
 
 __all__ = [
@@ -709,6 +763,7 @@ __all__ = [
     "iter_parquet_batches",
     "iter_parquet_records",
     "iter_parquet_rows",
+    "jsonl_record",
     "names_metadata",
     "part_files",
     "records_from_batch",

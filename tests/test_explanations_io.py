@@ -238,3 +238,44 @@ def test_value_bits_out_of_range_is_one_error(
     assert main(["explain", str(run), "--data", str(held), "--value-bits", "-1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("filtag-kg: error: --value-bits -1 is out of range") and err.count("\n") == 1
+
+
+def _damage(run: Path, how: str) -> str:
+    """Damage the run's explanations as a full disk, a bad copy or a hand edit would, and
+    return the place the error must name."""
+    if how == "parquet cut":
+        part = sorted((run / "explanations.parquet").glob("part-*.parquet"))[0]
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+        return str(part)
+    if how == "parquet without names":
+        import pyarrow.parquet as pq
+
+        part = sorted((run / "explanations.parquet").glob("part-*.parquet"))[0]
+        pq.write_table(pq.read_table(part).replace_schema_metadata({}), part)
+        return str(part)
+    path = run / "explanations.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:40] + "\n" if how == "jsonl cut" else "[1, 2]\n"
+    path.write_text("".join(lines))
+    return f"{path}:2"
+
+
+@pytest.mark.parametrize("how", ["parquet cut", "parquet without names", "jsonl cut", "jsonl not an object"])
+def test_damaged_explanations_are_one_line_errors_in_every_reader(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A damaged explanations file made evaluate, report and sentences stop with a pyarrow
+    or json traceback (export alone said which file and what to do); now every reader
+    names the file (and line) and the command that rewrites it."""
+    run, held = tiny_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4,
+                                                            jsonl=how.startswith("jsonl")))
+    where = _damage(run, how)
+    for argv in (["evaluate", str(run)], ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"],
+                 ["sentences", str(run)], ["export", str(run), "--out", str(tmp_path / "kg.nq")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) - sum(e.startswith("filtag-kg: warning:") for e in err) == 1, (argv, err)
+        assert err[-1].startswith("filtag-kg: error: ") and where in err[-1], (argv, err)
+        assert err[-1].endswith("regenerate it with `filtag-kg explain`"), (argv, err)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ProfileError
 from ..tagging import Tag, read_tags_tsv
 from .errors import RunFolderError
 
@@ -355,17 +356,15 @@ class RowBatch:
                     f"cannot read {self.path}: {exc}; regenerate it with `filtag-kg explain`"
                 ) from None
             return
+        from ..explanations_io import jsonl_record
+
         for n, line in enumerate(self.lines, start=self.first):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise ExplanationFileError(
-                    f"{self.path}:{n}: not valid JSON ({exc}); regenerate it with `filtag-kg explain`"
-                ) from None
-            if not isinstance(rec, dict):
-                raise ExplanationFileError(f"{self.path}:{n}: expected a JSON object per line; regenerate it")
+                rec = jsonl_record(self.path, n, line)
+            except ProfileError as exc:
+                raise ExplanationFileError(str(exc)) from None
             yield n, rec
 
 
@@ -389,10 +388,8 @@ def explanation_batches(path: str | os.PathLike[str], *, rows: int | None = None
             for batch, names in iter_parquet_batches(p, batch_size=rows):
                 yield RowBatch(str(p), first, batch=batch, names=names)
                 first += batch.num_rows
-        except (OSError, ValueError, KeyError) as exc:
-            raise ExplanationFileError(
-                f"cannot read {p}: {exc}; regenerate it with `filtag-kg explain`"
-            ) from None
+        except ProfileError as exc:  # a damaged part, named with what to do
+            raise ExplanationFileError(str(exc)) from None
         return
     try:
         with open(p, encoding="utf-8") as fh:

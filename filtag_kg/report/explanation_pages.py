@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -30,9 +31,9 @@ class ExplanationPages(ClusterPages):
     def _groups(self) -> Iterator[tuple[Any, list[Any]]]:
         """The run's explanations grouped by image (consecutive rows with one index).
 
-        Rows come undecoded, so rows of images without a page are never decoded: from
-        ``explanations.jsonl`` as lines (the index read off the start of each line), from
-        ``explanations.parquet`` as functions that decode their row.
+        Rows come undecoded, as functions that decode their row, so rows of images without a
+        page are never decoded (from ``explanations.jsonl``, the index is read off the start
+        of each line).
         """
         path = self.view.data.explanations_path
         if path is None:
@@ -50,21 +51,24 @@ class ExplanationPages(ClusterPages):
 
     @staticmethod
     def _indexed_rows(path: Path) -> Iterator[tuple[Any, Any]]:
-        if path.is_dir():
-            from ..explanations_io import iter_parquet_rows
+        """``(index, decode)`` per row; ``decode()`` gives its record (a damaged row or line:
+        a one-line error naming it)."""
+        from ..explanations_io import iter_parquet_rows, jsonl_record
 
+        if path.is_dir():
             yield from iter_parquet_rows(path)
             return
         with open(path, encoding="utf-8") as fh:
-            for line in fh:
+            for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 m = _INDEX.match(line)
-                yield (json.loads(m.group(1)) if m else json.loads(line).get("index")), line
+                decode = functools.partial(jsonl_record, path, n, line)
+                yield (json.loads(m.group(1)) if m else decode().get("index")), decode
 
     @staticmethod
     def _parse(rows: list[Any]) -> list[dict[str, Any]]:
-        return [json.loads(r) if isinstance(r, str) else r() for r in rows]
+        return [decode() for decode in rows]
 
     @staticmethod
     def _primary(group: list[dict[str, Any]]) -> dict[str, Any]:
