@@ -61,7 +61,7 @@ from .measure import MeasurePoint
 from .models import LoadedModel, conv_layer_names, load_recorded_model
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, first_good_image, resolve_device, software_versions
-from .runfolder import fingerprint_diff
+from .runfolder import fingerprint_diff, read_profile_meta
 
 #: the run folder's subfolder holding one folder per decoded layer (and alpha)
 CLADEC_DIR = "cladec"
@@ -411,7 +411,7 @@ def _run_meta(run_dir: str | os.PathLike[str], opts: CladecOptions) -> tuple[Pat
     if not (run / "profile.json").is_file():
         raise ProfileError(f"{run} holds no profile.json; train ClaDec in a run folder "
                            "(`filtag-kg run` writes one)")
-    return run, read_json(run / "profile.json")
+    return run, read_profile_meta(run)
 
 
 def _measure_kind(meta: dict[str, Any]) -> str:
@@ -690,7 +690,7 @@ def evaluate_cladec(
     run = Path(run_dir)
     nets = result.networks
     eval_set = result.eval_set
-    loaded = loaded or load_recorded_model(read_json(run / "profile.json"))
+    loaded = loaded or load_recorded_model(read_profile_meta(run))
     pre = loaded.preprocess
     dataset = ImageDataset(eval_set.samples, pre.transform(), with_sha256=True,
                            max_pixels=eval_set.max_pixels)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_open, read_json, write_json
+from ._io import atomic_open, write_json
 from .errors import ProfileError
 
 EVALUATION = "evaluation.json"
@@ -243,11 +243,12 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
         ProfileError: the run has no profile or no explanations.
     """
     from .explain import read_explanations
+    from .runfolder import read_profile_meta
 
     run = Path(run_dir)
     if not (run / "profile.json").is_file():
         raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")
-    classes = read_json(run / "profile.json")["classes"]
+    classes = read_profile_meta(run)["classes"]
     class_ids = [c["id"] for c in classes]
     with atomic_open(run / PERTURBATION_EFFECTS) as fh:
         doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)

@@ -30,7 +30,6 @@ Labels are stored apart from the tags and exported as their own resources
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 
 from ._io import atomic_open
 from .errors import FiltagError
+from .runfolder import load_profile_arrays, read_profile_meta
 from .wordnet import WordNet, load_wordnet, map_classes
 
 __all__ = [
@@ -214,7 +214,7 @@ def _profile(run: Path) -> dict[str, Any]:
     """The run's ``profile.json`` (``{}`` for a run without one, e.g. imported tags)."""
     if not (run / "profile.json").is_file():
         return {}
-    return json.loads((run / "profile.json").read_text(encoding="utf-8"))
+    return read_profile_meta(run)
 
 
 def _run_info(run: Path, prof: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[str, str]]]:
@@ -355,8 +355,6 @@ def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     Raises:
         LabelError: the run has no tags.
     """
-    import numpy as np
-
     run = Path(run_dir)
     prof = _profile(run)
     spec, layers, _ = _run_info(run, prof)
@@ -374,13 +372,12 @@ def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     tops: dict[tuple[str, int], list[str]] = {}
     if prof and (run / "profile.npz").is_file():
         paths = prof.get("top_image_paths") or []
-        with np.load(run / "profile.npz") as z:
-            for i, layer in enumerate(layers):
-                key = f"top_index_{i:04d}"
-                if paths and key in z.files:
-                    idx = z[key]
-                    for f in range(idx.shape[1]):
-                        tops[(layer, f)] = [paths[j] for j in idx[:, f] if j >= 0]
+        arrays = load_profile_arrays(run) if paths else {}
+        for i, layer in enumerate(layers):
+            idx = arrays.get(f"top_index_{i:04d}")
+            if idx is not None:
+                for f in range(idx.shape[1]):
+                    tops[(layer, f)] = [paths[j] for j in idx[:, f] if j >= 0]
     pos = {name: i for i, name in enumerate(layers)}
     target = Path(out) if out is not None else run / SHEET_FILE
     with atomic_open(target) as fh:

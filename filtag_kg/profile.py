@@ -21,6 +21,8 @@ import os
 import platform
 import threading
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +32,14 @@ import torch
 
 from . import __version__, distributed
 from ._interrupt import held_interrupt
-from ._io import atomic_open, ensure_writable_dir, read_json, write_json
+from ._io import atomic_open, ensure_writable_dir, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
 from .distributed import RoundSampler
 from .errors import DataError, FiltagError, ProfileError
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
-from .runfolder import check_same_run, fingerprint_diff
+from .runfolder import check_same_run, fingerprint_diff, load_profile_arrays, read_profile_meta
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -145,26 +147,24 @@ class Profile:
                 f"{run_dir} holds no profile ({PROFILE_JSON} + {PROFILE_NPZ}){hint}; create one "
                 "with `filtag-kg profile` or `filtag-kg run`"
             )
+        meta, arrays = read_profile_meta(run_dir), load_profile_arrays(run_dir)
         try:
-            meta = read_json(jp)
-            with np.load(npz) as z:
-                arrays = {k: z[k] for k in z.files}
             layers = [
                 LayerProfile(d["name"], int(d["width"]), d["measured_at"], arrays[d["array"]], d,
                              arrays.get(f"top_index_{i:04d}"), arrays.get(f"top_value_{i:04d}"))
                 for i, d in enumerate(meta["layers"])
             ]
-            classes = meta["classes"]
-        except (KeyError, ValueError, OSError) as exc:
-            raise ProfileError(f"profile in {run_dir} is corrupt or incomplete: {exc}") from None
-        return cls(
-            layers=layers,
-            class_ids=[c["id"] for c in classes],
-            labels=[c["label"] for c in classes],
-            counts=arrays["counts"],
-            meta=meta,
-            top_image_paths=list(meta.get("top_image_paths", [])),
-        )
+            return cls(
+                layers=layers,
+                class_ids=[c["id"] for c in meta["classes"]],
+                labels=[c["label"] for c in meta["classes"]],
+                counts=arrays["counts"],
+                meta=meta,
+                top_image_paths=list(meta.get("top_image_paths", [])),
+            )
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ProfileError(f"profile in {run_dir} is corrupt or incomplete: {exc!r}; profile the "
+                               "images again with `filtag-kg profile` (or `filtag-kg run`)") from None
 
 
 @dataclass
@@ -417,8 +417,8 @@ def _load_checkpoint(
             sums = [z[f"sums_{i:04d}"] for i in range(len(state["fingerprint"]["layers"]))]
             counts = z["counts"]
             top = {k: z[k] for k in z.files if k.startswith("top_")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise ProfileError(f"checkpoint {path} is unreadable ({exc}); rerun with --restart") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ProfileError(f"checkpoint {path} is unreadable ({exc!r}); rerun with --restart") from None
     return state, sums, counts, top
 
 

@@ -10,6 +10,8 @@
   reader of an export in a run folder that it is older than the run's files, and
   how to refresh it.
 * :func:`partial_explanations` says when an explanation pass was cut off.
+* :func:`read_profile_meta` and :func:`load_profile_arrays` read the profile, a damaged
+  file being a one-line error that names it and the command that writes it again.
 * :func:`untagged_explanation_settings` says when the explanations vote with a
   tagging setting that ``tags.json`` no longer holds (a ``tag`` after ``explain``).
 """
@@ -27,6 +29,8 @@ from .errors import ProfileError
 
 #: how the run folder's export was made (see :func:`record_export`)
 EXPORT_RECORD = "export.json"
+#: how a damaged profile is made again
+REPROFILE = "profile the images again with `filtag-kg profile` (or `filtag-kg run`)"
 #: the artifacts of a run, as glob patterns in the run folder (what ``--overwrite`` removes)
 RUN_ARTIFACTS = (
     "profile.json", "profile.npz", "profile.ckpt.npz",
@@ -77,7 +81,7 @@ def check_same_run(
     profile = run / "profile.json"
     old: dict[str, Any] | None = None
     if profile.is_file():
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # damaged: another run
             old = read_json(profile).get("fingerprint")
         if old == fingerprint:
             return []
@@ -308,3 +312,48 @@ __all__ = [
     "export_records", "partial_explanations", "record_export", "refresh_command", "refresh_exports",
     "stale_reason", "untagged_explanation_settings",
 ]
+
+
+def read_profile_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's ``profile.json``, checked to be a profile (a dict with its ``classes`` and
+    ``layers`` lists).
+
+    Raises:
+        ProfileError: the file is missing, not JSON (cut short, overwritten) or not a profile.
+    """
+    path = Path(run_dir) / "profile.json"
+    try:
+        meta = read_json(path)
+    except FileNotFoundError:
+        raise ProfileError(f"{run_dir} holds no profile.json; create one with `filtag-kg profile` "
+                           "or `filtag-kg run`") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProfileError(f"cannot read {path}: {exc}; {REPROFILE}") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("classes"), list)
+            and isinstance(meta.get("layers"), list)):
+        raise ProfileError(f"cannot read {path}: it is not a filtag-kg profile (no class and layer "
+                           f"lists); {REPROFILE}")
+    return meta
+
+
+def load_profile_arrays(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every array of the run's ``profile.npz``, read into memory.
+
+    Raises:
+        ProfileError: the file is not a NumPy ``.npz`` archive or a member does not read
+            (cut short, overwritten).
+    """
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    path = Path(run_dir) / "profile.npz"
+    try:
+        if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+            raise ProfileError(f"cannot read {path}: it is not a NumPy .npz archive (cut short or "
+                               f"overwritten?); {REPROFILE}")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ProfileError(f"cannot read {path}: {type(exc).__name__}: {exc}; {REPROFILE}") from None

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FiltagError
+from .runfolder import load_profile_arrays, read_profile_meta
 from .wordnet import MIN_ABSTRACT_DEPTH, Hierarchy, WordNet, load_wordnet, map_classes
 
 __all__ = [
@@ -287,7 +287,7 @@ class SentenceContext:
                     f"{str(run / name)!r} is missing; sentences need a profiled and tagged run "
                     f"(filtag-kg run, or filtag-kg profile and filtag-kg tag)"
                 )
-        prof = json.loads((run / "profile.json").read_text(encoding="utf-8"))
+        prof = read_profile_meta(run)
         classes = [(c["id"], c.get("label") or c["id"]) for c in prof["classes"]]
         layers = [layer["name"] for layer in prof["layers"]]
         wn = wordnet if wordnet is not None else load_wordnet()
@@ -320,18 +320,18 @@ class SentenceContext:
 
         from .tagging import class_shares
 
-        with np.load(path) as npz:
-            counts = npz["counts"]
-            ids = list(self.class_labels)
-            for i, layer in enumerate(self.layers):
-                key = f"means_{i:04d}"
-                if key not in npz.files:
-                    return
-                sh = class_shares(npz[key], counts)
-                for f in range(sh.shape[1]):
-                    if (layer, f) in self.shares:
-                        col = sh[:, f]
-                        self.shares[(layer, f)] = {ids[c]: float(col[c]) for c in np.nonzero(col > 0)[0]}
+        npz = load_profile_arrays(path.parent)
+        counts = npz["counts"]
+        ids = list(self.class_labels)
+        for i, layer in enumerate(self.layers):
+            key = f"means_{i:04d}"
+            if key not in npz:
+                return
+            sh = class_shares(npz[key], counts)
+            for f in range(sh.shape[1]):
+                if (layer, f) in self.shares:
+                    col = sh[:, f]
+                    self.shares[(layer, f)] = {ids[c]: float(col[c]) for c in np.nonzero(col > 0)[0]}
 
     # -- grouping ------------------------------------------------------------
     def key_of(self, class_id: str) -> str:

@@ -449,3 +449,48 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
         assert resumed.meta["dataset"]["skipped"] == full.meta["dataset"]["skipped"], at
         for a, b in zip(full.layers, resumed.layers):
             np.testing.assert_allclose(a.means, b.means, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("profile.json", "half"), ("profile.json", "garbage"), ("profile.json", "list"),
+    ("profile.npz", "half"), ("profile.npz", "empty"), ("profile.npz", "garbage"),
+])
+def test_a_damaged_profile_is_a_one_line_error_in_every_reader(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str
+) -> None:
+    """A cut, emptied or overwritten profile.json or profile.npz made evaluate, sentences,
+    report, tag and explain stop with a json, zipfile or NumPy traceback (EOFError,
+    BadZipFile, pickled data); each now names the file and how to make it again."""
+    from filtag_kg.cli import main
+    from filtag_kg.explain import ExplainOptions, explain_dataset
+
+    run, held = tiny_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4))
+    path = run / name
+    data = path.read_bytes()
+    path.write_bytes({"half": data[: len(data) // 2], "empty": b"", "garbage": b"x\x00y{]\n",
+                      "list": b"[1, 2]"}[damage])
+    readers = [["sentences", str(run)], ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"],
+               ["tag", str(run), "--k", "1"], ["explain", str(run), "--data", str(held), "--quiet"]]
+    if name == "profile.json":  # these read only the class and layer lists
+        readers += [["evaluate", str(run)], ["labels", "export", str(run)]]
+    for argv in readers:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("filtag-kg: error: "), (argv, err)
+        assert str(path) in err[0] and "`filtag-kg profile`" in err[0], (argv, err)
+
+
+@pytest.mark.parametrize("damage", ["half", "empty"])
+def test_a_damaged_checkpoint_is_refused_with_the_fix(tmp_path: Path, damage: str) -> None:
+    """A checkpoint cut short raised zipfile.BadZipFile or EOFError past the error handling."""
+    from filtag_kg.profile import _load_checkpoint
+
+    ckpt = tmp_path / CHECKPOINT
+    with open(ckpt, "wb") as fh:
+        np.savez(fh, state=np.frombuffer(b'{"done": 1}', dtype=np.uint8), counts=np.zeros(3))
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "half" else b"")
+    with pytest.raises(ProfileError, match=r"checkpoint .* is unreadable .*; rerun with --restart"):
+        _load_checkpoint(ckpt)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProfileError
+from ..runfolder import REPROFILE
 from ..tagging import Tag, read_tags_tsv
 from .errors import RunFolderError
 
@@ -149,14 +150,23 @@ class RunData:
         return str(self.model.get("spec") or "unknown-model")
 
 
+#: how each JSON file of a run folder is written again
+_REWRITE = {
+    PROFILE_JSON: REPROFILE,
+    TAGS_JSON: "tag the profile again with `filtag-kg tag`",
+    EXPLANATIONS_JSON: "explain the images again with `filtag-kg explain`",
+    "evaluation.json": "evaluate again with `filtag-kg evaluate`",
+    IMPORT_JSON: "import the tags again with `filtag-kg import-filtag`",
+}
+
+
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, ValueError) as exc:
-        raise RunFolderError(
-            f"cannot read {path}: {exc}; recreate it with the command that wrote it"
-        ) from None
+        fix = _REWRITE.get(path.name, "recreate it with the command that wrote it")
+        raise RunFolderError(f"cannot read {path}: {exc}; {fix}") from None
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
