@@ -40,6 +40,7 @@ from typing import Any
 from ._io import atomic_open
 from .errors import FiltagError
 from .runfolder import load_profile_arrays, read_profile_meta
+from .tagging import read_tag_rows
 from .wordnet import WordNet, load_wordnet, map_classes
 
 __all__ = [
@@ -236,8 +237,7 @@ def _run_info(run: Path, prof: Mapping[str, Any]) -> tuple[str, list[str], list[
 def _tags(run: Path) -> list[dict[str, str]]:
     if not (run / "tags.tsv").is_file():
         return []
-    with open(run / "tags.tsv", encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+    return read_tag_rows(run / "tags.tsv")
 
 
 def _filter_synsets(

@@ -37,8 +37,8 @@ a WordNet concept at the level a reader uses, found by this rule:
 
 from __future__ import annotations
 
-import csv
 import gzip
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -298,12 +298,12 @@ class SentenceContext:
             reader = ReaderLevel(Hierarchy.build(sorted(set(synsets.values())), wordnet=wn), wn)
         tags: dict[tuple[str, str, str, int], list[str]] = defaultdict(list)
         shares: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-        with open(run / "tags.tsv", encoding="utf-8", newline="") as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                f = int(row["filter"])
-                tags[(row["method"], row["param"], row["layer"], f)].append(row["class_id"])
-                if row["share"]:
-                    shares[(row["layer"], f)][row["class_id"]] = float(row["share"])
+        from .tagging import read_tags_tsv
+
+        for t in read_tags_tsv(run / "tags.tsv"):
+            tags[(t.method, t.param, t.layer, t.filter)].append(t.class_id)
+            if not math.isnan(t.share):
+                shares[(t.layer, t.filter)][t.class_id] = t.share
         ctx = cls(
             class_labels=dict(classes), class_order={c: i for i, (c, _) in enumerate(classes)},
             layers=layers, tags=dict(tags), shares=dict(shares), reader=reader, synsets=synsets,

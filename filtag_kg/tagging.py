@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import atomic_open, write_json
-from .errors import TaggingError
+from .errors import DataError, TaggingError
 
 if TYPE_CHECKING:
     from .profile import Profile
@@ -254,10 +254,42 @@ def write_tags_tsv(path: str | os.PathLike[str], tags: Iterable[Tag]) -> None:
             w.writerow(t.row())
 
 
+def _bad_table(path: str | os.PathLike[str], what: object) -> DataError:
+    return DataError(f"{path} is not a filtag-kg tag table ({what}); rewrite it with `filtag-kg tag` "
+                     "(or `filtag-kg import-filtag` for imported tags)")
+
+
+def read_tag_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a ``tags.tsv`` as strings by column, checked: every column of
+    :data:`TSV_COLUMNS` in the header, no row cut short, filter indices whole numbers.
+
+    Raises:
+        DataError: the file is not such a table (not UTF-8, columns or cells missing),
+            naming it and the command that writes it again.
+    """
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            missing = [c for c in TSV_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise _bad_table(path, f"no {', '.join(missing)} column")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _bad_table(path, f"{type(exc).__name__}: {exc}") from None
+    for n, row in enumerate(rows, start=2):
+        if None in row.values() or not row["filter"].isdigit():
+            raise _bad_table(path, f"line {n} is cut short or its filter is not a number")
+    return rows
+
+
 def read_tags_tsv(path: str | os.PathLike[str]) -> list[Tag]:
-    """Read a ``tags.tsv`` written by :func:`write_tags_tsv`."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        r = csv.DictReader(fh, delimiter="\t")
+    """Read a ``tags.tsv`` written by :func:`write_tags_tsv`.
+
+    Raises:
+        DataError: the file is not a tag table (see :func:`read_tag_rows`).
+    """
+    rows = read_tag_rows(path)
+    try:
         return [
             Tag(
                 method=row["method"],
@@ -270,8 +302,10 @@ def read_tags_tsv(path: str | os.PathLike[str]) -> list[Tag]:
                 rank=int(row["rank"]) if row["rank"] else 0,
                 share=float(row["share"]) if row["share"] else math.nan,
             )
-            for row in r
+            for row in rows
         ]
+    except ValueError as exc:
+        raise _bad_table(path, exc) from None
 
 
 def tags_document(profile: Profile, settings: Sequence[TagSetting], tags: Sequence[Tag]) -> dict[str, Any]:

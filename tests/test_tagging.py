@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,36 @@ def test_write_and_read_back(tmp_path) -> None:
     first = (tmp_path / "tags.tsv").read_bytes()
     write_tags(tmp_path, p, settings)
     assert (tmp_path / "tags.tsv").read_bytes() == first
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "cut row", "no header", "bad filter"])
+def test_a_damaged_tag_table_is_a_one_line_error_in_every_reader(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """tags.tsv with bytes that are not UTF-8 made sentences, abstract and labels export stop
+    with a UnicodeDecodeError traceback (the export alone named the file); a row cut short or
+    a filter that is not a number went through unnoticed or as a traceback. Every reader now
+    names the file and how to write it again."""
+    from filtag_kg.cli import main
+
+    run, _ = tiny_run
+    path = run / "tags.tsv"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if damage == "not utf-8":
+        path.write_bytes("".join(lines).encode() + b"\xff\xfe\n")
+    elif damage == "cut row":
+        path.write_text("".join(lines[:3]) + lines[3].split("\t")[0] + "\n", encoding="utf-8")
+    elif damage == "no header":
+        path.write_text("".join(lines[1:]), encoding="utf-8")
+    else:
+        cells = lines[2].split("\t")
+        cells[3] = "x"
+        path.write_text("".join([*lines[:2], "\t".join(cells), *lines[3:]]), encoding="utf-8")
+    for argv in (["sentences", str(run)], ["abstract", str(run)], ["labels", "export", str(run)],
+                 ["export", str(run), "--out", str(tmp_path / "kg.nq")],
+                 ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("filtag-kg: warning:")]
+        assert len(err) == 1 and err[0].startswith("filtag-kg: error: "), (argv, err)
+        assert str(path) in err[0] and "`filtag-kg tag`" in err[0], (argv, err)

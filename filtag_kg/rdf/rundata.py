@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProfileError
+from ..errors import DataError, ProfileError
 from ..runfolder import REPROFILE
 from ..tagging import Tag, read_tags_tsv
 from .errors import RunFolderError
@@ -200,11 +200,8 @@ def _read_tags(run: Path) -> list[Tag]:
         )
     try:
         return read_tags_tsv(path)
-    except (KeyError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
-        raise RunFolderError(
-            f"{path} is not a filtag-kg tag table ({type(exc).__name__}: {exc}); "
-            "rewrite it with `filtag-kg tag`"
-        ) from None
+    except DataError as exc:  # named, with how to write it again
+        raise RunFolderError(str(exc)) from None
 
 
 def _read_abstract(run: Path) -> list[AbstractRow]:
