@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from rdflib import Literal, URIRef
 from saliency_support import write_saliency_fixture
 from test_rdf_support import make_run, quads_rdflib, union, validate, wordnet
@@ -53,6 +54,26 @@ def test_sag_graphs_match_the_file_and_conform_with_the_tag_graph(tmp_path: Path
         assert values == "0.0000 0.5000 1.0000 0.2500"
     # a SAG graph alone lacks the concepts and filters the tag graph describes
     assert not validate(union({(s, p, o, None) for s, p, o in next(iter(sags.values()))}))[0]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"images": 3}', '{"images": [1, 2]}'])
+def test_saliency_json_of_another_shape_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """A saliency.json that is JSON but not an object with a list of image objects stopped the
+    export and the report with AttributeError: 'list' object has no attribute 'get'."""
+    from filtag_kg.cli import main
+
+    run = make_run(tmp_path / "run", images=2)
+    path = run / "saliency" / "saliency.json"
+    path.parent.mkdir()
+    path.write_text(text, encoding="utf-8")
+    for argv in (["export", str(run), "--out", str(tmp_path / "kg.nq")],
+                 ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("filtag-kg: warning:")]
+        assert len(err) == 1 and str(path) in err[0] and "run filtag-kg sag again" in err[0], (argv, err)
 
 
 def test_no_saliency_file_no_sag_graph(tmp_path: Path) -> None:
