@@ -64,6 +64,27 @@ def _group_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
+def _check_record(rec: Any, n: int) -> None:
+    """Refuse record ``n`` (from 1) when it lacks what the evaluation reads (a hand-edited or
+    foreign file), naming it, before a KeyError deep in the sums would."""
+    if not isinstance(rec, dict):
+        what = f"a {type(rec).__name__}, not an object"
+    else:
+        missing = [k for k in ("image", "method", "param", "votes", "votes_last_layer", "prediction",
+                               "prediction_last_layer") if k not in rec]
+        top = rec.get("model_top")
+        what = (f"missing field {missing[0]!r}" if missing
+                else "votes are not a class -> count object"
+                if not all(isinstance(rec[v], dict) for _, v, _ in SCOPES)
+                else "model_top is not a list of classes"
+                if top and not (isinstance(top, list) and isinstance(top[0], dict) and "class_id" in top[0])
+                else None)
+    if what is not None:
+        image = rec.get("image") if isinstance(rec, dict) else None
+        raise ProfileError(f"explanation {n}{f' ({image})' if image else ''} is not an explanation record "
+                           f"({what}); regenerate it with `filtag-kg explain`")
+
+
 def _share(n: int, d: int) -> float | None:
     return round(n / d, 6) if d else None
 
@@ -93,7 +114,8 @@ def evaluate_records(
     pert: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     clean: dict[tuple[str, str, str], dict[str, Any]] = {}
     current = None
-    for rec in records:
+    for n, rec in enumerate(records, start=1):
+        _check_record(rec, n)
         key = _group_key(rec)
         model_top1 = rec["model_top"][0]["class_id"] if rec.get("model_top") else None
         true = rec.get("true_class")

@@ -279,3 +279,30 @@ def test_damaged_explanations_are_one_line_errors_in_every_reader(
         assert len(err) - sum(e.startswith("filtag-kg: warning:") for e in err) == 1, (argv, err)
         assert err[-1].startswith("filtag-kg: error: ") and where in err[-1], (argv, err)
         assert err[-1].endswith("regenerate it with `filtag-kg explain`"), (argv, err)
+
+
+@pytest.mark.parametrize("edit", ["drop method", "votes a list", "model_top strings"])
+def test_evaluate_names_a_hand_edited_record(
+    tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str], edit: str
+) -> None:
+    """A JSON line that parses but lacks what the evaluation reads stopped evaluate with a
+    KeyError traceback (export and the report already coped)."""
+    import json
+
+    run, held = tiny_run
+    explain_dataset(run, image_folder(held), ExplainOptions(progress=False, batch_size=4, jsonl=True))
+    path = run / "explanations.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    rec = json.loads(lines[2])
+    if edit == "drop method":
+        del rec["method"]
+    elif edit == "votes a list":
+        rec["votes"] = list(rec["votes"])
+    else:
+        rec["model_top"] = ["n01"]
+    lines[2] = json.dumps(rec) + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"filtag-kg: error: explanation 3 ({rec['image']}) is not"), err
+    assert err[0].endswith("regenerate it with `filtag-kg explain`"), err
