@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import FiltagError
+from .errors import FiltagError, check_whole
 
 DEFAULT_BASE_IRI = "http://localhost:8000/filtag-kg/"  # the same as filtag_kg.rdf's (tested)
 
@@ -213,6 +213,7 @@ def _images(args: argparse.Namespace, loaded: Any) -> Any:
 
 def _capped(args: argparse.Namespace, imageset: Any) -> Any:
     """The image set with --max-pixels applied and its warnings printed."""
+    check_whole("--max-pixels", args.max_pixels, 0)
     imageset.max_pixels = args.max_pixels or None
     for note in imageset.warnings:
         _warn(note)

@@ -42,3 +42,24 @@ class OutputError(FiltagError):
 
 class UnknownSynsetError(FiltagError):
     """A wnid or synset name is malformed or not in the WordNet source in use."""
+
+
+def check_whole(option: str, value: object, minimum: int) -> None:
+    """Refuse ``value`` for the option named ``option`` (as on the command line, e.g.
+    ``--batch-size``) unless it is ``None`` or a whole number >= ``minimum``.
+
+    Raises:
+        FiltagError: one line naming the option, the value and what it takes.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise FiltagError(f"invalid {option} {value!r}; use a whole number >= {minimum}")
+
+
+def check_positive(option: str, value: float) -> None:
+    """Refuse ``value`` for ``option`` unless it is a finite number > 0.
+
+    Raises:
+        FiltagError: one line naming the option, the value and what it takes.
+    """
+    if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+        raise FiltagError(f"invalid {option} {value!r}; use a number > 0")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_open, write_json
-from .errors import ProfileError
+from .errors import ProfileError, check_whole
 
 EVALUATION = "evaluation.json"
 PERTURBATION_EFFECTS = "perturbation_effects.jsonl"
@@ -267,6 +267,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     from .explain import read_explanations
     from .runfolder import read_profile_meta
 
+    check_whole("--top-concepts", top_concepts, 0)
     run = Path(run_dir)
     if not (run / "profile.json").is_file():
         raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")

@@ -38,7 +38,7 @@ from .activations import FilterProbe
 from .clusters import CLUSTERS_DIR, CLUSTERS_JSON, ClusterOptions
 from .data import ImageDataset, ImageSet, make_loader
 from .distributed import RoundSampler
-from .errors import FiltagError, ProfileError
+from .errors import FiltagError, ProfileError, check_whole
 from .explanations_io import (
     EXPLANATIONS_DIR,
     EXPLANATIONS_JSONL,
@@ -176,6 +176,9 @@ class ExplainOptions:
     value_bits: int | None = None
 
     def __post_init__(self) -> None:
+        for option, value, minimum in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                       ("--checkpoint-every", self.checkpoint_every, 0)):
+            check_whole(option, value, minimum)
         if self.value_bits is not None and not 0 <= self.value_bits <= 24:
             raise ProfileError(
                 f"--value-bits {self.value_bits} is out of range: give 0..24 (10 keeps values to "

@@ -36,7 +36,7 @@ from ._io import atomic_open, ensure_writable_dir, write_json
 from .activations import FilterProbe
 from .data import ImageDataset, ImageSet, load_rgb, make_loader
 from .distributed import RoundSampler
-from .errors import DataError, FiltagError, ProfileError
+from .errors import DataError, FiltagError, ProfileError, check_whole
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
 from .runfolder import check_same_run, fingerprint_diff, load_profile_arrays, read_profile_meta
@@ -200,6 +200,12 @@ class ProfileOptions:
     progress: bool = True
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        for option, value, minimum in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                       ("--checkpoint-every", self.checkpoint_every, 0),
+                                       ("--top-images", self.top_images, 0)):
+            check_whole(option, value, minimum)
+
 
 def resolve_device(spec: str, dist: distributed.Dist | None = None) -> torch.device:
     """``auto`` → ``cuda`` when available, else ``cpu``; others as given. Under
@@ -256,7 +262,9 @@ def first_good_image(imageset: ImageSet, dataset: ImageDataset) -> torch.Tensor:
         x = dataset[i][1]
         if x is not None:
             return x.unsqueeze(0)
-    raise ProfileError(f"no file in {imageset.root} could be decoded as an image")
+    where = f"no file in {imageset.root}" if imageset.root else \
+        f"none of the {len(dataset)} image file(s) given"
+    raise ProfileError(f"{where} could be decoded as an image")
 
 
 class Engine:
@@ -478,8 +486,6 @@ def profile_dataset(
     dist = distributed.current()
     device = resolve_device(opts.device, dist)  # a missing device fails before any folder exists
     autocast_dtype(opts.amp)
-    if opts.batch_size < 1:
-        raise FiltagError(f"invalid --batch-size {opts.batch_size}; use a whole number >= 1")
     run = ensure_writable_dir(run_dir)
     ckpt = run / CHECKPOINT
     dataset = ImageDataset(imageset.samples, loaded.preprocess.transform(), max_pixels=imageset.max_pixels)

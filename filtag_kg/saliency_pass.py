@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._io import ensure_writable_dir, sha256_file, write_json, write_png
+from .errors import check_whole
 from .saliency import IgosOptions, SagOptions, SaliencyError, region_positions
 from .saliency_io import SALIENCY_DIR, SALIENCY_JSON, read_saliency
 from .tagging import TagSetting
@@ -155,6 +156,7 @@ def explain_saliency(
     opts.sag.check()
     if opts.igos is not None:
         opts.igos.check()
+    check_whole("--batch-size", opts.batch_size, 1)
     if not isinstance(opts.region_layers, int) or opts.region_layers < 1:
         raise SaliencyError(f"invalid --region-layers {opts.region_layers!r}: use a whole number >= 1")
     run = Path(run_dir)

@@ -47,7 +47,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import FiltagError
+from .errors import FiltagError, check_whole
 from .runfolder import load_profile_arrays, read_profile_meta
 from .wordnet import MIN_ABSTRACT_DEPTH, Hierarchy, WordNet, load_wordnet, map_classes
 
@@ -552,6 +552,7 @@ def run_sentences(
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise SentenceError(f"unknown sentence kind {bad[0]!r}; use {', '.join(KINDS)}")
+    check_whole("--limit", limit, 0)
     ctx = SentenceContext.from_run(run_dir, wordnet=wordnet)
     needs_records = "image" in kinds or "class" in kinds
     if needs_records:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FiltagError
+from .errors import FiltagError, check_positive, check_whole
 
 RESULT_TYPES = {
     "application/sparql-results+json": "JSON",
@@ -1392,6 +1392,8 @@ def make_app(store_dir: str | os.PathLike[str], options: Options, *, workers: in
 
     if (workers if workers is not None else options.workers) < 1:
         raise ServeError("--workers must be at least 1")
+    check_positive("--timeout", options.timeout_s)
+    check_whole("--max-results", options.max_results, 1)
     if not (options.cache_mib >= 0 and math.isfinite(options.cache_mib)):
         raise ServeError(
             f"--cache-mib must be a number of MiB, 0 (no cache) or more, not {options.cache_mib}"

@@ -419,3 +419,47 @@ def test_a_missing_input_fails_before_heavy_imports(tmp_path: Path, argv: list[s
                          cwd=tmp_path, env=cli_env())
     assert res.stdout.split("\n")[0] == "2 []", (res.stdout, res.stderr)
     assert "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_numeric_options_out_of_range_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """explain --batch-size 0 and --workers -1 (and run --workers -2) stopped with a ValueError
+    traceback; explain --batch-size -3, --checkpoint-every -1, --max-pixels -5 (every image
+    "could not be decoded"), sag --batch-size 0, serve --timeout -1 and --max-results 0,
+    evaluate --top-concepts -5 and sentences --limit -1 were taken as they came. Each is now
+    refused up front, naming the option and what it takes."""
+    run, held = tiny_run
+    explain = ["explain", str(run), "--data", str(held), "--quiet"]
+    cases = [
+        ([*explain, "--batch-size", "0"], "--batch-size 0", ">= 1"),
+        ([*explain, "--batch-size", "-3"], "--batch-size -3", ">= 1"),
+        ([*explain, "--workers", "-1"], "--workers -1", ">= 0"),
+        ([*explain, "--checkpoint-every", "-1"], "--checkpoint-every -1", ">= 0"),
+        ([*explain, "--max-pixels", "-5"], "--max-pixels -5", ">= 0"),
+        (["run", *TINY, "--data", str(held), "--out", str(tmp_path / "r"), "--workers", "-2"], "--workers -2",
+         ">= 0"),
+        (["run", *TINY, "--data", str(held), "--out", str(tmp_path / "r"), "--top-images", "-1"],
+         "--top-images -1", ">= 0"),
+        (["sag", str(run), str(next(held.rglob("*.png"))), "--batch-size", "0"], "--batch-size 0", ">= 1"),
+        (["serve", "--store", str(tmp_path / "none"), "--timeout", "-1"], "--timeout -1", "> 0"),
+        (["serve", "--store", str(tmp_path / "none"), "--timeout", "nan"], "--timeout nan", "> 0"),
+        (["serve", "--store", str(tmp_path / "none"), "--max-results", "0"], "--max-results 0", ">= 1"),
+        (["evaluate", str(run), "--top-concepts", "-5"], "--top-concepts -5", ">= 0"),
+        (["sentences", str(run), "--limit", "-1"], "--limit -1", ">= 0"),
+    ]
+    for argv, option, rule in cases:
+        msg = _error(capsys, *argv)
+        assert option in msg and rule in msg, (argv, msg)
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_no_decodable_image_among_files_given_says_so(
+    capsys: pytest.CaptureFixture[str], tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With image files on the command line the message read "no file in  could be decoded"."""
+    run, _ = tiny_run
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    msg = _error(capsys, "explain", str(run), str(bad), "--quiet")
+    assert "none of the 1 image file(s) given could be decoded" in msg and " in  " not in msg

@@ -304,5 +304,6 @@ def test_evaluate_names_a_hand_edited_record(
     path.write_text("".join(lines), encoding="utf-8")
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"filtag-kg: error: explanation 3 ({rec['image']}) is not"), err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"filtag-kg: error: explanation 3 ({rec['image']}) is not"), err
     assert err[0].endswith("regenerate it with `filtag-kg explain`"), err
