@@ -886,12 +886,13 @@ def class_aggregates(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ProfileError: the run has no explanations.
         ClusterError: its explanations were made without ``--clusters``.
     """
-    from ._io import read_json
     from .explanations_io import EXPLANATIONS_META, iter_explanations
+    from .runfolder import read_json_object
 
     run = Path(run_dir)
     meta_path = run / EXPLANATIONS_META
-    if meta_path.is_file() and not (read_json(meta_path) or {}).get("clusters"):
+    fix = f"explain again with `filtag-kg explain {run} ... --clusters`"
+    if meta_path.is_file() and not read_json_object(meta_path, fix).get("clusters"):
         raise ClusterError(f"the explanations in {run} were made without clusters; rerun "
                            f"`filtag-kg explain {run} ... --clusters`")
     return aggregate_records(iter_explanations(run))

@@ -61,5 +61,5 @@ def check_positive(option: str, value: float) -> None:
     Raises:
         FiltagError: one line naming the option, the value and what it takes.
     """
-    if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < float("inf")):
         raise FiltagError(f"invalid {option} {value!r}; use a number > 0")

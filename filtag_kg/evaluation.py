@@ -64,9 +64,10 @@ def _group_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
-def _check_record(rec: Any, n: int) -> None:
-    """Refuse record ``n`` (from 1) when it lacks what the evaluation reads (a hand-edited or
-    foreign file), naming it, before a KeyError deep in the sums would."""
+def _check_record(rec: Any, n: int, source: str | None) -> None:
+    """Refuse record ``n`` (from 1, counting records, not blank lines) of ``source`` (the
+    explanations file, for the message) when it lacks what the evaluation reads (a
+    hand-edited or foreign file), naming it, before a KeyError deep in the sums would."""
     if not isinstance(rec, dict):
         what = f"a {type(rec).__name__}, not an object"
     else:
@@ -81,8 +82,8 @@ def _check_record(rec: Any, n: int) -> None:
                 else None)
     if what is not None:
         image = rec.get("image") if isinstance(rec, dict) else None
-        raise ProfileError(f"explanation {n}{f' ({image})' if image else ''} is not an explanation record "
-                           f"({what}); regenerate it with `filtag-kg explain`")
+        raise ProfileError(f"{f'{source}: ' if source else ''}record {n}{f' ({image})' if image else ''} is "
+                           f"not an explanation record ({what}); regenerate it with `filtag-kg explain`")
 
 
 def _share(n: int, d: int) -> float | None:
@@ -95,6 +96,7 @@ def evaluate_records(
     *,
     top_concepts: int = 5,
     effects_out: Any = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Aggregate explanation records into the evaluation document.
 
@@ -104,6 +106,7 @@ def evaluate_records(
         top_concepts: how many concepts to list per class and per perturbation.
         effects_out: a text file receiving one JSON line per perturbed explanation
             (concepts that gained or lost votes, prediction flips), or ``None``.
+        source: where the records come from, named when one is not an explanation record.
 
     Returns:
         ``{"groups": [...], "by_class": [...], "perturbations": [...]}``.
@@ -114,8 +117,8 @@ def evaluate_records(
     pert: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     clean: dict[tuple[str, str, str], dict[str, Any]] = {}
     current = None
-    for n, rec in enumerate(records, start=1):
-        _check_record(rec, n)
+    for number, rec in enumerate(records, start=1):
+        _check_record(rec, number, source)
         key = _group_key(rec)
         model_top1 = rec["model_top"][0]["class_id"] if rec.get("model_top") else None
         true = rec.get("true_class")
@@ -265,6 +268,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
         ProfileError: the run has no profile or no explanations.
     """
     from .explain import read_explanations
+    from .explanations_io import EXPLANATIONS_DIR, EXPLANATIONS_JSONL, FORMAT_PARQUET, explanations_format
     from .runfolder import read_profile_meta
 
     check_whole("--top-concepts", top_concepts, 0)
@@ -273,8 +277,11 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
         raise ProfileError(f"{run} holds no profile.json; evaluate a run folder")
     classes = read_profile_meta(run)["classes"]
     class_ids = [c["id"] for c in classes]
+    form = explanations_format(run)
+    source = str(run / (EXPLANATIONS_DIR if form == FORMAT_PARQUET else EXPLANATIONS_JSONL))
     with atomic_open(run / PERTURBATION_EFFECTS) as fh:
-        doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh)
+        doc = evaluate_records(read_explanations(run), class_ids, top_concepts=top_concepts, effects_out=fh,
+                               source=source)
     if not doc["perturbations"]:
         (run / PERTURBATION_EFFECTS).unlink()
     from .runfolder import partial_explanations

@@ -33,7 +33,7 @@ import torch
 
 from . import distributed
 from ._interrupt import held_interrupt
-from ._io import ensure_writable_dir, read_json, write_json
+from ._io import ensure_writable_dir, write_json
 from .activations import FilterProbe
 from .clusters import CLUSTERS_DIR, CLUSTERS_JSON, ClusterOptions
 from .data import ImageDataset, ImageSet, make_loader
@@ -51,7 +51,7 @@ from .explanations_io import (
 from .measure import RecordedPass, find_measure_points, point_from_record
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .runfolder import fingerprint_diff
+from .runfolder import fingerprint_diff, read_json_object
 from .tagging import TagSetting, order_filters, tag_layer
 
 EXPLANATIONS = EXPLANATIONS_JSONL
@@ -187,11 +187,20 @@ class ExplainOptions:
 
 
 def recorded_settings(run_dir: str | os.PathLike[str]) -> list[TagSetting]:
-    """The settings ``tags.json`` was written with (``[]`` when there is none)."""
+    """The settings ``tags.json`` was written with (``[]`` when there is none).
+
+    Raises:
+        ProfileError: ``tags.json`` is damaged (not an object listing its settings).
+    """
     path = Path(run_dir) / "tags.json"
     if not path.is_file():
         return []
-    return [TagSetting(s["method"], s["param"]) for s in read_json(path)["settings"]]
+    fix = "tag the profile again with `filtag-kg tag`"
+    settings = read_json_object(path, fix).get("settings")
+    if not (isinstance(settings, list) and all(isinstance(s, dict) and {"method", "param"} <= s.keys()
+                                               for s in settings)):
+        raise ProfileError(f"cannot read {path}: it lists no tagging settings; {fix}")
+    return [TagSetting(s["method"], s["param"]) for s in settings]
 
 
 @dataclass
@@ -1026,7 +1035,10 @@ def explain_dataset(
                 f"{run} holds an interrupted explanation pass ({STATE}); rerun with --resume to "
                 "finish it, or --restart to discard it"
             )
-        state = read_json(state_path)
+        state = read_json_object(state_path, "discard the interrupted pass with --restart")
+        if not {"fingerprint", "done", "committed", "skipped", "started_at"} <= state.keys():
+            raise ProfileError(f"cannot read {state_path}: it is not an explanation pass's state; "
+                               "discard the interrupted pass with --restart")
         if state["fingerprint"] != fingerprint:
             diff = fingerprint_diff(state["fingerprint"], fingerprint)
             raise ProfileError(
@@ -1038,9 +1050,10 @@ def explain_dataset(
         )
     else:
         if opts.resume and (run / EXPLANATIONS_META).exists():
-            meta = read_json(run / EXPLANATIONS_META)
-            if meta.get("fingerprint") == fingerprint:
-                return meta  # already finished
+            with contextlib.suppress(ProfileError):  # damaged: not a finished pass, explain again
+                meta = read_json_object(run / EXPLANATIONS_META, "")
+                if meta.get("fingerprint") == fingerprint:
+                    return meta  # already finished
         if dist.main and reused is not None:
             remove_stale = True
         elif dist.main:  # a new pass: the other form's rows would be stale

@@ -641,16 +641,16 @@ def _batches(
         ProfileError: a part is damaged (cut short, not Parquet, without the names), or newer
             than this version reads.
     """
-    _pa()
+    pa = _pa()
     import pyarrow.parquet as pq
 
     for path in part_files(folder):
         try:
             f = pq.ParquetFile(path)
             names = json.loads((f.schema_arrow.metadata or {}).get(_META_KEY, b"null"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, pa.lib.ArrowException) as exc:
             raise _damaged(path, exc) from None
-        if not isinstance(names, dict):
+        if not isinstance(names, dict) or not isinstance(names.get("format", 1), int):
             raise _damaged(path, "it has no filtag-kg names in its metadata")
         if names.get("format", 1) > FORMAT_VERSION:
             raise ProfileError(
@@ -663,28 +663,35 @@ def _batches(
                 batch = next(batches)
             except StopIteration:
                 break
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, pa.lib.ArrowException) as exc:
                 raise _damaged(path, exc) from None
             yield batch, names, path
 
 
-def _records(batch: Any, names: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    """:func:`records_from_batch` of one batch, a row that does not decode named as damage."""
+def decode_batch(batch: Any, names: dict[str, Any], where: object) -> list[dict[str, Any]]:
+    """:func:`records_from_batch` of one batch as a list.
+
+    Raises:
+        ProfileError: a row does not decode (a column missing or of another type), naming
+            ``where`` (the part file) and the command that writes it again.
+    """
+    pa = _pa()
     try:
         return list(records_from_batch(batch, names))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise _damaged(path, f"a row does not decode ({exc!r})") from None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, pa.lib.ArrowException) as exc:
+        raise _damaged(where, f"a row does not decode ({exc!r})") from None
 
 
-def jsonl_record(path: str | os.PathLike[str], n: int, line: str) -> dict[str, Any]:
-    """Line ``n`` (from 1) of ``explanations.jsonl`` as its record.
+def jsonl_record(path: str | os.PathLike[str], n: int, line: str | bytes) -> dict[str, Any]:
+    """Line ``n`` (from 1) of ``explanations.jsonl`` as its record (``line`` as read, in text or
+    in bytes: bytes that are not UTF-8, say a line cut inside a character, are then named here).
 
     Raises:
         ProfileError: the line is not a JSON object (naming file and line).
     """
     try:
         rec = json.loads(line)
-    except ValueError as exc:
+    except ValueError as exc:  # also UnicodeDecodeError
         raise _damaged(f"{path}:{n}", f"not valid JSON ({exc})") from None
     if not isinstance(rec, dict):
         raise _damaged(f"{path}:{n}", "not a JSON object")
@@ -701,7 +708,7 @@ def iter_parquet_records(
         ProfileError: a part is damaged (see :func:`_batches`) or a row does not decode.
     """
     for batch, names, path in _batches(folder, batch_size):
-        yield from _records(batch, names, path)
+        yield from decode_batch(batch, names, path)
 
 
 def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024) -> Iterator[tuple[Any, Any]]:
@@ -711,7 +718,9 @@ def iter_parquet_rows(folder: str | os.PathLike[str], *, batch_size: int = 1024)
     import functools
 
     for batch, names, path in _batches(folder, batch_size):
-        records = functools.cache(functools.partial(_records, batch, names, path))
+        records = functools.cache(functools.partial(decode_batch, batch, names, path))
+        if "index" not in batch.schema.names:
+            raise _damaged(path, "it has no index column")
         for row, index in enumerate(batch.column("index").to_pylist()):
             yield index, functools.partial(lambda r, row: r()[row], records, row)
 
@@ -732,7 +741,7 @@ def iter_explanations(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
         yield from iter_parquet_records(run / EXPLANATIONS_DIR)
     elif form == FORMAT_JSONL:
         path = run / EXPLANATIONS_JSONL
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:  # bytes: a line that is not UTF-8 is named, not a traceback
             for n, line in enumerate(fh, start=1):
                 if line.strip():
                     yield jsonl_record(path, n, line)
@@ -763,6 +772,7 @@ __all__ = [
     "iter_parquet_batches",
     "iter_parquet_records",
     "iter_parquet_rows",
+    "decode_batch",
     "jsonl_record",
     "names_metadata",
     "part_files",

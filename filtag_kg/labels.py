@@ -372,7 +372,7 @@ def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     tops: dict[tuple[str, int], list[str]] = {}
     if prof and (run / "profile.npz").is_file():
         paths = prof.get("top_image_paths") or []
-        arrays = load_profile_arrays(run) if paths else {}
+        arrays = load_profile_arrays(run, "top_index_") if paths else {}
         for i, layer in enumerate(layers):
             idx = arrays.get(f"top_index_{i:04d}")
             if idx is not None:

@@ -39,7 +39,7 @@ from .distributed import RoundSampler
 from .errors import DataError, FiltagError, ProfileError, check_whole
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
-from .runfolder import check_same_run, fingerprint_diff, load_profile_arrays, read_profile_meta
+from .runfolder import REPROFILE, check_same_run, fingerprint_diff, load_profile_arrays, read_profile_meta
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -163,8 +163,8 @@ class Profile:
                 top_image_paths=list(meta.get("top_image_paths", [])),
             )
         except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise ProfileError(f"profile in {run_dir} is corrupt or incomplete: {exc!r}; profile the "
-                               "images again with `filtag-kg profile` (or `filtag-kg run`)") from None
+            raise ProfileError(f"profile in {run_dir} (profile.json and profile.npz) does not hold together: "
+                               f"{exc!r}; {REPROFILE}") from None
 
 
 @dataclass
@@ -425,7 +425,7 @@ def _load_checkpoint(
             sums = [z[f"sums_{i:04d}"] for i in range(len(state["fingerprint"]["layers"]))]
             counts = z["counts"]
             top = {k: z[k] for k in z.files if k.startswith("top_")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ProfileError(f"checkpoint {path} is unreadable ({exc!r}); rerun with --restart") from None
     return state, sums, counts, top
 

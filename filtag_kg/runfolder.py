@@ -307,37 +307,51 @@ def _setting_option(setting: str) -> str:
     return f"{flag.get(method, '--' + method)} {param}".strip()
 
 
-__all__ = [
-    "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
-    "export_records", "partial_explanations", "record_export", "refresh_command", "refresh_exports",
-    "stale_reason", "untagged_explanation_settings",
-]
+
+
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """A JSON object file of a run folder (a profile, state or metadata file).
+
+    Raises:
+        ProfileError: the file cannot be read, is not JSON (cut short, overwritten) or not an
+            object; the message names it and ends with ``fix`` (how to write it again).
+        FileNotFoundError: it does not exist (callers say what is missing in their terms).
+    """
+    try:
+        doc = read_json(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProfileError(f"cannot read {path}: {exc}; {fix}") from None
+    if not isinstance(doc, dict):
+        raise ProfileError(f"cannot read {path}: it holds a JSON {type(doc).__name__}, not an object; {fix}")
+    return doc
 
 
 def read_profile_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's ``profile.json``, checked to be a profile (a dict with its ``classes`` and
-    ``layers`` lists).
+    """The run's ``profile.json``, checked to be a profile: an object whose ``classes`` are
+    objects with an ``id`` and whose ``layers`` are objects with a ``name``.
 
     Raises:
         ProfileError: the file is missing, not JSON (cut short, overwritten) or not a profile.
     """
     path = Path(run_dir) / "profile.json"
     try:
-        meta = read_json(path)
+        meta = read_json_object(path, REPROFILE)
     except FileNotFoundError:
         raise ProfileError(f"{run_dir} holds no profile.json; create one with `filtag-kg profile` "
                            "or `filtag-kg run`") from None
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ProfileError(f"cannot read {path}: {exc}; {REPROFILE}") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("classes"), list)
-            and isinstance(meta.get("layers"), list)):
-        raise ProfileError(f"cannot read {path}: it is not a filtag-kg profile (no class and layer "
-                           f"lists); {REPROFILE}")
+    classes, layers = meta.get("classes"), meta.get("layers")
+    if not (isinstance(classes, list) and all(isinstance(c, dict) and "id" in c for c in classes)
+            and isinstance(layers, list) and all(isinstance(la, dict) and "name" in la for la in layers)):
+        raise ProfileError(f"cannot read {path}: it is not a filtag-kg profile (no list of classes with "
+                           f"ids and of layers with names); {REPROFILE}")
     return meta
 
 
-def load_profile_arrays(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every array of the run's ``profile.npz``, read into memory.
+def load_profile_arrays(run_dir: str | os.PathLike[str], prefix: str = "") -> dict[str, Any]:
+    """The arrays of the run's ``profile.npz`` whose names start with ``prefix`` (default:
+    all), read into memory.
 
     Raises:
         ProfileError: the file is not a NumPy ``.npz`` archive or a member does not read
@@ -354,6 +368,13 @@ def load_profile_arrays(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise ProfileError(f"cannot read {path}: it is not a NumPy .npz archive (cut short or "
                                f"overwritten?); {REPROFILE}")
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if k.startswith(prefix)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ProfileError(f"cannot read {path}: {type(exc).__name__}: {exc}; {REPROFILE}") from None
+
+
+__all__ = [
+    "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
+    "export_records", "load_profile_arrays", "partial_explanations", "read_json_object", "read_profile_meta",
+    "record_export", "refresh_command", "refresh_exports", "stale_reason", "untagged_explanation_settings",
+]

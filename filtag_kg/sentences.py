@@ -321,7 +321,10 @@ class SentenceContext:
         from .tagging import class_shares
 
         npz = load_profile_arrays(path.parent)
-        counts = npz["counts"]
+        counts = npz.get("counts")
+        if counts is None:
+            raise SentenceError(f"{path} holds no image counts per class; profile the images again "
+                                "with `filtag-kg profile` (or `filtag-kg run`)")
         ids = list(self.class_labels)
         for i, layer in enumerate(self.layers):
             key = f"means_{i:04d}"

@@ -277,7 +277,7 @@ def read_tag_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise _bad_table(path, f"{type(exc).__name__}: {exc}") from None
     for n, row in enumerate(rows, start=2):
-        if None in row.values() or not row["filter"].isdigit():
+        if None in row.values() or not (row["filter"].isascii() and row["filter"].isdecimal()):
             raise _bad_table(path, f"line {n} is cut short or its filter is not a number")
     return rows
 

@@ -453,6 +453,7 @@ def test_ctrl_c_during_a_batchs_bookkeeping_neither_loses_nor_repeats_it(
 
 @pytest.mark.parametrize("name, damage", [
     ("profile.json", "half"), ("profile.json", "garbage"), ("profile.json", "list"),
+    ("profile.json", "entries"),
     ("profile.npz", "half"), ("profile.npz", "empty"), ("profile.npz", "garbage"),
 ])
 def test_a_damaged_profile_is_a_one_line_error_in_every_reader(
@@ -469,7 +470,7 @@ def test_a_damaged_profile_is_a_one_line_error_in_every_reader(
     path = run / name
     data = path.read_bytes()
     path.write_bytes({"half": data[: len(data) // 2], "empty": b"", "garbage": b"x\x00y{]\n",
-                      "list": b"[1, 2]"}[damage])
+                      "list": b"[1, 2]", "entries": b'{"classes": [1], "layers": []}'}[damage])
     readers = [["sentences", str(run)], ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"],
                ["tag", str(run), "--k", "1"], ["explain", str(run), "--data", str(held), "--quiet"]]
     if name == "profile.json":  # these read only the class and layer lists

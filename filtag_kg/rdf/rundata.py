@@ -336,14 +336,14 @@ class RowBatch:
         path: the file or folder the rows come from (named in errors).
         first: the row (Parquet) or line (JSON Lines) number of the first row, from 1.
         batch: the rows as an Arrow record batch (Parquet), with ``names`` its shared names.
-        lines: the lines of ``explanations.jsonl`` (blank ones included, so numbers stay right).
+        lines: the lines of ``explanations.jsonl`` as bytes (blank ones included, so numbers stay right).
     """
 
     path: str
     first: int
     batch: Any = None
     names: dict[str, Any] | None = None
-    lines: list[str] | None = None
+    lines: list[bytes] | None = None
 
     def records(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(row or line number, record)`` of each row.
@@ -354,14 +354,12 @@ class RowBatch:
         from .errors import ExplanationFileError
 
         if self.lines is None:
-            from ..explanations_io import records_from_batch
+            from ..explanations_io import decode_batch
 
             try:
-                yield from enumerate(records_from_batch(self.batch, self.names or {}), start=self.first)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise ExplanationFileError(
-                    f"cannot read {self.path}: {exc}; regenerate it with `filtag-kg explain`"
-                ) from None
+                yield from enumerate(decode_batch(self.batch, self.names or {}, self.path), start=self.first)
+            except ProfileError as exc:
+                raise ExplanationFileError(str(exc)) from None
             return
         from ..explanations_io import jsonl_record
 
@@ -399,7 +397,7 @@ def explanation_batches(path: str | os.PathLike[str], *, rows: int | None = None
             raise ExplanationFileError(str(exc)) from None
         return
     try:
-        with open(p, encoding="utf-8") as fh:
+        with open(p, "rb") as fh:  # bytes: jsonl_record names a line that is not UTF-8
             first, lines = 1, []
             for line in fh:
                 lines.append(line)
@@ -408,7 +406,7 @@ def explanation_batches(path: str | os.PathLike[str], *, rows: int | None = None
                     first, lines = first + len(lines), []
             if lines:
                 yield RowBatch(str(p), first, lines=lines)
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ExplanationFileError(f"cannot read {p}: {exc}") from None
 
 

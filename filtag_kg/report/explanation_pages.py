@@ -21,8 +21,9 @@ from .htmlkit import Page, bar_value, esc, file_key, fmt_num, rdf_link, table
 from .runview import setting_text
 from .sentence_view import phrase_voters, sentence_html
 
-# the index at the start of a line as ``explain`` writes it: ``{"index": 12, ...``
-_INDEX = re.compile(r'\{"index": ?(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
+# the index at the start of a line as ``explain`` writes it: ``{"index": 12, ...`` (lines are
+# read as bytes, so that a line cut inside a character is named as damage)
+_INDEX = re.compile(rb'\{"index": ?(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
 
 
 class ExplanationPages(ClusterPages):
@@ -58,7 +59,7 @@ class ExplanationPages(ClusterPages):
         if path.is_dir():
             yield from iter_parquet_rows(path)
             return
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
