@@ -12,6 +12,7 @@ full disk is one :class:`~filtag_kg.errors.OutputError`, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import json
@@ -20,11 +21,11 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import OutputError
+from .errors import DataError, OutputError
 
 #: marks a temporary file of :func:`make_temp` (and so of :func:`atomic_open`)
 TEMP_MARK = "filtag-tmp"
@@ -226,6 +227,40 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file written by :func:`write_json`."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def read_table_rows(
+    path: str | os.PathLike[str], columns: Sequence[str], what: str, fix: str,
+    whole: Sequence[str] = ("filter",),
+) -> list[dict[str, str]]:
+    """The rows of a tab-separated table that filtag-kg wrote (``tags.tsv``,
+    ``human_labels.tsv``), as strings by column, checked: every one of ``columns`` in the
+    header, no row cut short, the ``whole`` columns whole numbers.
+
+    Args:
+        what: the table's kind for the message (``"tag table"``).
+        fix: how to write it again, ending the message.
+
+    Raises:
+        DataError: the file is not such a table (not UTF-8, a column or a cell missing),
+            naming it and ``fix``.
+    """
+    def bad(detail: object) -> DataError:
+        return DataError(f"{path} is not a filtag-kg {what} ({detail}); {fix}")
+
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            if missing:
+                raise bad(f"no {', '.join(missing)} column")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
+    for n, row in enumerate(rows, start=2):
+        if None in row.values() or not all(row[c].isascii() and row[c].isdecimal() for c in whole):
+            raise bad(f"line {n} is cut short or a {' or '.join(whole)} there is not a whole number")
+    return rows
 
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:

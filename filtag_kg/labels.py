@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_open
+from ._io import atomic_open, read_table_rows
 from .errors import FiltagError
 from .runfolder import load_profile_arrays, read_profile_meta
 from .tagging import read_tag_rows
@@ -332,17 +332,22 @@ def _widths(prof: Mapping[str, Any]) -> dict[str, int]:
 
 
 def read_labels(run_dir: str | os.PathLike[str]) -> list[HumanLabel]:
-    """The labels stored in ``RUN/human_labels.tsv`` (``[]`` when there are none)."""
+    """The labels stored in ``RUN/human_labels.tsv`` (``[]`` when there are none).
+
+    Raises:
+        DataError: the file is damaged (not UTF-8, a column or a cell missing), named with how
+            to write it again.
+    """
     path = Path(run_dir) / LABELS_FILE
     if not path.is_file():
         return []
-    with open(path, encoding="utf-8", newline="") as fh:
-        return [
-            HumanLabel(r["run"], r["layer"], int(r["filter"]), r["label"], r["annotator"], r["time"],
-                       Resolution(r["lemma"], r["status"], r["synset"] or None, r["wnid"] or None, r["how"],
-                                  tuple(r["candidates"].split())))
-            for r in csv.DictReader(fh, delimiter="\t")
-        ]
+    fix = f"move it away and import the label files again with `filtag-kg labels import FILE {run_dir}`"
+    return [
+        HumanLabel(r["run"], r["layer"], int(r["filter"]), r["label"], r["annotator"], r["time"],
+                   Resolution(r["lemma"], r["status"], r["synset"] or None, r["wnid"] or None, r["how"],
+                              tuple(r["candidates"].split())))
+        for r in read_table_rows(path, STORED_COLUMNS, "label table", fix)
+    ]
 
 
 def export_sheet(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:

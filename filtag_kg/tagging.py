@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._io import atomic_open, write_json
+from ._io import atomic_open, read_table_rows, write_json
 from .errors import DataError, TaggingError
 
 if TYPE_CHECKING:
@@ -254,32 +254,17 @@ def write_tags_tsv(path: str | os.PathLike[str], tags: Iterable[Tag]) -> None:
             w.writerow(t.row())
 
 
-def _bad_table(path: str | os.PathLike[str], what: object) -> DataError:
-    return DataError(f"{path} is not a filtag-kg tag table ({what}); rewrite it with `filtag-kg tag` "
-                     "(or `filtag-kg import-filtag` for imported tags)")
+_RETAG = "rewrite it with `filtag-kg tag` (or `filtag-kg import-filtag` for imported tags)"
 
 
 def read_tag_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The rows of a ``tags.tsv`` as strings by column, checked: every column of
-    :data:`TSV_COLUMNS` in the header, no row cut short, filter indices whole numbers.
+    """The rows of a ``tags.tsv`` as strings by column, checked (every column of
+    :data:`TSV_COLUMNS`, no row cut short, whole filter indices).
 
     Raises:
-        DataError: the file is not such a table (not UTF-8, columns or cells missing),
-            naming it and the command that writes it again.
+        DataError: the file is not such a table, naming it and the command that writes it again.
     """
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            missing = [c for c in TSV_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise _bad_table(path, f"no {', '.join(missing)} column")
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise _bad_table(path, f"{type(exc).__name__}: {exc}") from None
-    for n, row in enumerate(rows, start=2):
-        if None in row.values() or not (row["filter"].isascii() and row["filter"].isdecimal()):
-            raise _bad_table(path, f"line {n} is cut short or its filter is not a number")
-    return rows
+    return read_table_rows(path, TSV_COLUMNS, "tag table", _RETAG)
 
 
 def read_tags_tsv(path: str | os.PathLike[str]) -> list[Tag]:
@@ -305,7 +290,7 @@ def read_tags_tsv(path: str | os.PathLike[str]) -> list[Tag]:
             for row in rows
         ]
     except ValueError as exc:
-        raise _bad_table(path, exc) from None
+        raise DataError(f"{path} is not a filtag-kg tag table ({exc}); {_RETAG}") from None
 
 
 def tags_document(profile: Profile, settings: Sequence[TagSetting], tags: Sequence[Tag]) -> dict[str, Any]:

@@ -182,3 +182,25 @@ def test_labels_belong_to_their_run_and_go_with_it(run: Path, tmp_path: Path) ->
     assert "than human_labels.tsv of its run" in (stale_reason(kg) or "")  # the export lacks the label
     assert "human_labels.tsv" in {p.name for p in clear_run(run)}  # --overwrite: labels of the old run
     assert not (run / LABELS_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["cut", "not utf-8", "no header"])
+def test_a_damaged_label_table_is_a_one_line_error(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """human_labels.tsv cut short or with bytes that are not UTF-8 stopped labels agree and the
+    export with AttributeError or UnicodeDecodeError tracebacks."""
+    from filtag_kg.cli import main
+
+    sheet = _fill(run, tmp_path / "s.csv", {k: "violin" for k in list(_tags(run))[:3]})
+    import_labels(sheet, run, wordnet=wordnet())
+    path = run / LABELS_FILE
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    path.write_bytes({"cut": data[: len(lines[0]) + len(lines[1]) // 2], "not utf-8": data + b"\xff\xfe\n",
+                      "no header": b"".join(lines[1:])}[damage])
+    for argv in (["labels", "agree", str(run)], ["export", str(run), "--out", str(tmp_path / "kg.nq")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("filtag-kg: warning:")]
+        assert len(err) == 1 and str(path) in err[0] and "filtag-kg labels import" in err[0], (argv, err)
