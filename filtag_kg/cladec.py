@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_open, ensure_writable_dir, read_json, write_json, write_png
+from ._io import atomic_open, ensure_writable_dir, write_json, write_png
 from .activations import PointHooks
 from .data import ImageDataset, ImageSet, make_loader
 from .errors import FiltagError, ProfileError, UnknownLayerError
@@ -61,7 +61,7 @@ from .measure import MeasurePoint
 from .models import LoadedModel, conv_layer_names, load_recorded_model
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, first_good_image, resolve_device, software_versions
-from .runfolder import fingerprint_diff, read_profile_meta
+from .runfolder import fingerprint_diff, read_json_object, read_profile_meta
 
 #: the run folder's subfolder holding one folder per decoded layer (and alpha)
 CLADEC_DIR = "cladec"
@@ -503,7 +503,9 @@ def train_cladec(
         state_path.unlink(missing_ok=True)
         ckpt_path.unlink(missing_ok=True)
     if not state_path.exists() and record_path.is_file() and (folder / DECODERS).is_file():
-        record = read_json(record_path)
+        record: dict[str, Any] = {}
+        with contextlib.suppress(ProfileError):  # a damaged record: trained again
+            record = read_json_object(record_path, "")
         if record.get("fingerprint") == fingerprint and not opts.restart:  # trained already
             nets.load_state(torch.load(folder / DECODERS, map_location=device, weights_only=True))
             return CladecResult(layer, folder, record, nets, *held)
@@ -515,7 +517,7 @@ def train_cladec(
         if not opts.resume:
             raise ProfileError(f"{folder} holds an interrupted ClaDec training ({STATE}); rerun with "
                                "--resume to finish it, or --restart to discard it")
-        state = read_json(state_path)
+        state = read_json_object(state_path, "discard the interrupted training with --restart")
         if state.get("fingerprint") != fingerprint:
             diff = fingerprint_diff(state.get("fingerprint"), fingerprint)
             raise ProfileError(f"the interrupted ClaDec training in {folder} used a different "

@@ -18,15 +18,24 @@ CLADEC_DIR = "cladec"
 
 def read_cladec(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The run's evaluated ClaDec layers, in folder order: each the layer's ``evaluation.json``
-    with its training record under ``"training"``. Unreadable or unfinished folders are left out."""
+    with its training record under ``"training"``. Unfinished folders, and folders whose files
+    do not read as JSON objects (cut short, overwritten), are left out: ``filtag-kg cladec``
+    trains such a layer again."""
     out = []
     root = Path(run_dir) / CLADEC_DIR
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
-        with contextlib.suppress(OSError, ValueError):
-            doc = read_json(folder / "evaluation.json")
-            doc["training"] = read_json(folder / "training.json")
-            out.append(doc)
+        doc, training = _json_object(folder / "evaluation.json"), _json_object(folder / "training.json")
+        if doc is not None and training is not None:
+            out.append({**doc, "training": training})
     return out
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when it is missing, not JSON or not an object."""
+    with contextlib.suppress(OSError, ValueError):
+        doc = read_json(path)
+        return doc if isinstance(doc, dict) else None
+    return None
 
 
 def claim_holds(doc: dict[str, Any]) -> bool | None:
@@ -53,9 +62,7 @@ def update_run_evaluation(run_dir: str | os.PathLike[str]) -> None:
     """Write the ``cladec`` section into ``RUN/evaluation.json``, leaving its other keys as they are
     (a run without an evaluation gets a file holding that section only)."""
     path = Path(run_dir) / "evaluation.json"
-    doc: dict[str, Any] = {"format": "filtag-kg evaluation", "format_version": 1}
-    with contextlib.suppress(OSError, ValueError):
-        doc = read_json(path)
+    doc = _json_object(path) or {"format": "filtag-kg evaluation", "format_version": 1}
     section = run_section(run_dir)
     if section is None:
         doc.pop("cladec", None)

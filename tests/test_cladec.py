@@ -213,3 +213,33 @@ def test_demo_cladec_decodes_two_layers_into_every_output(tmp_path: Path) -> Non
     assert [d["layer"] for d in layers] == list(DEMO_CLADEC_LAYERS) and layers[0]["images"] == 40
     assert "fk:ClaDecTraining" in (out / "kg.trig").read_text(encoding="utf-8")
     assert (out / "report" / "cladec" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("name, text", [("training.json", b'{"layer": "conv1", "fing'),
+                                        ("training.json", b"[1, 2]"), ("evaluation.json", b"[1, 2]"),
+                                        ("state.json", b"\xff\xfe")])
+def test_damaged_cladec_files_are_skipped_or_named(
+    cladec_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: bytes
+) -> None:
+    """A cut or overwritten training.json or evaluation.json stopped cladec, evaluate, the export
+    and the report with json, AttributeError or TypeError tracebacks. A layer whose files are
+    damaged is now left out by the readers (as an unfinished one was) and trained again by
+    cladec; a damaged resume state is named, with --restart."""
+    run, data = cladec_run
+    argv = ["cladec", str(run), "--layer", "conv1", "--data", str(data), "--epochs", "1",
+            "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    folder = layer_folder(run, "conv1")
+    (folder / name).write_bytes(text)
+    for other in (["export", str(run), "--out", str(tmp_path / "kg.nq")],
+                  ["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]):
+        capsys.readouterr()
+        assert main(other) == 0, (other, capsys.readouterr().err)
+    capsys.readouterr()
+    if name == "state.json":
+        assert main([*argv, "--resume"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and str(folder / name) in err[0] and "--restart" in err[0], err
+    else:
+        assert main(argv) == 0  # trained again
+        assert json.loads((folder / name).read_text())["layer"] == "conv1"
