@@ -1345,7 +1345,7 @@ def open_store(store_dir: str | os.PathLike[str]) -> Any:
     """
     import pyoxigraph as ox
 
-    from .sparql.store import check_complete
+    from .sparql.store import check_complete, store_message
 
     p = Path(store_dir)
     if not p.is_dir():
@@ -1355,8 +1355,8 @@ def open_store(store_dir: str | os.PathLike[str]) -> Any:
     check_complete(p)
     try:
         return ox.Store.read_only(str(p))
-    except OSError as exc:
-        raise ServeError(f"cannot open store {store_dir}: {str(exc).splitlines()[0][:160]}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: pyoxigraph's "Corruption: ..."
+        raise ServeError(store_message(p, exc)) from None
 
 
 def store_base_iri(store: Any) -> str | None:

@@ -474,3 +474,24 @@ def test_plain_tsv_has_the_plain_values_of_csv(store: sparql.Source) -> None:
     assert [r.split("\t") for r in rows] == want
     odd = sparql.Result(("x", "y"), ((sparql.Term.literal("a\tb\nc\\d"), sparql.Term.iri("http://e/x")),))
     assert sparql.format_result(odd, "plain-tsv") == "x\ty\na\\tb\\nc\\\\d\thttp://e/x\n"
+
+
+def test_a_damaged_store_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A store whose CURRENT file is overwritten stopped query, load and serve with pyoxigraph's
+    RuntimeError ("Corruption: CURRENT file corrupted") as a traceback."""
+    from filtag_kg.cli import main
+
+    nq = tmp_path / "kg.nq"
+    nq.write_text("<http://example.org/s> <http://example.org/p> <http://example.org/o> .\n",
+                  encoding="utf-8")
+    store = tmp_path / "store"
+    assert main(["load", str(nq), "--store", str(store)]) == 0
+    (store / "CURRENT").write_text("garbage\n", encoding="utf-8")
+    for argv in (["query", "polysemantic-filters", "--store", str(store)],
+                 ["load", str(nq), "--store", str(store)],
+                 ["serve", "--store", str(store), "--port", "0"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("filtag-kg: warning:")]
+        assert len(err) == 1 and err[0].startswith("filtag-kg: error: "), (argv, err)
+        assert str(store) in err[0] and "damaged" in err[0] and "filtag-kg load" in err[0], (argv, err)

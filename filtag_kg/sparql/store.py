@@ -242,8 +242,8 @@ def _clear_interrupted(target: Path) -> list[str]:
         try:  # a load still running holds the store's lock
             probe = ox.Store(str(target))
             del probe
-        except OSError as exc:
-            raise StoreError(_store_message(target, exc)) from None
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(store_message(target, exc)) from None
     if not rec.get("created"):
         check_complete(target)
     shutil.rmtree(target)
@@ -309,8 +309,8 @@ def load(
     try:
         target.mkdir(parents=True, exist_ok=True)
         store = ox.Store(str(target))
-    except OSError as exc:
-        raise StoreError(_store_message(target, exc)) from None
+    except (OSError, RuntimeError) as exc:
+        raise StoreError(store_message(target, exc)) from None
     from .._io import write_json
 
     write_json(target / LOAD_MARKER, {
@@ -337,10 +337,15 @@ def load(
     return LoadStats(target, tuple(stats), quads, time.perf_counter() - t0, tuple(notes))
 
 
-def _store_message(path: Path, exc: OSError) -> str:
+def store_message(path: Path, exc: Exception) -> str:
+    """The one line for a store that does not open: in use, damaged (pyoxigraph's RuntimeError
+    "Corruption: ...", e.g. an overwritten CURRENT file) or otherwise unreadable."""
     text = " ".join(str(exc).split())
     if "lock" in text.lower():
         return f"store {str(path)!r} is in use by another process (it is being loaded); wait for it to finish"
+    if isinstance(exc, RuntimeError) or "corrupt" in text.lower():
+        return (f"store {str(path)!r} is damaged ({text[:160]}); load the export files into a new store "
+                f"with `filtag-kg load FILE... --store NEW_DIR`")
     return f"cannot open store {str(path)!r}: {text}"
 
 
@@ -376,8 +381,8 @@ def open_source(
             )
         try:
             backend = ox.Store.read_only(str(path))
-        except OSError as exc:
-            raise StoreError(_store_message(path, exc)) from None
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(store_message(path, exc)) from None
         return Source(backend, description=f"store {path}")
     if not graphs:
         raise StoreError("nothing to query; give a store (--store DIR) or RDF files (--graph FILE)")
