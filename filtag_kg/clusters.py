@@ -184,7 +184,7 @@ def _screen_units(
     count, cells = rows.shape
     if rows.dtype == torch.float64:
         out = torch.empty((count, cells), dtype=torch.float32, device=rows.device)
-        step = max(1, _chunk(rows.device) // max(cells, 1))
+        step = _chunk_rows(rows.device, cells)
         for r0 in range(0, count, step):
             sl = slice(r0, r0 + step)
             out[sl] = rows[sl].sub_(lo[sl, None]).mul_(inv[sl, None])
@@ -216,6 +216,11 @@ def _chunk(device: torch.device) -> int:
     """:data:`_CHUNK` on a CPU; 16 times as many on a GPU, where each step is a kernel launch
     and the cache is not what bounds the work."""
     return _CHUNK if device.type == "cpu" else 16 * _CHUNK
+
+
+def _chunk_rows(device: torch.device, row_elements: int) -> int:
+    """How many rows of ``row_elements`` elements fit in one chunk (:func:`_chunk`), at least 1."""
+    return max(1, _chunk(device) // max(row_elements, 1))
 
 
 def _scaled_rows(rows: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
@@ -257,7 +262,7 @@ def _map_stats(
     span = rows.amax(dim=1).to(torch.float64) - lo
     mean, alpha = torch.zeros(count, **f64), torch.zeros(count, **f64)
     norm = torch.zeros(count, **f64) if norms else None
-    step = max(1, _chunk(rows.device) // cells)
+    step = _chunk_rows(rows.device, cells)
     for r0 in range(0, count, step):
         sl = slice(r0, r0 + step)
         x = rows[sl].to(torch.float64, copy=True)  # a copy even of float64 maps: changed below
@@ -390,7 +395,7 @@ def _recheck(
     pair_maps = torch.cat([b * width + order[b, r], b * width + order[b, j]])
     used, at = torch.unique(pair_maps, return_inverse=True)
     unit = torch.empty((len(used), cells), dtype=torch.float64, device=device)
-    step = max(1, _chunk(device) // max(cells, 1))
+    step = _chunk_rows(device, cells)
     for c0 in range(0, len(used), step):
         f = used[c0:c0 + step]
         unit[c0:c0 + step] = _unit_rows(maps.index_select(0, f), lo[f], span[f])
@@ -444,10 +449,11 @@ def cluster_layer(
     pos = torch.arange(width, device=device).expand(n, width)
     unit_o = None
     at = (torch.arange(n, device=device)[:, None] * width + order).reshape(-1)  # maps in importance order
-    if screen and norm is not None and _screen_safe(lo, span, is_flat.reshape(-1)):
-        spread = ~is_flat.reshape(-1)
+    flat1 = is_flat.reshape(-1)
+    spread = ~flat1
+    if norm is not None and _screen_safe(lo, span, flat1):  # norm: with the screen only
         inv = torch.where(spread, 1.0 / torch.where(spread, norm, 1.0), 0.0)
-        unit_o = _screen_units(measured.index_select(0, at), lo[at], inv[at], is_flat.reshape(-1)[at])
+        unit_o = _screen_units(measured.index_select(0, at), lo[at], inv[at], flat1[at])
         unit_o = unit_o.view(n, width, cells)
         best, linked = _links_screened(measured, lo, span, unit_o, screen_bound(cells), order, is_flat,
                                        threshold)
@@ -483,7 +489,6 @@ def cluster_layer(
     k = min(n_maps, width)
     if k > 0:
         if unit_o is not None:  # the screen's unit vectors times |A - min A| / span are the scaled maps
-            spread = ~is_flat.reshape(-1)
             scale = torch.where(spread, norm / torch.where(spread, span, 1.0), 0.0).view(n, width)
             merged = _merged_unit_maps(unit_o, scale.gather(1, order), rank_of.gather(1, order), k)
         else:
@@ -511,7 +516,7 @@ def _merged_maps(
     inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
     weight = (rank_of[:, None, :] == torch.arange(k, device=device)[None, :, None]) * inv.view(n, 1, width)
     out = torch.empty((n, k, cells), dtype=torch.float64, device=device)
-    group = max(1, _chunk(device) // max(width * cells, 1))
+    group = _chunk_rows(device, width * cells)
     for b0 in range(0, n, group):
         b1 = min(n, b0 + group)
         rows = maps[b0 * width:b1 * width].to(torch.float64, copy=True).sub_(lo[b0 * width:b1 * width, None])
@@ -703,7 +708,8 @@ def cluster_batch(
 
 
 def to_host(batch: dict[str, Any]) -> dict[str, Any]:
-    """:func:`cluster_batch`'s tensors as NumPy arrays."""
+    """:func:`cluster_batch`'s tensors as NumPy arrays, with the atlas layout and the slots of
+    the maps to write (worked out once: the atlases and the rows' map references share them)."""
 
     def np_(t: torch.Tensor | None) -> Any:
         return None if t is None else t.cpu().numpy()
@@ -713,23 +719,23 @@ def to_host(batch: dict[str, Any]) -> dict[str, Any]:
                "size": lc.size}
               for lc in batch["layers"]]
     concepts = [[(np_(c), np_(s)) for c, s in per_setting] for per_setting in batch["concepts"]]
-    return {"layers": layers, "concepts": concepts}
+    return {"layers": layers, "concepts": concepts, "layout": _host_layout(layers),
+            "map_slots": _map_slots(layers)}
 
 
-def _map_slots(host: dict[str, Any]) -> list[tuple[int, int, int]]:
+def _map_slots(layers: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
     """``(image, layer, rank slot)`` of every map to write, image by image, layer by layer."""
     out = []
-    for li, h in enumerate(host["layers"]):
+    for li, h in enumerate(layers):
         if h["has_map"] is not None:
             for b, k in zip(*np.nonzero(h["has_map"])):
                 out.append((int(b), li, int(k)))
     return sorted(out)
 
 
-def host_layout(host: dict[str, Any]) -> tuple[int, int, list[list[Region]]]:
+def _host_layout(layers: list[dict[str, Any]]) -> tuple[int, int, list[list[Region]]]:
     """The atlas layout of a batch's maps (:func:`filtag_kg.cluster_atlas.atlas_layout`):
     from the layers' map shapes and the number of map slots alone."""
-    layers = host["layers"]
     slots = max((int(h["slots"]) for h in layers), default=0)
     return atlas_layout([tuple(h["size"]) for h in layers], slots)
 
@@ -737,9 +743,9 @@ def host_layout(host: dict[str, Any]) -> tuple[int, int, list[list[Region]]]:
 def atlases(host: dict[str, Any]) -> dict[int, np.ndarray]:
     """Image -> its ``[height, width]`` uint8 atlas: each map at its slot's region, 0
     elsewhere; images without any map are left out (they get no file)."""
-    width, height, regions = host_layout(host)
+    width, height, regions = host["layout"]
     out: dict[int, np.ndarray] = {}
-    for b, li, k in _map_slots(host):
+    for b, li, k in host["map_slots"]:
         atlas = out.get(b)
         if atlas is None:
             atlas = out[b] = np.zeros((height, width), dtype=np.uint8)
@@ -785,9 +791,9 @@ def variant_columns(
     paths: list[str | None] = [None] * int(c_off[-1])
     first_slot = np.concatenate([[0], np.cumsum([h["sizes"].shape[1] for h in layers])[:-1]])
     flat_pos = np.cumsum(valid.reshape(-1)).reshape(valid.shape) - 1  # slot -> position among clusters
-    regions = host_layout(host)[2]
+    regions = host["layout"][2]
     files = {b: map_path(sha256[b], indices[b], perturbation) for b in range(n)}
-    for b, li, k in _map_slots(host):
+    for b, li, k in host["map_slots"]:
         paths[int(flat_pos[b, first_slot[li] + k])] = map_ref(files[b], regions[li][k])
     return {
         "cluster_layer": (np.arange(n + 1, dtype=np.int64) * len(layers), counts.reshape(-1)),

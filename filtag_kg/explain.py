@@ -51,7 +51,7 @@ from .explanations_io import (
 from .measure import RecordedPass, find_measure_points, point_from_record
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, Profile, _now, first_good_image, resolve_device, software_versions
-from .runfolder import fingerprint_diff, read_json_object
+from .runfolder import RETAG, fingerprint_diff, json_object_or_none, read_json_object
 from .tagging import TagSetting, order_filters, tag_layer
 
 EXPLANATIONS = EXPLANATIONS_JSONL
@@ -195,11 +195,10 @@ def recorded_settings(run_dir: str | os.PathLike[str]) -> list[TagSetting]:
     path = Path(run_dir) / "tags.json"
     if not path.is_file():
         return []
-    fix = "tag the profile again with `filtag-kg tag`"
-    settings = read_json_object(path, fix).get("settings")
+    settings = read_json_object(path, RETAG).get("settings")
     if not (isinstance(settings, list) and all(isinstance(s, dict) and {"method", "param"} <= s.keys()
                                                for s in settings)):
-        raise ProfileError(f"cannot read {path}: it lists no tagging settings; {fix}")
+        raise ProfileError(f"cannot read {path}: it lists no tagging settings; {RETAG}")
     return [TagSetting(s["method"], s["param"]) for s in settings]
 
 
@@ -1050,10 +1049,9 @@ def explain_dataset(
         )
     else:
         if opts.resume and (run / EXPLANATIONS_META).exists():
-            with contextlib.suppress(ProfileError):  # damaged: not a finished pass, explain again
-                meta = read_json_object(run / EXPLANATIONS_META, "")
-                if meta.get("fingerprint") == fingerprint:
-                    return meta  # already finished
+            meta = json_object_or_none(run / EXPLANATIONS_META)  # damaged: not finished, explain again
+            if meta is not None and meta.get("fingerprint") == fingerprint:
+                return meta  # already finished
         if dist.main and reused is not None:
             remove_stale = True
         elif dist.main:  # a new pass: the other form's rows would be stale
@@ -1392,15 +1390,15 @@ def encode_explained(
     from .clusters import cluster_columns, variant_columns
 
     per_variant = len(explained) // len(clusters) if clusters else 0
-    shared: dict[int, Any] = {}  # per variant, its columns that no setting changes
+    shared: Any = None  # the current variant's columns that no setting changes
     blocks = []
     for i, (pert, probs, top, s, ex) in enumerate(explained):
         cols = None
         if clusters:
             v = i // per_variant
-            if v not in shared:
-                shared[v] = variant_columns(clusters[v], info["indices"], info["sha256"], pert)
-            cols = cluster_columns(clusters[v], i % per_variant, shared[v])
+            if i % per_variant == 0:  # the variant's first setting
+                shared = variant_columns(clusters[v], info["indices"], info["sha256"], pert)
+            cols = cluster_columns(clusters[v], i % per_variant, shared)
         blocks.append(encode_rows(**info, top_class=top, top_prob=probs, method=s.method, param=s.param_text,
                                   explained=ex, perturbation=pert, weighting=weighting, value_type=value_type,
                                   clusters=cols, value_bits=value_bits))
