@@ -230,12 +230,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def read_table_rows(
-    path: str | os.PathLike[str], columns: Sequence[str], what: str, fix: str,
-    whole: Sequence[str] = ("filter",),
+    path: str | os.PathLike[str], columns: Sequence[str], what: str, fix: str
 ) -> list[dict[str, str]]:
-    """The rows of a tab-separated table that filtag-kg wrote (``tags.tsv``,
+    """The rows of a tab-separated table of filters that filtag-kg wrote (``tags.tsv``,
     ``human_labels.tsv``), as strings by column, checked: every one of ``columns`` in the
-    header, no row cut short, the ``whole`` columns whole numbers.
+    header, no row cut short, each ``filter`` a whole number.
 
     Args:
         what: the table's kind for the message (``"tag table"``).
@@ -258,8 +257,8 @@ def read_table_rows(
     except (UnicodeDecodeError, csv.Error) as exc:
         raise bad(f"{type(exc).__name__}: {exc}") from None
     for n, row in enumerate(rows, start=2):
-        if None in row.values() or not all(row[c].isascii() and row[c].isdecimal() for c in whole):
-            raise bad(f"line {n} is cut short or a {' or '.join(whole)} there is not a whole number")
+        if None in row.values() or not (row["filter"].isascii() and row["filter"].isdecimal()):
+            raise bad(f"line {n} is cut short or a filter there is not a whole number")
     return rows
 
 

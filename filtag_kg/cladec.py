@@ -61,7 +61,7 @@ from .measure import MeasurePoint
 from .models import LoadedModel, conv_layer_names, load_recorded_model
 from .preprocess import channel_stats
 from .profile import Engine, Interrupted, first_good_image, resolve_device, software_versions
-from .runfolder import fingerprint_diff, read_json_object, read_profile_meta
+from .runfolder import fingerprint_diff, json_object_or_none, read_json_object, read_profile_meta
 
 #: the run folder's subfolder holding one folder per decoded layer (and alpha)
 CLADEC_DIR = "cladec"
@@ -503,9 +503,7 @@ def train_cladec(
         state_path.unlink(missing_ok=True)
         ckpt_path.unlink(missing_ok=True)
     if not state_path.exists() and record_path.is_file() and (folder / DECODERS).is_file():
-        record: dict[str, Any] = {}
-        with contextlib.suppress(ProfileError):  # a damaged record: trained again
-            record = read_json_object(record_path, "")
+        record = json_object_or_none(record_path) or {}  # a damaged record: trained again
         if record.get("fingerprint") == fingerprint and not opts.restart:  # trained already
             nets.load_state(torch.load(folder / DECODERS, map_location=device, weights_only=True))
             return CladecResult(layer, folder, record, nets, *held)

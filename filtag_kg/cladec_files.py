@@ -6,12 +6,12 @@ and ``evaluation.json`` (with its reconstruction PNGs); this module finds them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
-from ._io import read_json, write_json
+from ._io import write_json
+from .runfolder import json_object_or_none
 
 CLADEC_DIR = "cladec"
 
@@ -24,18 +24,11 @@ def read_cladec(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     out = []
     root = Path(run_dir) / CLADEC_DIR
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
-        doc, training = _json_object(folder / "evaluation.json"), _json_object(folder / "training.json")
+        doc = json_object_or_none(folder / "evaluation.json")
+        training = json_object_or_none(folder / "training.json")
         if doc is not None and training is not None:
             out.append({**doc, "training": training})
     return out
-
-
-def _json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; ``None`` when it is missing, not JSON or not an object."""
-    with contextlib.suppress(OSError, ValueError):
-        doc = read_json(path)
-        return doc if isinstance(doc, dict) else None
-    return None
 
 
 def claim_holds(doc: dict[str, Any]) -> bool | None:
@@ -62,7 +55,7 @@ def update_run_evaluation(run_dir: str | os.PathLike[str]) -> None:
     """Write the ``cladec`` section into ``RUN/evaluation.json``, leaving its other keys as they are
     (a run without an evaluation gets a file holding that section only)."""
     path = Path(run_dir) / "evaluation.json"
-    doc = _json_object(path) or {"format": "filtag-kg evaluation", "format_version": 1}
+    doc = json_object_or_none(path) or {"format": "filtag-kg evaluation", "format_version": 1}
     section = run_section(run_dir)
     if section is None:
         doc.pop("cladec", None)

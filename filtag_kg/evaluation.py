@@ -64,22 +64,27 @@ def _group_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
+def _record_flaw(rec: Any) -> str | None:
+    """What keeps ``rec`` from being evaluated, or ``None``."""
+    if not isinstance(rec, dict):
+        return f"a {type(rec).__name__}, not an object"
+    missing = [k for k in ("image", "method", "param", "votes", "votes_last_layer", "prediction",
+                           "prediction_last_layer") if k not in rec]
+    if missing:
+        return f"missing field {missing[0]!r}"
+    if not all(isinstance(rec[v], dict) for _, v, _ in SCOPES):
+        return "votes are not a class -> count object"
+    top = rec.get("model_top")
+    if top and not (isinstance(top, list) and isinstance(top[0], dict) and "class_id" in top[0]):
+        return "model_top is not a list of classes"
+    return None
+
+
 def _check_record(rec: Any, n: int, source: str | None) -> None:
     """Refuse record ``n`` (from 1, counting records, not blank lines) of ``source`` (the
     explanations file, for the message) when it lacks what the evaluation reads (a
     hand-edited or foreign file), naming it, before a KeyError deep in the sums would."""
-    if not isinstance(rec, dict):
-        what = f"a {type(rec).__name__}, not an object"
-    else:
-        missing = [k for k in ("image", "method", "param", "votes", "votes_last_layer", "prediction",
-                               "prediction_last_layer") if k not in rec]
-        top = rec.get("model_top")
-        what = (f"missing field {missing[0]!r}" if missing
-                else "votes are not a class -> count object"
-                if not all(isinstance(rec[v], dict) for _, v, _ in SCOPES)
-                else "model_top is not a list of classes"
-                if top and not (isinstance(top, list) and isinstance(top[0], dict) and "class_id" in top[0])
-                else None)
+    what = _record_flaw(rec)
     if what is not None:
         image = rec.get("image") if isinstance(rec, dict) else None
         raise ProfileError(f"{f'{source}: ' if source else ''}record {n}{f' ({image})' if image else ''} is "
@@ -269,7 +274,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
     """
     from .explain import read_explanations
     from .explanations_io import EXPLANATIONS_DIR, EXPLANATIONS_JSONL, FORMAT_PARQUET, explanations_format
-    from .runfolder import read_profile_meta
+    from .runfolder import partial_explanations, read_profile_meta
 
     check_whole("--top-concepts", top_concepts, 0)
     run = Path(run_dir)
@@ -284,8 +289,6 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, top_concepts: int = 5) -> d
                                source=source)
     if not doc["perturbations"]:
         (run / PERTURBATION_EFFECTS).unlink()
-    from .runfolder import partial_explanations
-
     cut = partial_explanations(run)  # an interrupted pass: say that only part was evaluated
     labels = {c["id"]: c["label"] for c in classes if c.get("label") and c["label"] != c["id"]}
     doc = {"format": "filtag-kg evaluation", "format_version": 1,

@@ -21,8 +21,6 @@ import os
 import platform
 import threading
 import time
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,14 @@ from .distributed import RoundSampler
 from .errors import DataError, FiltagError, ProfileError, check_whole
 from .measure import MeasurePoint, plan_measurement
 from .models import ClassInfo, LoadedModel, select_layers
-from .runfolder import REPROFILE, check_same_run, fingerprint_diff, load_profile_arrays, read_profile_meta
+from .runfolder import (
+    NPZ_ERRORS,
+    REPROFILE,
+    check_same_run,
+    fingerprint_diff,
+    load_profile_arrays,
+    read_profile_meta,
+)
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
@@ -425,7 +430,7 @@ def _load_checkpoint(
             sums = [z[f"sums_{i:04d}"] for i in range(len(state["fingerprint"]["layers"]))]
             counts = z["counts"]
             top = {k: z[k] for k in z.files if k.startswith("top_")}
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (*NPZ_ERRORS, KeyError, TypeError) as exc:
         raise ProfileError(f"checkpoint {path} is unreadable ({exc!r}); rerun with --restart") from None
     return state, sums, counts, top
 

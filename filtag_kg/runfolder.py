@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,10 @@ from .errors import ProfileError
 EXPORT_RECORD = "export.json"
 #: how a damaged profile is made again
 REPROFILE = "profile the images again with `filtag-kg profile` (or `filtag-kg run`)"
+#: how a damaged ``tags.json`` is made again
+RETAG = "tag the profile again with `filtag-kg tag`"
+#: what NumPy raises for an ``.npz`` archive cut short or overwritten
+NPZ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 #: the artifacts of a run, as glob patterns in the run folder (what ``--overwrite`` removes)
 RUN_ARTIFACTS = (
     "profile.json", "profile.npz", "profile.ckpt.npz",
@@ -81,8 +87,7 @@ def check_same_run(
     profile = run / "profile.json"
     old: dict[str, Any] | None = None
     if profile.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # damaged: another run
-            old = read_json(profile).get("fingerprint")
+        old = (json_object_or_none(profile) or {}).get("fingerprint")  # damaged: another run
         if old == fingerprint:
             return []
         diff = fingerprint_diff(old, fingerprint) if old else ["run"]
@@ -328,6 +333,14 @@ def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
     return doc
 
 
+def json_object_or_none(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when it is missing, damaged or not an object
+    (for files whose damage only means "not done yet": the work is done again)."""
+    with contextlib.suppress(ProfileError, FileNotFoundError):
+        return read_json_object(path, "")
+    return None
+
+
 def read_profile_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The run's ``profile.json``, checked to be a profile: an object whose ``classes`` are
     objects with an ``id`` and whose ``layers`` are objects with a ``name``.
@@ -349,17 +362,16 @@ def read_profile_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def load_profile_arrays(run_dir: str | os.PathLike[str], prefix: str = "") -> dict[str, Any]:
-    """The arrays of the run's ``profile.npz`` whose names start with ``prefix`` (default:
-    all), read into memory.
+def load_profile_arrays(
+    run_dir: str | os.PathLike[str], prefix: str | tuple[str, ...] = ""
+) -> dict[str, Any]:
+    """The arrays of the run's ``profile.npz`` whose names start with ``prefix`` (or one of
+    several; default: all), read into memory.
 
     Raises:
         ProfileError: the file is not a NumPy ``.npz`` archive or a member does not read
             (cut short, overwritten).
     """
-    import zipfile
-    import zlib
-
     import numpy as np
 
     path = Path(run_dir) / "profile.npz"
@@ -369,12 +381,14 @@ def load_profile_arrays(run_dir: str | os.PathLike[str], prefix: str = "") -> di
                                f"overwritten?); {REPROFILE}")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files if k.startswith(prefix)}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except NPZ_ERRORS as exc:
         raise ProfileError(f"cannot read {path}: {type(exc).__name__}: {exc}; {REPROFILE}") from None
 
 
 __all__ = [
-    "EXPORT_RECORD", "RUN_ARTIFACTS", "RunMismatchError", "artifacts", "check_same_run", "clear_run",
-    "export_records", "load_profile_arrays", "partial_explanations", "read_json_object", "read_profile_meta",
-    "record_export", "refresh_command", "refresh_exports", "stale_reason", "untagged_explanation_settings",
+    "EXPORT_RECORD", "NPZ_ERRORS", "REPROFILE", "RETAG", "RUN_ARTIFACTS", "RunMismatchError",
+    "artifacts", "check_same_run", "clear_run", "export_records", "json_object_or_none",
+    "load_profile_arrays", "partial_explanations", "read_json_object", "read_profile_meta",
+    "record_export", "refresh_command", "refresh_exports", "stale_reason",
+    "untagged_explanation_settings",
 ]

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FiltagError, check_whole
-from .runfolder import load_profile_arrays, read_profile_meta
+from .runfolder import REPROFILE, load_profile_arrays, read_profile_meta
 from .wordnet import MIN_ABSTRACT_DEPTH, Hierarchy, WordNet, load_wordnet, map_classes
 
 __all__ = [
@@ -320,11 +320,10 @@ class SentenceContext:
 
         from .tagging import class_shares
 
-        npz = load_profile_arrays(path.parent)
+        npz = load_profile_arrays(path.parent, ("counts", "means_"))
         counts = npz.get("counts")
         if counts is None:
-            raise SentenceError(f"{path} holds no image counts per class; profile the images again "
-                                "with `filtag-kg profile` (or `filtag-kg run`)")
+            raise SentenceError(f"{path} holds no image counts per class; {REPROFILE}")
         ids = list(self.class_labels)
         for i, layer in enumerate(self.layers):
             key = f"means_{i:04d}"

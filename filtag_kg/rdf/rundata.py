@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, ProfileError
-from ..runfolder import REPROFILE
+from ..runfolder import REPROFILE, RETAG
 from ..tagging import Tag, read_tags_tsv
 from .errors import RunFolderError
 
@@ -153,7 +153,7 @@ class RunData:
 #: how each JSON file of a run folder is written again
 _REWRITE = {
     PROFILE_JSON: REPROFILE,
-    TAGS_JSON: "tag the profile again with `filtag-kg tag`",
+    TAGS_JSON: RETAG,
     EXPLANATIONS_JSON: "explain the images again with `filtag-kg explain`",
     "evaluation.json": "evaluate again with `filtag-kg evaluate`",
     IMPORT_JSON: "import the tags again with `filtag-kg import-filtag`",
