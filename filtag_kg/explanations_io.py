@@ -159,7 +159,8 @@ def _class_list(offsets: np.ndarray, classes: np.ndarray) -> Any:
         return _list(offsets, classes, pa.int32())
     kept = np.zeros_like(offsets)
     np.cumsum(np.where(dense, 0, k), out=kept[1:])
-    values = classes[np.repeat(~dense, k)]
+    # all rows dense (above-average): skip the mask over every pair
+    values = classes[np.repeat(~dense, k)] if kept[-1] else classes[:0]
     return pa.ListArray.from_arrays(pa.array(kept.astype(np.int32)), pa.array(values, type=pa.int32()),
                                     mask=pa.array(dense))
 
